@@ -1,0 +1,91 @@
+//! volt's HTTP API: the Shape API (`/v1/shape`), health, and admin endpoints.
+
+mod auth;
+mod cors;
+mod response;
+mod shape_api;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, middleware};
+use serde_json::json;
+use volt_stack::{ServiceStatus, Shared};
+
+pub use response::json_response;
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `ELECTRIC_SECRET`; `None` only in insecure mode.
+    pub secret: Option<String>,
+    /// `ELECTRIC_LONG_POLL_TIMEOUT`.
+    pub long_poll_timeout: Duration,
+    /// Largest change-log response, in bytes.
+    pub chunk_bytes: usize,
+    /// How long a request waits for the stack to become ready.
+    pub stack_ready_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            secret: None,
+            long_poll_timeout: Duration::from_secs(20),
+            chunk_bytes: 10 * 1024 * 1024,
+            stack_ready_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    pub config: Arc<HttpConfig>,
+}
+
+pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
+    let state = AppState {
+        shared,
+        config: Arc::new(config),
+    };
+    let guarded = Router::new()
+        .route(
+            "/v1/shape",
+            get(shape_api::get_shape).options(cors::preflight),
+        )
+        .route("/v1/admin/tree", get(admin_tree))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_secret));
+    Router::new()
+        .route("/", get(|| async { StatusCode::OK }))
+        .route("/v1/health", get(health))
+        .merge(guarded)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "Not found") })
+        .layer(middleware::from_fn(cors::headers))
+        .with_state(state)
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    let status = app.shared.status.status();
+    let code = match status {
+        ServiceStatus::Active => StatusCode::OK,
+        ServiceStatus::Starting => StatusCode::ACCEPTED,
+    };
+    let mut res = json_response(code, json!({"status": status.as_str()}));
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    res
+}
+
+async fn admin_tree(State(app): State<AppState>) -> Response {
+    match app.shared.tree() {
+        Some(tree) => json_response(StatusCode::OK, json!(tree)),
+        None => response::unavailable("the actor tree is not running", 1),
+    }
+    .into_response()
+}

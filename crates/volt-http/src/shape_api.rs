@@ -1,0 +1,427 @@
+//! `GET /v1/shape`: the initial snapshot, then the change log, then live long-polls.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use volt_pg::admin;
+use volt_shapes::{Shape, ShapeDef, TableSchema};
+use volt_stack::{ShapeEntry, Shared};
+use volt_storage::{LogOffset, RequestOffset, SnapshotState};
+
+use crate::AppState;
+use crate::auth::url_params;
+use crate::response::{error, invalid_request, unavailable};
+
+/// The request parameters volt reads; everything else is ignored, as Electric does.
+#[derive(Debug, Default)]
+struct Params {
+    table: Option<String>,
+    where_sql: Option<String>,
+    params: BTreeMap<String, String>,
+    columns: Option<String>,
+    replica: Option<String>,
+    offset: Option<String>,
+    handle: Option<String>,
+    live: bool,
+    cursor: Option<String>,
+}
+
+impl Params {
+    fn parse(query: &str) -> Params {
+        let mut p = Params::default();
+        for (k, v) in url_params(query) {
+            match k.as_str() {
+                "table" => p.table = Some(v),
+                "where" => p.where_sql = Some(v),
+                "columns" => p.columns = Some(v),
+                "replica" => p.replica = Some(v),
+                "offset" => p.offset = Some(v),
+                "handle" => p.handle = Some(v),
+                // Any value but the literal `false` turns live on.
+                "live" => p.live = v != "false",
+                "cursor" => p.cursor = Some(v),
+                _ => {
+                    if let Some(n) = k.strip_prefix("params[").and_then(|r| r.strip_suffix(']')) {
+                        p.params.insert(n.to_string(), v);
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// `params[1]..params[n]` in order; keys must be 1..n.
+    fn positional(&self) -> Result<Vec<String>, &'static str> {
+        let mut out = Vec::with_capacity(self.params.len());
+        let mut numbered: Vec<(usize, &String)> = Vec::new();
+        for (k, v) in &self.params {
+            let n: usize = k
+                .parse()
+                .map_err(|_| "Parameters can only use numbers as keys")?;
+            numbered.push((n, v));
+        }
+        numbered.sort_by_key(|(n, _)| *n);
+        for (i, (n, v)) in numbered.into_iter().enumerate() {
+            if n != i + 1 {
+                return Err("Parameters must be numbered sequentially, starting from 1");
+            }
+            out.push(v.clone());
+        }
+        Ok(out)
+    }
+}
+
+pub async fn get_shape(State(app): State<AppState>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let p = Params::parse(query.as_deref().unwrap_or(""));
+
+    let Some(offset_raw) = p.offset.as_deref() else {
+        return invalid_request("offset", "can't be blank");
+    };
+    let Ok(offset) = offset_raw.parse::<RequestOffset>() else {
+        return invalid_request("offset", "has invalid format");
+    };
+    let handle = match offset {
+        RequestOffset::BeforeAll | RequestOffset::Now => None,
+        RequestOffset::At(_) => match p.handle.as_deref().filter(|h| !h.is_empty()) {
+            Some(h) => Some(h.to_string()),
+            None => return invalid_request("handle", "can't be blank when offset != -1"),
+        },
+    };
+    if p.live {
+        match offset {
+            RequestOffset::BeforeAll => return invalid_request("live", "can't be true when offset == -1"),
+            RequestOffset::Now => return invalid_request("live", "can't be true when offset is 'now'"),
+            RequestOffset::At(_) => {}
+        }
+    }
+    let positional = match p.positional() {
+        Ok(v) => v,
+        Err(m) => return invalid_request("params", m),
+    };
+    let def = match ShapeDef::from_params(
+        p.table.as_deref(),
+        p.where_sql.as_deref(),
+        positional,
+        p.columns.as_deref(),
+        p.replica.as_deref(),
+    ) {
+        Ok(d) => d,
+        Err(e) => return invalid_request(e.param, &e.message),
+    };
+
+    if !app.shared.status.wait_active(app.config.stack_ready_timeout).await {
+        return unavailable("Timeout waiting for the database connection to be ready", 5);
+    }
+
+    // Known shape: no database work at all.
+    let entry = app.shared.shapes.by_def(&def);
+    let entry = match entry {
+        Some(e) => e,
+        None => {
+            let table = match table_schema(&app.shared, &def.schema, &def.table).await {
+                Ok(t) => t,
+                Err(resp) => return resp,
+            };
+            let shape = match Shape::new(def, table) {
+                Ok(s) => Arc::new(s),
+                Err(e) => return invalid_request(e.param, &e.message),
+            };
+            match create_shape(&app.shared, shape).await {
+                Ok(e) => e,
+                Err(resp) => return resp,
+            }
+        }
+    };
+
+    if let Some(h) = &handle {
+        if *h != entry.handle {
+            return must_refetch(Some(&entry.handle));
+        }
+    }
+
+    match offset {
+        RequestOffset::BeforeAll => serve_snapshot(&app, &entry).await,
+        RequestOffset::Now => {
+            let latest = entry.log.latest_offset();
+            let body = format!("[{}]", up_to_date(app.shared.last_seen_lsn().max(latest.tx)));
+            let mut res = ok_response(&entry, latest, body, CacheKind::NonLive);
+            set_schema(&mut res, &entry);
+            set_flags(&mut res, true, false);
+            set_etag(&mut res, &entry, offset_raw, latest, true);
+            res
+        }
+        RequestOffset::At(at) => serve_log(&app, &entry, at, offset_raw, p.live, p.cursor.as_deref(), &headers).await,
+    }
+}
+
+async fn table_schema(shared: &Arc<Shared>, schema: &str, name: &str) -> Result<Arc<TableSchema>, Response> {
+    let key = (schema.to_string(), name.to_string());
+    if let Some(t) = shared.schemas.get(&key) {
+        return Ok(t.clone());
+    }
+    let db_down = || unavailable("Cannot connect to the database to verify the shape. Please try again later.", 1);
+    let Some(conn) = shared.admin.load_full() else {
+        return Err(db_down());
+    };
+    match admin::load_table(&conn, schema, name).await {
+        Ok(Some(t)) => {
+            let t = Arc::new(t);
+            shared.schemas.insert(key, t.clone());
+            Ok(t)
+        }
+        Ok(None) => Err(invalid_request(
+            "table",
+            &format!(
+                "Table \"{schema}\".\"{name}\" does not exist. If the table name contains capitals or special characters you must quote it."
+            ),
+        )),
+        Err(e) if e.is_retryable() => Err(db_down()),
+        Err(e) => {
+            tracing::error!(error = %e, "table inspection failed");
+            Err(db_down())
+        }
+    }
+}
+
+async fn create_shape(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntry>, Response> {
+    volt_stack::shapes::get_or_create(shared, shape).await.map_err(|e| {
+        tracing::warn!(error = %e, "shape creation failed");
+        unavailable("Failed to create shape, please retry", 1)
+    })
+}
+
+async fn serve_snapshot(app: &AppState, entry: &Arc<ShapeEntry>) -> Response {
+    let mut state = entry.log.snapshot_state();
+    let done = state
+        .wait_for(|s| matches!(s, SnapshotState::Done | SnapshotState::Failed(_)))
+        .await
+        .map(|s| s.clone());
+    match done {
+        Ok(SnapshotState::Done) => {}
+        Ok(SnapshotState::Failed(reason)) => {
+            if entry.log.is_closed() {
+                return must_refetch(app.shared.shapes.by_def(&entry.shape.def).as_ref().map(|e| e.handle.as_str()));
+            }
+            tracing::warn!(handle = %entry.handle, %reason, "snapshot failed");
+            let mut res = unavailable("Failed to create shape, please retry", 1);
+            res.headers_mut()
+                .insert("electric-internal-known-error", HeaderValue::from_static("true"));
+            return res;
+        }
+        _ => return unavailable("Failed to create shape, please retry", 1),
+    }
+    let log = entry.log.clone();
+    let lines = match tokio::task::spawn_blocking(move || log.read_snapshot()).await {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(e)) => {
+            tracing::error!(handle = %entry.handle, error = %e, "cannot read snapshot");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"message": format!("Unable to retrieve shape log: {e}")}));
+        }
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "Internal server error"})),
+    };
+    let body = format!("[{}]", lines.join(","));
+    let mut res = ok_response(entry, LogOffset::FIRST_CHUNK, body, CacheKind::Initial);
+    set_schema(&mut res, entry);
+    set_flags(&mut res, false, true);
+    set_etag(&mut res, entry, "-1", LogOffset::FIRST_CHUNK, false);
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_log(
+    app: &AppState,
+    entry: &Arc<ShapeEntry>,
+    at: LogOffset,
+    offset_raw: &str,
+    live: bool,
+    cursor: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    let log = &entry.log;
+    // Snapshot offsets (tx 0) all lead to the start of the change log.
+    let from = if at.tx == 0 { LogOffset::SNAPSHOT_END } else { at };
+    // Subscribe before reading so a commit between the read and the wait is not missed.
+    let mut changes = log.subscribe();
+    let deadline = tokio::time::Instant::now() + app.config.long_poll_timeout;
+    loop {
+        if log.is_closed() {
+            return must_refetch(app.shared.shapes.by_def(&entry.shape.def).as_ref().map(|e| e.handle.as_str()));
+        }
+        changes.borrow_and_update();
+        let l = log.clone();
+        let chunk = app.config.chunk_bytes;
+        let read = match tokio::task::spawn_blocking(move || l.read_after(from, chunk)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"message": format!("Unable to retrieve shape log: {e}")}));
+            }
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "Internal server error"})),
+        };
+        if let Some(last) = read.last {
+            let mut items = read.items;
+            if read.reached_end {
+                let lsn = if live { last.tx } else { app.shared.last_seen_lsn().max(last.tx) };
+                items.push(up_to_date(lsn));
+            }
+            let body = format!("[{}]", items.join(","));
+            let kind = if live { CacheKind::Live } else { CacheKind::NonLive };
+            let mut res = ok_response(entry, last, body, kind);
+            set_flags(&mut res, read.reached_end, true);
+            if live {
+                set_cursor(&mut res, app, cursor);
+            } else {
+                set_schema(&mut res, entry);
+            }
+            set_etag(&mut res, entry, offset_raw, last, false);
+            return not_modified_or(res, headers);
+        }
+        // Nothing after the request offset.
+        let latest = log.latest_offset();
+        let response_offset = if latest > at { latest } else { at };
+        if !live {
+            let body = format!("[{}]", up_to_date(app.shared.last_seen_lsn().max(response_offset.tx)));
+            let mut res = ok_response(entry, response_offset, body, CacheKind::NonLive);
+            set_flags(&mut res, true, true);
+            set_schema(&mut res, entry);
+            set_etag(&mut res, entry, offset_raw, response_offset, false);
+            return not_modified_or(res, headers);
+        }
+        let wait = tokio::time::timeout_at(deadline, changes.changed()).await;
+        match wait {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => {
+                return must_refetch(None);
+            }
+            Err(_) => {
+                let body = format!("[{}]", up_to_date(app.shared.last_seen_lsn()));
+                let mut res = ok_response(entry, at, body, CacheKind::Live);
+                set_flags(&mut res, true, false);
+                set_cursor(&mut res, app, cursor);
+                set_etag(&mut res, entry, offset_raw, at, true);
+                return res;
+            }
+        }
+    }
+}
+
+fn up_to_date(lsn: u64) -> String {
+    json!({"headers": {"control": "up-to-date", "global_last_seen_lsn": lsn.to_string()}}).to_string()
+}
+
+#[derive(Clone, Copy)]
+enum CacheKind {
+    Initial,
+    NonLive,
+    Live,
+}
+
+fn ok_response(entry: &ShapeEntry, offset: LogOffset, body: String, cache: CacheKind) -> Response {
+    let mut res = (StatusCode::OK, body).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    if let Ok(v) = HeaderValue::from_str(&entry.handle) {
+        h.insert("electric-handle", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&offset.to_string()) {
+        h.insert("electric-offset", v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(match cache {
+            CacheKind::Initial => "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746",
+            CacheKind::NonLive => "public, max-age=60, stale-while-revalidate=300",
+            CacheKind::Live => "public, max-age=5, stale-while-revalidate=5",
+        }),
+    );
+    res
+}
+
+/// `electric-up-to-date` when the body ends with up-to-date; `electric-has-data` false
+/// for responses that carry no change (long-poll timeouts, `offset=now`).
+fn set_flags(res: &mut Response, up_to_date: bool, has_data: bool) {
+    let h = res.headers_mut();
+    if up_to_date {
+        h.insert("electric-up-to-date", HeaderValue::from_static(""));
+    }
+    h.insert(
+        "electric-has-data",
+        HeaderValue::from_static(if has_data { "true" } else { "false" }),
+    );
+}
+
+fn set_schema(res: &mut Response, entry: &ShapeEntry) {
+    if let Ok(v) = HeaderValue::from_str(&entry.shape.schema_header()) {
+        res.headers_mut().insert("electric-schema", v);
+    }
+}
+
+fn set_etag(res: &mut Response, entry: &ShapeEntry, req_offset: &str, resp: LogOffset, unique: bool) {
+    let mut tag = format!("\"{}:{}:{}", entry.handle, req_offset, resp);
+    if unique {
+        tag.push_str(&format!(":{:016x}", rand::random::<u64>()));
+    }
+    tag.push('"');
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+}
+
+fn not_modified_or(res: Response, req: &HeaderMap) -> Response {
+    let Some(etag) = res.headers().get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+        return res;
+    };
+    let etag = etag.trim_matches('"');
+    let matches = req
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|list| list.split(',').any(|t| t.trim().trim_matches('"') == etag));
+    if !matches {
+        return res;
+    }
+    let mut nm = StatusCode::NOT_MODIFIED.into_response();
+    for name in [header::ETAG, header::CACHE_CONTROL] {
+        if let Some(v) = res.headers().get(&name) {
+            nm.headers_mut().insert(name, v.clone());
+        }
+    }
+    nm
+}
+
+/// The live cursor: the next multiple of the long-poll timeout (in seconds since
+/// 2024-10-09), pushed past any cursor the client sent so caches never loop.
+fn set_cursor(res: &mut Response, app: &AppState, given: Option<&str>) {
+    const EPOCH: u64 = 1_728_432_000;
+    let t = app.config.long_poll_timeout.as_secs().max(1);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(EPOCH);
+    let s = now.saturating_sub(EPOCH);
+    let mut c = s.div_ceil(t) * t;
+    if let Some(p) = given.and_then(|g| g.parse::<u64>().ok()) {
+        if c <= p {
+            c = p + 1 + rand::random::<u64>() % 3600;
+        }
+    }
+    res.headers_mut().insert("electric-cursor", HeaderValue::from(c));
+}
+
+fn must_refetch(new_handle: Option<&str>) -> Response {
+    let mut res = crate::response::json_response(
+        StatusCode::CONFLICT,
+        json!([{"headers": {"control": "must-refetch"}}]),
+    );
+    let h = res.headers_mut();
+    match new_handle.and_then(|n| HeaderValue::from_str(n).ok()) {
+        Some(v) => {
+            h.insert("electric-handle", v);
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60, must-revalidate"));
+        }
+        None => {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1, must-revalidate"));
+        }
+    }
+    res
+}

@@ -1,0 +1,445 @@
+//! Shape definitions, their validation against a table, and the conversion of
+//! snapshot rows and replicated changes into the JSON log items clients read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json, json};
+
+use crate::change::{Change, ChangeKind, Relation, Row, Value};
+use crate::ident::{parse_identifier, parse_table, quote_ident, split_unquoted};
+use crate::schema::TableSchema;
+use crate::where_clause::WhereClause;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Replica {
+    #[default]
+    Default,
+    Full,
+}
+
+/// What a client asked for, normalised so equal definitions compare equal.
+/// It is the identity of a shape: the same definition always maps to the same handle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShapeDef {
+    pub schema: String,
+    pub table: String,
+    pub where_sql: Option<String>,
+    pub params: Vec<String>,
+    /// Selected columns in the order given; `None` selects every column.
+    pub columns: Option<Vec<String>>,
+    pub replica: Replica,
+}
+
+/// A request error attached to the parameter that caused it, as Electric reports them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct ParamError {
+    pub param: &'static str,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(param: &'static str, message: impl Into<String>) -> Self {
+        ParamError {
+            param,
+            message: message.into(),
+        }
+    }
+}
+
+impl ShapeDef {
+    /// Build a definition from raw request parameters (no database access).
+    pub fn from_params(
+        table: Option<&str>,
+        where_sql: Option<&str>,
+        params: Vec<String>,
+        columns: Option<&str>,
+        replica: Option<&str>,
+    ) -> Result<ShapeDef, ParamError> {
+        let table = table
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| ParamError::new("table", "can't be blank"))?;
+        let (schema, table) = parse_table(table).map_err(|m| ParamError::new("table", m))?;
+        let where_sql = where_sql
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(str::to_string);
+        let columns = match columns {
+            None => None,
+            Some(raw) => Some(
+                split_unquoted(raw, ',')
+                    .into_iter()
+                    .map(parse_identifier)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| ParamError::new("columns", m))?,
+            ),
+        };
+        let replica = match replica {
+            None | Some("default") => Replica::Default,
+            Some("full") => Replica::Full,
+            Some(_) => return Err(ParamError::new("replica", "is invalid")),
+        };
+        Ok(ShapeDef {
+            schema,
+            table,
+            where_sql,
+            params,
+            columns,
+            replica,
+        })
+    }
+
+    pub fn qualified_table(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+/// A definition validated against its table: what the pipeline routes and encodes with.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub def: ShapeDef,
+    pub table: Arc<TableSchema>,
+    pub where_clause: Option<WhereClause>,
+    /// Indexes into `table.columns` of the selected columns.
+    pub selected: Vec<usize>,
+    /// Indexes into `table.columns` of the key columns, in key order.
+    pub key_columns: Vec<usize>,
+    key_prefix: String,
+}
+
+impl Shape {
+    pub fn new(def: ShapeDef, table: Arc<TableSchema>) -> Result<Shape, ParamError> {
+        let selected = match &def.columns {
+            None => (0..table.columns.len()).collect::<Vec<_>>(),
+            Some(cols) => {
+                let missing: Vec<&str> = cols
+                    .iter()
+                    .filter(|c| table.column_index(c).is_none())
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(ParamError::new(
+                        "columns",
+                        format!(
+                            "The following columns are not found on the table: {}",
+                            missing.join(", ")
+                        ),
+                    ));
+                }
+                let idx: Vec<usize> = cols.iter().filter_map(|c| table.column_index(c)).collect();
+                let missing_pk: Vec<&str> = table
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, c)| c.pk_index.is_some() && !idx.contains(i))
+                    .map(|(_, c)| c.name.as_str())
+                    .collect();
+                if !missing_pk.is_empty() {
+                    return Err(ParamError::new(
+                        "columns",
+                        format!(
+                            "The list of columns must include all primary key columns, missing: {}",
+                            missing_pk.join(", ")
+                        ),
+                    ));
+                }
+                idx
+            }
+        };
+        let where_clause = match &def.where_sql {
+            None => None,
+            Some(sql) => Some(
+                WhereClause::parse(sql, &table.columns, &def.params)
+                    .map_err(|e| ParamError::new("where", e.to_string()))?,
+            ),
+        };
+        let key_columns = table.key_columns();
+        let key_prefix = format!(
+            "\"{}\".\"{}\"",
+            escape_key_ident(&table.schema),
+            escape_key_ident(&table.name)
+        );
+        Ok(Shape {
+            def,
+            table,
+            where_clause,
+            selected,
+            key_columns,
+            key_prefix,
+        })
+    }
+
+    /// The snapshot query: the selected columns (plus key columns) of matching rows.
+    pub fn snapshot_sql(&self) -> String {
+        let cols: Vec<String> = self
+            .selected
+            .iter()
+            .chain(self.key_columns.iter().filter(|k| !self.selected.contains(k)))
+            .map(|&i| quote_ident(&self.table.columns[i].name))
+            .collect();
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            cols.join(", "),
+            self.def.qualified_table()
+        );
+        if let Some(w) = &self.where_clause {
+            sql.push_str(" WHERE ");
+            sql.push_str(&w.to_sql());
+        }
+        sql
+    }
+
+    /// Columns returned per row by `snapshot_sql`, as table column indexes.
+    pub fn snapshot_columns(&self) -> Vec<usize> {
+        self.selected
+            .iter()
+            .chain(self.key_columns.iter().filter(|k| !self.selected.contains(k)))
+            .copied()
+            .collect()
+    }
+
+    /// Encode one snapshot row (values in `snapshot_columns` order) as a log item.
+    pub fn snapshot_item(&self, values: &[Option<String>]) -> String {
+        let cols = self.snapshot_columns();
+        let mut full: Vec<Option<&str>> = vec![None; self.table.columns.len()];
+        for (slot, &col) in cols.iter().enumerate() {
+            full[col] = values.get(slot).and_then(|v| v.as_deref());
+        }
+        let item = json!({
+            "key": self.key(&full),
+            "value": self.value_of(&full, self.selected.iter().copied()),
+            "headers": {"operation": "insert", "relation": [self.table.schema, self.table.name]},
+        });
+        item.to_string()
+    }
+
+    /// `"schema"."table"/"pk1"/"pk2"`, identical for snapshot rows and changes.
+    pub fn key(&self, row: &[Option<&str>]) -> String {
+        let mut key = self.key_prefix.clone();
+        for &i in &self.key_columns {
+            match row.get(i).copied().flatten() {
+                Some(v) => {
+                    key.push_str("/\"");
+                    key.push_str(&v.replace('/', "//"));
+                    key.push('"');
+                }
+                None => key.push_str("/_"),
+            }
+        }
+        key
+    }
+
+    fn value_of(&self, row: &[Option<&str>], cols: impl Iterator<Item = usize>) -> Json {
+        let mut map = Map::new();
+        for i in cols {
+            let v = row.get(i).copied().flatten();
+            map.insert(
+                self.table.columns[i].name.clone(),
+                v.map_or(Json::Null, |s| Json::String(s.to_string())),
+            );
+        }
+        Json::Object(map)
+    }
+
+    fn matches(&self, row: &[Option<&str>]) -> bool {
+        self.where_clause.as_ref().is_none_or(|w| w.matches(row))
+    }
+
+    /// Whether a change to this shape's table could concern it.
+    pub fn is_for(&self, relation: &Relation) -> bool {
+        relation.schema == self.table.schema && relation.name == self.table.name
+    }
+
+    /// Turn one replicated change into this shape's log items (none, one, or two for a
+    /// primary-key change). Where-clause moves become inserts and deletes.
+    pub fn convert(&self, change: &Change) -> Vec<LogItem> {
+        let rel = &change.relation;
+        let map = |row: &Row, fallback: Option<&Row>| -> Vec<Option<String>> {
+            self.table
+                .columns
+                .iter()
+                .map(|c| {
+                    let idx = rel.column_index(&c.name)?;
+                    match row.get(idx)? {
+                        Value::Text(t) => Some(t.to_string()),
+                        Value::Null => None,
+                        // An unchanged TOAST value is the old row's value.
+                        Value::Unchanged => fallback
+                            .and_then(|old| old.get(idx))
+                            .and_then(|v| v.as_text().map(str::to_string)),
+                    }
+                })
+                .collect()
+        };
+        match &change.kind {
+            ChangeKind::Insert { new } => {
+                let new = map(new, None);
+                let new = borrow(&new);
+                if !self.matches(&new) {
+                    return vec![];
+                }
+                vec![self.insert_item(change.op, &new, None)]
+            }
+            ChangeKind::Delete { old } => {
+                let old = map(old, None);
+                let old = borrow(&old);
+                if !self.matches(&old) {
+                    return vec![];
+                }
+                vec![self.delete_item(change.op, &old, None)]
+            }
+            ChangeKind::Update { old, new } => {
+                let new_owned = map(new, old.as_ref());
+                let new = borrow(&new_owned);
+                let old_owned = old.as_ref().map(|o| map(o, None));
+                // Without an old row (no REPLICA IDENTITY FULL yet) treat it as unchanged
+                // apart from the new values.
+                let old = old_owned
+                    .as_deref()
+                    .map(borrow)
+                    .unwrap_or_else(|| new.clone());
+                let (was_in, is_in) = (self.matches(&old), self.matches(&new));
+                match (was_in, is_in) {
+                    (false, false) => vec![],
+                    (false, true) => vec![self.insert_item(change.op, &new, None)],
+                    (true, false) => vec![self.delete_item(change.op, &old, None)],
+                    (true, true) => {
+                        let (old_key, new_key) = (self.key(&old), self.key(&new));
+                        if old_key != new_key {
+                            return vec![
+                                self.delete_item(change.op, &old, Some(("key_change_to", &new_key))),
+                                self.insert_item(
+                                    change.op + 1,
+                                    &new,
+                                    Some(("key_change_from", &old_key)),
+                                ),
+                            ];
+                        }
+                        self.update_item(change.op, &old, &new).into_iter().collect()
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert_item(&self, op: u64, row: &[Option<&str>], extra: Option<(&str, &str)>) -> LogItem {
+        LogItem {
+            op,
+            operation: "insert",
+            key: self.key(row),
+            value: self.value_of(row, self.selected.iter().copied()),
+            old_value: None,
+            extra: extra.map(|(k, v)| (k.to_string(), v.to_string())),
+        }
+    }
+
+    fn delete_item(&self, op: u64, row: &[Option<&str>], extra: Option<(&str, &str)>) -> LogItem {
+        let value = match self.def.replica {
+            Replica::Default => self.value_of(row, self.key_columns.iter().copied()),
+            Replica::Full => self.value_of(row, self.selected.iter().copied()),
+        };
+        LogItem {
+            op,
+            operation: "delete",
+            key: self.key(row),
+            value,
+            old_value: None,
+            extra: extra.map(|(k, v)| (k.to_string(), v.to_string())),
+        }
+    }
+
+    fn update_item(&self, op: u64, old: &[Option<&str>], new: &[Option<&str>]) -> Option<LogItem> {
+        let changed: Vec<usize> = self
+            .selected
+            .iter()
+            .copied()
+            .filter(|&i| old.get(i) != new.get(i))
+            .collect();
+        if changed.is_empty() {
+            return None;
+        }
+        let (value, old_value) = match self.def.replica {
+            Replica::Default => {
+                let cols: Vec<usize> = self
+                    .key_columns
+                    .iter()
+                    .copied()
+                    .filter(|k| self.selected.contains(k))
+                    .chain(changed.iter().copied().filter(|c| !self.key_columns.contains(c)))
+                    .collect();
+                (self.value_of(new, cols.into_iter()), None)
+            }
+            Replica::Full => (
+                self.value_of(new, self.selected.iter().copied()),
+                Some(self.value_of(old, changed.iter().copied())),
+            ),
+        };
+        Some(LogItem {
+            op,
+            operation: "update",
+            key: self.key(new),
+            value,
+            old_value,
+            extra: None,
+        })
+    }
+
+    /// The `electric-schema` header value for this shape.
+    pub fn schema_header(&self) -> String {
+        let map: BTreeMap<&str, _> = self
+            .selected
+            .iter()
+            .map(|&i| {
+                let c = &self.table.columns[i];
+                (c.name.as_str(), c.describe())
+            })
+            .collect();
+        serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+fn borrow(row: &[Option<String>]) -> Vec<Option<&str>> {
+    row.iter().map(|v| v.as_deref()).collect()
+}
+
+fn escape_key_ident(ident: &str) -> String {
+    ident.replace('/', "//").replace('.', "..")
+}
+
+/// One change of a shape's log before its transaction headers are known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogItem {
+    pub op: u64,
+    pub operation: &'static str,
+    pub key: String,
+    pub value: Json,
+    pub old_value: Option<Json>,
+    pub extra: Option<(String, String)>,
+}
+
+impl LogItem {
+    /// The JSON line stored in the log and sent to clients.
+    pub fn to_json(&self, relation: (&str, &str), xid: u32, lsn: u64, last: bool) -> String {
+        let mut headers = Map::new();
+        headers.insert("operation".into(), Json::from(self.operation));
+        headers.insert("relation".into(), json!([relation.0, relation.1]));
+        headers.insert("txids".into(), json!([xid]));
+        headers.insert("lsn".into(), Json::String(lsn.to_string()));
+        headers.insert("op_position".into(), Json::from(self.op));
+        if last {
+            headers.insert("last".into(), Json::Bool(true));
+        }
+        if let Some((k, v)) = &self.extra {
+            headers.insert(k.clone(), Json::String(v.clone()));
+        }
+        let mut item = Map::new();
+        item.insert("key".into(), Json::String(self.key.clone()));
+        item.insert("value".into(), self.value.clone());
+        if let Some(old) = &self.old_value {
+            item.insert("old_value".into(), old.clone());
+        }
+        item.insert("headers".into(), Json::Object(headers));
+        Json::Object(item).to_string()
+    }
+}

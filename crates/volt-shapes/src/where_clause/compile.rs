@@ -1,0 +1,875 @@
+//! Type checking: sqlparser's `Expr` to the typed `Node` tree, following Postgres's rules for
+//! literal types, operator resolution and implicit casts closely enough that the snapshot
+//! query and the in-process evaluator agree.
+
+use sqlparser::ast::{
+    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArguments, Ident, InTarget, ObjectNamePart, Spanned, TypedString, UnaryOperator,
+    Value as SqlValue,
+};
+use sqlparser::tokenizer::Location;
+
+use super::WhereError;
+use super::ir::{ArithOp, CmpOp, Func, Kind, Node, Truth};
+use super::like::{LikePattern, escape_char};
+use super::numeric::Numeric;
+use super::types::{
+    CastTarget, SqlType, arithmetic_type, cast_target, comparison_type, explicit_cast_exists,
+    implicit_cast_exists,
+};
+use super::value::{self, Value};
+use crate::schema::ColumnSchema;
+
+/// Nesting allowed below the flattened AND/OR lists. sqlparser bounds parenthesised nesting
+/// but builds left-deep trees for chains like `a + b + c + ...`; this bounds those too, so
+/// every recursive walk over a `Node` stays shallow.
+const MAX_DEPTH: usize = 128;
+
+const OVERLOAD: &str = "Could not select an operator overload";
+
+pub(crate) struct Compiler<'a> {
+    sql: &'a str,
+    columns: &'a [ColumnSchema],
+    params: &'a [String],
+    depth: usize,
+}
+
+impl<'a> Compiler<'a> {
+    pub(crate) fn new(sql: &'a str, columns: &'a [ColumnSchema], params: &'a [String]) -> Self {
+        Compiler {
+            sql,
+            columns,
+            params,
+            depth: 0,
+        }
+    }
+
+    /// Type-check the whole clause, which must be boolean.
+    pub(crate) fn compile_root(&mut self, expr: &Expr) -> Result<Node, WhereError> {
+        let node = self.expr(expr)?;
+        match node.ty {
+            SqlType::Bool => Ok(node),
+            SqlType::Unknown => self.coerce(node, SqlType::Bool),
+            _ => Err(WhereError::new(
+                node.loc,
+                "WHERE clause must return a boolean",
+            )),
+        }
+    }
+
+    fn offset(&self, loc: Location) -> usize {
+        super::byte_offset(self.sql, loc)
+    }
+
+    fn expr(&mut self, e: &Expr) -> Result<Node, WhereError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(WhereError::new(
+                self.offset(e.span().start),
+                "expression is too deeply nested",
+            ));
+        }
+        self.depth += 1;
+        let marker = 0u8;
+        if std::env::var("STACKPROBE").is_ok() { eprintln!("depth {} addr {:p}", self.depth, &marker); }
+        let out = self.expr_inner(e);
+        self.depth -= 1;
+        out
+    }
+
+    /// Dispatch only: each construct is handled in its own function so this frame, which
+    /// every level of nesting pays for, stays small (debug builds do not share stack slots
+    /// between match arms).
+    fn expr_inner(&mut self, e: &Expr) -> Result<Node, WhereError> {
+        match e {
+            Expr::Identifier(ident) => self.column(ident),
+            Expr::CompoundIdentifier(parts) => Err(self.compound_identifier(parts)),
+            Expr::Nested(inner) => self.expr(inner),
+            Expr::Value(v) => self.literal(&v.value, self.offset(v.span.start), false),
+            Expr::TypedString(ts) => self.typed_string(ts),
+            Expr::Cast {
+                kind: CastKind::Cast | CastKind::DoubleColon,
+                expr,
+                data_type,
+                format: None,
+            } => self.cast_expr(expr, data_type),
+            Expr::UnaryOp { op, expr } => self.unary(*op, expr),
+            Expr::BinaryOp { left, op, right } => self.binary(e, left, op, right),
+            Expr::IsNull(inner) => self.is_null(inner, false),
+            Expr::IsNotNull(inner) => self.is_null(inner, true),
+            Expr::IsTrue(inner) => self.is_truth(inner, Truth::True, false),
+            Expr::IsNotTrue(inner) => self.is_truth(inner, Truth::True, true),
+            Expr::IsFalse(inner) => self.is_truth(inner, Truth::False, false),
+            Expr::IsNotFalse(inner) => self.is_truth(inner, Truth::False, true),
+            Expr::IsUnknown(inner) => self.is_truth(inner, Truth::Unknown, false),
+            Expr::IsNotUnknown(inner) => self.is_truth(inner, Truth::Unknown, true),
+            Expr::IsDistinctFrom(l, r) => self.distinct(l, r, false),
+            Expr::IsNotDistinctFrom(l, r) => self.distinct(l, r, true),
+            Expr::In {
+                expr,
+                target: InTarget::List(list),
+                negated,
+                global: false,
+            } => self.in_list(expr, list, *negated),
+            Expr::Between {
+                expr,
+                negated,
+                low,
+                high,
+            } => self.between(expr, low, high, *negated),
+            Expr::Like {
+                negated,
+                any: false,
+                expr,
+                pattern,
+                escape_char,
+            } => self.like(expr, pattern, escape_char.as_deref(), false, *negated),
+            Expr::ILike {
+                negated,
+                any: false,
+                expr,
+                pattern,
+                escape_char,
+            } => self.like(expr, pattern, escape_char.as_deref(), true, *negated),
+            Expr::Function(f) => self.function(f),
+            other => Err(self.unsupported(other)),
+        }
+    }
+
+    #[inline(never)]
+    fn unsupported(&self, e: &Expr) -> WhereError {
+        WhereError::new(
+            self.offset(e.span().start),
+            format!("{} is not supported in this context", node_name(e)),
+        )
+    }
+
+    #[inline(never)]
+    fn compound_identifier(&self, parts: &[Ident]) -> WhereError {
+        let name = parts
+            .iter()
+            .map(fold_ident)
+            .collect::<Vec<_>>()
+            .join(".");
+        let loc = parts.first().map_or(0, |p| self.offset(p.span.start));
+        WhereError::new(loc, format!("unknown reference {name}"))
+    }
+
+    fn typed_string(&self, ts: &TypedString) -> Result<Node, WhereError> {
+        let loc = self.offset(ts.value.span.start);
+        let target = cast_target(&ts.data_type).map_err(|r| WhereError::new(loc, r))?;
+        let Some(text) = string_literal(&ts.value.value) else {
+            return Err(WhereError::new(loc, "typed literal must be a string"));
+        };
+        let node = Node::new(Kind::Untyped(Some(text)), SqlType::Unknown, loc);
+        self.explicit_cast(node, target, loc)
+    }
+
+    fn is_null(&mut self, inner: &Expr, negated: bool) -> Result<Node, WhereError> {
+        let node = self.expr(inner)?;
+        let node = self.settle(node)?;
+        let loc = node.loc;
+        Ok(Node::new(
+            Kind::IsNull {
+                expr: Box::new(node),
+                negated,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn distinct(&mut self, l: &Expr, r: &Expr, negated: bool) -> Result<Node, WhereError> {
+        let left = self.expr(l)?;
+        let right = self.expr(r)?;
+        let loc = left.loc;
+        let (cmp_type, mut ops) = self.unify(vec![left, right], loc)?;
+        let right = pop(&mut ops, loc)?;
+        let left = pop(&mut ops, loc)?;
+        Ok(Node::new(
+            Kind::Distinct {
+                left: Box::new(left),
+                right: Box::new(right),
+                negated,
+                cmp_type,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn in_list(&mut self, expr: &Expr, list: &[Expr], negated: bool) -> Result<Node, WhereError> {
+        let mut nodes = Vec::with_capacity(list.len() + 1);
+        nodes.push(self.expr(expr)?);
+        for item in list {
+            nodes.push(self.expr(item)?);
+        }
+        let loc = nodes.first().map_or(0, |n| n.loc);
+        let (cmp_type, mut nodes) = self.unify(nodes, loc)?;
+        let list = nodes.split_off(1);
+        let expr = pop(&mut nodes, loc)?;
+        Ok(Node::new(
+            Kind::In {
+                expr: Box::new(expr),
+                list,
+                negated,
+                cmp_type,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn between(
+        &mut self,
+        expr: &Expr,
+        low: &Expr,
+        high: &Expr,
+        negated: bool,
+    ) -> Result<Node, WhereError> {
+        let nodes = vec![self.expr(expr)?, self.expr(low)?, self.expr(high)?];
+        let loc = nodes.first().map_or(0, |n| n.loc);
+        let (cmp_type, mut nodes) = self.unify(nodes, loc)?;
+        let high = pop(&mut nodes, loc)?;
+        let low = pop(&mut nodes, loc)?;
+        let expr = pop(&mut nodes, loc)?;
+        Ok(Node::new(
+            Kind::Between {
+                expr: Box::new(expr),
+                low: Box::new(low),
+                high: Box::new(high),
+                negated,
+                cmp_type,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn column(&self, ident: &Ident) -> Result<Node, WhereError> {
+        let name = fold_ident(ident);
+        let loc = self.offset(ident.span.start);
+        let Some(index) = self.columns.iter().position(|c| c.name == name) else {
+            return Err(WhereError::new(loc, format!("unknown reference {name}")));
+        };
+        let col = &self.columns[index];
+        Ok(Node::new(
+            Kind::Column { index, name },
+            SqlType::from_column(&col.typname, col.dims),
+            loc,
+        ))
+    }
+
+    fn literal(&self, v: &SqlValue, loc: usize, negate: bool) -> Result<Node, WhereError> {
+        if let SqlValue::Number(text, _) = v {
+            let text = if negate {
+                format!("-{text}")
+            } else {
+                text.clone()
+            };
+            return number_literal(&text, loc);
+        }
+        if negate {
+            return Err(WhereError::new(loc, OVERLOAD));
+        }
+        match v {
+            SqlValue::Boolean(b) => Ok(Node::new(
+                Kind::Const(Some(Value::Bool(*b))),
+                SqlType::Bool,
+                loc,
+            )),
+            SqlValue::Null => Ok(Node::new(Kind::Untyped(None), SqlType::Unknown, loc)),
+            SqlValue::Placeholder(p) => self.param(p, loc),
+            other => match string_literal(other) {
+                Some(s) => Ok(Node::new(Kind::Untyped(Some(s)), SqlType::Unknown, loc)),
+                None => Err(WhereError::new(
+                    loc,
+                    format!("literal {other} is not supported in this context"),
+                )),
+            },
+        }
+    }
+
+    fn param(&self, placeholder: &str, loc: usize) -> Result<Node, WhereError> {
+        let n = placeholder
+            .strip_prefix('$')
+            .and_then(|d| d.parse::<usize>().ok())
+            .ok_or_else(|| {
+                WhereError::new(
+                    loc,
+                    format!("parameter {placeholder} is not supported in this context"),
+                )
+            })?;
+        match n.checked_sub(1).and_then(|i| self.params.get(i)) {
+            Some(value) => Ok(Node::new(
+                Kind::Untyped(Some(value.clone())),
+                SqlType::Unknown,
+                loc,
+            )),
+            None => Err(WhereError::new(
+                loc,
+                format!("parameter ${n} was not provided"),
+            )),
+        }
+    }
+
+    fn cast_expr(&mut self, inner: &Expr, data_type: &DataType) -> Result<Node, WhereError> {
+        let node = self.expr(inner)?;
+        let loc = node.loc;
+        let target = cast_target(data_type).map_err(|r| WhereError::new(loc, r))?;
+        self.explicit_cast(node, target, loc)
+    }
+
+    fn type_label(&self, node: &Node) -> String {
+        match (&node.kind, node.ty) {
+            (Kind::Column { index, .. }, SqlType::Other) => self
+                .columns
+                .get(*index)
+                .map_or_else(|| "unknown".into(), |c| c.typname.clone()),
+            (_, ty) => ty.name().to_string(),
+        }
+    }
+
+    fn explicit_cast(
+        &self,
+        node: Node,
+        target: CastTarget,
+        loc: usize,
+    ) -> Result<Node, WhereError> {
+        if let Kind::Untyped(text) = &node.kind {
+            // A literal's text goes straight to the target type's input function.
+            let value = match text {
+                None => None,
+                Some(t) => {
+                    let parsed = value::parse_input(target.ty, t)
+                        .and_then(|v| value::cast(v, target.ty, target))
+                        .map_err(|r| WhereError::new(node.loc, r))?;
+                    Some(parsed)
+                }
+            };
+            return Ok(Node::new(Kind::Const(value), target.ty, loc));
+        }
+        if !explicit_cast_exists(node.ty, target.ty) {
+            return Err(WhereError::new(
+                loc,
+                format!(
+                    "cannot cast type {} to {}",
+                    self.type_label(&node),
+                    target.sql_name()
+                ),
+            ));
+        }
+        self.make_cast(node, target, loc)
+    }
+
+    /// A cast node, folded right away when its operand is a constant.
+    fn make_cast(&self, node: Node, target: CastTarget, loc: usize) -> Result<Node, WhereError> {
+        if let Kind::Const(v) = &node.kind {
+            let folded = match v {
+                None => None,
+                Some(v) => Some(
+                    value::cast(v.clone(), node.ty, target)
+                        .map_err(|r| WhereError::new(node.loc, r))?,
+                ),
+            };
+            return Ok(Node::new(Kind::Const(folded), target.ty, loc));
+        }
+        Ok(Node::new(
+            Kind::Cast {
+                expr: Box::new(node),
+                target,
+            },
+            target.ty,
+            loc,
+        ))
+    }
+
+    /// Bring `node` to type `to` the way Postgres applies an implicit cast.
+    fn coerce(&self, node: Node, to: SqlType) -> Result<Node, WhereError> {
+        let from = node.ty;
+        if from == to {
+            return Ok(node);
+        }
+        if let Kind::Untyped(text) = &node.kind {
+            let value = match text {
+                None => None,
+                Some(t) => Some(
+                    value::parse_input(to, t).map_err(|r| WhereError::new(node.loc, r))?,
+                ),
+            };
+            return Ok(Node::new(Kind::Const(value), to, node.loc));
+        }
+        if !implicit_cast_exists(from, to) {
+            return Err(WhereError::new(node.loc, OVERLOAD));
+        }
+        let same_representation = (from.is_int() && to.is_int())
+            || (from == SqlType::Float4 && to == SqlType::Float8)
+            || (from.is_string() && to.is_string() && from != SqlType::Bpchar)
+            || (from == SqlType::Timestamp && to == SqlType::Timestamptz);
+        if same_representation {
+            return Ok(node);
+        }
+        let loc = node.loc;
+        self.make_cast(node, CastTarget::plain(to), loc)
+    }
+
+    /// Untyped literals left where nothing gives them a type become text, as in Postgres.
+    fn settle(&self, node: Node) -> Result<Node, WhereError> {
+        if node.ty == SqlType::Unknown {
+            self.coerce(node, SqlType::Text)
+        } else {
+            Ok(node)
+        }
+    }
+
+    fn boolean(&self, node: Node, what: &str) -> Result<Node, WhereError> {
+        match node.ty {
+            SqlType::Bool => Ok(node),
+            SqlType::Unknown => self.coerce(node, SqlType::Bool),
+            _ => Err(WhereError::new(
+                node.loc,
+                format!(
+                    "argument of {what} must be type bool, not type {}",
+                    self.type_label(&node)
+                ),
+            )),
+        }
+    }
+
+    /// Pick the common type of comparison operands (Postgres's `select_common_type`:
+    /// untyped literals take the type of the others, or text) and coerce them all to it.
+    fn unify(&self, nodes: Vec<Node>, loc: usize) -> Result<(SqlType, Vec<Node>), WhereError> {
+        let mut common: Option<SqlType> = None;
+        for n in nodes.iter().filter(|n| n.ty != SqlType::Unknown) {
+            common = match common {
+                None if n.ty == SqlType::Other => {
+                    return Err(WhereError::new(n.loc, OVERLOAD));
+                }
+                None => Some(n.ty),
+                Some(c) => Some(
+                    comparison_type(c, n.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?,
+                ),
+            };
+        }
+        let common = common.unwrap_or(SqlType::Text);
+        // Comparing bpchar with text (not varchar) happens in text, which drops the padding.
+        let coerced = nodes
+            .into_iter()
+            .map(|n| self.coerce(n, common))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((common, coerced))
+    }
+
+    fn unary(&mut self, op: UnaryOperator, inner: &Expr) -> Result<Node, WhereError> {
+        match op {
+            UnaryOperator::Not => {
+                let node = self.expr(inner)?;
+                let loc = node.loc;
+                let node = self.boolean(node, "NOT")?;
+                Ok(Node::new(Kind::Not(Box::new(node)), SqlType::Bool, loc))
+            }
+            UnaryOperator::Minus | UnaryOperator::Plus => {
+                // Postgres folds a minus sign into a numeric literal, so `-2147483648` is int4.
+                if let Expr::Value(v) = inner
+                    && matches!(v.value, SqlValue::Number(..))
+                {
+                    let loc = self.offset(v.span.start).saturating_sub(1);
+                    return self.literal(&v.value, loc, op == UnaryOperator::Minus);
+                }
+                let node = self.expr(inner)?;
+                if !node.ty.is_number() {
+                    return Err(WhereError::new(node.loc, OVERLOAD));
+                }
+                if op == UnaryOperator::Plus {
+                    return Ok(node);
+                }
+                let (ty, loc) = (node.ty, node.loc);
+                Ok(Node::new(Kind::Neg(Box::new(node)), ty, loc))
+            }
+            other => Err(WhereError::new(
+                self.offset(inner.span().start),
+                format!("unknown or unsupported operator {other}"),
+            )),
+        }
+    }
+
+    /// Flatten a left-deep chain of one boolean operator into a single list, iteratively,
+    /// so long `a OR b OR c ...` clauses do not nest.
+    fn bool_chain(
+        &mut self,
+        e: &Expr,
+        op: &BinaryOperator,
+        what: &str,
+    ) -> Result<Vec<Node>, WhereError> {
+        let mut rights = Vec::new();
+        let mut cur = e;
+        while let Expr::BinaryOp {
+            left,
+            op: cur_op,
+            right,
+        } = cur
+        {
+            if cur_op != op {
+                break;
+            }
+            rights.push(right.as_ref());
+            cur = left.as_ref();
+        }
+        let mut items = Vec::with_capacity(rights.len() + 1);
+        for operand in std::iter::once(cur).chain(rights.into_iter().rev()) {
+            let node = self.expr(operand)?;
+            let node = self.boolean(node, what)?;
+            // Nested lists of the same operator (from parentheses) merge into this one.
+            match node.kind {
+                Kind::And(inner) if what == "AND" => items.extend(inner),
+                Kind::Or(inner) if what == "OR" => items.extend(inner),
+                kind => items.push(Node::new(kind, node.ty, node.loc)),
+            }
+        }
+        Ok(items)
+    }
+
+    fn binary(
+        &mut self,
+        whole: &Expr,
+        l: &Expr,
+        op: &BinaryOperator,
+        r: &Expr,
+    ) -> Result<Node, WhereError> {
+        let cmp = match op {
+            BinaryOperator::And | BinaryOperator::Or => {
+                let what = if *op == BinaryOperator::And {
+                    "AND"
+                } else {
+                    "OR"
+                };
+                let items = self.bool_chain(whole, op, what)?;
+                let loc = items.first().map_or(0, |n| n.loc);
+                let kind = if what == "AND" {
+                    Kind::And(items)
+                } else {
+                    Kind::Or(items)
+                };
+                return Ok(Node::new(kind, SqlType::Bool, loc));
+            }
+            BinaryOperator::Eq => CmpOp::Eq,
+            BinaryOperator::NotEq => CmpOp::NotEq,
+            BinaryOperator::Lt => CmpOp::Lt,
+            BinaryOperator::LtEq => CmpOp::LtEq,
+            BinaryOperator::Gt => CmpOp::Gt,
+            BinaryOperator::GtEq => CmpOp::GtEq,
+            BinaryOperator::Plus => return self.arith(l, ArithOp::Add, r),
+            BinaryOperator::Minus => return self.arith(l, ArithOp::Sub, r),
+            BinaryOperator::Multiply => return self.arith(l, ArithOp::Mul, r),
+            BinaryOperator::Divide => return self.arith(l, ArithOp::Div, r),
+            BinaryOperator::StringConcat => return self.concat(l, r),
+            BinaryOperator::PGLikeMatch => return self.like(l, r, None, false, false),
+            BinaryOperator::PGNotLikeMatch => return self.like(l, r, None, false, true),
+            BinaryOperator::PGILikeMatch => return self.like(l, r, None, true, false),
+            BinaryOperator::PGNotILikeMatch => return self.like(l, r, None, true, true),
+            other => {
+                let left = self.expr(l)?;
+                return Err(WhereError::new(
+                    left.loc,
+                    format!("unknown or unsupported operator {other}"),
+                ));
+            }
+        };
+        let left = self.expr(l)?;
+        let right = self.expr(r)?;
+        let loc = left.loc;
+        let cmp_type = match (left.ty, right.ty) {
+            (SqlType::Unknown, SqlType::Unknown) => SqlType::Text,
+            (a, b) => comparison_type(a, b).ok_or_else(|| WhereError::new(loc, OVERLOAD))?,
+        };
+        let left = self.coerce(left, cmp_type)?;
+        let right = self.coerce(right, cmp_type)?;
+        Ok(Node::new(
+            Kind::Compare {
+                op: cmp,
+                left: Box::new(left),
+                right: Box::new(right),
+                cmp_type,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn arith(&mut self, l: &Expr, op: ArithOp, r: &Expr) -> Result<Node, WhereError> {
+        let left = self.expr(l)?;
+        let right = self.expr(r)?;
+        let loc = left.loc;
+        let ty = arithmetic_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+        let left = self.coerce(left, ty)?;
+        let right = self.coerce(right, ty)?;
+        Ok(Node::new(
+            Kind::Arith {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            ty,
+            loc,
+        ))
+    }
+
+    /// Operands of text operators and functions: any string type or untyped literal, as text.
+    fn text_operand(&self, node: Node) -> Result<Node, WhereError> {
+        if node.ty.is_string() || node.ty == SqlType::Unknown {
+            self.coerce(node, SqlType::Text)
+        } else {
+            Err(WhereError::new(node.loc, OVERLOAD))
+        }
+    }
+
+    fn concat(&mut self, l: &Expr, r: &Expr) -> Result<Node, WhereError> {
+        let left = self.expr(l)?;
+        let right = self.expr(r)?;
+        let loc = left.loc;
+        let left = self.text_operand(left)?;
+        let right = self.text_operand(right)?;
+        Ok(Node::new(
+            Kind::Concat {
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            SqlType::Text,
+            loc,
+        ))
+    }
+
+    fn like(
+        &mut self,
+        expr: &Expr,
+        pattern: &Expr,
+        escape: Option<&Expr>,
+        case_insensitive: bool,
+        negated: bool,
+    ) -> Result<Node, WhereError> {
+        let subject = self.expr(expr)?;
+        let loc = subject.loc;
+        // bpchar keeps its padding here: trailing spaces count in pattern matching.
+        let subject = if subject.ty.is_string() {
+            subject
+        } else {
+            self.text_operand(subject)?
+        };
+        let pattern = self.expr(pattern)?;
+        let pattern = self.text_operand(pattern)?;
+        let escape = match escape {
+            Some(e) => {
+                let node = self.expr(e)?;
+                Some(Box::new(self.text_operand(node)?))
+            }
+            None => None,
+        };
+        let compiled = self.precompile_like(&pattern, escape.as_deref(), case_insensitive)?;
+        Ok(Node::new(
+            Kind::Like {
+                expr: Box::new(subject),
+                pattern: Box::new(pattern),
+                escape,
+                case_insensitive,
+                negated,
+                compiled,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn precompile_like(
+        &self,
+        pattern: &Node,
+        escape: Option<&Node>,
+        case_insensitive: bool,
+    ) -> Result<Option<LikePattern>, WhereError> {
+        let Kind::Const(Some(Value::Text(p))) = &pattern.kind else {
+            return Ok(None);
+        };
+        let esc = match escape.map(|e| &e.kind) {
+            None => Some('\\'),
+            Some(Kind::Const(Some(Value::Text(e)))) => {
+                escape_char(e).map_err(|r| WhereError::new(pattern.loc, r))?
+            }
+            Some(_) => return Ok(None),
+        };
+        let p = if case_insensitive {
+            p.to_lowercase()
+        } else {
+            p.clone()
+        };
+        LikePattern::compile(&p, esc)
+            .map(Some)
+            .map_err(|r| WhereError::new(pattern.loc, r))
+    }
+
+    fn is_truth(&mut self, inner: &Expr, truth: Truth, negated: bool) -> Result<Node, WhereError> {
+        let node = self.expr(inner)?;
+        let loc = node.loc;
+        let what = match truth {
+            Truth::True => "IS TRUE",
+            Truth::False => "IS FALSE",
+            Truth::Unknown => "IS UNKNOWN",
+        };
+        let node = self.boolean(node, what)?;
+        Ok(Node::new(
+            Kind::IsTruth {
+                expr: Box::new(node),
+                truth,
+                negated,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn function(&mut self, f: &Function) -> Result<Node, WhereError> {
+        let loc = match f.name.0.first() {
+            Some(ObjectNamePart::Identifier(i)) => self.offset(i.span.start),
+            _ => 0,
+        };
+        let name = f
+            .name
+            .0
+            .iter()
+            .map(|part| match part {
+                ObjectNamePart::Identifier(i) => fold_ident(i),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        let args = match &f.args {
+            FunctionArguments::List(list)
+                if list.duplicate_treatment.is_none() && list.clauses.is_empty() =>
+            {
+                list.args.as_slice()
+            }
+            FunctionArguments::None => &[],
+            _ => {
+                return Err(WhereError::new(
+                    loc,
+                    format!("unknown or unsupported function {name}"),
+                ));
+            }
+        };
+        let decorated = f.filter.is_some()
+            || f.over.is_some()
+            || !f.within_group.is_empty()
+            || f.null_treatment.is_some()
+            || !matches!(f.parameters, FunctionArguments::None);
+        let func = match (name.as_str(), args.len()) {
+            ("lower", 1) => Some(Func::Lower),
+            ("upper", 1) => Some(Func::Upper),
+            _ => None,
+        };
+        let (Some(func), false) = (func, decorated) else {
+            return Err(WhereError::new(
+                loc,
+                format!("unknown or unsupported function {name}/{}", args.len()),
+            ));
+        };
+        let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] = args else {
+            return Err(WhereError::new(
+                loc,
+                format!("unknown or unsupported function {name}/{}", args.len()),
+            ));
+        };
+        let arg = self.expr(arg)?;
+        let arg = self.text_operand(arg)?;
+        Ok(Node::new(
+            Kind::Func {
+                func,
+                arg: Box::new(arg),
+            },
+            SqlType::Text,
+            loc,
+        ))
+    }
+}
+
+fn pop(nodes: &mut Vec<Node>, loc: usize) -> Result<Node, WhereError> {
+    nodes
+        .pop()
+        .ok_or_else(|| WhereError::new(loc, "internal error: missing operand"))
+}
+
+/// Postgres folds unquoted identifiers to lower case; quoted ones keep their spelling.
+fn fold_ident(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+fn string_literal(v: &SqlValue) -> Option<String> {
+    match v {
+        SqlValue::SingleQuotedString(s)
+        | SqlValue::EscapedStringLiteral(s)
+        | SqlValue::UnicodeStringLiteral(s) => Some(s.clone()),
+        SqlValue::DollarQuotedString(d) => Some(d.value.clone()),
+        _ => None,
+    }
+}
+
+/// A numeric literal is int4 if it fits, else int8, else numeric; with a point or exponent
+/// it is numeric.
+fn number_literal(text: &str, loc: usize) -> Result<Node, WhereError> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(v) = text.parse::<i64>() {
+            let ty = if i32::try_from(v).is_ok() {
+                SqlType::Int4
+            } else {
+                SqlType::Int8
+            };
+            return Ok(Node::new(Kind::Const(Some(Value::Int(v))), ty, loc));
+        }
+    }
+    match Numeric::parse(text) {
+        Ok(n) => Ok(Node::new(
+            Kind::Const(Some(Value::Numeric(n))),
+            SqlType::Numeric,
+            loc,
+        )),
+        Err(_) => Err(WhereError::new(
+            loc,
+            format!("invalid syntax for type numeric: {text}"),
+        )),
+    }
+}
+
+/// Postgres's parse-node name for constructs outside the supported subset.
+fn node_name(e: &Expr) -> &'static str {
+    match e {
+        Expr::Subquery(_) | Expr::Exists { .. } => "SubLink",
+        Expr::In {
+            target: InTarget::Subquery(_),
+            ..
+        } => "SubLink",
+        Expr::In { .. } => "IN with this target",
+        Expr::Case { .. } => "CaseExpr",
+        Expr::Array(_) => "A_ArrayExpr",
+        Expr::Collate { .. } => "CollateClause",
+        Expr::AnyOp { .. } | Expr::AllOp { .. } => "ANY/ALL (array)",
+        Expr::SimilarTo { .. } => "SIMILAR TO",
+        Expr::RLike { .. } => "regular expression match",
+        Expr::Like { .. } | Expr::ILike { .. } => "LIKE ANY",
+        Expr::JsonAccess { .. } => "JSON access",
+        Expr::CompoundFieldAccess { .. } => "A_Indirection",
+        Expr::Interval(_) => "interval",
+        Expr::AtTimeZone { .. } => "AT TIME ZONE",
+        Expr::Extract { .. } => "EXTRACT",
+        Expr::Substring { .. } => "SUBSTRING",
+        Expr::Trim { .. } => "TRIM",
+        Expr::Position { .. } => "POSITION",
+        Expr::Overlay { .. } => "OVERLAY",
+        Expr::Ceil { .. } | Expr::Floor { .. } => "CEIL/FLOOR",
+        Expr::Tuple(_) => "RowExpr",
+        Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => "A_Star",
+        Expr::Cast { .. } => "this form of CAST",
+        Expr::IsNormalized { .. } | Expr::IsJson { .. } => "IS NORMALIZED/JSON",
+        _ => "this expression",
+    }
+}

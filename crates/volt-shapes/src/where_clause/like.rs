@@ -1,0 +1,132 @@
+//! Postgres `LIKE`: `%` matches any run of characters, `_` exactly one, and the escape
+//! character (backslash unless `ESCAPE` says otherwise) makes the next character literal.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(char),
+    AnyOne,
+    AnyRun,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LikePattern {
+    tokens: Vec<Token>,
+}
+
+/// The escape character from an `ESCAPE` operand: empty disables escaping.
+pub(crate) fn escape_char(escape: &str) -> Result<Option<char>, String> {
+    let mut chars = escape.chars();
+    match (chars.next(), chars.next()) {
+        (None, _) => Ok(None),
+        (Some(c), None) => Ok(Some(c)),
+        _ => Err("invalid escape string".into()),
+    }
+}
+
+impl LikePattern {
+    pub(crate) fn compile(pattern: &str, escape: Option<char>) -> Result<LikePattern, String> {
+        let mut tokens = Vec::new();
+        let mut chars = pattern.chars();
+        while let Some(c) = chars.next() {
+            let token = if Some(c) == escape {
+                match chars.next() {
+                    Some(next) => Token::Literal(next),
+                    None => return Err("LIKE pattern must not end with escape character".into()),
+                }
+            } else if c == '%' {
+                // Consecutive `%` are equivalent to one and would only slow matching down.
+                if tokens.last() == Some(&Token::AnyRun) {
+                    continue;
+                }
+                Token::AnyRun
+            } else if c == '_' {
+                Token::AnyOne
+            } else {
+                Token::Literal(c)
+            };
+            tokens.push(token);
+        }
+        Ok(LikePattern { tokens })
+    }
+
+    /// Greedy matching that backtracks only to the most recent `%`, which is enough for
+    /// patterns made of literals, `_` and `%`, and keeps the cost at O(text × pattern).
+    pub(crate) fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        let pat = &self.tokens;
+        let (mut t, mut p) = (0, 0);
+        let mut resume: Option<(usize, usize)> = None;
+        while t < text.len() {
+            match pat.get(p) {
+                Some(Token::Literal(c)) if *c == text[t] => {
+                    t += 1;
+                    p += 1;
+                }
+                Some(Token::AnyOne) => {
+                    t += 1;
+                    p += 1;
+                }
+                Some(Token::AnyRun) => {
+                    resume = Some((p, t));
+                    p += 1;
+                }
+                _ => match resume {
+                    Some((star, from)) => {
+                        p = star + 1;
+                        t = from + 1;
+                        resume = Some((star, from + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        pat[p..].iter().all(|tok| *tok == Token::AnyRun)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn like(text: &str, pattern: &str) -> bool {
+        match LikePattern::compile(pattern, Some('\\')) {
+            Ok(p) => p.matches(text),
+            Err(e) => panic!("{pattern}: {e}"),
+        }
+    }
+
+    #[test]
+    fn wildcards_match_like_postgres() {
+        assert!(like("hello", "h%o"));
+        assert!(like("hello", "%"));
+        assert!(like("", "%"));
+        assert!(!like("", "_"));
+        assert!(like("hello", "h_llo"));
+        assert!(!like("hello", "h_lo"));
+        assert!(like("abcabc", "%abc"));
+        assert!(like("aaa", "%a%a%a%"));
+        assert!(!like("aa", "%a%a%a%"));
+        assert!(like("héllo", "h_llo"));
+        assert!(!like("Hello", "hello"));
+        assert!(like("mississippi", "m%iss%ppi"));
+    }
+
+    #[test]
+    fn escaped_wildcards_are_literal() {
+        assert!(like("50%", "50\\%"));
+        assert!(!like("500", "50\\%"));
+        assert!(like("a_b", "a\\_b"));
+        assert!(!like("axb", "a\\_b"));
+        assert!(like("a\\b", "a\\\\b"));
+        assert!(LikePattern::compile("abc\\", Some('\\')).is_err());
+    }
+
+    #[test]
+    fn custom_and_disabled_escape() {
+        let p = LikePattern::compile("50#%", Some('#'));
+        assert!(p.is_ok_and(|p| p.matches("50%") && !p.matches("501")));
+        let p = LikePattern::compile("a\\%", None);
+        assert!(p.is_ok_and(|p| p.matches("a\\xyz")));
+        assert_eq!(escape_char("ab"), Err("invalid escape string".into()));
+    }
+}

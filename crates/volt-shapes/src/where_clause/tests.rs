@@ -1,0 +1,669 @@
+use super::*;
+
+fn col(name: &str, typname: &str) -> ColumnSchema {
+    ColumnSchema {
+        name: name.to_string(),
+        type_oid: 0,
+        typname: typname.to_string(),
+        not_null: false,
+        pk_index: None,
+        dims: usize::from(typname.starts_with('_')),
+    }
+}
+
+fn columns() -> Vec<ColumnSchema> {
+    vec![
+        col("id", "int4"),
+        col("name", "text"),
+        col("Col", "text"),
+        col("col", "int4"),
+        col("qty", "int8"),
+        col("price", "numeric"),
+        col("score", "float8"),
+        col("ratio", "float4"),
+        col("small", "int2"),
+        col("active", "bool"),
+        col("code", "bpchar"),
+        col("title", "varchar"),
+        col("uid", "uuid"),
+        col("born", "date"),
+        col("created", "timestamptz"),
+        col("at", "timestamp"),
+        col("status", "mood"),
+        col("tags", "_text"),
+    ]
+}
+
+fn index_of(name: &str) -> usize {
+    match columns().iter().position(|c| c.name == name) {
+        Some(i) => i,
+        None => panic!("no test column {name}"),
+    }
+}
+
+/// A row with the given columns set (Postgres text output) and every other column NULL.
+fn row<'a>(values: &[(&str, &'a str)]) -> Vec<Option<&'a str>> {
+    let mut out = vec![None; columns().len()];
+    for (name, v) in values {
+        out[index_of(name)] = Some(*v);
+    }
+    out
+}
+
+fn parse(sql: &str) -> WhereClause {
+    parse_with(sql, &[])
+}
+
+fn parse_with(sql: &str, params: &[&str]) -> WhereClause {
+    let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+    match WhereClause::parse(sql, &columns(), &params) {
+        Ok(w) => w,
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+fn parse_err(sql: &str) -> WhereError {
+    parse_err_with(sql, &[])
+}
+
+fn parse_err_with(sql: &str, params: &[&str]) -> WhereError {
+    let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+    match WhereClause::parse(sql, &columns(), &params) {
+        Ok(w) => panic!("{sql} parsed as {}", w.to_sql()),
+        Err(e) => e,
+    }
+}
+
+fn eval(sql: &str, values: &[(&str, &str)]) -> Option<bool> {
+    match parse(sql).eval(&row(values)) {
+        Ok(v) => v,
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+fn eval_err(sql: &str, values: &[(&str, &str)]) -> WhereError {
+    match parse(sql).eval(&row(values)) {
+        Ok(v) => panic!("{sql} evaluated to {v:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn where_clause_is_send_sync_clone_debug() {
+    fn check<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    check::<WhereClause>();
+    check::<WhereError>();
+}
+
+// --- three-valued logic ---
+
+#[test]
+fn null_and_false_is_false() {
+    assert_eq!(eval("NULL AND false", &[]), Some(false));
+    assert_eq!(eval("false AND NULL", &[]), Some(false));
+    assert_eq!(eval("active AND id = 2", &[("id", "1")]), Some(false));
+}
+
+#[test]
+fn null_and_true_is_null() {
+    assert_eq!(eval("NULL AND true", &[]), None);
+    assert_eq!(eval("active AND id = 1", &[("id", "1")]), None);
+}
+
+#[test]
+fn null_or_true_is_true() {
+    assert_eq!(eval("NULL OR true", &[]), Some(true));
+    assert_eq!(eval("active OR id = 1", &[("id", "1")]), Some(true));
+}
+
+#[test]
+fn null_or_false_is_null() {
+    assert_eq!(eval("NULL OR false", &[]), None);
+}
+
+#[test]
+fn not_null_is_null() {
+    assert_eq!(eval("NOT NULL", &[]), None);
+    assert_eq!(eval("NOT active", &[]), None);
+    assert_eq!(eval("NOT active", &[("active", "f")]), Some(true));
+}
+
+#[test]
+fn comparison_with_null_is_null_and_does_not_match() {
+    let w = parse("id = 1");
+    assert_eq!(w.eval(&row(&[])), Ok(None));
+    assert!(!w.matches(&row(&[])));
+    assert!(w.matches(&row(&[("id", "1")])));
+    assert_eq!(eval("id <> 1", &[]), None);
+}
+
+#[test]
+fn in_list_with_null_follows_postgres() {
+    assert_eq!(eval("NULL IN (1, NULL)", &[]), None);
+    assert_eq!(eval("1 IN (1, NULL)", &[]), Some(true));
+    assert_eq!(eval("1 IN (2, NULL)", &[]), None);
+    assert_eq!(eval("1 NOT IN (2, NULL)", &[]), None);
+    assert_eq!(eval("1 NOT IN (2, 3)", &[]), Some(true));
+    assert_eq!(eval("1 NOT IN (1, NULL)", &[]), Some(false));
+    assert_eq!(eval("id IN (1, 2, 3)", &[("id", "2")]), Some(true));
+    assert_eq!(eval("id IN (1, 2, 3)", &[]), None);
+}
+
+#[test]
+fn is_null_and_is_not_null() {
+    assert_eq!(eval("name IS NULL", &[]), Some(true));
+    assert_eq!(eval("name IS NOT NULL", &[]), Some(false));
+    assert_eq!(eval("name IS NOT NULL", &[("name", "")]), Some(true));
+}
+
+#[test]
+fn is_true_false_unknown_never_return_null() {
+    assert_eq!(eval("active IS TRUE", &[]), Some(false));
+    assert_eq!(eval("active IS NOT TRUE", &[]), Some(true));
+    assert_eq!(eval("active IS FALSE", &[]), Some(false));
+    assert_eq!(eval("active IS NOT FALSE", &[]), Some(true));
+    assert_eq!(eval("active IS UNKNOWN", &[]), Some(true));
+    assert_eq!(eval("active IS NOT UNKNOWN", &[("active", "t")]), Some(true));
+    assert_eq!(eval("active IS TRUE", &[("active", "t")]), Some(true));
+    assert_eq!(eval("active IS NOT FALSE", &[("active", "f")]), Some(false));
+}
+
+#[test]
+fn is_distinct_from_treats_nulls_as_values() {
+    assert_eq!(eval("name IS DISTINCT FROM NULL", &[]), Some(false));
+    assert_eq!(eval("name IS DISTINCT FROM 'a'", &[]), Some(true));
+    assert_eq!(eval("name IS NOT DISTINCT FROM 'a'", &[("name", "a")]), Some(true));
+    assert_eq!(eval("id IS DISTINCT FROM 1", &[("id", "1")]), Some(false));
+    assert_eq!(eval("id IS NOT DISTINCT FROM col", &[]), Some(true));
+}
+
+#[test]
+fn between_is_inclusive_and_null_aware() {
+    assert_eq!(eval("id BETWEEN 1 AND 3", &[("id", "1")]), Some(true));
+    assert_eq!(eval("id BETWEEN 1 AND 3", &[("id", "3")]), Some(true));
+    assert_eq!(eval("id BETWEEN 1 AND 3", &[("id", "4")]), Some(false));
+    assert_eq!(eval("id NOT BETWEEN 1 AND 3", &[("id", "4")]), Some(true));
+    assert_eq!(eval("id BETWEEN 1 AND 3", &[]), None);
+    // One bound NULL: only a failing other bound decides.
+    assert_eq!(eval("id BETWEEN NULL AND 3", &[("id", "4")]), Some(false));
+    assert_eq!(eval("id BETWEEN NULL AND 3", &[("id", "2")]), None);
+}
+
+#[test]
+fn boolean_chains_evaluate_left_to_right() {
+    assert_eq!(
+        eval("id = 1 OR id = 2 OR id = 3 AND name = 'x'", &[("id", "3"), ("name", "x")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("(id = 1 OR id = 3) AND name = 'x'", &[("id", "3"), ("name", "y")]),
+        Some(false)
+    );
+    // A false operand stops evaluation before a later one can fail.
+    assert_eq!(eval("false AND 1 / 0 = 1", &[]), Some(false));
+}
+
+// --- LIKE / ILIKE ---
+
+#[test]
+fn like_supports_wildcards_and_backslash_escape() {
+    assert_eq!(eval("name LIKE 'ab%'", &[("name", "abc")]), Some(true));
+    assert_eq!(eval("name LIKE 'a_c'", &[("name", "abc")]), Some(true));
+    assert_eq!(eval("name LIKE '50\\%'", &[("name", "50%")]), Some(true));
+    assert_eq!(eval("name LIKE '50\\%'", &[("name", "500")]), Some(false));
+    assert_eq!(eval("name LIKE 'a\\_c'", &[("name", "abc")]), Some(false));
+    assert_eq!(eval("name LIKE 'a\\_c'", &[("name", "a_c")]), Some(true));
+    assert_eq!(eval("name NOT LIKE 'ab%'", &[("name", "abc")]), Some(false));
+    assert_eq!(eval("name LIKE 'ab%'", &[]), None);
+    assert_eq!(eval("name ~~ 'ab%'", &[("name", "abc")]), Some(true));
+    assert_eq!(eval("name !~~ 'ab%'", &[("name", "abc")]), Some(false));
+}
+
+#[test]
+fn like_escape_clause_changes_the_escape_character() {
+    assert_eq!(eval("name LIKE '50#%' ESCAPE '#'", &[("name", "50%")]), Some(true));
+    assert_eq!(eval("name LIKE '50#%' ESCAPE '#'", &[("name", "50x")]), Some(false));
+    assert_eq!(eval("name LIKE 'a\\%' ESCAPE ''", &[("name", "a\\bc")]), Some(true));
+}
+
+#[test]
+fn like_pattern_ending_in_escape_is_rejected() {
+    let e = parse_err("name LIKE 'abc\\'");
+    assert_eq!(e.reason, "LIKE pattern must not end with escape character");
+    // A pattern only known per row fails at evaluation instead.
+    let e = eval_err("'x' LIKE name", &[("name", "abc\\")]);
+    assert_eq!(e.reason, "LIKE pattern must not end with escape character");
+}
+
+#[test]
+fn like_is_case_sensitive_and_ilike_is_not() {
+    assert_eq!(eval("name LIKE 'AB%'", &[("name", "abc")]), Some(false));
+    assert_eq!(eval("name ILIKE 'AB%'", &[("name", "abc")]), Some(true));
+    assert_eq!(eval("name NOT ILIKE 'AB%'", &[("name", "abc")]), Some(false));
+    assert_eq!(eval("name ILIKE 'ÉCOLE%'", &[("name", "école primaire")]), Some(true));
+    assert_eq!(eval("name ~~* 'AB%'", &[("name", "abc")]), Some(true));
+    assert_eq!(eval("name !~~* 'AB%'", &[("name", "xbc")]), Some(true));
+}
+
+#[test]
+fn like_with_a_parameter_pattern() {
+    let w = parse_with("name LIKE $1", &["a%"]);
+    assert!(w.matches(&row(&[("name", "abc")])));
+    assert_eq!(w.to_sql(), "(\"name\" LIKE 'a%'::text)");
+}
+
+#[test]
+fn like_keeps_bpchar_padding() {
+    assert_eq!(eval("code LIKE 'ab'", &[("code", "ab  ")]), Some(false));
+    assert_eq!(eval("code LIKE 'ab%'", &[("code", "ab  ")]), Some(true));
+}
+
+// --- numbers ---
+
+#[test]
+fn numeric_comparison_is_exact() {
+    assert_eq!(eval("price = '1.1'", &[("price", "1.10")]), Some(true));
+    assert_eq!(eval("price = 1.1", &[("price", "1.10")]), Some(true));
+    assert_eq!(eval("price > 1.1", &[("price", "1.1000000000000000000001")]), Some(true));
+    assert_eq!(eval("0.1 + 0.2 = 0.3", &[]), Some(true));
+    assert_eq!(eval("price * 3 = 3.30", &[("price", "1.1")]), Some(true));
+    assert_eq!(eval("price / 3 > 0.3333333333", &[("price", "1")]), Some(true));
+}
+
+#[test]
+fn float_comparison_follows_ieee_like_postgres() {
+    assert_eq!(eval("0.1::float8 + 0.2::float8 = 0.3::float8", &[]), Some(false));
+    assert_eq!(eval("score = 1.5", &[("score", "1.5")]), Some(true));
+    assert_eq!(eval("score > 1e300", &[("score", "Infinity")]), Some(true));
+    assert_eq!(eval("score = 'NaN'", &[("score", "NaN")]), Some(true));
+    assert_eq!(eval("score > 1", &[("score", "NaN")]), Some(true));
+}
+
+#[test]
+fn float4_compared_with_numeric_literal_widens_to_float8() {
+    // In Postgres `real_col = 0.1` compares as float8 and is false for a stored 0.1.
+    assert_eq!(eval("ratio = 0.1", &[("ratio", "0.1")]), Some(false));
+    assert_eq!(eval("ratio = 0.1::float4", &[("ratio", "0.1")]), Some(true));
+    assert_eq!(eval("ratio = '0.1'", &[("ratio", "0.1")]), Some(true));
+    assert_eq!(eval("ratio = 0.5", &[("ratio", "0.5")]), Some(true));
+}
+
+#[test]
+fn integer_compared_with_fraction_compares_as_numeric() {
+    assert_eq!(eval("id = 5.5", &[("id", "5")]), Some(false));
+    assert_eq!(eval("id = 5.0", &[("id", "5")]), Some(true));
+    assert_eq!(eval("id < 5.5", &[("id", "5")]), Some(true));
+    assert_eq!(
+        parse("id = 5.5").to_sql(),
+        "(CAST(\"id\" AS numeric) = '5.5'::numeric)"
+    );
+}
+
+#[test]
+fn integer_types_compare_across_widths() {
+    assert_eq!(eval("small = qty", &[("small", "7"), ("qty", "7")]), Some(true));
+    assert_eq!(eval("qty > 2147483648", &[("qty", "9000000000")]), Some(true));
+    assert_eq!(eval("id > -2147483648", &[("id", "0")]), Some(true));
+    assert_eq!(eval("qty = 99999999999999999999", &[("qty", "1")]), Some(false));
+}
+
+#[test]
+fn integer_overflow_is_an_error() {
+    let e = eval_err("id + 2147483647 > 0", &[("id", "1")]);
+    assert_eq!(e.reason, "integer out of range");
+    assert_eq!(e.location, 0);
+    let e = eval_err("qty * 2 > 0", &[("qty", "9223372036854775807")]);
+    assert_eq!(e.reason, "bigint out of range");
+    let e = eval_err("small + small > 0", &[("small", "20000")]);
+    assert_eq!(e.reason, "smallint out of range");
+    let e = eval_err("-id > 0", &[("id", "-2147483648")]);
+    assert_eq!(e.reason, "integer out of range");
+    // int2 + int4 is computed as int4, so this does not overflow.
+    assert_eq!(eval("small + 20000 > 0", &[("small", "20000")]), Some(true));
+    assert!(!parse("id + 2147483647 > 0").matches(&row(&[("id", "1")])));
+}
+
+#[test]
+fn division_by_zero_is_an_error() {
+    assert_eq!(eval_err("id / 0 = 1", &[("id", "1")]).reason, "division by zero");
+    assert_eq!(eval_err("price / 0 = 1", &[("price", "1")]).reason, "division by zero");
+    assert_eq!(eval_err("score / 0 = 1", &[("score", "1")]).reason, "division by zero");
+}
+
+#[test]
+fn integer_division_truncates_toward_zero() {
+    assert_eq!(eval("-7 / 2 = -3", &[]), Some(true));
+    assert_eq!(eval("id / 2 = 3", &[("id", "7")]), Some(true));
+    assert_eq!(eval("id / 2.0 = 3.5", &[("id", "7")]), Some(true));
+}
+
+#[test]
+fn casts_convert_like_postgres() {
+    assert_eq!(eval("2.5::int4 = 3", &[]), Some(true));
+    assert_eq!(eval("'2.5'::float8::int4 = 2", &[]), Some(true));
+    assert_eq!(eval("CAST(name AS int4) = 5", &[("name", " 5 ")]), Some(true));
+    assert_eq!(eval("id::text = '5'", &[("id", "5")]), Some(true));
+    assert_eq!(eval("price::text = '1.50'", &[("price", "1.50")]), Some(true));
+    assert_eq!(eval("active::text = 'true'", &[("active", "t")]), Some(true));
+    assert_eq!(eval("'abc'::varchar(2) = 'ab'", &[]), Some(true));
+    assert_eq!(eval("1.005::numeric(5,2) = 1.01", &[]), Some(true));
+    assert_eq!(eval("int4 '7' = 7", &[]), Some(true));
+    assert_eq!(eval("name::bool", &[("name", "yes")]), Some(true));
+    let e = eval_err("name::int4 = 5", &[("name", "abc")]);
+    assert_eq!(e.reason, "invalid syntax for type int4: abc");
+    assert_eq!(e.location, 0);
+}
+
+#[test]
+fn invalid_literal_for_the_column_type_is_rejected_at_parse() {
+    let e = parse_err("id = 'abc'");
+    assert_eq!(e.reason, "invalid syntax for type int4: abc");
+    assert_eq!(e.location, 5);
+    let e = parse_err("'abc'::int4 = 1");
+    assert_eq!(e.reason, "invalid syntax for type int4: abc");
+    let e = parse_err("small = 99999");
+    assert_eq!(e.reason, "smallint out of range");
+}
+
+// --- literal coercion and operator resolution ---
+
+#[test]
+fn untyped_literal_takes_the_column_type() {
+    assert_eq!(eval("id = '5'", &[("id", "5")]), Some(true));
+    assert_eq!(eval("active = 'yes'", &[("active", "t")]), Some(true));
+    assert_eq!(eval("born > '2000-01-01'", &[("born", "2001-05-06")]), Some(true));
+    assert_eq!(parse("id = '5'").to_sql(), "(\"id\" = '5'::int4)");
+}
+
+#[test]
+fn text_compared_with_number_has_no_operator() {
+    let e = parse_err("name = 5");
+    assert_eq!(e.reason, "Could not select an operator overload");
+    assert_eq!(parse_err("id = true").reason, "Could not select an operator overload");
+    assert_eq!(parse_err("uid = name").reason, "Could not select an operator overload");
+    assert_eq!(parse_err("name + 1 = 2").reason, "Could not select an operator overload");
+    assert_eq!(parse_err("id || 'x' = 'y'").reason, "Could not select an operator overload");
+    assert_eq!(parse_err("id IN (1, 'a', name)").reason, "Could not select an operator overload");
+}
+
+#[test]
+fn text_comparison_is_bytewise() {
+    assert_eq!(eval("name < 'b'", &[("name", "B")]), Some(true));
+    assert_eq!(eval("name > 'Z'", &[("name", "a")]), Some(true));
+    assert_eq!(eval("name > 'z'", &[("name", "é")]), Some(true));
+    assert_eq!(eval("title = name", &[("title", "x"), ("name", "x")]), Some(true));
+}
+
+#[test]
+fn bpchar_ignores_trailing_spaces_in_comparisons() {
+    assert_eq!(eval("code = 'ab'", &[("code", "ab   ")]), Some(true));
+    assert_eq!(eval("code = title", &[("code", "ab   "), ("title", "ab ")]), Some(true));
+    // bpchar against text converts to text, dropping only the bpchar's padding.
+    assert_eq!(eval("code = name", &[("code", "ab   "), ("name", "ab ")]), Some(false));
+    assert_eq!(eval("code = name", &[("code", "ab   "), ("name", "ab")]), Some(true));
+    assert_eq!(eval("code::text = 'ab'", &[("code", "ab   ")]), Some(true));
+}
+
+#[test]
+fn uuid_compares_by_value() {
+    let sql = "uid = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'";
+    assert_eq!(eval(sql, &[("uid", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")]), Some(true));
+    assert_eq!(
+        parse(sql).to_sql(),
+        "(\"uid\" = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid)"
+    );
+    assert_eq!(parse_err("uid = 'nope'").reason, "invalid syntax for type uuid: nope");
+}
+
+#[test]
+fn dates_and_timestamps_compare_by_instant() {
+    assert_eq!(
+        eval("created > '2024-01-01T11:00:00Z'", &[("created", "2024-01-01 12:00:00+00")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("created = '2024-01-01 14:00:00+02'", &[("created", "2024-01-01 12:00:00+00")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("created >= born", &[("created", "2024-01-01 00:00:00+00"), ("born", "2024-01-01")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("at < '2024-01-01 00:00:00.5'", &[("at", "2024-01-01 00:00:00.25")]),
+        Some(true)
+    );
+    assert_eq!(eval("born < 'infinity'", &[("born", "9999-12-31")]), Some(true));
+    assert_eq!(eval("born::text = '2024-02-29'", &[("born", "2024-02-29")]), Some(true));
+}
+
+#[test]
+fn lower_and_upper() {
+    assert_eq!(eval("lower(name) = 'abc'", &[("name", "AbC")]), Some(true));
+    assert_eq!(eval("UPPER(name) = 'ÉCOLE'", &[("name", "école")]), Some(true));
+    assert_eq!(eval("lower(name) = 'abc'", &[]), None);
+    assert_eq!(eval("lower(code) = 'ab'", &[("code", "AB  ")]), Some(true));
+}
+
+#[test]
+fn concatenation_of_text() {
+    assert_eq!(eval("name || '!' = 'hi!'", &[("name", "hi")]), Some(true));
+    assert_eq!(eval("name || title = 'ab'", &[("name", "a"), ("title", "b")]), Some(true));
+    assert_eq!(eval("name || 'x' = 'x'", &[]), None);
+}
+
+#[test]
+fn unsupported_type_columns_can_be_cast_to_text() {
+    assert_eq!(eval("status::text = 'happy'", &[("status", "happy")]), Some(true));
+    assert_eq!(eval("status IS NULL", &[]), Some(true));
+    assert_eq!(eval("tags IS NOT NULL", &[("tags", "{a,b}")]), Some(true));
+    assert_eq!(parse_err("status = 'happy'").reason, "Could not select an operator overload");
+    assert_eq!(parse_err("status::int4 = 1").reason, "cannot cast type mood to int4");
+}
+
+// --- parameters ---
+
+#[test]
+fn parameters_are_typed_from_context_and_inlined() {
+    let w = parse_with("id = $1 AND name = $2", &["5", "it's"]);
+    assert!(w.matches(&row(&[("id", "5"), ("name", "it's")])));
+    assert_eq!(w.to_sql(), "((\"id\" = '5'::int4) AND (\"name\" = 'it''s'::text))");
+    let w = parse_with("price > $1", &["1.50"]);
+    assert_eq!(w.to_sql(), "(\"price\" > '1.50'::numeric)");
+}
+
+#[test]
+fn missing_parameter_is_an_error() {
+    let e = parse_err_with("id = $1 OR id = $2", &["1"]);
+    assert_eq!(e.reason, "parameter $2 was not provided");
+    assert_eq!(e.location, 16);
+    assert_eq!(parse_err("id = $1").reason, "parameter $1 was not provided");
+}
+
+#[test]
+fn parameter_that_does_not_parse_as_its_type_is_an_error() {
+    let e = parse_err_with("id = $1", &["abc"]);
+    assert_eq!(e.reason, "invalid syntax for type int4: abc");
+    assert_eq!(e.location, 5);
+}
+
+// --- identifiers ---
+
+#[test]
+fn quoted_identifiers_keep_case_and_unquoted_fold_to_lower() {
+    assert_eq!(eval("\"Col\" = 'a'", &[("Col", "a")]), Some(true));
+    assert_eq!(eval("Col = 1", &[("col", "1")]), Some(true));
+    assert_eq!(eval("COL = 1", &[("col", "1")]), Some(true));
+    assert_eq!(parse("\"Col\" = 'a'").referenced_columns(), vec![index_of("Col")]);
+    assert_eq!(parse("Col = 1").referenced_columns(), vec![index_of("col")]);
+    assert_eq!(parse_err("\"ID\" = 1").reason, "unknown reference ID");
+}
+
+#[test]
+fn unknown_column_is_reported_with_its_location() {
+    let e = parse_err("id = 1 AND nope = 2");
+    assert_eq!(e.reason, "unknown reference nope");
+    assert_eq!(e.location, 11);
+    assert_eq!(e.to_string(), "At location 11: unknown reference nope");
+    assert_eq!(parse_err("t.id = 1").reason, "unknown reference t.id");
+}
+
+#[test]
+fn locations_are_byte_offsets() {
+    // 'é' is two bytes: `nope` starts at byte 9 although it is the 8th character.
+    let e = parse_err("'é' = 'x' OR nope");
+    assert_eq!(e.location, 14);
+    let e = parse_err("id = 1\nAND nope = 2");
+    assert_eq!(e.location, 11);
+}
+
+#[test]
+fn referenced_columns_are_sorted_and_unique() {
+    let w = parse("name = 'a' OR id = 1 OR lower(name) = 'b' OR id IS NULL");
+    assert_eq!(w.referenced_columns(), vec![index_of("id"), index_of("name")]);
+    assert_eq!(parse("true").referenced_columns(), Vec::<usize>::new());
+}
+
+// --- rejected input ---
+
+#[test]
+fn trailing_garbage_is_rejected_with_its_location() {
+    let e = parse_err("id = 1 garbage");
+    assert_eq!(e.location, 7);
+    assert_eq!(e.reason, "syntax error at or near \"garbage\"");
+    let e = parse_err("id = 1; DROP TABLE items");
+    assert_eq!(e.location, 6);
+    let e = parse_err("bad syntax (((");
+    assert_eq!(e.location, 4);
+}
+
+#[test]
+fn syntax_errors_carry_a_location() {
+    let e = parse_err("id = = 1");
+    assert_eq!(e.location, 5);
+    let e = parse_err("id = 'unterminated");
+    assert!(e.reason.contains("Unterminated"), "{e}");
+    assert_eq!(parse_err("").location, 0);
+}
+
+#[test]
+fn non_boolean_clause_is_rejected() {
+    assert_eq!(parse_err("id + 1").reason, "WHERE clause must return a boolean");
+    assert_eq!(parse_err("name").reason, "WHERE clause must return a boolean");
+    assert_eq!(parse_err("lower(name)").reason, "WHERE clause must return a boolean");
+    assert_eq!(
+        parse_err("id AND true").reason,
+        "argument of AND must be type bool, not type int4"
+    );
+    assert_eq!(
+        parse_err("NOT name").reason,
+        "argument of NOT must be type bool, not type text"
+    );
+    // A bare literal is read as a boolean, as Postgres does.
+    assert_eq!(eval("'true'", &[]), Some(true));
+    assert_eq!(parse_err("'maybe'").reason, "invalid syntax for type bool: maybe");
+}
+
+#[test]
+fn subqueries_case_and_aggregates_are_not_supported() {
+    assert_eq!(
+        parse_err("id IN (SELECT id FROM other)").reason,
+        "SubLink is not supported in this context"
+    );
+    assert_eq!(
+        parse_err("EXISTS (SELECT 1)").reason,
+        "SubLink is not supported in this context"
+    );
+    assert_eq!(
+        parse_err("CASE WHEN id = 1 THEN true ELSE false END").reason,
+        "CaseExpr is not supported in this context"
+    );
+    assert_eq!(
+        parse_err("count(*) > 1").reason,
+        "unknown or unsupported function count/1"
+    );
+    assert_eq!(
+        parse_err("now() > created").reason,
+        "unknown or unsupported function now/0"
+    );
+    assert_eq!(
+        parse_err("lower(name, name) = 'a'").reason,
+        "unknown or unsupported function lower/2"
+    );
+    assert_eq!(parse_err("id % 2 = 0").reason, "unknown or unsupported operator %");
+    assert_eq!(
+        parse_err("name ~ 'a.*'").reason,
+        "unknown or unsupported operator ~"
+    );
+    assert_eq!(
+        parse_err("id::int4[] IS NULL").reason,
+        "unknown or unsupported type INT4[]"
+    );
+}
+
+#[test]
+fn long_or_chains_are_flattened_not_nested() {
+    let sql = (0..2000)
+        .map(|i| format!("id = {i}"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let w = parse(&sql);
+    assert!(w.matches(&row(&[("id", "1999")])));
+    assert!(!w.matches(&row(&[("id", "2000")])));
+}
+
+#[test]
+fn deeply_nested_arithmetic_is_rejected_not_a_crash() {
+    let sql = format!("id = {}", vec!["1"; 1000].join(" + "));
+    let e = parse_err(&sql);
+    assert_eq!(e.reason, "expression is too deeply nested");
+    let sql = format!("{}id = 1{}", "(".repeat(500), ")".repeat(500));
+    assert_eq!(parse_err(&sql).reason, "expression is too deeply nested");
+}
+
+// --- to_sql ---
+
+#[test]
+fn to_sql_orders_text_bytewise_but_leaves_equality_indexable() {
+    assert_eq!(parse("name < 'b'").to_sql(), "(\"name\" COLLATE \"C\" < 'b'::text)");
+    assert_eq!(parse("name = 'b'").to_sql(), "(\"name\" = 'b'::text)");
+    assert_eq!(
+        parse("name BETWEEN 'a' AND 'c'").to_sql(),
+        "(\"name\" COLLATE \"C\" BETWEEN 'a'::text AND 'c'::text)"
+    );
+    assert_eq!(parse("id < 3").to_sql(), "(\"id\" < '3'::int4)");
+}
+
+#[test]
+fn to_sql_quotes_identifiers_and_escapes_literals() {
+    assert_eq!(parse("\"Col\" = 'a'").to_sql(), "(\"Col\" = 'a'::text)");
+    assert_eq!(
+        parse_with("name = $1", &["a\\'b"]).to_sql(),
+        "(\"name\" = E'a\\\\''b'::text)"
+    );
+}
+
+#[test]
+fn to_sql_renders_every_construct() {
+    let cases = [
+        ("NOT active", "(NOT \"active\")"),
+        ("active IS NOT TRUE", "(\"active\" IS NOT TRUE)"),
+        ("name IS NULL OR id IN (1, 2)", "((\"name\" IS NULL) OR (\"id\" IN ('1'::int4, '2'::int4)))"),
+        ("id NOT IN (1)", "(\"id\" NOT IN ('1'::int4))"),
+        ("id IS DISTINCT FROM NULL", "(\"id\" IS DISTINCT FROM NULL::int4)"),
+        ("name NOT ILIKE 'a%' ESCAPE '#'", "(\"name\" NOT ILIKE 'a%'::text ESCAPE '#'::text)"),
+        ("-id + 2 * qty > 0", "(((- \"id\") + ('2'::int4 * \"qty\")) > '0'::int4)"),
+        ("lower(name || 'x') = 'y'", "(lower((\"name\" || 'x'::text)) = 'y'::text)"),
+        ("code = name", "(CAST(\"code\" AS text) = \"name\")"),
+        ("born < created", "(CAST(\"born\" AS timestamptz) < \"created\")"),
+        ("score > 1.5", "(\"score\" > '1.5'::float8)"),
+        ("'2024-01-01'::date = born", "('2024-01-01'::date = \"born\")"),
+        ("created = '2024-01-01T12:00:00Z'", "(\"created\" = '2024-01-01 12:00:00+00'::timestamptz)"),
+        ("title::varchar(3) = 'abc'", "(CAST(\"title\" AS varchar(3)) = 'abc'::varchar)"),
+        ("active = NULL", "(\"active\" = NULL::bool)"),
+        ("active = true", "(\"active\" = true)"),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(parse(sql).to_sql(), want, "{sql}");
+    }
+}

@@ -1,0 +1,357 @@
+//! The Postgres types the where-clause evaluator understands and how they mix.
+
+use sqlparser::ast::{
+    CharacterLength, DataType, ExactNumberInfo, ObjectNamePart, TimezoneInfo, TypeModifier,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SqlType {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Numeric,
+    Text,
+    Varchar,
+    Bpchar,
+    Name,
+    Uuid,
+    Date,
+    Time,
+    Timestamp,
+    Timestamptz,
+    /// An untyped string literal, `NULL` or `$n` whose type comes from its context.
+    Unknown,
+    /// A column of a type the evaluator cannot interpret (enums, json, arrays...): it can only be
+    /// tested for NULL or cast to a string type, whose value is Postgres's text output.
+    Other,
+}
+
+/// A length or precision attached to a cast target, e.g. `varchar(3)` or `numeric(10,2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Typmod {
+    None,
+    Length(u32),
+    Numeric { precision: u32, scale: i32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CastTarget {
+    pub ty: SqlType,
+    pub typmod: Typmod,
+}
+
+impl CastTarget {
+    pub(crate) fn plain(ty: SqlType) -> CastTarget {
+        CastTarget {
+            ty,
+            typmod: Typmod::None,
+        }
+    }
+
+    /// The type as written in SQL, with its modifier.
+    pub(crate) fn sql_name(&self) -> String {
+        match self.typmod {
+            Typmod::None => self.ty.name().to_string(),
+            Typmod::Length(n) => format!("{}({n})", self.ty.name()),
+            Typmod::Numeric { precision, scale } => format!("numeric({precision},{scale})"),
+        }
+    }
+}
+
+const MAX_NUMERIC_PRECISION: u64 = 1000;
+const MAX_CHAR_LENGTH: u64 = 10_485_760;
+
+impl SqlType {
+    /// The evaluator's type for a column, from `pg_type.typname` and its array dimensions.
+    pub(crate) fn from_column(typname: &str, dims: usize) -> SqlType {
+        if dims > 0 || typname.starts_with('_') {
+            return SqlType::Other;
+        }
+        SqlType::from_typname(typname).unwrap_or(SqlType::Other)
+    }
+
+    fn from_typname(name: &str) -> Option<SqlType> {
+        Some(match name {
+            "bool" | "boolean" => SqlType::Bool,
+            "int2" | "smallint" => SqlType::Int2,
+            "int4" | "int" | "integer" => SqlType::Int4,
+            "int8" | "bigint" => SqlType::Int8,
+            "float4" | "real" => SqlType::Float4,
+            "float8" => SqlType::Float8,
+            "numeric" | "decimal" => SqlType::Numeric,
+            "text" => SqlType::Text,
+            "varchar" => SqlType::Varchar,
+            "bpchar" => SqlType::Bpchar,
+            "name" => SqlType::Name,
+            "uuid" => SqlType::Uuid,
+            "date" => SqlType::Date,
+            "time" => SqlType::Time,
+            "timestamp" => SqlType::Timestamp,
+            "timestamptz" => SqlType::Timestamptz,
+            _ => return None,
+        })
+    }
+
+    /// `pg_type.typname`, used in SQL output and error messages.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SqlType::Bool => "bool",
+            SqlType::Int2 => "int2",
+            SqlType::Int4 => "int4",
+            SqlType::Int8 => "int8",
+            SqlType::Float4 => "float4",
+            SqlType::Float8 => "float8",
+            SqlType::Numeric => "numeric",
+            SqlType::Text => "text",
+            SqlType::Varchar => "varchar",
+            SqlType::Bpchar => "bpchar",
+            SqlType::Name => "name",
+            SqlType::Uuid => "uuid",
+            SqlType::Date => "date",
+            SqlType::Time => "time",
+            SqlType::Timestamp => "timestamp",
+            SqlType::Timestamptz => "timestamptz",
+            SqlType::Unknown => "unknown",
+            SqlType::Other => "other",
+        }
+    }
+
+    pub(crate) fn is_int(self) -> bool {
+        matches!(self, SqlType::Int2 | SqlType::Int4 | SqlType::Int8)
+    }
+
+    pub(crate) fn is_float(self) -> bool {
+        matches!(self, SqlType::Float4 | SqlType::Float8)
+    }
+
+    pub(crate) fn is_number(self) -> bool {
+        self.is_int() || self.is_float() || self == SqlType::Numeric
+    }
+
+    pub(crate) fn is_string(self) -> bool {
+        matches!(
+            self,
+            SqlType::Text | SqlType::Varchar | SqlType::Bpchar | SqlType::Name
+        )
+    }
+
+    fn is_datetime(self) -> bool {
+        matches!(
+            self,
+            SqlType::Date | SqlType::Timestamp | SqlType::Timestamptz
+        )
+    }
+
+    fn int_rank(self) -> u8 {
+        match self {
+            SqlType::Int2 => 0,
+            SqlType::Int4 => 1,
+            _ => 2,
+        }
+    }
+
+    fn datetime_rank(self) -> u8 {
+        match self {
+            SqlType::Date => 0,
+            SqlType::Timestamp => 1,
+            _ => 2,
+        }
+    }
+
+    /// Inclusive value range of an integer type.
+    pub(crate) fn int_range(self) -> (i64, i64) {
+        match self {
+            SqlType::Int2 => (i64::from(i16::MIN), i64::from(i16::MAX)),
+            SqlType::Int4 => (i64::from(i32::MIN), i64::from(i32::MAX)),
+            _ => (i64::MIN, i64::MAX),
+        }
+    }
+
+    /// Postgres's name for an integer type in range errors (`integer out of range`).
+    pub(crate) fn int_label(self) -> &'static str {
+        match self {
+            SqlType::Int2 => "smallint",
+            SqlType::Int4 => "integer",
+            _ => "bigint",
+        }
+    }
+}
+
+/// The type both sides of a comparison are brought to, following Postgres's operator
+/// resolution for the built-in operators (`int4 = numeric` compares as numeric,
+/// `float4 = numeric` as float8, `bpchar = text` as text). None: no operator exists.
+pub(crate) fn comparison_type(l: SqlType, r: SqlType) -> Option<SqlType> {
+    use SqlType::*;
+    match (l, r) {
+        (Other, _) | (_, Other) => None,
+        (Unknown, Unknown) => Some(Text),
+        (Unknown, t) | (t, Unknown) => Some(t),
+        (a, b) if a == b => Some(a),
+        (a, b) if a.is_int() && b.is_int() => Some(if a.int_rank() >= b.int_rank() { a } else { b }),
+        (a, b) if a.is_number() && b.is_number() => {
+            Some(if a.is_float() || b.is_float() { Float8 } else { Numeric })
+        }
+        (Bpchar, Varchar) | (Varchar, Bpchar) => Some(Bpchar),
+        (a, b) if a.is_string() && b.is_string() => Some(Text),
+        (a, b) if a.is_datetime() && b.is_datetime() => {
+            Some(if a.datetime_rank() >= b.datetime_rank() { a } else { b })
+        }
+        _ => None,
+    }
+}
+
+/// Result type of `+ - * /` on two operands, None if Postgres has no such operator.
+pub(crate) fn arithmetic_type(l: SqlType, r: SqlType) -> Option<SqlType> {
+    use SqlType::*;
+    match (l, r) {
+        (Unknown, Unknown) => None,
+        (Unknown, t) | (t, Unknown) => t.is_number().then_some(t),
+        (Float4, Float4) => Some(Float4),
+        (a, b) if a.is_number() && b.is_number() => comparison_type(a, b),
+        _ => None,
+    }
+}
+
+/// Whether an implicit conversion exists (Postgres's `pg_cast` entries marked implicit).
+pub(crate) fn implicit_cast_exists(from: SqlType, to: SqlType) -> bool {
+    use SqlType::*;
+    if from == to || from == Unknown {
+        return true;
+    }
+    match (from, to) {
+        (a, b) if a.is_int() && b.is_int() => a.int_rank() <= b.int_rank(),
+        (a, Numeric) if a.is_int() => true,
+        (a, b) if a.is_number() && b.is_float() => a != Float8,
+        (a, b) if a.is_string() && b.is_string() => true,
+        (a, b) if a.is_datetime() && b.is_datetime() => a.datetime_rank() <= b.datetime_rank(),
+        _ => false,
+    }
+}
+
+/// Whether `CAST(x AS to)` is accepted for an operand of type `from`.
+pub(crate) fn explicit_cast_exists(from: SqlType, to: SqlType) -> bool {
+    use SqlType::*;
+    if implicit_cast_exists(from, to) || to.is_string() {
+        // Every type has an I/O conversion to the string types.
+        return to != Unknown && to != Other;
+    }
+    match (from, to) {
+        (Other, _) => false,
+        (a, _) if a.is_string() => to != Other && to != Unknown,
+        (a, b) if a.is_number() && b.is_number() => true,
+        (Int4, Bool) | (Bool, Int4) => true,
+        (Timestamp | Timestamptz, Date | Time) => true,
+        (Timestamptz, Timestamp) => true,
+        _ => false,
+    }
+}
+
+fn char_length(len: &Option<CharacterLength>) -> Result<Option<u32>, String> {
+    match len {
+        None => Ok(None),
+        Some(CharacterLength::IntegerLength { length, unit: None })
+            if (1..=MAX_CHAR_LENGTH).contains(length) =>
+        {
+            Ok(u32::try_from(*length).ok())
+        }
+        Some(other) => Err(format!("invalid type modifier ({other})")),
+    }
+}
+
+fn numeric_typmod(info: &ExactNumberInfo) -> Result<Typmod, String> {
+    let (precision, scale) = match info {
+        ExactNumberInfo::None => return Ok(Typmod::None),
+        ExactNumberInfo::Precision(p) => (*p, 0),
+        ExactNumberInfo::PrecisionAndScale(p, s) => (*p, *s),
+    };
+    if !(1..=MAX_NUMERIC_PRECISION).contains(&precision) {
+        return Err(format!(
+            "NUMERIC precision {precision} must be between 1 and {MAX_NUMERIC_PRECISION}"
+        ));
+    }
+    if !(-1000..=1000).contains(&scale) {
+        return Err(format!(
+            "NUMERIC scale {scale} must be between -1000 and 1000"
+        ));
+    }
+    Ok(Typmod::Numeric {
+        precision: precision as u32,
+        scale: scale as i32,
+    })
+}
+
+/// The cast target for a type name written in the clause; Err is the reason it is refused.
+pub(crate) fn cast_target(dt: &DataType) -> Result<CastTarget, String> {
+    use SqlType::*;
+    let plain = |ty| Ok(CastTarget::plain(ty));
+    let unsupported = || Err(format!("unknown or unsupported type {dt}"));
+    match dt {
+        DataType::Int2(None) | DataType::SmallInt(None) => plain(Int2),
+        DataType::Int4(None) | DataType::Int(None) | DataType::Integer(None) => plain(Int4),
+        DataType::Int8(None) | DataType::BigInt(None) => plain(Int8),
+        DataType::Float4 | DataType::Real => plain(Float4),
+        DataType::Float8 | DataType::DoublePrecision | DataType::Double(ExactNumberInfo::None) => {
+            plain(Float8)
+        }
+        DataType::Float(ExactNumberInfo::None) => plain(Float8),
+        DataType::Float(ExactNumberInfo::Precision(p)) => match p {
+            1..=24 => plain(Float4),
+            25..=53 => plain(Float8),
+            _ => Err(format!("precision for type float must be between 1 and 53: {p}")),
+        },
+        DataType::Numeric(info) | DataType::Decimal(info) | DataType::Dec(info) => {
+            Ok(CastTarget {
+                ty: Numeric,
+                typmod: numeric_typmod(info)?,
+            })
+        }
+        DataType::Text => plain(Text),
+        DataType::Varchar(len) | DataType::CharacterVarying(len) | DataType::CharVarying(len) => {
+            Ok(CastTarget {
+                ty: Varchar,
+                typmod: char_length(len)?.map_or(Typmod::None, Typmod::Length),
+            })
+        }
+        // `char` without a length means char(1) in Postgres.
+        DataType::Char(len) | DataType::Character(len) => Ok(CastTarget {
+            ty: Bpchar,
+            typmod: Typmod::Length(char_length(len)?.unwrap_or(1)),
+        }),
+        DataType::Bool | DataType::Boolean => plain(Bool),
+        DataType::Uuid => plain(Uuid),
+        DataType::Date => plain(Date),
+        DataType::Time(None, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => plain(Time),
+        DataType::Timestamp(None, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
+            plain(Timestamp)
+        }
+        DataType::Timestamp(None, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => {
+            plain(Timestamptz)
+        }
+        DataType::Custom(name, modifiers) => {
+            let [ObjectNamePart::Identifier(ident)] = name.0.as_slice() else {
+                return unsupported();
+            };
+            let folded = if ident.quote_style.is_some() {
+                ident.value.clone()
+            } else {
+                ident.value.to_ascii_lowercase()
+            };
+            let Some(ty) = SqlType::from_typname(&folded) else {
+                return unsupported();
+            };
+            let typmod = match (ty, modifiers.as_slice()) {
+                (_, []) => Typmod::None,
+                (Varchar | Bpchar, [TypeModifier::Number(n, false)]) => match n.parse::<u64>() {
+                    Ok(len) if (1..=MAX_CHAR_LENGTH).contains(&len) => Typmod::Length(len as u32),
+                    _ => return Err(format!("invalid type modifier ({n})")),
+                },
+                _ => return unsupported(),
+            };
+            Ok(CastTarget { ty, typmod })
+        }
+        _ => unsupported(),
+    }
+}

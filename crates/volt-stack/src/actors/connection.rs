@@ -1,0 +1,251 @@
+//! The connection subsystem: ConnectionManager (admin connection, publication, slot)
+//! and its child ReplicationClient (the stream). Either failing takes the whole
+//! subsystem down; its supervisor restarts it with backoff while shapes keep serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent, rpc::CallResult};
+use volt_pg::PgConn;
+use volt_pg::admin;
+use volt_pg::replication::{ReplicationStream, StreamItem};
+
+use crate::actors::shape_log_collector::SlcMsg;
+use crate::shared::Shared;
+use crate::status::Condition;
+use crate::task::OwnedTask;
+
+pub struct ConnectionManager;
+
+pub enum CmMsg {
+    Connected { admin: Arc<PgConn>, start_lsn: u64 },
+    StartReplication,
+    Failed(String),
+}
+
+pub struct CmState {
+    shared: Arc<Shared>,
+    admin: Option<Arc<PgConn>>,
+    start_lsn: u64,
+    _tasks: Vec<OwnedTask>,
+}
+
+impl Drop for CmState {
+    fn drop(&mut self) {
+        // Runs however the manager ends (a failed or killed actor skips post_stop).
+        if let Some(mine) = &self.admin {
+            let current = self.shared.admin.load_full();
+            if current.is_some_and(|c| Arc::ptr_eq(&c, mine)) {
+                self.shared.admin.store(None);
+            }
+        }
+    }
+}
+
+async fn setup(shared: &Shared) -> Result<(PgConn, u64), volt_pg::PgError> {
+    let config = &shared.config;
+    let conn = config.pg.connect().await?;
+    let info = admin::server_info(&conn).await?;
+    tracing::info!(
+        version = info.version_num,
+        system_id = %info.system_identifier,
+        timeline = info.timeline,
+        "connected to Postgres"
+    );
+    admin::ensure_publication(&conn, &config.publication_name()).await?;
+    let slot = admin::ensure_slot(&conn, &config.slot_name()).await?;
+    if slot.created {
+        tracing::info!(slot = %config.slot_name(), "created replication slot");
+    }
+    Ok((conn, slot.confirmed_flush_lsn))
+}
+
+impl Actor for ConnectionManager {
+    type Msg = CmMsg;
+    type State = CmState;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        shared: Arc<Shared>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let s = shared.clone();
+        let task = OwnedTask::spawn(async move {
+            let msg = match setup(&s).await {
+                Ok((conn, start_lsn)) => CmMsg::Connected {
+                    admin: Arc::new(conn),
+                    start_lsn,
+                },
+                Err(e) => CmMsg::Failed(format!("could not set up the database connection: {e}")),
+            };
+            let _ = myself.cast(msg);
+        });
+        Ok(CmState {
+            shared,
+            admin: None,
+            start_lsn: 0,
+            _tasks: vec![task],
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CmMsg::Connected { admin, start_lsn } => {
+                state.shared.admin.store(Some(admin.clone()));
+                state.admin = Some(admin.clone());
+                state.start_lsn = start_lsn;
+                state.shared.report(Condition::AdminConnectionReady, true);
+                let me = myself.clone();
+                state._tasks.push(OwnedTask::spawn(async move {
+                    admin.closed().await;
+                    let _ = me.cast(CmMsg::Failed("the admin connection was lost".into()));
+                }));
+                // Stream only once the collector can take transactions.
+                let shared = state.shared.clone();
+                state._tasks.push(OwnedTask::spawn(async move {
+                    while !shared
+                        .status
+                        .wait_for(Condition::ShapeLogCollectorReady, Duration::from_secs(60))
+                        .await
+                    {
+                        tracing::info!("waiting for the shape log collector before streaming");
+                    }
+                    let _ = myself.cast(CmMsg::StartReplication);
+                }));
+            }
+            CmMsg::StartReplication => {
+                let name = "ReplicationClient";
+                let (client, _) = Actor::spawn_linked(
+                    Some(state.shared.actor_name(name)),
+                    ReplicationClient,
+                    (state.shared.clone(), state.start_lsn),
+                    myself.get_cell(),
+                )
+                .await?;
+                state
+                    .shared
+                    .actors
+                    .register(client.get_id(), "ReplicationClient", name.into());
+            }
+            CmMsg::Failed(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let reason = match evt {
+            SupervisionEvent::ActorFailed(cell, e) => {
+                state.shared.actors.unregister(cell.get_id());
+                e.to_string()
+            }
+            SupervisionEvent::ActorTerminated(cell, _, r) => {
+                state.shared.actors.unregister(cell.get_id());
+                r.unwrap_or_else(|| "stopped".into())
+            }
+            _ => return Ok(()),
+        };
+        state.shared.report(Condition::ReplicationReady, false);
+        Err(format!("replication client exited: {reason}").into())
+    }
+}
+
+pub struct ReplicationClient;
+
+pub enum RcMsg {
+    Streaming,
+    Failed(String),
+}
+
+async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Result<(), String> {
+    let config = &shared.config;
+    let mut stream = ReplicationStream::start(
+        &config.pg,
+        &config.slot_name(),
+        &config.publication_name(),
+        start_lsn,
+    )
+    .await
+    .map_err(|e| format!("could not start replication: {e}"))?;
+    let _ = me.cast(RcMsg::Streaming);
+    let mut in_tx = false;
+    loop {
+        let item = stream
+            .next()
+            .await
+            .map_err(|e| format!("replication stream failed: {e}"))?;
+        match item {
+            None => return Err("Postgres ended the replication stream".into()),
+            Some(StreamItem::Fragment(frag)) => {
+                let end = frag.commit_end_lsn;
+                in_tx = end.is_none();
+                let slc = shared
+                    .shape_log_collector
+                    .load_full()
+                    .ok_or("the shape log collector is down")?;
+                match slc.call(|r| SlcMsg::Fragment(frag, r), None).await {
+                    Ok(CallResult::Success(Ok(()))) => {}
+                    Ok(CallResult::Success(Err(e))) => return Err(e),
+                    _ => return Err("the shape log collector stopped mid-transaction".into()),
+                }
+                // Acknowledged only now: every shape has stored the transaction.
+                if let Some(end) = end {
+                    stream.acknowledge(end);
+                }
+            }
+            Some(StreamItem::KeepAlive { wal_end }) => {
+                // Idle and fully processed: let unrelated WAL go.
+                if !in_tx {
+                    stream.acknowledge(wal_end);
+                }
+            }
+        }
+    }
+}
+
+impl Actor for ReplicationClient {
+    type Msg = RcMsg;
+    type State = (Arc<Shared>, OwnedTask);
+    type Arguments = (Arc<Shared>, u64);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (shared, start_lsn): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let s = shared.clone();
+        let task = OwnedTask::spawn(async move {
+            let me = myself.clone();
+            if let Err(e) = stream(s, start_lsn, me).await {
+                let _ = myself.cast(RcMsg::Failed(e));
+            }
+        });
+        Ok((shared, task))
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RcMsg::Streaming => {
+                tracing::info!("replication streaming started");
+                state.0.report(Condition::ReplicationReady, true);
+                Ok(())
+            }
+            RcMsg::Failed(e) => Err(e.into()),
+        }
+    }
+}

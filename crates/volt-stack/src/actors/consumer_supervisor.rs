@@ -1,0 +1,66 @@
+//! ConsumerSupervisor: parent of every Consumer. Consumers are never restarted: a
+//! shape whose Consumer dies is removed and its clients refetch under a new handle.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::shared::Shared;
+use crate::shapes;
+
+pub struct ConsumerSupervisor;
+
+impl Actor for ConsumerSupervisor {
+    type Msg = ();
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        shared: Arc<Shared>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        shared.consumer_supervisor.store(Some(Arc::new(myself.get_cell())));
+        Ok(shared)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let name = cell.get_name().unwrap_or_default();
+        shared.actors.unregister(cell.get_id());
+        if let Some(handle) = name.rsplit_once(":Consumer:").map(|(_, h)| h.to_string()) {
+            if shared.shapes.get(&handle).is_some() {
+                tracing::warn!(%handle, reason = %why, "consumer exited; removing its shape");
+                shapes::invalidate(shared, &handle);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if shared
+            .consumer_supervisor
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.get_id() == myself.get_id())
+        {
+            shared.consumer_supervisor.store(None);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! Snapshotter: takes a shape's initial snapshot on its own connection, in a
+//! `REPEATABLE READ` transaction whose snapshot tells the Consumer which replicated
+//! transactions to skip.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::json;
+use volt_pg::admin;
+use volt_pg::snapshot::SnapshotTx;
+use volt_shapes::Shape;
+use volt_storage::ShapeLog;
+
+use crate::actors::consumer::ConsumerMsg;
+use crate::shared::Shared;
+use crate::task::OwnedTask;
+
+pub struct Snapshotter;
+
+pub struct SnapshotterArgs {
+    pub shared: Arc<Shared>,
+    pub shape: Arc<Shape>,
+    pub log: Arc<ShapeLog>,
+    pub consumer: ActorRef<ConsumerMsg>,
+}
+
+pub enum SnapshotterMsg {
+    Done,
+    Failed(String),
+}
+
+pub struct SnapshotterState {
+    _task: OwnedTask,
+}
+
+async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
+    let shared = &args.shared;
+    let _permit = shared
+        .snapshot_permits
+        .acquire()
+        .await
+        .map_err(|_| "snapshot pool closed".to_string())?;
+    {
+        let admin = shared
+            .admin
+            .load_full()
+            .ok_or("the database connection is not available")?;
+        // The table must be published (with full replica identity) before the snapshot
+        // starts, or changes made between the two would be lost.
+        admin::publish_table(
+            &admin,
+            &shared.config.publication_name(),
+            &args.shape.table.schema,
+            &args.shape.table.name,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    let tx = SnapshotTx::begin(&shared.config.pg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let snapshot = tx.snapshot.clone();
+    args.consumer
+        .cast(ConsumerMsg::SnapshotStarted(snapshot.clone()))
+        .map_err(|_| "consumer is gone".to_string())?;
+    let sql = args.shape.snapshot_sql();
+    let rows = tx.rows(&sql).await.map_err(|e| e.to_string())?;
+    futures::pin_mut!(rows);
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| e.to_string())?;
+        args.log
+            .append_snapshot_line(&args.shape.snapshot_item(&row))
+            .map_err(|e| e.to_string())?;
+    }
+    let end = json!({"headers": {
+        "control": "snapshot-end",
+        "xmin": snapshot.xmin.to_string(),
+        "xmax": snapshot.xmax.to_string(),
+        "xip_list": snapshot.xip.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+    }});
+    args.log
+        .append_snapshot_line(&end.to_string())
+        .map_err(|e| e.to_string())?;
+    args.log.finish_snapshot().map_err(|e| e.to_string())
+}
+
+impl Actor for Snapshotter {
+    type Msg = SnapshotterMsg;
+    type State = SnapshotterState;
+    type Arguments = SnapshotterArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SnapshotterArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let task = OwnedTask::spawn(async move {
+            let msg = match take_snapshot(&args).await {
+                Ok(()) => SnapshotterMsg::Done,
+                Err(e) => SnapshotterMsg::Failed(e),
+            };
+            let _ = myself.cast(msg);
+        });
+        Ok(SnapshotterState { _task: task })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SnapshotterMsg::Done => {
+                myself.stop(Some("snapshot complete".into()));
+                Ok(())
+            }
+            SnapshotterMsg::Failed(e) => Err(e.into()),
+        }
+    }
+}

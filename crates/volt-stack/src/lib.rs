@@ -1,0 +1,79 @@
+//! The volt stack: the ractor supervision tree that streams Postgres changes into shape
+//! logs, and the shared state request handlers read. `supervision.md` maps the tree.
+
+pub mod actors {
+    pub mod connection;
+    pub mod consumer;
+    pub mod consumer_supervisor;
+    pub mod shape_cache;
+    pub mod shape_log_collector;
+    pub mod snapshotter;
+    pub mod status_monitor;
+    pub mod supervisor;
+}
+pub mod shapes;
+pub mod shared;
+pub mod status;
+pub mod task;
+pub mod tree;
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::actors::supervisor::{Supervisor, SupervisorMsg};
+pub use crate::shared::{ShapeEntry, Shared, StackConfig, TreeNode};
+pub use crate::status::{Condition, ServiceStatus};
+
+/// A running stack.
+pub struct Stack {
+    pub shared: Arc<Shared>,
+    root: ActorRef<SupervisorMsg>,
+    join: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the stack failed to start: {0}")]
+pub struct StartError(String);
+
+impl Stack {
+    pub async fn start(config: StackConfig) -> Result<Stack, StartError> {
+        let shared = Shared::new(config);
+        std::fs::create_dir_all(shared.config.shapes_dir()).map_err(|e| {
+            StartError(format!(
+                "cannot create the storage directory {}: {e}",
+                shared.config.shapes_dir().display()
+            ))
+        })?;
+        let spec = tree::stack_supervisor(&shared);
+        let (root, join) = Actor::spawn(
+            Some(shared.actor_name("StackSupervisor")),
+            Supervisor,
+            (shared.clone(), spec),
+        )
+        .await
+        .map_err(|e| StartError(e.to_string()))?;
+        shared
+            .actors
+            .register(root.get_id(), "StackSupervisor", "StackSupervisor".into());
+        shared.root.store(Some(Arc::new(root.get_cell())));
+        Ok(Stack { shared, root, join })
+    }
+
+    /// Resolves when the root supervisor has exited (it only does so when the tree
+    /// gave up: a meltdown that restarts could not fix).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.join).await;
+    }
+
+    /// Stop the whole tree, top down.
+    pub async fn stop(self) {
+        let _ = self
+            .root
+            .stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10)))
+            .await;
+        self.shared.root.store(None);
+        let _ = self.join.await;
+    }
+}

@@ -1,0 +1,249 @@
+//! State shared between the actors and the request handlers. Actors own the writes;
+//! handlers read without messaging anyone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+use ractor::{ActorCell, ActorId, ActorRef};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use volt_pg::{PgConfig, PgConn};
+use volt_shapes::{Shape, ShapeDef, TableSchema};
+use volt_storage::ShapeLog;
+
+use crate::actors::consumer::ConsumerMsg;
+use crate::actors::shape_cache::ShapeCacheMsg;
+use crate::actors::shape_log_collector::SlcMsg;
+use crate::actors::status_monitor::StatusMsg;
+use crate::status::{Condition, StatusBoard};
+
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub pg: PgConfig,
+    /// `ELECTRIC_REPLICATION_STREAM_ID`: names the slot and the publication.
+    pub stream_id: String,
+    pub storage_dir: PathBuf,
+    /// How many snapshot queries may run at once.
+    pub max_concurrent_snapshots: usize,
+}
+
+impl StackConfig {
+    pub fn slot_name(&self) -> String {
+        format!("electric_slot_{}", self.stream_id)
+    }
+
+    pub fn publication_name(&self) -> String {
+        format!("electric_publication_{}", self.stream_id)
+    }
+
+    pub fn shapes_dir(&self) -> PathBuf {
+        self.storage_dir.join("shapes")
+    }
+}
+
+/// A live shape: its definition, its log, and the Consumer that writes it.
+pub struct ShapeEntry {
+    pub handle: String,
+    pub shape: Arc<Shape>,
+    pub log: Arc<ShapeLog>,
+    pub consumer: ActorRef<ConsumerMsg>,
+}
+
+/// Handle <-> definition, readable by request handlers. Written by ShapeCache (add) and
+/// by shape clean-up (remove).
+#[derive(Default)]
+pub struct ShapeRegistry {
+    by_def: DashMap<ShapeDef, String>,
+    by_handle: DashMap<String, Arc<ShapeEntry>>,
+}
+
+impl ShapeRegistry {
+    pub fn by_def(&self, def: &ShapeDef) -> Option<Arc<ShapeEntry>> {
+        let handle = self.by_def.get(def)?.clone();
+        self.get(&handle)
+    }
+
+    pub fn get(&self, handle: &str) -> Option<Arc<ShapeEntry>> {
+        self.by_handle.get(handle).map(|e| e.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_handle.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_handle.is_empty()
+    }
+
+    pub fn handles(&self) -> Vec<String> {
+        self.by_handle.iter().map(|e| e.key().clone()).collect()
+    }
+
+    pub(crate) fn insert(&self, entry: Arc<ShapeEntry>) {
+        self.by_def
+            .insert(entry.shape.def.clone(), entry.handle.clone());
+        self.by_handle.insert(entry.handle.clone(), entry);
+    }
+
+    pub(crate) fn remove(&self, handle: &str) -> Option<Arc<ShapeEntry>> {
+        let (_, entry) = self.by_handle.remove(handle)?;
+        self.by_def
+            .remove_if(&entry.shape.def, |_, h| h.as_str() == handle);
+        Some(entry)
+    }
+}
+
+/// Kind and display name of every live actor, for the tree dump; restart counts by
+/// display name, kept across incarnations.
+#[derive(Default)]
+pub struct ActorDirectory {
+    actors: DashMap<ActorId, (&'static str, String)>,
+    restarts: DashMap<String, u32>,
+}
+
+impl ActorDirectory {
+    pub(crate) fn register(&self, id: ActorId, kind: &'static str, name: String) {
+        self.actors.insert(id, (kind, name));
+    }
+
+    pub(crate) fn unregister(&self, id: ActorId) {
+        self.actors.remove(&id);
+    }
+
+    pub(crate) fn count_restart(&self, name: &str) {
+        *self.restarts.entry(name.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn kind_of(&self, id: ActorId) -> Option<&'static str> {
+        self.actors.get(&id).map(|e| e.0)
+    }
+
+    pub fn restarts(&self, name: &str) -> u32 {
+        self.restarts.get(name).map(|r| *r).unwrap_or(0)
+    }
+}
+
+/// One node of `/v1/admin/tree`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TreeNode {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub parent: Option<String>,
+    pub status: String,
+    pub restarts: u32,
+    pub children: Vec<TreeNode>,
+}
+
+pub struct Shared {
+    pub config: StackConfig,
+    /// Distinguishes this stack's actor names in ractor's global registry.
+    pub stack_id: String,
+    pub status: StatusBoard,
+    pub shapes: ShapeRegistry,
+    /// Table metadata for request validation, filled on first use.
+    pub schemas: DashMap<(String, String), Arc<TableSchema>>,
+    /// The connection subsystem's admin connection, when it is up.
+    pub admin: ArcSwapOption<PgConn>,
+    pub snapshot_permits: Semaphore,
+    pub actors: ActorDirectory,
+    pub root: ArcSwapOption<ActorCell>,
+    pub status_monitor: ArcSwapOption<ActorRef<StatusMsg>>,
+    pub shape_log_collector: ArcSwapOption<ActorRef<SlcMsg>>,
+    pub shape_cache: ArcSwapOption<ActorRef<ShapeCacheMsg>>,
+    pub consumer_supervisor: ArcSwapOption<ActorCell>,
+    /// Commit LSN of the last transaction the ShapeLogCollector processed.
+    pub last_seen_lsn: AtomicU64,
+    handle_seq: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: StackConfig) -> Arc<Shared> {
+        let stack_id = format!("{:08x}", rand::random::<u32>());
+        Arc::new(Shared {
+            snapshot_permits: Semaphore::new(config.max_concurrent_snapshots.max(1)),
+            config,
+            stack_id,
+            status: StatusBoard::default(),
+            shapes: ShapeRegistry::default(),
+            schemas: DashMap::new(),
+            admin: ArcSwapOption::empty(),
+            actors: ActorDirectory::default(),
+            root: ArcSwapOption::empty(),
+            status_monitor: ArcSwapOption::empty(),
+            shape_log_collector: ArcSwapOption::empty(),
+            shape_cache: ArcSwapOption::empty(),
+            consumer_supervisor: ArcSwapOption::empty(),
+            last_seen_lsn: AtomicU64::new(0),
+            handle_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The global registry name of an actor of this stack.
+    pub fn actor_name(&self, display: &str) -> String {
+        format!("volt:{}:{}", self.stack_id, display)
+    }
+
+    /// Report a condition to the StatusMonitor (the board's only writer).
+    pub fn report(&self, cond: Condition, on: bool) {
+        if let Some(monitor) = self.status_monitor.load_full() {
+            if monitor.cast(StatusMsg::Set(cond, on)).is_err() {
+                tracing::debug!(?cond, on, "status monitor is down; condition not reported");
+            }
+        }
+    }
+
+    /// A handle never used before: a hash of the definition plus the time in
+    /// microseconds, made unique within the process by a sequence.
+    pub fn new_handle(&self, def: &ShapeDef) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        def.hash(&mut h);
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let seq = self.handle_seq.fetch_add(1, Ordering::Relaxed);
+        // Bump by the sequence so two handles made in the same microsecond differ.
+        format!("{}-{}", h.finish() % 100_000_000, micros + seq)
+    }
+
+    pub fn last_seen_lsn(&self) -> u64 {
+        self.last_seen_lsn.load(Ordering::Acquire)
+    }
+
+    /// The live supervision tree, from the root actor down.
+    pub fn tree(&self) -> Option<TreeNode> {
+        let root = self.root.load_full()?;
+        Some(self.node(&root, None))
+    }
+
+    fn node(&self, cell: &ActorCell, parent: Option<String>) -> TreeNode {
+        let id = cell.get_id();
+        let (kind, name) = self
+            .actors
+            .actors
+            .get(&id)
+            .map(|e| (e.0.to_string(), e.1.clone()))
+            .unwrap_or_else(|| ("unknown".into(), cell.get_name().unwrap_or_default()));
+        let id_text = id.to_string();
+        let mut children: Vec<TreeNode> = cell
+            .get_children()
+            .iter()
+            .map(|c| self.node(c, Some(id_text.clone())))
+            .collect();
+        children.sort_by(|a, b| a.name.cmp(&b.name));
+        TreeNode {
+            restarts: self.actors.restarts(&name),
+            id: id_text,
+            name,
+            kind,
+            parent,
+            status: format!("{:?}", cell.get_status()).to_lowercase(),
+            children,
+        }
+    }
+}

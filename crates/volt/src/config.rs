@@ -1,0 +1,197 @@
+//! Configuration from Electric's environment variables (and matching flags).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "volt",
+    version,
+    about = "A Postgres sync service, wire-compatible with ElectricSQL's",
+    long_about = "A Postgres sync service, wire-compatible with ElectricSQL's.\n\n\
+Point @electric-sql/client at http://<host>:<port>/v1/shape. Settings use Electric's \
+environment variable names; each can also be given as a flag."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sync service against DATABASE_URL (the default).
+    Serve,
+    /// Run against an embedded throwaway Postgres with a demo table, in insecure mode.
+    Dev,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Settings {
+    /// Postgres connection URL (needs the REPLICATION privilege and wal_level=logical).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// HTTP port.
+    #[arg(long, env = "ELECTRIC_PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Where shape logs are kept.
+    #[arg(long, env = "ELECTRIC_STORAGE_DIR", default_value = "./persistent")]
+    pub storage_dir: PathBuf,
+
+    /// Secret every Shape API and admin request must carry (`secret=` parameter).
+    #[arg(long, env = "ELECTRIC_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Serve without a secret. Exactly one of ELECTRIC_SECRET and ELECTRIC_INSECURE=true is required.
+    #[arg(long, env = "ELECTRIC_INSECURE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: bool,
+
+    /// Names the replication slot (electric_slot_<id>) and publication (electric_publication_<id>).
+    #[arg(long, env = "ELECTRIC_REPLICATION_STREAM_ID", default_value = "default")]
+    pub replication_stream_id: String,
+
+    /// How long a live request waits for changes: milliseconds, or with a ms/s/m suffix.
+    #[arg(long, env = "ELECTRIC_LONG_POLL_TIMEOUT", default_value = "20000", value_parser = parse_duration)]
+    pub long_poll_timeout: Duration,
+
+    /// Largest change-log response in bytes (with an optional KB/KiB/MB/MiB suffix).
+    #[arg(long, env = "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", default_value = "10MiB", value_parser = parse_size)]
+    pub chunk_bytes_threshold: usize,
+
+    /// Enable test-only endpoints.
+    #[arg(long, env = "ELECTRIC_ENABLE_INTEGRATION_TESTING", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_integration_testing: bool,
+
+    /// How many snapshot queries may run at once.
+    #[arg(long, env = "ELECTRIC_DB_POOL_SIZE", default_value_t = 20)]
+    pub db_pool_size: usize,
+
+    /// Port for Prometheus metrics at /metrics (off when unset).
+    #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT")]
+    pub prometheus_port: Option<u16>,
+
+    /// Log level: error, warning, info or debug (RUST_LOG, if set, wins).
+    #[arg(long, env = "ELECTRIC_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A setting that can never work: reported in one line, exit code 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    pub fn validate(&self, dev: bool) -> Result<(), ConfigError> {
+        if !dev {
+            match (&self.secret, self.insecure) {
+                (Some(_), true) => {
+                    return Err(ConfigError(
+                        "set either ELECTRIC_SECRET or ELECTRIC_INSECURE=true, not both".into(),
+                    ));
+                }
+                (None, false) => {
+                    return Err(ConfigError(
+                        "ELECTRIC_SECRET is required (or set ELECTRIC_INSECURE=true to run without one)".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if self.database_url.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError("DATABASE_URL is required".into()));
+            }
+        }
+        if matches!(&self.secret, Some(s) if s.is_empty()) {
+            return Err(ConfigError("ELECTRIC_SECRET must not be empty".into()));
+        }
+        let id = &self.replication_stream_id;
+        if id.is_empty()
+            || id.len() > 40
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ConfigError(format!(
+                "ELECTRIC_REPLICATION_STREAM_ID must be 1-40 characters of a-z, 0-9 and _ (got {id:?})"
+            )));
+        }
+        if !["error", "warn", "warning", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return Err(ConfigError(format!(
+                "ELECTRIC_LOG_LEVEL must be error, warning, info or debug (got {:?})",
+                self.log_level
+            )));
+        }
+        if self.long_poll_timeout.is_zero() {
+            return Err(ConfigError("ELECTRIC_LONG_POLL_TIMEOUT must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1)
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (milliseconds, or with a ms/s/m suffix)"))?;
+    Ok(Duration::from_millis(n.saturating_mul(mult)))
+}
+
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let units: [(&str, usize); 6] = [
+        ("KiB", 1024),
+        ("MiB", 1024 * 1024),
+        ("GiB", 1024 * 1024 * 1024),
+        ("KB", 1000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))
+        .unwrap_or((s, 1));
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (bytes, or with a KB/KiB/MB/MiB/GB/GiB suffix)"))?;
+    if n == 0 {
+        return Err("size must be positive".into());
+    }
+    Ok(n.saturating_mul(mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_electric_suffixes() {
+        assert_eq!(parse_duration("20000"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_electric_suffixes() {
+        assert_eq!(parse_size("10MiB"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2KB"), Ok(2000));
+        assert!(parse_size("big").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! The volt binary: configuration, logging, the stack and the HTTP server.
+
+mod config;
+mod dev;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use volt_http::HttpConfig;
+use volt_pg::PgConfig;
+use volt_stack::{Stack, StackConfig};
+
+use crate::config::{Cli, Command, Settings};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let dev = matches!(cli.command, Some(Command::Dev));
+    if let Err(e) = cli.settings.validate(dev) {
+        eprintln!("volt: {}", e.0);
+        return ExitCode::from(2);
+    }
+    init_tracing(&cli.settings.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("volt: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        if dev { run_dev(cli.settings).await } else { serve(cli.settings).await }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("volt: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let level = if level == "warning" { "warn" } else { level };
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},ractor=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn run_dev(mut settings: Settings) -> anyhow::Result<()> {
+    let dir = settings.storage_dir.clone();
+    let cluster = tokio::task::spawn_blocking(move || dev::start_cluster(&dir))
+        .await
+        .context("embedded Postgres start-up panicked")??;
+    let url = cluster.url("postgres");
+    dev::create_demo_table(&url).await?;
+    tracing::warn!("volt dev runs in insecure mode: no secret is required. Never use it in production.");
+    println!();
+    println!("  volt dev is starting");
+    println!("  Postgres:   {url}   (demo table: items)");
+    println!("  Shape API:  http://localhost:{}/v1/shape", settings.port);
+    println!("  Try:        curl 'http://localhost:{}/v1/shape?table=items&offset=-1'", settings.port);
+    println!("  Then:       psql '{url}' -c \"INSERT INTO items (title) VALUES ('hello')\"");
+    println!();
+    settings.database_url = Some(url);
+    settings.secret = None;
+    settings.insecure = true;
+    let result = serve(settings).await;
+    let mut cluster = cluster;
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .context("embedded Postgres shutdown panicked")?
+        .context("could not stop the embedded Postgres")?;
+    result
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let url = settings
+        .database_url
+        .as_deref()
+        .context("DATABASE_URL is required")?;
+    let pg = PgConfig::parse(url)?;
+    if settings.insecure {
+        tracing::warn!("ELECTRIC_INSECURE=true: the Shape API and admin endpoints accept requests without a secret");
+    }
+    if let Some(port) = settings.prometheus_port {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(SocketAddr::from(([0, 0, 0, 0], port)))
+            .install()
+            .context("cannot start the Prometheus endpoint")?;
+    }
+    let stack_config = StackConfig {
+        pg,
+        stream_id: settings.replication_stream_id.clone(),
+        storage_dir: settings.storage_dir.clone(),
+        max_concurrent_snapshots: settings.db_pool_size,
+    };
+    let slot = stack_config.slot_name();
+    let publication = stack_config.publication_name();
+    let mut stack = Stack::start(stack_config).await?;
+    let app = volt_http::router(
+        Arc::clone(&stack.shared),
+        HttpConfig {
+            secret: settings.secret.clone(),
+            long_poll_timeout: settings.long_poll_timeout,
+            chunk_bytes: settings.chunk_bytes_threshold,
+            ..HttpConfig::default()
+        },
+    );
+    let addr = SocketAddr::from(([0, 0, 0, 0], settings.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on port {}", settings.port))?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        port = settings.port,
+        storage_dir = %settings.storage_dir.display(),
+        %slot,
+        %publication,
+        "volt listening on http://{}",
+        listener.local_addr().unwrap_or(addr)
+    );
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    tokio::select! {
+        res = server => res.context("HTTP server failed")?,
+        () = stack.wait() => anyhow::bail!("the supervision tree gave up; see the errors above"),
+    }
+    tracing::info!("shutting down");
+    stack.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
