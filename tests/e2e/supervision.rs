@@ -1,0 +1,174 @@
+//! The tree survives the deaths of its parts as supervision.md says.
+
+use serde_json::Value;
+use volt_stack::{ServiceStatus, TreeNode};
+
+use crate::support::{Follower, TestVolt, eventually};
+
+const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text);
+     INSERT INTO items VALUES (1, 'one'), (2, 'two');";
+
+fn find<'a>(node: &'a TreeNode, pred: &dyn Fn(&TreeNode) -> bool) -> Option<&'a TreeNode> {
+    if pred(node) {
+        return Some(node);
+    }
+    node.children.iter().find_map(|c| find(c, pred))
+}
+
+fn kill_actor(volt: &TestVolt, display_name: &str) -> anyhow::Result<()> {
+    let name = volt.shared().actor_name(display_name);
+    let cell = ractor::registry::where_is(name.clone())
+        .ok_or_else(|| anyhow::anyhow!("no actor named {name}"))?;
+    cell.kill();
+    Ok(())
+}
+
+#[tokio::test]
+async fn tree_dump_lists_every_actor_with_its_parent() -> anyhow::Result<()> {
+    let volt = TestVolt::start("tree_dump").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let tree: Value = volt.get("/v1/admin/tree").await?.json().await?;
+    let parsed: TreeNode = {
+        // Walk the JSON rather than trusting the Rust type: this is what users see.
+        fn kinds(v: &Value, out: &mut Vec<(String, Option<String>, String)>) {
+            out.push((
+                v["kind"].as_str().unwrap_or_default().to_string(),
+                v["parent"].as_str().map(str::to_string),
+                v["id"].as_str().unwrap_or_default().to_string(),
+            ));
+            for c in v["children"].as_array().into_iter().flatten() {
+                assert_eq!(c["parent"], v["id"]);
+                assert!(c["status"].is_string() && c["restarts"].is_number());
+                kinds(c, out);
+            }
+        }
+        let mut all = Vec::new();
+        kinds(&tree, &mut all);
+        for kind in [
+            "StackSupervisor",
+            "StatusMonitor",
+            "ShapeLogCollector",
+            "ShapeCache",
+            "ConsumerSupervisor",
+            "Consumer",
+            "ConnectionManager",
+            "ReplicationClient",
+        ] {
+            assert!(all.iter().any(|(k, _, _)| k == kind), "{kind} missing from {tree}");
+        }
+        volt.shared().tree().expect("tree")
+    };
+    let consumer = find(&parsed, &|n| n.kind == "Consumer").expect("consumer");
+    assert!(consumer.name.contains(f.handle.as_deref().unwrap_or("?")));
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn losing_the_replication_connection_restarts_only_the_connection_subsystem()
+-> anyhow::Result<()> {
+    let volt = TestVolt::start("replication_loss").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let handle = f.handle.clone();
+
+    let admin = volt.db.client().await?;
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&volt.db.slot_name()],
+        )
+        .await?;
+    assert_eq!(killed.len(), 1, "the walsender was running");
+    eventually("the connection manager restarted", || async {
+        Ok(volt.shared().actors.restarts("ConnectionManager") >= 1)
+    })
+    .await?;
+    volt.wait_active().await?;
+    assert_eq!(volt.shared().actors.restarts("ShapeLogCollector"), 0);
+    assert_eq!(volt.shared().actors.restarts("ShapeSubsystemSupervisor"), 0);
+
+    volt.db.execute("INSERT INTO items VALUES (3, 'after')").await?;
+    f.until(&volt, "the insert after reconnecting", |f| f.rows.len() == 3).await?;
+    assert_eq!(f.handle, handle, "the shape survived");
+    assert_eq!(f.refetches, 0);
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_consumer_invalidates_only_its_own_shape() -> anyhow::Result<()> {
+    let volt = TestVolt::start("consumer_death").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut a = Follower::new("table=items&where=id%20%3D%201");
+    let mut b = Follower::new("table=items&where=id%20%3D%202");
+    a.catch_up(&volt).await?;
+    b.catch_up(&volt).await?;
+    let a_handle = a.handle.clone().expect("handle");
+    kill_actor(&volt, &format!("Consumer:{a_handle}"))?;
+    eventually("the shape is removed", || async {
+        Ok(volt.shared().shapes.get(&a_handle).is_none())
+    })
+    .await?;
+
+    volt.db.execute("UPDATE items SET title = 'changed'").await?;
+    b.until(&volt, "b sees the update", |f| f.column("title") == ["changed"])
+        .await?;
+    assert_eq!(b.refetches, 0);
+    a.until(&volt, "a refetches and sees the update", |f| {
+        f.refetches == 1 && f.column("title") == ["changed"]
+    })
+    .await?;
+    assert_ne!(a.handle.as_deref(), Some(a_handle.as_str()), "a new handle");
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_shape_cache_keeps_existing_shapes() -> anyhow::Result<()> {
+    let volt = TestVolt::start("shape_cache_restart").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    kill_actor(&volt, "ShapeCache")?;
+    eventually("the shape cache restarted", || async {
+        Ok(volt.shared().actors.restarts("ShapeCache") >= 1
+            && volt.shared().status.status() == ServiceStatus::Active)
+    })
+    .await?;
+    volt.db.execute("INSERT INTO items VALUES (3, 'three')").await?;
+    f.until(&volt, "the insert", |f| f.rows.len() == 3).await?;
+    assert_eq!(f.refetches, 0);
+    // And it still creates shapes.
+    let mut g = Follower::new("table=items&where=id%20%3E%201");
+    g.catch_up(&volt).await?;
+    assert_eq!(g.column("id"), ["2", "3"]);
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_shape_log_collector_restarts_the_shape_subsystem_and_clients_refetch()
+-> anyhow::Result<()> {
+    let volt = TestVolt::start("slc_death").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    kill_actor(&volt, "ShapeLogCollector")?;
+    eventually("the shape subsystem restarted", || async {
+        Ok(volt.shared().actors.restarts("ShapeSubsystemSupervisor") >= 1)
+    })
+    .await?;
+    volt.wait_active().await?;
+    volt.db.execute("INSERT INTO items VALUES (3, 'three')").await?;
+    f.until(&volt, "the insert, after a refetch", |f| f.rows.len() == 3)
+        .await?;
+    assert_eq!(f.refetches, 1, "shapes do not survive the subsystem yet");
+    assert_eq!(volt.shared().actors.restarts("ConnectionManager"), 0);
+    volt.stop().await;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Test harness: an in-process volt on a fresh database, and a shape follower.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Map, Value};
+use tokio::task::JoinHandle;
+use volt_http::HttpConfig;
+use volt_pg::PgConfig;
+use volt_stack::{Stack, StackConfig};
+use volt_test_support::TestDb;
+
+/// The generous bound every wait in these tests gets: long enough for a loaded CI
+/// machine, short enough that a hang fails the test.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct TestVolt {
+    pub db: TestDb,
+    pub stack: Option<Stack>,
+    pub base: String,
+    pub http: reqwest::Client,
+    server: JoinHandle<()>,
+    _storage: tempfile::TempDir,
+}
+
+impl TestVolt {
+    pub async fn start(test_name: &str) -> anyhow::Result<TestVolt> {
+        Self::start_with(test_name, None).await
+    }
+
+    pub async fn start_with(test_name: &str, secret: Option<&str>) -> anyhow::Result<TestVolt> {
+        let db = TestDb::new(test_name).await?;
+        let storage = tempfile::tempdir()?;
+        let stack = Stack::start(StackConfig {
+            pg: PgConfig::parse(&db.url())?,
+            stream_id: db.stream_id().to_string(),
+            storage_dir: storage.path().to_path_buf(),
+            max_concurrent_snapshots: 4,
+        })
+        .await?;
+        let app = volt_http::router(
+            Arc::clone(&stack.shared),
+            HttpConfig {
+                secret: secret.map(str::to_string),
+                long_poll_timeout: Duration::from_millis(1500),
+                ..HttpConfig::default()
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let volt = TestVolt {
+            db,
+            stack: Some(stack),
+            base,
+            http: reqwest::Client::new(),
+            server,
+            _storage: storage,
+        };
+        volt.wait_active().await?;
+        Ok(volt)
+    }
+
+    pub fn shared(&self) -> &Arc<volt_stack::Shared> {
+        &self.stack.as_ref().expect("stack running").shared
+    }
+
+    pub async fn wait_active(&self) -> anyhow::Result<()> {
+        if !self.shared().status.wait_active(DEADLINE).await {
+            bail!("volt did not become active within {DEADLINE:?}");
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(format!("{}{}", self.base, path_and_query))
+            .timeout(DEADLINE)
+            .send()
+            .await?)
+    }
+
+    /// Stop the stack and drop the database.
+    pub async fn stop(mut self) {
+        self.server.abort();
+        if let Some(stack) = self.stack.take() {
+            stack.stop().await;
+        }
+        self.db.cleanup().await;
+    }
+}
+
+/// One shape response.
+pub struct ShapeResponse {
+    pub status: u16,
+    pub handle: Option<String>,
+    pub offset: Option<String>,
+    pub up_to_date: bool,
+    pub body: Value,
+}
+
+pub async fn fetch(volt: &TestVolt, query: &str) -> anyhow::Result<ShapeResponse> {
+    let res = volt.get(&format!("/v1/shape?{query}")).await?;
+    let status = res.status().as_u16();
+    let header = |n: &str| {
+        res.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let handle = header("electric-handle");
+    let offset = header("electric-offset");
+    let up_to_date = res.headers().contains_key("electric-up-to-date");
+    let text = res.text().await?;
+    let body = serde_json::from_str(&text).with_context(|| format!("body is not JSON: {text}"))?;
+    Ok(ShapeResponse {
+        status,
+        handle,
+        offset,
+        up_to_date,
+        body,
+    })
+}
+
+/// Follows one shape like the official client: snapshot, catch-up, then long-polls;
+/// keeps the materialised rows and every change message in arrival order.
+pub struct Follower {
+    pub params: String,
+    pub handle: Option<String>,
+    pub offset: String,
+    pub rows: BTreeMap<String, Map<String, Value>>,
+    pub changes: Vec<Value>,
+    pub refetches: usize,
+}
+
+impl Follower {
+    pub fn new(params: &str) -> Follower {
+        Follower {
+            params: params.to_string(),
+            handle: None,
+            offset: "-1".into(),
+            rows: BTreeMap::new(),
+            changes: Vec::new(),
+            refetches: 0,
+        }
+    }
+
+    /// One request; returns whether the response ended up to date.
+    pub async fn poll(&mut self, volt: &TestVolt, live: bool) -> anyhow::Result<bool> {
+        let mut q = format!("{}&offset={}", self.params, self.offset);
+        if let Some(h) = &self.handle {
+            q.push_str(&format!("&handle={h}"));
+        }
+        if live && self.offset != "-1" {
+            q.push_str("&live=true");
+        }
+        let res = fetch(volt, &q).await?;
+        match res.status {
+            200 => {}
+            409 => {
+                self.refetches += 1;
+                self.handle = res.handle;
+                self.offset = "-1".into();
+                self.rows.clear();
+                return Ok(false);
+            }
+            s => bail!("unexpected status {s}: {}", res.body),
+        }
+        self.handle = res.handle;
+        self.offset = res.offset.context("200 without electric-offset")?;
+        let items = res.body.as_array().context("body is not an array")?;
+        for item in items {
+            let headers = &item["headers"];
+            if headers.get("control").is_some() {
+                continue;
+            }
+            let key = item["key"].as_str().context("message without key")?.to_string();
+            let value = item["value"].as_object().cloned().unwrap_or_default();
+            match headers["operation"].as_str() {
+                Some("insert") => {
+                    self.rows.insert(key, value);
+                }
+                Some("update") => {
+                    let row = self.rows.entry(key).or_default();
+                    row.extend(value);
+                }
+                Some("delete") => {
+                    self.rows.remove(&key);
+                }
+                other => bail!("unknown operation {other:?}"),
+            }
+            if headers.get("lsn").is_some() {
+                self.changes.push(item.clone());
+            }
+        }
+        Ok(res.up_to_date)
+    }
+
+    /// Requests until up to date.
+    pub async fn catch_up(&mut self, volt: &TestVolt) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !self.poll(volt, false).await? {
+            if tokio::time::Instant::now() > deadline {
+                bail!("shape did not catch up within {DEADLINE:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Long-polls until `done` holds for the materialised rows.
+    pub async fn until(
+        &mut self,
+        volt: &TestVolt,
+        what: &str,
+        done: impl Fn(&Follower) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !done(self) {
+            if tokio::time::Instant::now() > deadline {
+                bail!("{what}: not reached within {DEADLINE:?}; rows: {:?}", self.rows);
+            }
+            self.poll(volt, true).await?;
+        }
+        Ok(())
+    }
+
+    /// A column of every row, sorted, for comparisons.
+    pub fn column(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .rows
+            .values()
+            .map(|r| r.get(name).and_then(Value::as_str).unwrap_or("NULL").to_string())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Poll a condition with a deadline (never a fixed sleep).
+pub async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not true within {DEADLINE:?}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
