@@ -1,0 +1,24 @@
+# volt tasks. `just` is optional: each recipe is the plain command it runs.
+
+# Run volt against DATABASE_URL (Electric's env vars configure it).
+run *args:
+    cargo run --release -p volt -- {{args}}
+
+# volt with an embedded throwaway Postgres and a demo table.
+dev:
+    cargo run --release -p volt -- dev
+
+# Every test: starts a throwaway Postgres, runs the Rust and JS suites.
+test:
+    ./scripts/test
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Benchmarks (the harness lands with the benchmarks issue).
+bench *args:
+    @echo "no benchmarks yet: the volt-bench harness is tracked in the benchmarks issue" && exit 1
