@@ -284,6 +284,8 @@ export async function startVolt({ databaseUrl: dbUrl, streamId, secret, env = {}
     ELECTRIC_REPLICATION_STREAM_ID: streamId,
     ELECTRIC_LONG_POLL_TIMEOUT: String(LONG_POLL_TIMEOUT_MS),
     ELECTRIC_LOG_LEVEL: 'info',
+    // Logs are captured into a buffer and printed inside the test report.
+    NO_COLOR: '1',
   });
   if (secret != null) childEnv.ELECTRIC_SECRET = secret;
   else childEnv.ELECTRIC_INSECURE = 'true';
