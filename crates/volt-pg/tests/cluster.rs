@@ -7,6 +7,14 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 use volt_pg::cluster::{ClusterError, ClusterOptions, LocalCluster};
 
+/// Options for tests that do not depend on durability: without fsync, initdb and crash
+/// recovery are much faster on a busy disk.
+fn options(data_dir: &Path) -> ClusterOptions {
+    let mut options = ClusterOptions::new(data_dir);
+    options.fsync = false;
+    options
+}
+
 async fn connect(cluster: &LocalCluster) -> Client {
     let (client, connection) = tokio_postgres::connect(&cluster.url("postgres"), NoTls)
         .await
@@ -101,9 +109,20 @@ async fn cluster_runs_logical_wal_and_keeps_its_system_identifier_across_restart
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_without_fsync_turns_durability_settings_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(options(tmp.path())).unwrap();
+    let client = connect(&cluster).await;
+    assert_eq!(show(&client, "fsync").await, "off");
+    assert_eq!(show(&client, "synchronous_commit").await, "off");
+    assert_eq!(show(&client, "full_page_writes").await, "off");
+    assert_eq!(show(&client, "wal_level").await, "logical");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dropping_the_cluster_stops_the_server() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterOptions::new(tmp.path())).unwrap();
+    let cluster = LocalCluster::start(options(tmp.path())).unwrap();
     let pid = postmaster_pid(cluster.data_dir());
     let url = cluster.url("postgres");
     drop(cluster);
@@ -115,22 +134,57 @@ async fn dropping_the_cluster_stops_the_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_stops_a_server_left_running_by_a_killed_owner() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = LocalCluster::start(ClusterOptions::new(tmp.path())).unwrap();
+    let first = LocalCluster::start(options(tmp.path())).unwrap();
     let identifier = system_identifier(&connect(&first).await).await;
     let old_pid = postmaster_pid(first.data_dir());
     // Like a `volt dev` that was SIGKILLed: nothing stops the server it started.
     std::mem::forget(first);
 
-    let second = LocalCluster::start(ClusterOptions::new(tmp.path())).unwrap();
+    let second = LocalCluster::start(options(tmp.path())).unwrap();
     assert!(process_is_gone(old_pid), "the leftover server was stopped");
     assert_ne!(postmaster_pid(second.data_dir()), old_pid);
     assert_eq!(system_identifier(&connect(&second).await).await, identifier);
 }
 
+/// What the cluster records as its owner: `<pid> <start time>` (field 22 of /proc/<pid>/stat).
+fn process_identity(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, fields) = stat.rsplit_once(')').unwrap();
+    format!("{pid} {}", fields.split_whitespace().nth(19).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_refuses_a_data_dir_whose_owner_is_still_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = LocalCluster::start(options(tmp.path())).unwrap();
+    // Another live process (here: a `cat` waiting on its stdin) owns the running server.
+    let mut owner = std::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(tmp.path().join("volt.owner"), process_identity(owner.id())).unwrap();
+
+    match LocalCluster::start(options(tmp.path())) {
+        Err(ClusterError::DataDirInUse { pid, .. }) => assert_eq!(pid, owner.id()),
+        other => panic!("expected DataDirInUse, got {other:?}"),
+    }
+    assert_eq!(postmaster_pid(tmp.path()), postmaster_pid(first.data_dir()));
+    connect(&first).await; // still serving
+
+    // Once the owner is gone, the next start takes the data dir over.
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let old_pid = postmaster_pid(first.data_dir());
+    std::mem::forget(first);
+    let second = LocalCluster::start(options(tmp.path())).unwrap();
+    assert!(process_is_gone(old_pid));
+    connect(&second).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_ignores_the_stale_pid_file_of_a_killed_server() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = LocalCluster::start(ClusterOptions::new(tmp.path())).unwrap();
+    let first = LocalCluster::start(options(tmp.path())).unwrap();
     let identifier = system_identifier(&connect(&first).await).await;
     let pid = postmaster_pid(first.data_dir());
     let killed = std::process::Command::new("kill")
@@ -145,7 +199,7 @@ async fn restart_ignores_the_stale_pid_file_of_a_killed_server() {
         "the pid file is stale"
     );
 
-    let second = LocalCluster::start(ClusterOptions::new(tmp.path())).unwrap();
+    let second = LocalCluster::start(options(tmp.path())).unwrap();
     assert_eq!(system_identifier(&connect(&second).await).await, identifier);
 }
 
@@ -153,7 +207,7 @@ async fn restart_ignores_the_stale_pid_file_of_a_killed_server() {
 fn start_on_a_taken_port_fails_with_the_server_log() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut opts = ClusterOptions::new(tmp.path());
+    let mut opts = options(tmp.path());
     opts.port = taken.local_addr().unwrap().port();
     match LocalCluster::start(opts) {
         Err(e @ ClusterError::StartFailed { .. }) => {

@@ -58,6 +58,9 @@ fn run(program: &OsString, args: &[OsString]) -> anyhow::Result<u8> {
     let mut options = ClusterOptions::new(tempdir.path());
     options.max_replication_slots = 200;
     options.max_wal_senders = 200;
+    // Thrown away after the run: durability across OS crashes buys nothing, and fsync makes
+    // initdb and every CREATE DATABASE slow on a busy CI disk.
+    options.fsync = false;
     options = options.setting("max_connections", "300");
     let binaries = PgBinaries::find()?;
     if binaries.has_library("pg_stat_statements") {
