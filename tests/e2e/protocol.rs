@@ -4,7 +4,8 @@ use serde_json::Value;
 
 use crate::support::{Follower, TestVolt, fetch};
 
-const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text, qty int, done bool, price numeric(10,2));
+const ITEMS: &str =
+    "CREATE TABLE items (id int PRIMARY KEY, title text, qty int, done bool, price numeric(10,2));
      INSERT INTO items VALUES (1, 'one', 5, false, 1.50), (2, 'two/2', 20, true, NULL);";
 
 #[tokio::test]
@@ -15,7 +16,10 @@ async fn initial_snapshot_has_handle_offset_schema_and_snapshot_end() -> anyhow:
     assert_eq!(res.status, 200);
     assert!(res.handle.is_some());
     assert_eq!(res.offset.as_deref(), Some("0_0"));
-    assert!(!res.up_to_date, "the first snapshot chunk is never up to date");
+    assert!(
+        !res.up_to_date,
+        "the first snapshot chunk is never up to date"
+    );
     let items = res.body.as_array().expect("array");
     assert_eq!(items.len(), 3);
     assert_eq!(items[0]["key"], "\"public\".\"items\"/\"1\"");
@@ -24,7 +28,10 @@ async fn initial_snapshot_has_handle_offset_schema_and_snapshot_end() -> anyhow:
     assert_eq!(items[0]["value"]["price"], "1.50");
     assert_eq!(items[1]["value"]["price"], Value::Null);
     assert_eq!(items[0]["headers"]["operation"], "insert");
-    assert_eq!(items[0]["headers"]["relation"], serde_json::json!(["public", "items"]));
+    assert_eq!(
+        items[0]["headers"]["relation"],
+        serde_json::json!(["public", "items"])
+    );
     let end = &items[2]["headers"];
     assert_eq!(end["control"], "snapshot-end");
     assert!(end["xmin"].is_string() && end["xmax"].is_string() && end["xip_list"].is_array());
@@ -44,10 +51,11 @@ async fn schema_header_describes_types_and_primary_key() -> anyhow::Result<()> {
     let volt = TestVolt::start("schema_header").await?;
     volt.db.execute(ITEMS).await?;
     let res = volt.get("/v1/shape?table=items&offset=-1").await?;
-    let schema: Value = serde_json::from_str(
-        res.headers()["electric-schema"].to_str()?,
-    )?;
-    assert_eq!(schema["id"], serde_json::json!({"type": "int4", "pk_index": 0, "not_null": true}));
+    let schema: Value = serde_json::from_str(res.headers()["electric-schema"].to_str()?)?;
+    assert_eq!(
+        schema["id"],
+        serde_json::json!({"type": "int4", "pk_index": 0, "not_null": true})
+    );
     assert_eq!(schema["title"], serde_json::json!({"type": "text"}));
     assert_eq!(schema["done"]["type"], "bool");
     volt.stop().await;
@@ -65,18 +73,36 @@ async fn bad_requests_are_400s_naming_the_parameter() -> anyhow::Result<()> {
         ("table=nope&offset=-1", "table", "does not exist"),
         ("table=items&offset=5_0", "handle", "can't be blank"),
         ("table=items&offset=-1&live=true", "live", "can't be true"),
-        ("table=items&offset=-1&where=qty%20%3E", "where", "At location"),
-        ("table=items&offset=-1&where=nope%20%3D%201", "where", "At location"),
+        (
+            "table=items&offset=-1&where=qty%20%3E",
+            "where",
+            "At location",
+        ),
+        (
+            "table=items&offset=-1&where=nope%20%3D%201",
+            "where",
+            "At location",
+        ),
         ("table=items&offset=-1&where=qty", "where", "At location"),
-        ("table=items&offset=-1&columns=title", "columns", "primary key"),
-        ("table=items&offset=-1&columns=id,nope", "columns", "not found"),
+        (
+            "table=items&offset=-1&columns=title",
+            "columns",
+            "primary key",
+        ),
+        (
+            "table=items&offset=-1&columns=id,nope",
+            "columns",
+            "not found",
+        ),
         ("table=items&offset=-1&replica=x", "replica", "is invalid"),
     ];
     for (query, param, expected) in cases {
         let res = volt.get(&format!("/v1/shape?{query}")).await?;
         assert_eq!(res.status(), 400, "{query}");
         assert!(
-            res.headers()["content-type"].to_str()?.starts_with("application/json"),
+            res.headers()["content-type"]
+                .to_str()?
+                .starts_with("application/json"),
             "{query}"
         );
         let body: Value = res.json().await?;
@@ -96,7 +122,10 @@ async fn stale_handle_gets_409_with_the_current_handle() -> anyhow::Result<()> {
     let res = fetch(&volt, "table=items&offset=0_0&handle=not-a-handle").await?;
     assert_eq!(res.status, 409);
     assert_eq!(res.handle, first.handle);
-    assert_eq!(res.body, serde_json::json!([{"headers": {"control": "must-refetch"}}]));
+    assert_eq!(
+        res.body,
+        serde_json::json!([{"headers": {"control": "must-refetch"}}])
+    );
     volt.stop().await;
     Ok(())
 }
@@ -109,7 +138,10 @@ async fn live_request_at_the_tip_times_out_with_up_to_date_and_a_cursor() -> any
     f.catch_up(&volt).await?;
     let h = f.handle.clone().expect("handle");
     let res = volt
-        .get(&format!("/v1/shape?table=items&offset={}&handle={h}&live=true", f.offset))
+        .get(&format!(
+            "/v1/shape?table=items&offset={}&handle={h}&live=true",
+            f.offset
+        ))
         .await?;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["electric-has-data"], "false");
@@ -133,9 +165,18 @@ async fn secret_guards_the_shape_api_and_admin_but_not_health() -> anyhow::Resul
         async move { anyhow::Ok(v.get(p).await?.status().as_u16()) }
     };
     assert_eq!(status("/v1/shape?table=items&offset=-1").await?, 401);
-    assert_eq!(status("/v1/shape?table=items&offset=-1&secret=wrong").await?, 401);
-    assert_eq!(status("/v1/shape?table=items&offset=-1&secret=s3cret").await?, 200);
-    assert_eq!(status("/v1/shape?table=items&offset=-1&api_secret=s3cret").await?, 200);
+    assert_eq!(
+        status("/v1/shape?table=items&offset=-1&secret=wrong").await?,
+        401
+    );
+    assert_eq!(
+        status("/v1/shape?table=items&offset=-1&secret=s3cret").await?,
+        200
+    );
+    assert_eq!(
+        status("/v1/shape?table=items&offset=-1&api_secret=s3cret").await?,
+        200
+    );
     assert_eq!(status("/v1/admin/tree").await?, 401);
     assert_eq!(status("/v1/admin/tree?secret=s3cret").await?, 200);
     assert_eq!(status("/v1/health").await?, 200);
@@ -145,7 +186,11 @@ async fn secret_guards_the_shape_api_and_admin_but_not_health() -> anyhow::Resul
         .send()
         .await?;
     assert_eq!(preflight.status(), 204);
-    let body: Value = volt.get("/v1/shape?table=items&offset=-1").await?.json().await?;
+    let body: Value = volt
+        .get("/v1/shape?table=items&offset=-1")
+        .await?
+        .json()
+        .await?;
     assert!(body["message"].is_string());
     volt.stop().await;
     Ok(())

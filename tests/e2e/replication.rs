@@ -12,7 +12,10 @@ fn ops(f: &Follower) -> Vec<(String, String)> {
         .iter()
         .map(|c| {
             (
-                c["headers"]["operation"].as_str().unwrap_or_default().to_string(),
+                c["headers"]["operation"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 c["key"].as_str().unwrap_or_default().to_string(),
             )
         })
@@ -27,10 +30,15 @@ async fn snapshot_then_live_changes_arrive_in_commit_order() -> anyhow::Result<(
     f.catch_up(&volt).await?;
     assert_eq!(f.column("id"), ["1", "2", "3"]);
 
-    volt.db.execute("INSERT INTO items VALUES (4, 'four', 40)").await?;
-    volt.db.execute("UPDATE items SET title = 'uno' WHERE id = 1").await?;
+    volt.db
+        .execute("INSERT INTO items VALUES (4, 'four', 40)")
+        .await?;
+    volt.db
+        .execute("UPDATE items SET title = 'uno' WHERE id = 1")
+        .await?;
     volt.db.execute("DELETE FROM items WHERE id = 2").await?;
-    f.until(&volt, "three transactions", |f| f.changes.len() == 3).await?;
+    f.until(&volt, "three transactions", |f| f.changes.len() == 3)
+        .await?;
     let key = |id: &str| format!("\"public\".\"items\"/\"{id}\"");
     assert_eq!(
         ops(&f),
@@ -47,11 +55,24 @@ async fn snapshot_then_live_changes_arrive_in_commit_order() -> anyhow::Result<(
     let lsns: Vec<u64> = f
         .changes
         .iter()
-        .map(|c| c["headers"]["lsn"].as_str().unwrap_or("0").parse().unwrap_or(0))
+        .map(|c| {
+            c["headers"]["lsn"]
+                .as_str()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0)
+        })
         .collect();
-    assert!(lsns.windows(2).all(|w| w[0] < w[1]), "commit order: {lsns:?}");
+    assert!(
+        lsns.windows(2).all(|w| w[0] < w[1]),
+        "commit order: {lsns:?}"
+    );
     assert!(f.changes.iter().all(|c| c["headers"]["last"] == true));
-    assert!(f.changes.iter().all(|c| c["headers"]["txids"][0].is_number()));
+    assert!(
+        f.changes
+            .iter()
+            .all(|c| c["headers"]["txids"][0].is_number())
+    );
     volt.stop().await;
     Ok(())
 }
@@ -68,7 +89,8 @@ async fn multi_row_transaction_arrives_whole_with_one_last_flag() -> anyhow::Res
              UPDATE items SET qty = 99 WHERE id = 1; DELETE FROM items WHERE id = 3; COMMIT;",
         )
         .await?;
-    f.until(&volt, "the transaction", |f| f.changes.len() == 4).await?;
+    f.until(&volt, "the transaction", |f| f.changes.len() == 4)
+        .await?;
     let positions: Vec<u64> = f
         .changes
         .iter()
@@ -95,10 +117,18 @@ async fn where_clause_moves_rows_in_and_out_of_the_shape() -> anyhow::Result<()>
     let mut f = Follower::new("table=items&where=qty%20%3E%2010");
     f.catch_up(&volt).await?;
     assert_eq!(f.column("id"), ["2", "3"]);
-    volt.db.execute("UPDATE items SET qty = 50 WHERE id = 1").await?;
-    volt.db.execute("UPDATE items SET qty = 1 WHERE id = 2").await?;
-    volt.db.execute("INSERT INTO items VALUES (7, 'small', 3)").await?;
-    volt.db.execute("UPDATE items SET title = 'still in' WHERE id = 3").await?;
+    volt.db
+        .execute("UPDATE items SET qty = 50 WHERE id = 1")
+        .await?;
+    volt.db
+        .execute("UPDATE items SET qty = 1 WHERE id = 2")
+        .await?;
+    volt.db
+        .execute("INSERT INTO items VALUES (7, 'small', 3)")
+        .await?;
+    volt.db
+        .execute("UPDATE items SET title = 'still in' WHERE id = 3")
+        .await?;
     f.until(&volt, "moves", |f| f.changes.len() == 3).await?;
     assert_eq!(
         ops(&f).into_iter().map(|(op, _)| op).collect::<Vec<_>>(),
@@ -117,13 +147,22 @@ async fn primary_key_change_is_a_delete_then_an_insert() -> anyhow::Result<()> {
     volt.db.execute(ITEMS).await?;
     let mut f = Follower::new("table=items");
     f.catch_up(&volt).await?;
-    volt.db.execute("UPDATE items SET id = 100 WHERE id = 1").await?;
-    f.until(&volt, "key change", |f| f.changes.len() == 2).await?;
+    volt.db
+        .execute("UPDATE items SET id = 100 WHERE id = 1")
+        .await?;
+    f.until(&volt, "key change", |f| f.changes.len() == 2)
+        .await?;
     let (del, ins) = (&f.changes[0], &f.changes[1]);
     assert_eq!(del["headers"]["operation"], "delete");
-    assert_eq!(del["headers"]["key_change_to"], "\"public\".\"items\"/\"100\"");
+    assert_eq!(
+        del["headers"]["key_change_to"],
+        "\"public\".\"items\"/\"100\""
+    );
     assert_eq!(ins["headers"]["operation"], "insert");
-    assert_eq!(ins["headers"]["key_change_from"], "\"public\".\"items\"/\"1\"");
+    assert_eq!(
+        ins["headers"]["key_change_from"],
+        "\"public\".\"items\"/\"1\""
+    );
     assert_eq!(ins["headers"]["op_position"], 1);
     assert_eq!(f.column("id"), ["100", "2", "3"]);
     volt.stop().await;
@@ -134,7 +173,9 @@ async fn primary_key_change_is_a_delete_then_an_insert() -> anyhow::Result<()> {
 async fn keys_escape_slashes_and_match_between_snapshot_and_changes() -> anyhow::Result<()> {
     let volt = TestVolt::start("key_escaping").await?;
     volt.db
-        .execute("CREATE TABLE paths (p text PRIMARY KEY, n int); INSERT INTO paths VALUES ('a/b', 1)")
+        .execute(
+            "CREATE TABLE paths (p text PRIMARY KEY, n int); INSERT INTO paths VALUES ('a/b', 1)",
+        )
         .await?;
     let mut f = Follower::new("table=paths");
     f.catch_up(&volt).await?;
@@ -142,7 +183,9 @@ async fn keys_escape_slashes_and_match_between_snapshot_and_changes() -> anyhow:
         f.rows.keys().collect::<Vec<_>>(),
         ["\"public\".\"paths\"/\"a//b\""]
     );
-    volt.db.execute("UPDATE paths SET n = 2 WHERE p = 'a/b'").await?;
+    volt.db
+        .execute("UPDATE paths SET n = 2 WHERE p = 'a/b'")
+        .await?;
     f.until(&volt, "update", |f| f.changes.len() == 1).await?;
     assert_eq!(f.changes[0]["key"], "\"public\".\"paths\"/\"a//b\"");
     assert_eq!(f.rows.len(), 1);
@@ -159,7 +202,8 @@ async fn large_transaction_passes_through_in_order() -> anyhow::Result<()> {
     volt.db
         .execute("INSERT INTO items SELECT g, 'bulk', g FROM generate_series(100, 2599) g")
         .await?;
-    f.until(&volt, "2,500 inserts", |f| f.rows.len() == 2503).await?;
+    f.until(&volt, "2,500 inserts", |f| f.rows.len() == 2503)
+        .await?;
     let positions: Vec<u64> = f
         .changes
         .iter()
@@ -167,7 +211,10 @@ async fn large_transaction_passes_through_in_order() -> anyhow::Result<()> {
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(
-        f.changes.iter().filter(|c| c["headers"]["last"] == true).count(),
+        f.changes
+            .iter()
+            .filter(|c| c["headers"]["last"] == true)
+            .count(),
         1
     );
     volt.stop().await;
@@ -221,7 +268,12 @@ async fn shape_created_under_write_load_converges_to_the_table() -> anyhow::Resu
             let rows = c.query(sql, &[]).await?;
             let mut v: Vec<(String, String)> = rows
                 .iter()
-                .map(|r| (r.get::<_, i32>(0).to_string(), r.get::<_, i32>(1).to_string()))
+                .map(|r| {
+                    (
+                        r.get::<_, i32>(0).to_string(),
+                        r.get::<_, i32>(1).to_string(),
+                    )
+                })
                 .collect();
             v.sort();
             anyhow::Ok(v)

@@ -56,7 +56,10 @@ async fn tree_dump_lists_every_actor_with_its_parent() -> anyhow::Result<()> {
             "ConnectionManager",
             "ReplicationClient",
         ] {
-            assert!(all.iter().any(|(k, _, _)| k == kind), "{kind} missing from {tree}");
+            assert!(
+                all.iter().any(|(k, _, _)| k == kind),
+                "{kind} missing from {tree}"
+            );
         }
         volt.shared().tree().expect("tree")
     };
@@ -92,8 +95,13 @@ async fn losing_the_replication_connection_restarts_only_the_connection_subsyste
     assert_eq!(volt.shared().actors.restarts("ShapeLogCollector"), 0);
     assert_eq!(volt.shared().actors.restarts("ShapeSubsystemSupervisor"), 0);
 
-    volt.db.execute("INSERT INTO items VALUES (3, 'after')").await?;
-    f.until(&volt, "the insert after reconnecting", |f| f.rows.len() == 3).await?;
+    volt.db
+        .execute("INSERT INTO items VALUES (3, 'after')")
+        .await?;
+    f.until(&volt, "the insert after reconnecting", |f| {
+        f.rows.len() == 3
+    })
+    .await?;
     assert_eq!(f.handle, handle, "the shape survived");
     assert_eq!(f.refetches, 0);
     volt.stop().await;
@@ -115,9 +123,13 @@ async fn a_dead_consumer_invalidates_only_its_own_shape() -> anyhow::Result<()> 
     })
     .await?;
 
-    volt.db.execute("UPDATE items SET title = 'changed'").await?;
-    b.until(&volt, "b sees the update", |f| f.column("title") == ["changed"])
+    volt.db
+        .execute("UPDATE items SET title = 'changed'")
         .await?;
+    b.until(&volt, "b sees the update", |f| {
+        f.column("title") == ["changed"]
+    })
+    .await?;
     assert_eq!(b.refetches, 0);
     a.until(&volt, "a refetches and sees the update", |f| {
         f.refetches == 1 && f.column("title") == ["changed"]
@@ -140,7 +152,9 @@ async fn a_restarted_shape_cache_keeps_existing_shapes() -> anyhow::Result<()> {
             && volt.shared().status.status() == ServiceStatus::Active)
     })
     .await?;
-    volt.db.execute("INSERT INTO items VALUES (3, 'three')").await?;
+    volt.db
+        .execute("INSERT INTO items VALUES (3, 'three')")
+        .await?;
     f.until(&volt, "the insert", |f| f.rows.len() == 3).await?;
     assert_eq!(f.refetches, 0);
     // And it still creates shapes.
@@ -164,7 +178,9 @@ async fn a_dead_shape_log_collector_restarts_the_shape_subsystem_and_clients_ref
     })
     .await?;
     volt.wait_active().await?;
-    volt.db.execute("INSERT INTO items VALUES (3, 'three')").await?;
+    volt.db
+        .execute("INSERT INTO items VALUES (3, 'three')")
+        .await?;
     f.until(&volt, "the insert, after a refetch", |f| f.rows.len() == 3)
         .await?;
     assert_eq!(f.refetches, 1, "shapes do not survive the subsystem yet");

@@ -179,7 +179,10 @@ impl Follower {
             if headers.get("control").is_some() {
                 continue;
             }
-            let key = item["key"].as_str().context("message without key")?.to_string();
+            let key = item["key"]
+                .as_str()
+                .context("message without key")?
+                .to_string();
             let value = item["value"].as_object().cloned().unwrap_or_default();
             match headers["operation"].as_str() {
                 Some("insert") => {
@@ -222,7 +225,10 @@ impl Follower {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while !done(self) {
             if tokio::time::Instant::now() > deadline {
-                bail!("{what}: not reached within {DEADLINE:?}; rows: {:?}", self.rows);
+                bail!(
+                    "{what}: not reached within {DEADLINE:?}; rows: {:?}",
+                    self.rows
+                );
             }
             self.poll(volt, true).await?;
         }
@@ -234,7 +240,12 @@ impl Follower {
         let mut v: Vec<String> = self
             .rows
             .values()
-            .map(|r| r.get(name).and_then(Value::as_str).unwrap_or("NULL").to_string())
+            .map(|r| {
+                r.get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or("NULL")
+                    .to_string()
+            })
             .collect();
         v.sort();
         v

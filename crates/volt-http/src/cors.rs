@@ -38,7 +38,10 @@ pub async fn headers(req: Request, next: Next) -> Response {
 pub async fn preflight(req: Request) -> Response {
     let mut res = StatusCode::NO_CONTENT.into_response();
     let h = res.headers_mut();
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
     h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,

@@ -58,7 +58,10 @@ pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
             get(shape_api::get_shape).options(cors::preflight),
         )
         .route("/v1/admin/tree", get(admin_tree))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_secret));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_secret,
+        ));
     Router::new()
         .route("/", get(|| async { StatusCode::OK }))
         .route("/v1/health", get(health))

@@ -76,7 +76,11 @@ impl Params {
     }
 }
 
-pub async fn get_shape(State(app): State<AppState>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+pub async fn get_shape(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let p = Params::parse(query.as_deref().unwrap_or(""));
 
     let Some(offset_raw) = p.offset.as_deref() else {
@@ -94,8 +98,12 @@ pub async fn get_shape(State(app): State<AppState>, RawQuery(query): RawQuery, h
     };
     if p.live {
         match offset {
-            RequestOffset::BeforeAll => return invalid_request("live", "can't be true when offset == -1"),
-            RequestOffset::Now => return invalid_request("live", "can't be true when offset is 'now'"),
+            RequestOffset::BeforeAll => {
+                return invalid_request("live", "can't be true when offset == -1");
+            }
+            RequestOffset::Now => {
+                return invalid_request("live", "can't be true when offset is 'now'");
+            }
             RequestOffset::At(_) => {}
         }
     }
@@ -114,7 +122,12 @@ pub async fn get_shape(State(app): State<AppState>, RawQuery(query): RawQuery, h
         Err(e) => return invalid_request(e.param, &e.message),
     };
 
-    if !app.shared.status.wait_active(app.config.stack_ready_timeout).await {
+    if !app
+        .shared
+        .status
+        .wait_active(app.config.stack_ready_timeout)
+        .await
+    {
         return unavailable("Timeout waiting for the database connection to be ready", 5);
     }
 
@@ -138,33 +151,56 @@ pub async fn get_shape(State(app): State<AppState>, RawQuery(query): RawQuery, h
         }
     };
 
-    if let Some(h) = &handle {
-        if *h != entry.handle {
-            return must_refetch(Some(&entry.handle));
-        }
+    if let Some(h) = &handle
+        && *h != entry.handle
+    {
+        return must_refetch(Some(&entry.handle));
     }
 
     match offset {
         RequestOffset::BeforeAll => serve_snapshot(&app, &entry).await,
         RequestOffset::Now => {
             let latest = entry.log.latest_offset();
-            let body = format!("[{}]", up_to_date(app.shared.last_seen_lsn().max(latest.tx)));
+            let body = format!(
+                "[{}]",
+                up_to_date(app.shared.last_seen_lsn().max(latest.tx))
+            );
             let mut res = ok_response(&entry, latest, body, CacheKind::NonLive);
             set_schema(&mut res, &entry);
             set_flags(&mut res, true, false);
             set_etag(&mut res, &entry, offset_raw, latest, true);
             res
         }
-        RequestOffset::At(at) => serve_log(&app, &entry, at, offset_raw, p.live, p.cursor.as_deref(), &headers).await,
+        RequestOffset::At(at) => {
+            serve_log(
+                &app,
+                &entry,
+                at,
+                offset_raw,
+                p.live,
+                p.cursor.as_deref(),
+                &headers,
+            )
+            .await
+        }
     }
 }
 
-async fn table_schema(shared: &Arc<Shared>, schema: &str, name: &str) -> Result<Arc<TableSchema>, Response> {
+async fn table_schema(
+    shared: &Arc<Shared>,
+    schema: &str,
+    name: &str,
+) -> Result<Arc<TableSchema>, Response> {
     let key = (schema.to_string(), name.to_string());
     if let Some(t) = shared.schemas.get(&key) {
         return Ok(t.clone());
     }
-    let db_down = || unavailable("Cannot connect to the database to verify the shape. Please try again later.", 1);
+    let db_down = || {
+        unavailable(
+            "Cannot connect to the database to verify the shape. Please try again later.",
+            1,
+        )
+    };
     let Some(conn) = shared.admin.load_full() else {
         return Err(db_down());
     };
@@ -188,11 +224,16 @@ async fn table_schema(shared: &Arc<Shared>, schema: &str, name: &str) -> Result<
     }
 }
 
-async fn create_shape(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntry>, Response> {
-    volt_stack::shapes::get_or_create(shared, shape).await.map_err(|e| {
-        tracing::warn!(error = %e, "shape creation failed");
-        unavailable("Failed to create shape, please retry", 1)
-    })
+async fn create_shape(
+    shared: &Arc<Shared>,
+    shape: Arc<Shape>,
+) -> Result<Arc<ShapeEntry>, Response> {
+    volt_stack::shapes::get_or_create(shared, shape)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "shape creation failed");
+            unavailable("Failed to create shape, please retry", 1)
+        })
 }
 
 async fn serve_snapshot(app: &AppState, entry: &Arc<ShapeEntry>) -> Response {
@@ -205,12 +246,20 @@ async fn serve_snapshot(app: &AppState, entry: &Arc<ShapeEntry>) -> Response {
         Ok(SnapshotState::Done) => {}
         Ok(SnapshotState::Failed(reason)) => {
             if entry.log.is_closed() {
-                return must_refetch(app.shared.shapes.by_def(&entry.shape.def).as_ref().map(|e| e.handle.as_str()));
+                return must_refetch(
+                    app.shared
+                        .shapes
+                        .by_def(&entry.shape.def)
+                        .as_ref()
+                        .map(|e| e.handle.as_str()),
+                );
             }
             tracing::warn!(handle = %entry.handle, %reason, "snapshot failed");
             let mut res = unavailable("Failed to create shape, please retry", 1);
-            res.headers_mut()
-                .insert("electric-internal-known-error", HeaderValue::from_static("true"));
+            res.headers_mut().insert(
+                "electric-internal-known-error",
+                HeaderValue::from_static("true"),
+            );
             return res;
         }
         _ => return unavailable("Failed to create shape, please retry", 1),
@@ -220,9 +269,17 @@ async fn serve_snapshot(app: &AppState, entry: &Arc<ShapeEntry>) -> Response {
         Ok(Ok(lines)) => lines,
         Ok(Err(e)) => {
             tracing::error!(handle = %entry.handle, error = %e, "cannot read snapshot");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"message": format!("Unable to retrieve shape log: {e}")}));
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"message": format!("Unable to retrieve shape log: {e}")}),
+            );
         }
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "Internal server error"})),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "Internal server error"}),
+            );
+        }
     };
     let body = format!("[{}]", lines.join(","));
     let mut res = ok_response(entry, LogOffset::FIRST_CHUNK, body, CacheKind::Initial);
@@ -244,13 +301,23 @@ async fn serve_log(
 ) -> Response {
     let log = &entry.log;
     // Snapshot offsets (tx 0) all lead to the start of the change log.
-    let from = if at.tx == 0 { LogOffset::SNAPSHOT_END } else { at };
+    let from = if at.tx == 0 {
+        LogOffset::SNAPSHOT_END
+    } else {
+        at
+    };
     // Subscribe before reading so a commit between the read and the wait is not missed.
     let mut changes = log.subscribe();
     let deadline = tokio::time::Instant::now() + app.config.long_poll_timeout;
     loop {
         if log.is_closed() {
-            return must_refetch(app.shared.shapes.by_def(&entry.shape.def).as_ref().map(|e| e.handle.as_str()));
+            return must_refetch(
+                app.shared
+                    .shapes
+                    .by_def(&entry.shape.def)
+                    .as_ref()
+                    .map(|e| e.handle.as_str()),
+            );
         }
         changes.borrow_and_update();
         let l = log.clone();
@@ -258,18 +325,34 @@ async fn serve_log(
         let read = match tokio::task::spawn_blocking(move || l.read_after(from, chunk)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"message": format!("Unable to retrieve shape log: {e}")}));
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"message": format!("Unable to retrieve shape log: {e}")}),
+                );
             }
-            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "Internal server error"})),
+            Err(_) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "Internal server error"}),
+                );
+            }
         };
         if let Some(last) = read.last {
             let mut items = read.items;
             if read.reached_end {
-                let lsn = if live { last.tx } else { app.shared.last_seen_lsn().max(last.tx) };
+                let lsn = if live {
+                    last.tx
+                } else {
+                    app.shared.last_seen_lsn().max(last.tx)
+                };
                 items.push(up_to_date(lsn));
             }
             let body = format!("[{}]", items.join(","));
-            let kind = if live { CacheKind::Live } else { CacheKind::NonLive };
+            let kind = if live {
+                CacheKind::Live
+            } else {
+                CacheKind::NonLive
+            };
             let mut res = ok_response(entry, last, body, kind);
             set_flags(&mut res, read.reached_end, true);
             if live {
@@ -284,7 +367,10 @@ async fn serve_log(
         let latest = log.latest_offset();
         let response_offset = if latest > at { latest } else { at };
         if !live {
-            let body = format!("[{}]", up_to_date(app.shared.last_seen_lsn().max(response_offset.tx)));
+            let body = format!(
+                "[{}]",
+                up_to_date(app.shared.last_seen_lsn().max(response_offset.tx))
+            );
             let mut res = ok_response(entry, response_offset, body, CacheKind::NonLive);
             set_flags(&mut res, true, true);
             set_schema(&mut res, entry);
@@ -310,7 +396,8 @@ async fn serve_log(
 }
 
 fn up_to_date(lsn: u64) -> String {
-    json!({"headers": {"control": "up-to-date", "global_last_seen_lsn": lsn.to_string()}}).to_string()
+    json!({"headers": {"control": "up-to-date", "global_last_seen_lsn": lsn.to_string()}})
+        .to_string()
 }
 
 #[derive(Clone, Copy)]
@@ -323,7 +410,10 @@ enum CacheKind {
 fn ok_response(entry: &ShapeEntry, offset: LogOffset, body: String, cache: CacheKind) -> Response {
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     if let Ok(v) = HeaderValue::from_str(&entry.handle) {
         h.insert("electric-handle", v);
     }
@@ -333,7 +423,9 @@ fn ok_response(entry: &ShapeEntry, offset: LogOffset, body: String, cache: Cache
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(match cache {
-            CacheKind::Initial => "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746",
+            CacheKind::Initial => {
+                "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
+            }
             CacheKind::NonLive => "public, max-age=60, stale-while-revalidate=300",
             CacheKind::Live => "public, max-age=5, stale-while-revalidate=5",
         }),
@@ -360,7 +452,13 @@ fn set_schema(res: &mut Response, entry: &ShapeEntry) {
     }
 }
 
-fn set_etag(res: &mut Response, entry: &ShapeEntry, req_offset: &str, resp: LogOffset, unique: bool) {
+fn set_etag(
+    res: &mut Response,
+    entry: &ShapeEntry,
+    req_offset: &str,
+    resp: LogOffset,
+    unique: bool,
+) {
     let mut tag = format!("\"{}:{}:{}", entry.handle, req_offset, resp);
     if unique {
         tag.push_str(&format!(":{:016x}", rand::random::<u64>()));
@@ -372,7 +470,11 @@ fn set_etag(res: &mut Response, entry: &ShapeEntry, req_offset: &str, resp: LogO
 }
 
 fn not_modified_or(res: Response, req: &HeaderMap) -> Response {
-    let Some(etag) = res.headers().get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+    let Some(etag) = res
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+    else {
         return res;
     };
     let etag = etag.trim_matches('"');
@@ -397,15 +499,19 @@ fn not_modified_or(res: Response, req: &HeaderMap) -> Response {
 fn set_cursor(res: &mut Response, app: &AppState, given: Option<&str>) {
     const EPOCH: u64 = 1_728_432_000;
     let t = app.config.long_poll_timeout.as_secs().max(1);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(EPOCH);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(EPOCH);
     let s = now.saturating_sub(EPOCH);
     let mut c = s.div_ceil(t) * t;
-    if let Some(p) = given.and_then(|g| g.parse::<u64>().ok()) {
-        if c <= p {
-            c = p + 1 + rand::random::<u64>() % 3600;
-        }
+    if let Some(p) = given.and_then(|g| g.parse::<u64>().ok())
+        && c <= p
+    {
+        c = p + 1 + rand::random::<u64>() % 3600;
     }
-    res.headers_mut().insert("electric-cursor", HeaderValue::from(c));
+    res.headers_mut()
+        .insert("electric-cursor", HeaderValue::from(c));
 }
 
 fn must_refetch(new_handle: Option<&str>) -> Response {
@@ -417,10 +523,16 @@ fn must_refetch(new_handle: Option<&str>) -> Response {
     match new_handle.and_then(|n| HeaderValue::from_str(n).ok()) {
         Some(v) => {
             h.insert("electric-handle", v);
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60, must-revalidate"));
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=60, must-revalidate"),
+            );
         }
         None => {
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1, must-revalidate"));
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=1, must-revalidate"),
+            );
         }
     }
     res

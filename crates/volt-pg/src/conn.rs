@@ -167,7 +167,10 @@ mod tests {
     #[test]
     fn database_urls_parse_and_never_print_the_password() {
         let c = PgConfig::parse("postgresql://u:secret@db.example:6543/app").unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.dbname.as_str()), ("db.example", 6543, "app"));
+        assert_eq!(
+            (c.host.as_str(), c.port, c.dbname.as_str()),
+            ("db.example", 6543, "app")
+        );
         assert!(!format!("{c:?}").contains("secret"));
         assert!(PgConfig::parse("mysql://x").is_err());
     }

@@ -24,7 +24,9 @@ pub const MAX_FRAGMENT_CHANGES: usize = 100;
 pub enum StreamItem {
     Fragment(TxFragment),
     /// The server's WAL end, sent when it is idle.
-    KeepAlive { wal_end: u64 },
+    KeepAlive {
+        wal_end: u64,
+    },
 }
 
 pub struct ReplicationStream {
@@ -204,7 +206,12 @@ impl FragmentBuilder {
                 relation_id,
                 old_tuple,
                 ..
-            } => (relation_id, ChangeKind::Delete { old: row(old_tuple) }),
+            } => (
+                relation_id,
+                ChangeKind::Delete {
+                    old: row(old_tuple),
+                },
+            ),
             LogicalReplicationMessage::Truncate { relation_ids, .. } => {
                 let rels = relation_ids
                     .iter()

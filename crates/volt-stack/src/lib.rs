@@ -71,7 +71,10 @@ impl Stack {
     pub async fn stop(self) {
         let _ = self
             .root
-            .stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10)))
+            .stop_and_wait(
+                Some("shutdown".into()),
+                Some(std::time::Duration::from_secs(10)),
+            )
             .await;
         self.shared.root.store(None);
         let _ = self.join.await;

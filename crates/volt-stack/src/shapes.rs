@@ -31,7 +31,9 @@ pub fn purge_all(shared: &Arc<Shared>) {
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not clear old shape files"),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not clear old shape files")
+        }
     }
 }
 

@@ -189,10 +189,10 @@ impl Shared {
 
     /// Report a condition to the StatusMonitor (the board's only writer).
     pub fn report(&self, cond: Condition, on: bool) {
-        if let Some(monitor) = self.status_monitor.load_full() {
-            if monitor.cast(StatusMsg::Set(cond, on)).is_err() {
-                tracing::debug!(?cond, on, "status monitor is down; condition not reported");
-            }
+        if let Some(monitor) = self.status_monitor.load_full()
+            && monitor.cast(StatusMsg::Set(cond, on)).is_err()
+        {
+            tracing::debug!(?cond, on, "status monitor is down; condition not reported");
         }
     }
 

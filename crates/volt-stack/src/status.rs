@@ -76,7 +76,11 @@ impl Default for StatusBoard {
 impl StatusBoard {
     pub(crate) fn set(&self, cond: Condition, on: bool) {
         self.bits.send_if_modified(|b| {
-            let new = if on { *b | cond as u8 } else { *b & !(cond as u8) };
+            let new = if on {
+                *b | cond as u8
+            } else {
+                *b & !(cond as u8)
+            };
             let changed = new != *b;
             *b = new;
             changed

@@ -135,10 +135,9 @@ impl ShapeLog {
     pub fn append_snapshot_line(&self, json: &str) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         let path = self.dir.join(SNAPSHOT_FILE);
-        let file = w
-            .snapshot
-            .as_mut()
-            .ok_or_else(|| StorageError::io(&path, io::Error::other("snapshot already finished")))?;
+        let file = w.snapshot.as_mut().ok_or_else(|| {
+            StorageError::io(&path, io::Error::other("snapshot already finished"))
+        })?;
         file.write_all(json.as_bytes())
             .and_then(|_| file.write_all(b"\n"))
             .map_err(|e| StorageError::io(&path, e))
@@ -162,9 +161,8 @@ impl ShapeLog {
     /// Append one change; it stays invisible to readers until `commit`.
     pub fn append(&self, offset: LogOffset, json: &str) -> Result<(), StorageError> {
         let path = self.dir.join(LOG_FILE);
-        let len = u32::try_from(json.len()).map_err(|_| {
-            StorageError::io(&path, io::Error::other("log item larger than 4 GiB"))
-        })?;
+        let len = u32::try_from(json.len())
+            .map_err(|_| StorageError::io(&path, io::Error::other("log item larger than 4 GiB")))?;
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         let pos = w.log_len;
         let mut header = [0u8; RECORD_HEADER];

@@ -53,7 +53,11 @@ pub struct Settings {
     pub insecure: bool,
 
     /// Names the replication slot (electric_slot_<id>) and publication (electric_publication_<id>).
-    #[arg(long, env = "ELECTRIC_REPLICATION_STREAM_ID", default_value = "default")]
+    #[arg(
+        long,
+        env = "ELECTRIC_REPLICATION_STREAM_ID",
+        default_value = "default"
+    )]
     pub replication_stream_id: String,
 
     /// How long a live request waits for changes: milliseconds, or with a ms/s/m suffix.
@@ -119,14 +123,18 @@ impl Settings {
                 "ELECTRIC_REPLICATION_STREAM_ID must be 1-40 characters of a-z, 0-9 and _ (got {id:?})"
             )));
         }
-        if !["error", "warn", "warning", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+        if !["error", "warn", "warning", "info", "debug", "trace"]
+            .contains(&self.log_level.as_str())
+        {
             return Err(ConfigError(format!(
                 "ELECTRIC_LOG_LEVEL must be error, warning, info or debug (got {:?})",
                 self.log_level
             )));
         }
         if self.long_poll_timeout.is_zero() {
-            return Err(ConfigError("ELECTRIC_LONG_POLL_TIMEOUT must be positive".into()));
+            return Err(ConfigError(
+                "ELECTRIC_LONG_POLL_TIMEOUT must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -164,10 +172,9 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .iter()
         .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))
         .unwrap_or((s, 1));
-    let n: usize = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (bytes, or with a KB/KiB/MB/MiB/GB/GiB suffix)"))?;
+    let n: usize = num.trim().parse().map_err(|_| {
+        format!("{s:?} is not a size (bytes, or with a KB/KiB/MB/MiB/GB/GiB suffix)")
+    })?;
     if n == 0 {
         return Err("size must be positive".into());
     }

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_tracing(&cli.settings.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("volt: cannot start the async runtime: {e}");
@@ -32,7 +35,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        if dev { run_dev(cli.settings).await } else { serve(cli.settings).await }
+        if dev {
+            run_dev(cli.settings).await
+        } else {
+            serve(cli.settings).await
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,12 +65,17 @@ async fn run_dev(mut settings: Settings) -> anyhow::Result<()> {
         .context("embedded Postgres start-up panicked")??;
     let url = cluster.url("postgres");
     dev::create_demo_table(&url).await?;
-    tracing::warn!("volt dev runs in insecure mode: no secret is required. Never use it in production.");
+    tracing::warn!(
+        "volt dev runs in insecure mode: no secret is required. Never use it in production."
+    );
     println!();
     println!("  volt dev is starting");
     println!("  Postgres:   {url}   (demo table: items)");
     println!("  Shape API:  http://localhost:{}/v1/shape", settings.port);
-    println!("  Try:        curl 'http://localhost:{}/v1/shape?table=items&offset=-1'", settings.port);
+    println!(
+        "  Try:        curl 'http://localhost:{}/v1/shape?table=items&offset=-1'",
+        settings.port
+    );
     println!("  Then:       psql '{url}' -c \"INSERT INTO items (title) VALUES ('hello')\"");
     println!();
     settings.database_url = Some(url);
@@ -85,7 +97,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("DATABASE_URL is required")?;
     let pg = PgConfig::parse(url)?;
     if settings.insecure {
-        tracing::warn!("ELECTRIC_INSECURE=true: the Shape API and admin endpoints accept requests without a secret");
+        tracing::warn!(
+            "ELECTRIC_INSECURE=true: the Shape API and admin endpoints accept requests without a secret"
+        );
     }
     if let Some(port) = settings.prometheus_port {
         metrics_exporter_prometheus::PrometheusBuilder::new()

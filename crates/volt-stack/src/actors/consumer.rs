@@ -78,21 +78,27 @@ impl ConsumerState {
                 }
             }
         }
-        if part.commit {
-            if let Some(last) = self.held.take() {
-                self.write(&last, part.xid, part.lsn, true)?;
-                self.log
-                    .commit(LogOffset::new(part.lsn, last.op))
-                    .map_err(|e| e.to_string())?;
-            }
+        if part.commit
+            && let Some(last) = self.held.take()
+        {
+            self.write(&last, part.xid, part.lsn, true)?;
+            self.log
+                .commit(LogOffset::new(part.lsn, last.op))
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
     fn write(&self, item: &LogItem, xid: u32, lsn: u64, last: bool) -> Result<(), String> {
-        let rel = (self.shape.table.schema.as_str(), self.shape.table.name.as_str());
+        let rel = (
+            self.shape.table.schema.as_str(),
+            self.shape.table.name.as_str(),
+        );
         self.log
-            .append(LogOffset::new(lsn, item.op), &item.to_json(rel, xid, lsn, last))
+            .append(
+                LogOffset::new(lsn, item.op),
+                &item.to_json(rel, xid, lsn, last),
+            )
             .map_err(|e| e.to_string())
     }
 }

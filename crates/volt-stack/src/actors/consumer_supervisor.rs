@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::shared::Shared;
 use crate::shapes;
+use crate::shared::Shared;
 
 pub struct ConsumerSupervisor;
 
@@ -20,7 +20,9 @@ impl Actor for ConsumerSupervisor {
         myself: ActorRef<Self::Msg>,
         shared: Arc<Shared>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        shared.consumer_supervisor.store(Some(Arc::new(myself.get_cell())));
+        shared
+            .consumer_supervisor
+            .store(Some(Arc::new(myself.get_cell())));
         Ok(shared)
     }
 
@@ -39,11 +41,11 @@ impl Actor for ConsumerSupervisor {
         };
         let name = cell.get_name().unwrap_or_default();
         shared.actors.unregister(cell.get_id());
-        if let Some(handle) = name.rsplit_once(":Consumer:").map(|(_, h)| h.to_string()) {
-            if shared.shapes.get(&handle).is_some() {
-                tracing::warn!(%handle, reason = %why, "consumer exited; removing its shape");
-                shapes::invalidate(shared, &handle);
-            }
+        if let Some((_, handle)) = name.rsplit_once(":Consumer:")
+            && shared.shapes.get(handle).is_some()
+        {
+            tracing::warn!(%handle, reason = %why, "consumer exited; removing its shape");
+            shapes::invalidate(shared, handle);
         }
         Ok(())
     }

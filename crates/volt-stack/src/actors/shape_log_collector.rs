@@ -12,8 +12,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult}
 use volt_shapes::{Shape, TxFragment};
 
 use crate::actors::consumer::{ConsumerMsg, TxPart};
-use crate::shared::Shared;
 use crate::shapes;
+use crate::shared::Shared;
 use crate::status::Condition;
 
 pub struct ShapeLogCollector;

@@ -11,8 +11,9 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, Supervisi
 use crate::shared::Shared;
 use crate::status::Condition;
 
-pub type StartFn =
-    Arc<dyn Fn(Arc<Shared>, ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
+pub type StartFn = Arc<
+    dyn Fn(Arc<Shared>, ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync,
+>;
 
 #[derive(Clone)]
 pub struct ChildSpec {
@@ -96,7 +97,11 @@ where
 
 impl Supervisor {
     /// A child spec that starts a supervisor built from `spec`.
-    pub fn child(spec_fn: fn(&Arc<Shared>) -> SupervisorSpec, name: &str, kind: &'static str) -> ChildSpec {
+    pub fn child(
+        spec_fn: fn(&Arc<Shared>) -> SupervisorSpec,
+        name: &str,
+        kind: &'static str,
+    ) -> ChildSpec {
         ChildSpec {
             name: name.to_string(),
             kind,
@@ -105,7 +110,8 @@ impl Supervisor {
                 Box::pin(async move {
                     let spec = spec_fn(&shared);
                     let reg = shared.actor_name(&spec.name);
-                    let (r, _) = Actor::spawn_linked(Some(reg), Supervisor, (shared, spec), parent).await?;
+                    let (r, _) =
+                        Actor::spawn_linked(Some(reg), Supervisor, (shared, spec), parent).await?;
                     Ok(r.get_cell())
                 })
             }),
@@ -114,7 +120,11 @@ impl Supervisor {
 }
 
 impl SupervisorState {
-    async fn start_from(&mut self, myself: &ActorRef<SupervisorMsg>, from: usize) -> Result<(), (usize, SpawnErr)> {
+    async fn start_from(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        from: usize,
+    ) -> Result<(), (usize, SpawnErr)> {
         for i in from..self.spec.children.len() {
             if self.cells[i].is_some() {
                 continue;
@@ -140,7 +150,11 @@ impl SupervisorState {
         Some(cell)
     }
 
-    fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, i: usize) -> Result<(), ActorProcessingErr> {
+    fn schedule_restart(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        i: usize,
+    ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         self.history.push_back(now);
         while self
@@ -163,7 +177,9 @@ impl SupervisorState {
         }
         let delay = (self.spec.backoff)(self.attempts[i]);
         self.attempts[i] += 1;
-        self.shared.actors.count_restart(&self.spec.children[i].name);
+        self.shared
+            .actors
+            .count_restart(&self.spec.children[i].name);
         tracing::info!(
             supervisor = %self.spec.name,
             child = %self.spec.children[i].name,
@@ -204,7 +220,11 @@ impl Actor for Supervisor {
             for cell in state.cells.iter().flatten() {
                 cell.kill();
             }
-            return Err(format!("{}: child {} failed to start: {e}", state.spec.name, state.spec.children[i].name).into());
+            return Err(format!(
+                "{}: child {} failed to start: {e}",
+                state.spec.name, state.spec.children[i].name
+            )
+            .into());
         }
         Ok(state)
     }
@@ -239,9 +259,10 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, format!("stopped: {}", reason.unwrap_or_else(|| "normal".into())))
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                format!("stopped: {}", reason.unwrap_or_else(|| "normal".into())),
+            ),
             _ => return Ok(()),
         };
         let Some(i) = state
