@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, middleware};
 use serde_json::json;
+use tokio::sync::watch;
 use volt_stack::{ServiceStatus, Shared};
 
 pub use response::json_response;
@@ -28,6 +29,9 @@ pub struct HttpConfig {
     pub chunk_bytes: usize,
     /// How long a request waits for the stack to become ready.
     pub stack_ready_timeout: Duration,
+    /// Turns true when the server is shutting down: parked long-polls answer at once
+    /// (as a timeout would) so that shutdown does not wait for them.
+    pub shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl Default for HttpConfig {
@@ -37,6 +41,7 @@ impl Default for HttpConfig {
             long_poll_timeout: Duration::from_secs(20),
             chunk_bytes: 10 * 1024 * 1024,
             stack_ready_timeout: Duration::from_secs(5),
+            shutdown: None,
         }
     }
 }

@@ -377,13 +377,27 @@ async fn serve_log(
             set_etag(&mut res, entry, offset_raw, response_offset, false);
             return not_modified_or(res, headers);
         }
-        let wait = tokio::time::timeout_at(deadline, changes.changed()).await;
-        match wait {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => {
-                return must_refetch(None);
+        let mut shutdown = app.config.shutdown.clone();
+        let shutting_down = async move {
+            match shutdown.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+                None => std::future::pending().await,
             }
-            Err(_) => {
+        };
+        let woke = tokio::select! {
+            r = tokio::time::timeout_at(deadline, changes.changed()) => match r {
+                Ok(Ok(())) => Woke::Changed,
+                Ok(Err(_)) => Woke::Closed,
+                Err(_) => Woke::TimedOut,
+            },
+            () = shutting_down => Woke::TimedOut,
+        };
+        match woke {
+            Woke::Changed => continue,
+            Woke::Closed => return must_refetch(None),
+            Woke::TimedOut => {
                 let body = format!("[{}]", up_to_date(app.shared.last_seen_lsn()));
                 let mut res = ok_response(entry, at, body, CacheKind::Live);
                 set_flags(&mut res, true, false);
@@ -393,6 +407,12 @@ async fn serve_log(
             }
         }
     }
+}
+
+enum Woke {
+    Changed,
+    Closed,
+    TimedOut,
 }
 
 fn up_to_date(lsn: u64) -> String {

@@ -48,10 +48,17 @@ pub type Row = Vec<Value>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeKind {
-    Insert { new: Row },
+    Insert {
+        new: Row,
+    },
     /// `old` is present when the table has `REPLICA IDENTITY FULL` (or the key changed).
-    Update { old: Option<Row>, new: Row },
-    Delete { old: Row },
+    Update {
+        old: Option<Row>,
+        new: Row,
+    },
+    Delete {
+        old: Row,
+    },
 }
 
 /// One row change of a transaction, with its position in it.

@@ -31,9 +31,7 @@ pub fn parse_identifier(raw: &str) -> Result<String, String> {
         return check_len(out);
     }
     let mut chars = raw.chars();
-    let valid_start = chars
-        .next()
-        .is_some_and(|c| c.is_alphabetic() || c == '_');
+    let valid_start = chars.next().is_some_and(|c| c.is_alphabetic() || c == '_');
     let valid_rest = chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$');
     if !valid_start || !valid_rest {
         return Err(format!(

@@ -1,10 +1,10 @@
 //! Shapes: definitions, validation, where clauses and the JSON log items clients read.
 
-pub mod where_clause;
 pub mod change;
 pub mod ident;
 pub mod schema;
 pub mod shape;
+pub mod where_clause;
 
 pub use change::{Change, ChangeKind, Relation, RelationColumn, Row, TxFragment, Value};
 pub use schema::{ColumnSchema, TableSchema};

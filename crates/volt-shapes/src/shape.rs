@@ -175,7 +175,11 @@ impl Shape {
         let cols: Vec<String> = self
             .selected
             .iter()
-            .chain(self.key_columns.iter().filter(|k| !self.selected.contains(k)))
+            .chain(
+                self.key_columns
+                    .iter()
+                    .filter(|k| !self.selected.contains(k)),
+            )
             .map(|&i| quote_ident(&self.table.columns[i].name))
             .collect();
         let mut sql = format!(
@@ -194,7 +198,11 @@ impl Shape {
     pub fn snapshot_columns(&self) -> Vec<usize> {
         self.selected
             .iter()
-            .chain(self.key_columns.iter().filter(|k| !self.selected.contains(k)))
+            .chain(
+                self.key_columns
+                    .iter()
+                    .filter(|k| !self.selected.contains(k)),
+            )
             .copied()
             .collect()
     }
@@ -308,7 +316,11 @@ impl Shape {
                         let (old_key, new_key) = (self.key(&old), self.key(&new));
                         if old_key != new_key {
                             return vec![
-                                self.delete_item(change.op, &old, Some(("key_change_to", &new_key))),
+                                self.delete_item(
+                                    change.op,
+                                    &old,
+                                    Some(("key_change_to", &new_key)),
+                                ),
                                 self.insert_item(
                                     change.op + 1,
                                     &new,
@@ -316,7 +328,9 @@ impl Shape {
                                 ),
                             ];
                         }
-                        self.update_item(change.op, &old, &new).into_iter().collect()
+                        self.update_item(change.op, &old, &new)
+                            .into_iter()
+                            .collect()
                     }
                 }
             }
@@ -366,7 +380,12 @@ impl Shape {
                     .iter()
                     .copied()
                     .filter(|k| self.selected.contains(k))
-                    .chain(changed.iter().copied().filter(|c| !self.key_columns.contains(c)))
+                    .chain(
+                        changed
+                            .iter()
+                            .copied()
+                            .filter(|c| !self.key_columns.contains(c)),
+                    )
                     .collect();
                 (self.value_of(new, cols.into_iter()), None)
             }

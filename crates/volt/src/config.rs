@@ -105,8 +105,11 @@ impl Settings {
                 }
                 _ => {}
             }
-            if self.database_url.as_deref().is_none_or(str::is_empty) {
-                return Err(ConfigError("DATABASE_URL is required".into()));
+            match self.database_url.as_deref() {
+                None | Some("") => return Err(ConfigError("DATABASE_URL is required".into())),
+                Some(url) => {
+                    volt_pg::PgConfig::parse(url).map_err(|e| ConfigError(e.to_string()))?;
+                }
             }
         }
         if matches!(&self.secret, Some(s) if s.is_empty()) {

@@ -116,12 +116,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let slot = stack_config.slot_name();
     let publication = stack_config.publication_name();
     let mut stack = Stack::start(stack_config).await?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let app = volt_http::router(
         Arc::clone(&stack.shared),
         HttpConfig {
             secret: settings.secret.clone(),
             long_poll_timeout: settings.long_poll_timeout,
             chunk_bytes: settings.chunk_bytes_threshold,
+            shutdown: Some(shutdown_rx),
             ..HttpConfig::default()
         },
     );
@@ -138,7 +140,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "volt listening on http://{}",
         listener.local_addr().unwrap_or(addr)
     );
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: answering parked requests, then stopping");
+        // Parked long-polls answer now instead of holding the shutdown.
+        shutdown_tx.send_replace(true);
+    });
     tokio::select! {
         res = server => res.context("HTTP server failed")?,
         () = stack.wait() => anyhow::bail!("the supervision tree gave up; see the errors above"),

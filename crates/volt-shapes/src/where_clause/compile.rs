@@ -4,7 +4,7 @@
 
 use sqlparser::ast::{
     BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, InTarget, ObjectNamePart, Spanned, TypedString, UnaryOperator,
+    FunctionArguments, Ident, InTarget, ObjectNamePart, TypedString, UnaryOperator,
     Value as SqlValue,
 };
 use sqlparser::tokenizer::Location;
@@ -23,7 +23,13 @@ use crate::schema::ColumnSchema;
 /// Nesting allowed below the flattened AND/OR lists. sqlparser bounds parenthesised nesting
 /// but builds left-deep trees for chains like `a + b + c + ...`; this bounds those too, so
 /// every recursive walk over a `Node` stays shallow.
-const MAX_DEPTH: usize = 128;
+const MAX_DEPTH: usize = 100;
+
+#[derive(Clone, Copy)]
+enum BoolOp {
+    And,
+    Or,
+}
 
 const OVERLOAD: &str = "Could not select an operator overload";
 
@@ -64,13 +70,11 @@ impl<'a> Compiler<'a> {
     fn expr(&mut self, e: &Expr) -> Result<Node, WhereError> {
         if self.depth >= MAX_DEPTH {
             return Err(WhereError::new(
-                self.offset(e.span().start),
+                self.offset(start_of(e)),
                 "expression is too deeply nested",
             ));
         }
         self.depth += 1;
-        let marker = 0u8;
-        if std::env::var("STACKPROBE").is_ok() { eprintln!("depth {} addr {:p}", self.depth, &marker); }
         let out = self.expr_inner(e);
         self.depth -= 1;
         out
@@ -138,18 +142,14 @@ impl<'a> Compiler<'a> {
     #[inline(never)]
     fn unsupported(&self, e: &Expr) -> WhereError {
         WhereError::new(
-            self.offset(e.span().start),
+            self.offset(start_of(e)),
             format!("{} is not supported in this context", node_name(e)),
         )
     }
 
     #[inline(never)]
     fn compound_identifier(&self, parts: &[Ident]) -> WhereError {
-        let name = parts
-            .iter()
-            .map(fold_ident)
-            .collect::<Vec<_>>()
-            .join(".");
+        let name = parts.iter().map(fold_ident).collect::<Vec<_>>().join(".");
         let loc = parts.first().map_or(0, |p| self.offset(p.span.start));
         WhereError::new(loc, format!("unknown reference {name}"))
     }
@@ -392,9 +392,9 @@ impl<'a> Compiler<'a> {
         if let Kind::Untyped(text) = &node.kind {
             let value = match text {
                 None => None,
-                Some(t) => Some(
-                    value::parse_input(to, t).map_err(|r| WhereError::new(node.loc, r))?,
-                ),
+                Some(t) => {
+                    Some(value::parse_input(to, t).map_err(|r| WhereError::new(node.loc, r))?)
+                }
             };
             return Ok(Node::new(Kind::Const(value), to, node.loc));
         }
@@ -445,9 +445,9 @@ impl<'a> Compiler<'a> {
                     return Err(WhereError::new(n.loc, OVERLOAD));
                 }
                 None => Some(n.ty),
-                Some(c) => Some(
-                    comparison_type(c, n.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?,
-                ),
+                Some(c) => {
+                    Some(comparison_type(c, n.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?)
+                }
             };
         }
         let common = common.unwrap_or(SqlType::Text);
@@ -486,7 +486,7 @@ impl<'a> Compiler<'a> {
                 Ok(Node::new(Kind::Neg(Box::new(node)), ty, loc))
             }
             other => Err(WhereError::new(
-                self.offset(inner.span().start),
+                self.offset(start_of(inner)),
                 format!("unknown or unsupported operator {other}"),
             )),
         }
@@ -498,8 +498,8 @@ impl<'a> Compiler<'a> {
         &mut self,
         e: &Expr,
         op: &BinaryOperator,
-        what: &str,
-    ) -> Result<Vec<Node>, WhereError> {
+        which: BoolOp,
+    ) -> Result<Node, WhereError> {
         let mut rights = Vec::new();
         let mut cur = e;
         while let Expr::BinaryOp {
@@ -514,18 +514,28 @@ impl<'a> Compiler<'a> {
             rights.push(right.as_ref());
             cur = left.as_ref();
         }
+        let what = match which {
+            BoolOp::And => "AND",
+            BoolOp::Or => "OR",
+        };
         let mut items = Vec::with_capacity(rights.len() + 1);
         for operand in std::iter::once(cur).chain(rights.into_iter().rev()) {
             let node = self.expr(operand)?;
             let node = self.boolean(node, what)?;
             // Nested lists of the same operator (from parentheses) merge into this one.
-            match node.kind {
-                Kind::And(inner) if what == "AND" => items.extend(inner),
-                Kind::Or(inner) if what == "OR" => items.extend(inner),
-                kind => items.push(Node::new(kind, node.ty, node.loc)),
+            match (node.kind, which) {
+                (Kind::And(inner), BoolOp::And) | (Kind::Or(inner), BoolOp::Or) => {
+                    items.extend(inner)
+                }
+                (kind, _) => items.push(Node::new(kind, node.ty, node.loc)),
             }
         }
-        Ok(items)
+        let loc = items.first().map_or(0, |n| n.loc);
+        let kind = match which {
+            BoolOp::And => Kind::And(items),
+            BoolOp::Or => Kind::Or(items),
+        };
+        Ok(Node::new(kind, SqlType::Bool, loc))
     }
 
     fn binary(
@@ -535,57 +545,48 @@ impl<'a> Compiler<'a> {
         op: &BinaryOperator,
         r: &Expr,
     ) -> Result<Node, WhereError> {
-        let cmp = match op {
-            BinaryOperator::And | BinaryOperator::Or => {
-                let what = if *op == BinaryOperator::And {
-                    "AND"
-                } else {
-                    "OR"
-                };
-                let items = self.bool_chain(whole, op, what)?;
-                let loc = items.first().map_or(0, |n| n.loc);
-                let kind = if what == "AND" {
-                    Kind::And(items)
-                } else {
-                    Kind::Or(items)
-                };
-                return Ok(Node::new(kind, SqlType::Bool, loc));
-            }
-            BinaryOperator::Eq => CmpOp::Eq,
-            BinaryOperator::NotEq => CmpOp::NotEq,
-            BinaryOperator::Lt => CmpOp::Lt,
-            BinaryOperator::LtEq => CmpOp::LtEq,
-            BinaryOperator::Gt => CmpOp::Gt,
-            BinaryOperator::GtEq => CmpOp::GtEq,
-            BinaryOperator::Plus => return self.arith(l, ArithOp::Add, r),
-            BinaryOperator::Minus => return self.arith(l, ArithOp::Sub, r),
-            BinaryOperator::Multiply => return self.arith(l, ArithOp::Mul, r),
-            BinaryOperator::Divide => return self.arith(l, ArithOp::Div, r),
-            BinaryOperator::StringConcat => return self.concat(l, r),
-            BinaryOperator::PGLikeMatch => return self.like(l, r, None, false, false),
-            BinaryOperator::PGNotLikeMatch => return self.like(l, r, None, false, true),
-            BinaryOperator::PGILikeMatch => return self.like(l, r, None, true, false),
-            BinaryOperator::PGNotILikeMatch => return self.like(l, r, None, true, true),
-            other => {
-                let left = self.expr(l)?;
-                return Err(WhereError::new(
-                    left.loc,
-                    format!("unknown or unsupported operator {other}"),
-                ));
-            }
+        match op {
+            BinaryOperator::And => self.bool_chain(whole, op, BoolOp::And),
+            BinaryOperator::Or => self.bool_chain(whole, op, BoolOp::Or),
+            BinaryOperator::Eq => self.compare(l, CmpOp::Eq, r),
+            BinaryOperator::NotEq => self.compare(l, CmpOp::NotEq, r),
+            BinaryOperator::Lt => self.compare(l, CmpOp::Lt, r),
+            BinaryOperator::LtEq => self.compare(l, CmpOp::LtEq, r),
+            BinaryOperator::Gt => self.compare(l, CmpOp::Gt, r),
+            BinaryOperator::GtEq => self.compare(l, CmpOp::GtEq, r),
+            BinaryOperator::Plus => self.arith(l, ArithOp::Add, r),
+            BinaryOperator::Minus => self.arith(l, ArithOp::Sub, r),
+            BinaryOperator::Multiply => self.arith(l, ArithOp::Mul, r),
+            BinaryOperator::Divide => self.arith(l, ArithOp::Div, r),
+            BinaryOperator::StringConcat => self.concat(l, r),
+            BinaryOperator::PGLikeMatch => self.like(l, r, None, false, false),
+            BinaryOperator::PGNotLikeMatch => self.like(l, r, None, false, true),
+            BinaryOperator::PGILikeMatch => self.like(l, r, None, true, false),
+            BinaryOperator::PGNotILikeMatch => self.like(l, r, None, true, true),
+            other => Err(self.unsupported_operator(l, other)),
+        }
+    }
+
+    #[inline(never)]
+    fn unsupported_operator(&mut self, l: &Expr, op: &BinaryOperator) -> WhereError {
+        let loc = match self.expr(l) {
+            Ok(node) => node.loc,
+            Err(e) => return e,
         };
+        WhereError::new(loc, format!("unknown or unsupported operator {op}"))
+    }
+
+    fn compare(&mut self, l: &Expr, op: CmpOp, r: &Expr) -> Result<Node, WhereError> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
-        let cmp_type = match (left.ty, right.ty) {
-            (SqlType::Unknown, SqlType::Unknown) => SqlType::Text,
-            (a, b) => comparison_type(a, b).ok_or_else(|| WhereError::new(loc, OVERLOAD))?,
-        };
+        let cmp_type =
+            comparison_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
         let left = self.coerce(left, cmp_type)?;
         let right = self.coerce(right, cmp_type)?;
         Ok(Node::new(
             Kind::Compare {
-                op: cmp,
+                op,
                 left: Box::new(left),
                 right: Box::new(right),
                 cmp_type,
@@ -599,7 +600,8 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
-        let ty = arithmetic_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+        let ty =
+            arithmetic_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
         let left = self.coerce(left, ty)?;
         let right = self.coerce(right, ty)?;
         Ok(Node::new(
@@ -817,15 +819,16 @@ fn string_literal(v: &SqlValue) -> Option<String> {
 /// it is numeric.
 fn number_literal(text: &str, loc: usize) -> Result<Node, WhereError> {
     let digits = text.strip_prefix('-').unwrap_or(text);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(v) = text.parse::<i64>() {
-            let ty = if i32::try_from(v).is_ok() {
-                SqlType::Int4
-            } else {
-                SqlType::Int8
-            };
-            return Ok(Node::new(Kind::Const(Some(Value::Int(v))), ty, loc));
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(v) = text.parse::<i64>()
+    {
+        let ty = if i32::try_from(v).is_ok() {
+            SqlType::Int4
+        } else {
+            SqlType::Int8
+        };
+        return Ok(Node::new(Kind::Const(Some(Value::Int(v))), ty, loc));
     }
     match Numeric::parse(text) {
         Ok(n) => Ok(Node::new(
@@ -837,6 +840,60 @@ fn number_literal(text: &str, loc: usize) -> Result<Node, WhereError> {
             loc,
             format!("invalid syntax for type numeric: {text}"),
         )),
+    }
+}
+
+/// Where an expression starts, found by walking down its left edge without recursion:
+/// sqlparser's `Spanned` recurses over the whole subtree, which can be arbitrarily deep
+/// for the left-deep chains it builds. Constructs that start with a keyword sqlparser does
+/// not keep a position for report 0.
+fn start_of(e: &Expr) -> Location {
+    let mut cur = e;
+    loop {
+        cur = match cur {
+            Expr::Identifier(i) => return i.span.start,
+            Expr::CompoundIdentifier(parts) => {
+                return parts
+                    .first()
+                    .map_or(Location { line: 0, column: 0 }, |p| p.span.start);
+            }
+            Expr::Value(v) => return v.span.start,
+            Expr::TypedString(ts) => return ts.value.span.start,
+            Expr::Case { case_token, .. } => return case_token.0.span.start,
+            Expr::Function(f) => match f.name.0.first() {
+                Some(ObjectNamePart::Identifier(i)) => return i.span.start,
+                _ => return Location { line: 0, column: 0 },
+            },
+            Expr::BinaryOp { left, .. }
+            | Expr::IsDistinctFrom(left, _)
+            | Expr::IsNotDistinctFrom(left, _)
+            | Expr::AnyOp { left, .. }
+            | Expr::AllOp { left, .. } => left,
+            Expr::Nested(inner)
+            | Expr::UnaryOp { expr: inner, .. }
+            | Expr::Cast { expr: inner, .. }
+            | Expr::Collate { expr: inner, .. }
+            | Expr::IsNull(inner)
+            | Expr::IsNotNull(inner)
+            | Expr::IsTrue(inner)
+            | Expr::IsNotTrue(inner)
+            | Expr::IsFalse(inner)
+            | Expr::IsNotFalse(inner)
+            | Expr::IsUnknown(inner)
+            | Expr::IsNotUnknown(inner)
+            | Expr::In { expr: inner, .. }
+            | Expr::Between { expr: inner, .. }
+            | Expr::Like { expr: inner, .. }
+            | Expr::ILike { expr: inner, .. }
+            | Expr::SimilarTo { expr: inner, .. }
+            | Expr::RLike { expr: inner, .. }
+            | Expr::JsonAccess { value: inner, .. }
+            | Expr::CompoundFieldAccess { root: inner, .. }
+            | Expr::AtTimeZone {
+                timestamp: inner, ..
+            } => inner,
+            _ => return Location { line: 0, column: 0 },
+        };
     }
 }
 

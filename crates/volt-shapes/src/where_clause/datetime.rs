@@ -231,7 +231,10 @@ pub(crate) fn parse_date(input: &str) -> Option<i32> {
         Some(_) => return Some(0),
         None => {}
     }
-    let mut c = Cursor { s: s.as_bytes(), i: 0 };
+    let mut c = Cursor {
+        s: s.as_bytes(),
+        i: 0,
+    };
     let (y, m, d) = parse_ymd(&mut c, MAX_DATE_YEAR)?;
     let y = apply_era(&mut c, y, m, d)?;
     if !c.done() {
@@ -259,7 +262,10 @@ pub(crate) fn parse_timestamp(input: &str, with_tz: bool) -> Option<i64> {
         Some(_) => return Some(0),
         None => {}
     }
-    let mut c = Cursor { s: s.as_bytes(), i: 0 };
+    let mut c = Cursor {
+        s: s.as_bytes(),
+        i: 0,
+    };
     let (y, m, d) = parse_ymd(&mut c, MAX_TIMESTAMP_YEAR)?;
     let mut usecs = 0;
     let mut offset = None;
@@ -362,18 +368,34 @@ mod tests {
 
     #[test]
     fn dates_round_trip_through_postgres_text() {
-        for s in ["2024-02-29", "1970-01-01", "0001-01-01", "0044-03-15 BC", "9999-12-31"] {
+        for s in [
+            "2024-02-29",
+            "1970-01-01",
+            "0001-01-01",
+            "0044-03-15 BC",
+            "9999-12-31",
+        ] {
             let d = parse_date(s).unwrap_or_else(|| panic!("{s}"));
             assert_eq!(format_date(d), s);
         }
         assert_eq!(parse_date("1970-01-01"), Some(0));
-        assert_eq!(parse_date("2024-1-5").map(format_date), Some("2024-01-05".into()));
+        assert_eq!(
+            parse_date("2024-1-5").map(format_date),
+            Some("2024-01-05".into())
+        );
         assert_eq!(parse_date("infinity"), Some(DATE_POS_INF));
     }
 
     #[test]
     fn invalid_dates_are_rejected() {
-        for s in ["2023-02-29", "2024-13-01", "2024-00-10", "abc", "2024-01-01x", ""] {
+        for s in [
+            "2023-02-29",
+            "2024-13-01",
+            "2024-00-10",
+            "abc",
+            "2024-01-01x",
+            "",
+        ] {
             assert_eq!(parse_date(s), None, "{s}");
         }
     }
@@ -407,6 +429,9 @@ mod tests {
         assert_eq!(parse_time("00:00:00.00000051"), Some(1));
         assert_eq!(parse_time("24:00:00"), Some(USECS_PER_DAY));
         assert_eq!(parse_time("24:00:01"), None);
-        assert_eq!(parse_time("12:30").map(format_time), Some("12:30:00".into()));
+        assert_eq!(
+            parse_time("12:30").map(format_time),
+            Some("12:30:00".into())
+        );
     }
 }

@@ -6,7 +6,7 @@ use super::WhereError;
 use super::ir::{ArithOp, CmpOp, Func, Kind, Node, Truth};
 use super::like::{LikePattern, escape_char};
 use super::numeric::Numeric;
-use super::types::SqlType;
+use super::types::{CastTarget, SqlType};
 use super::value::{self, Value, check_float, check_int_range, numeric_op_error};
 
 type Eval = Result<Option<Value>, WhereError>;
@@ -18,200 +18,59 @@ fn internal(node: &Node) -> WhereError {
     )
 }
 
+/// Dispatch only: every level of nesting pays for this frame, so the work is done in
+/// per-construct functions (debug builds do not share stack slots between match arms).
 pub(crate) fn eval(node: &Node, row: &[Option<&str>]) -> Eval {
-    let fail = |reason: String| WhereError::new(node.loc, reason);
     match &node.kind {
-        Kind::Column { index, .. } => {
-            let cell = row.get(*index).ok_or_else(|| {
-                fail(format!(
-                    "row has {} values but the clause reads column {}",
-                    row.len(),
-                    index + 1
-                ))
-            })?;
-            match cell {
-                None => Ok(None),
-                Some(text) => value::parse_input(node.ty, text).map(Some).map_err(fail),
-            }
-        }
+        Kind::Column { index, .. } => column(node, *index, row),
         Kind::Const(v) => Ok(v.clone()),
         // Compilation gives every literal a type; an untyped one here would be a bug.
         Kind::Untyped(_) => Err(internal(node)),
-        Kind::Cast { expr, target } => match eval(expr, row)? {
-            None => Ok(None),
-            Some(v) => value::cast(v, expr.ty, *target).map(Some).map_err(fail),
-        },
+        Kind::Cast { expr, target } => cast(node, expr, *target, row),
         Kind::Not(inner) => Ok(eval_bool(inner, row)?.map(|b| Value::Bool(!b))),
-        Kind::And(items) => {
-            let mut saw_null = false;
-            for item in items {
-                match eval_bool(item, row)? {
-                    Some(false) => return Ok(Some(Value::Bool(false))),
-                    None => saw_null = true,
-                    Some(true) => {}
-                }
-            }
-            Ok((!saw_null).then_some(Value::Bool(true)))
-        }
-        Kind::Or(items) => {
-            let mut saw_null = false;
-            for item in items {
-                match eval_bool(item, row)? {
-                    Some(true) => return Ok(Some(Value::Bool(true))),
-                    None => saw_null = true,
-                    Some(false) => {}
-                }
-            }
-            Ok((!saw_null).then_some(Value::Bool(false)))
-        }
+        Kind::And(items) => all_or_any(items, false, row),
+        Kind::Or(items) => all_or_any(items, true, row),
         Kind::IsNull { expr, negated } => {
-            let is_null = eval(expr, row)?.is_none();
-            Ok(Some(Value::Bool(is_null != *negated)))
+            Ok(Some(Value::Bool(eval(expr, row)?.is_none() != *negated)))
         }
         Kind::IsTruth {
             expr,
             truth,
             negated,
-        } => {
-            let v = eval_bool(expr, row)?;
-            let holds = match truth {
-                Truth::True => v == Some(true),
-                Truth::False => v == Some(false),
-                Truth::Unknown => v.is_none(),
-            };
-            Ok(Some(Value::Bool(holds != *negated)))
-        }
+        } => is_truth(expr, *truth, *negated, row),
         Kind::Compare {
             op,
             left,
             right,
             cmp_type,
-        } => {
-            let (Some(a), Some(b)) = (eval(left, row)?, eval(right, row)?) else {
-                return Ok(None);
-            };
-            let ord = compare(node, *cmp_type, &a, &b)?;
-            Ok(Some(Value::Bool(holds(*op, ord))))
-        }
+        } => comparison(node, *op, left, right, *cmp_type, row),
         Kind::Distinct {
             left,
             right,
             negated,
             cmp_type,
-        } => {
-            let distinct = match (eval(left, row)?, eval(right, row)?) {
-                (None, None) => false,
-                (Some(a), Some(b)) => compare(node, *cmp_type, &a, &b)? != Ordering::Equal,
-                _ => true,
-            };
-            Ok(Some(Value::Bool(distinct != *negated)))
-        }
+        } => distinct(node, left, right, *negated, *cmp_type, row),
         Kind::In {
             expr,
             list,
             negated,
             cmp_type,
-        } => {
-            let Some(needle) = eval(expr, row)? else {
-                return Ok(None);
-            };
-            let mut saw_null = false;
-            for item in list {
-                match eval(item, row)? {
-                    None => saw_null = true,
-                    Some(v) if compare(node, *cmp_type, &needle, &v)? == Ordering::Equal => {
-                        return Ok(Some(Value::Bool(!*negated)));
-                    }
-                    Some(_) => {}
-                }
-            }
-            Ok((!saw_null).then_some(Value::Bool(*negated)))
-        }
+        } => in_list(node, expr, list, *negated, *cmp_type, row),
         Kind::Between {
             expr,
             low,
             high,
             negated,
             cmp_type,
-        } => {
-            // x BETWEEN a AND b is x >= a AND x <= b, NULLs included.
-            let x = eval(expr, row)?;
-            let lo = eval(low, row)?;
-            let hi = eval(high, row)?;
-            let side = |bound: &Option<Value>, want: CmpOp| -> Result<Option<bool>, WhereError> {
-                match (&x, bound) {
-                    (Some(x), Some(b)) => Ok(Some(holds(want, compare(node, *cmp_type, x, b)?))),
-                    _ => Ok(None),
-                }
-            };
-            let above = side(&lo, CmpOp::GtEq)?;
-            let below = side(&hi, CmpOp::LtEq)?;
-            let inside = match (above, below) {
-                (Some(false), _) | (_, Some(false)) => Some(false),
-                (Some(true), Some(true)) => Some(true),
-                _ => None,
-            };
-            Ok(inside.map(|b| Value::Bool(b != *negated)))
-        }
-        Kind::Like {
-            expr,
-            pattern,
-            escape,
-            case_insensitive,
-            negated,
-            compiled,
-        } => {
-            let Some(subject) = eval_text(expr, row)? else {
-                return Ok(None);
-            };
-            let built;
-            let matcher = match compiled {
-                Some(p) => p,
-                None => {
-                    let Some(pat) = eval_text(pattern, row)? else {
-                        return Ok(None);
-                    };
-                    let esc = match escape {
-                        None => Some('\\'),
-                        Some(e) => match eval_text(e, row)? {
-                            None => return Ok(None),
-                            Some(e) => escape_char(&e).map_err(fail)?,
-                        },
-                    };
-                    let pat = if *case_insensitive {
-                        pat.to_lowercase()
-                    } else {
-                        pat
-                    };
-                    built = LikePattern::compile(&pat, esc).map_err(fail)?;
-                    &built
-                }
-            };
-            let found = if *case_insensitive {
-                matcher.matches(&subject.to_lowercase())
-            } else {
-                matcher.matches(&subject)
-            };
-            Ok(Some(Value::Bool(found != *negated)))
-        }
+        } => between(node, [expr, low, high], *negated, *cmp_type, row),
+        Kind::Like { .. } => like(node, row),
         Kind::Arith { op, left, right } => {
             let (Some(a), Some(b)) = (eval(left, row)?, eval(right, row)?) else {
                 return Ok(None);
             };
             arith(node, *op, a, b).map(Some)
         }
-        Kind::Neg(inner) => match eval(inner, row)? {
-            None => Ok(None),
-            Some(Value::Int(i)) => {
-                let r = i
-                    .checked_neg()
-                    .ok_or_else(|| fail(format!("{} out of range", node.ty.int_label())))?;
-                Ok(Some(Value::Int(check_int_range(node.ty, r).map_err(fail)?)))
-            }
-            Some(Value::Float(f)) => Ok(Some(Value::Float(-f))),
-            Some(Value::Numeric(n)) => Ok(Some(Value::Numeric(n.neg()))),
-            Some(_) => Err(internal(node)),
-        },
+        Kind::Neg(inner) => negate(node, inner, row),
         Kind::Concat { left, right } => {
             let (Some(a), Some(b)) = (eval_text(left, row)?, eval_text(right, row)?) else {
                 return Ok(None);
@@ -228,6 +87,201 @@ pub(crate) fn eval(node: &Node, row: &[Option<&str>]) -> Eval {
             })))
         }
     }
+}
+
+fn fail(node: &Node, reason: String) -> WhereError {
+    WhereError::new(node.loc, reason)
+}
+
+fn column(node: &Node, index: usize, row: &[Option<&str>]) -> Eval {
+    let cell = row.get(index).ok_or_else(|| {
+        fail(
+            node,
+            format!(
+                "row has {} values but the clause reads column {}",
+                row.len(),
+                index + 1
+            ),
+        )
+    })?;
+    match cell {
+        None => Ok(None),
+        Some(text) => value::parse_input(node.ty, text)
+            .map(Some)
+            .map_err(|r| fail(node, r)),
+    }
+}
+
+fn cast(node: &Node, expr: &Node, target: CastTarget, row: &[Option<&str>]) -> Eval {
+    match eval(expr, row)? {
+        None => Ok(None),
+        Some(v) => value::cast(v, expr.ty, target)
+            .map(Some)
+            .map_err(|r| fail(node, r)),
+    }
+}
+
+/// AND (`stop_on` false) or OR (`stop_on` true): the deciding value wins, else NULL if any
+/// operand was NULL.
+fn all_or_any(items: &[Node], stop_on: bool, row: &[Option<&str>]) -> Eval {
+    let mut saw_null = false;
+    for item in items {
+        match eval_bool(item, row)? {
+            Some(b) if b == stop_on => return Ok(Some(Value::Bool(stop_on))),
+            Some(_) => {}
+            None => saw_null = true,
+        }
+    }
+    Ok((!saw_null).then_some(Value::Bool(!stop_on)))
+}
+
+fn is_truth(expr: &Node, truth: Truth, negated: bool, row: &[Option<&str>]) -> Eval {
+    let v = eval_bool(expr, row)?;
+    let holds = match truth {
+        Truth::True => v == Some(true),
+        Truth::False => v == Some(false),
+        Truth::Unknown => v.is_none(),
+    };
+    Ok(Some(Value::Bool(holds != negated)))
+}
+
+fn comparison(
+    node: &Node,
+    op: CmpOp,
+    left: &Node,
+    right: &Node,
+    cmp_type: SqlType,
+    row: &[Option<&str>],
+) -> Eval {
+    let (Some(a), Some(b)) = (eval(left, row)?, eval(right, row)?) else {
+        return Ok(None);
+    };
+    let ord = compare(node, cmp_type, &a, &b)?;
+    Ok(Some(Value::Bool(holds(op, ord))))
+}
+
+fn distinct(
+    node: &Node,
+    left: &Node,
+    right: &Node,
+    negated: bool,
+    cmp_type: SqlType,
+    row: &[Option<&str>],
+) -> Eval {
+    let distinct = match (eval(left, row)?, eval(right, row)?) {
+        (None, None) => false,
+        (Some(a), Some(b)) => compare(node, cmp_type, &a, &b)? != Ordering::Equal,
+        _ => true,
+    };
+    Ok(Some(Value::Bool(distinct != negated)))
+}
+
+fn in_list(
+    node: &Node,
+    expr: &Node,
+    list: &[Node],
+    negated: bool,
+    cmp_type: SqlType,
+    row: &[Option<&str>],
+) -> Eval {
+    let Some(needle) = eval(expr, row)? else {
+        return Ok(None);
+    };
+    let mut saw_null = false;
+    for item in list {
+        match eval(item, row)? {
+            None => saw_null = true,
+            Some(v) if compare(node, cmp_type, &needle, &v)? == Ordering::Equal => {
+                return Ok(Some(Value::Bool(!negated)));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((!saw_null).then_some(Value::Bool(negated)))
+}
+
+/// `x BETWEEN a AND b` is `x >= a AND x <= b`, NULLs included.
+fn between(
+    node: &Node,
+    [expr, low, high]: [&Node; 3],
+    negated: bool,
+    cmp_type: SqlType,
+    row: &[Option<&str>],
+) -> Eval {
+    let x = eval(expr, row)?;
+    let side = |bound: &Node, want: CmpOp| -> Result<Option<bool>, WhereError> {
+        match (&x, eval(bound, row)?) {
+            (Some(x), Some(b)) => Ok(Some(holds(want, compare(node, cmp_type, x, &b)?))),
+            _ => Ok(None),
+        }
+    };
+    let inside = match (side(low, CmpOp::GtEq)?, side(high, CmpOp::LtEq)?) {
+        (Some(false), _) | (_, Some(false)) => Some(false),
+        (Some(true), Some(true)) => Some(true),
+        _ => None,
+    };
+    Ok(inside.map(|b| Value::Bool(b != negated)))
+}
+
+fn like(node: &Node, row: &[Option<&str>]) -> Eval {
+    let Kind::Like {
+        expr,
+        pattern,
+        escape,
+        case_insensitive,
+        negated,
+        compiled,
+    } = &node.kind
+    else {
+        return Err(internal(node));
+    };
+    let Some(subject) = eval_text(expr, row)? else {
+        return Ok(None);
+    };
+    let built;
+    let matcher = match compiled {
+        Some(p) => p,
+        None => {
+            let Some(pat) = eval_text(pattern, row)? else {
+                return Ok(None);
+            };
+            let esc = match escape {
+                None => Some('\\'),
+                Some(e) => match eval_text(e, row)? {
+                    None => return Ok(None),
+                    Some(e) => escape_char(&e).map_err(|r| fail(node, r))?,
+                },
+            };
+            let pat = if *case_insensitive {
+                pat.to_lowercase()
+            } else {
+                pat
+            };
+            built = LikePattern::compile(&pat, esc).map_err(|r| fail(node, r))?;
+            &built
+        }
+    };
+    let found = if *case_insensitive {
+        matcher.matches(&subject.to_lowercase())
+    } else {
+        matcher.matches(&subject)
+    };
+    Ok(Some(Value::Bool(found != *negated)))
+}
+
+fn negate(node: &Node, inner: &Node, row: &[Option<&str>]) -> Eval {
+    Ok(Some(match eval(inner, row)? {
+        None => return Ok(None),
+        Some(Value::Int(i)) => {
+            let r = i
+                .checked_neg()
+                .ok_or_else(|| fail(node, format!("{} out of range", node.ty.int_label())))?;
+            Value::Int(check_int_range(node.ty, r).map_err(|r| fail(node, r))?)
+        }
+        Some(Value::Float(f)) => Value::Float(-f),
+        Some(Value::Numeric(n)) => Value::Numeric(n.neg()),
+        Some(_) => return Err(internal(node)),
+    }))
 }
 
 pub(crate) fn eval_bool(node: &Node, row: &[Option<&str>]) -> Result<Option<bool>, WhereError> {
@@ -262,7 +316,6 @@ fn holds(op: CmpOp, ord: Ordering) -> bool {
 }
 
 fn arith(node: &Node, op: ArithOp, a: Value, b: Value) -> Result<Value, WhereError> {
-    let fail = |reason: String| WhereError::new(node.loc, reason);
     let ty = node.ty;
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => {
@@ -270,12 +323,14 @@ fn arith(node: &Node, op: ArithOp, a: Value, b: Value) -> Result<Value, WhereErr
                 ArithOp::Add => x.checked_add(y),
                 ArithOp::Sub => x.checked_sub(y),
                 ArithOp::Mul => x.checked_mul(y),
-                ArithOp::Div if y == 0 => return Err(fail("division by zero".into())),
+                ArithOp::Div if y == 0 => return Err(fail(node, "division by zero".into())),
                 // Integer division truncates toward zero, as in Postgres.
                 ArithOp::Div => x.checked_div(y),
             };
-            let r = r.ok_or_else(|| fail(format!("{} out of range", ty.int_label())))?;
-            Ok(Value::Int(check_int_range(ty, r).map_err(fail)?))
+            let r = r.ok_or_else(|| fail(node, format!("{} out of range", ty.int_label())))?;
+            Ok(Value::Int(
+                check_int_range(ty, r).map_err(|r| fail(node, r))?,
+            ))
         }
         (Value::Float(x), Value::Float(y)) => {
             let (x, y) = if ty == SqlType::Float4 {
@@ -289,18 +344,18 @@ fn arith(node: &Node, op: ArithOp, a: Value, b: Value) -> Result<Value, WhereErr
                 ArithOp::Sub => x - y,
                 ArithOp::Mul => x * y,
                 ArithOp::Div if y == 0.0 && !x.is_nan() => {
-                    return Err(fail("division by zero".into()));
+                    return Err(fail(node, "division by zero".into()));
                 }
                 ArithOp::Div => x / y,
             };
-            let r = check_float(ty, r, finite).map_err(fail)?;
+            let r = check_float(ty, r, finite).map_err(|r| fail(node, r))?;
             let underflow = matches!(op, ArithOp::Mul | ArithOp::Div)
                 && r == 0.0
                 && x != 0.0
                 && !(op == ArithOp::Mul && y == 0.0)
                 && !y.is_infinite();
             if underflow {
-                return Err(fail("value out of range: underflow".into()));
+                return Err(fail(node, "value out of range: underflow".into()));
             }
             Ok(Value::Float(r))
         }
@@ -312,7 +367,7 @@ fn arith(node: &Node, op: ArithOp, a: Value, b: Value) -> Result<Value, WhereErr
                 ArithOp::Div => x.div(&y),
             };
             r.map(Value::Numeric)
-                .map_err(|e| fail(numeric_op_error(e)))
+                .map_err(|e| fail(node, numeric_op_error(e)))
         }
         _ => Err(internal(node)),
     }

@@ -59,15 +59,19 @@ impl Decimal {
             return Err(NumericError::Overflow);
         }
         let neg = neg && !digits.is_empty();
-        Ok(Decimal {
-            neg,
-            digits,
-            scale,
-        })
+        Ok(Decimal { neg, digits, scale })
     }
 
     pub(crate) fn from_i64(v: i64) -> Decimal {
-        let digits = v.unsigned_abs().to_string().bytes().map(|b| b - b'0').collect();
+        let digits = if v == 0 {
+            Vec::new()
+        } else {
+            v.unsigned_abs()
+                .to_string()
+                .bytes()
+                .map(|b| b - b'0')
+                .collect()
+        };
         Decimal {
             neg: v < 0,
             digits,
@@ -328,20 +332,12 @@ impl Numeric {
                 return Err(NumericError::Syntax);
             }
             let rest = &s[i + 1..];
-            if rest.is_empty() || rest.starts_with('_') {
+            let exp_digits = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+            if exp_digits.is_empty() || !exp_digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(NumericError::Syntax);
             }
-            let exp: i64 = rest.parse().map_err(|_| {
-                if rest
-                    .trim_start_matches(['+', '-'])
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                {
-                    NumericError::Overflow
-                } else {
-                    NumericError::Syntax
-                }
-            })?;
+            // Digits that do not fit in an i64 are certainly beyond the exponent limit.
+            let exp: i64 = rest.parse().map_err(|_| NumericError::Overflow)?;
             if exp.abs() > MAX_INPUT_EXPONENT {
                 return Err(NumericError::Overflow);
             }
@@ -403,6 +399,11 @@ impl Numeric {
                 text.parse().unwrap_or(f64::NAN)
             }
         }
+    }
+
+    /// Postgres converts numeric to float4 from the decimal text, rounding once.
+    pub(crate) fn to_f32(&self) -> f32 {
+        self.to_string().parse().unwrap_or(f32::NAN)
     }
 
     pub(crate) fn is_nan(&self) -> bool {
@@ -628,9 +629,15 @@ fn cmp_le(a: &[u8], b: &[u8]) -> Ordering {
     Ordering::Equal
 }
 
-/// Integer quotient of big-endian digit strings (truncated), big-endian.
+/// Integer quotient of big-endian digit strings (truncated), big-endian. `den` must not be zero.
 fn long_div(num: &[u8], den: &[u8]) -> Vec<u8> {
-    let den_le: Vec<u8> = den.iter().rev().copied().collect();
+    let mut den_le: Vec<u8> = den.iter().rev().copied().collect();
+    while den_le.last() == Some(&0) {
+        den_le.pop();
+    }
+    if den_le.is_empty() {
+        return Vec::new();
+    }
     let mut rem_le: Vec<u8> = Vec::new();
     let mut quotient = Vec::with_capacity(num.len());
     for &d in num {
@@ -693,7 +700,9 @@ mod tests {
 
     #[test]
     fn numeric_rejects_bad_input() {
-        for bad in ["", "abc", "1.2.3", "1e", "--1", "1 2", "e5"] {
+        for bad in [
+            "", "abc", "1.2.3", "1e", "1e+", "1e5x", "--1", "1 2", "e5", "+",
+        ] {
             assert!(Numeric::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Numeric::parse("1e1001"), Err(NumericError::Overflow));
@@ -701,39 +710,90 @@ mod tests {
 
     #[test]
     fn numeric_arithmetic_is_exact() {
-        assert_eq!(n("0.1").add(&n("0.2")).map(|v| v.to_string()), Ok("0.3".into()));
-        assert_eq!(n("1.50").sub(&n("2")).map(|v| v.to_string()), Ok("-0.50".into()));
-        assert_eq!(n("1.5").mul(&n("-0.20")).map(|v| v.to_string()), Ok("-0.300".into()));
-        assert_eq!(n("5").sub(&n("5.00")).map(|v| v.to_string()), Ok("0.00".into()));
+        assert_eq!(
+            n("0.1").add(&n("0.2")).map(|v| v.to_string()),
+            Ok("0.3".into())
+        );
+        assert_eq!(
+            n("1.50").sub(&n("2")).map(|v| v.to_string()),
+            Ok("-0.50".into())
+        );
+        assert_eq!(
+            n("1.5").mul(&n("-0.20")).map(|v| v.to_string()),
+            Ok("-0.300".into())
+        );
+        assert_eq!(
+            n("5").sub(&n("5.00")).map(|v| v.to_string()),
+            Ok("0.00".into())
+        );
     }
 
     #[test]
     fn numeric_division_uses_postgres_result_scale() {
         // Values checked against Postgres 16.
-        assert_eq!(n("1").div(&n("3")).map(|v| v.to_string()), Ok("0.33333333333333333333".into()));
-        assert_eq!(n("10").div(&n("4")).map(|v| v.to_string()), Ok("2.5000000000000000".into()));
-        assert_eq!(n("2").div(&n("3")).map(|v| v.to_string()), Ok("0.66666666666666666667".into()));
-        assert_eq!(n("-2").div(&n("3")).map(|v| v.to_string()), Ok("-0.66666666666666666667".into()));
-        assert_eq!(n("123456").div(&n("7")).map(|v| v.to_string()), Ok("17636.571428571429".into()));
-        assert_eq!(n("1.000").div(&n("0.5")), Ok(n("2")));
+        assert_eq!(
+            n("1").div(&n("3")).map(|v| v.to_string()),
+            Ok("0.33333333333333333333".into())
+        );
+        assert_eq!(
+            n("10").div(&n("4")).map(|v| v.to_string()),
+            Ok("2.5000000000000000".into())
+        );
+        assert_eq!(
+            n("2").div(&n("3")).map(|v| v.to_string()),
+            Ok("0.66666666666666666667".into())
+        );
+        assert_eq!(
+            n("-2").div(&n("3")).map(|v| v.to_string()),
+            Ok("-0.66666666666666666667".into())
+        );
+        assert_eq!(
+            n("123456").div(&n("7")).map(|v| v.to_string()),
+            Ok("17636.571428571429".into())
+        );
+        assert_eq!(
+            n("1.000").div(&n("0.5")).map(|v| v.to_string()),
+            Ok("2.0000000000000000".into())
+        );
+        assert_eq!(Numeric::from_i64(0).total_cmp(&n("0")), Ordering::Equal);
+        assert_eq!(
+            n("1").div(&Numeric::from_i64(0)),
+            Err(NumericError::DivisionByZero)
+        );
         assert_eq!(n("1").div(&n("0")), Err(NumericError::DivisionByZero));
     }
 
     #[test]
     fn numeric_rounds_half_away_from_zero() {
-        let Numeric::Finite(d) = n("2.5") else { panic!() };
+        let Numeric::Finite(d) = n("2.5") else {
+            panic!()
+        };
         assert_eq!(d.to_i64_rounded(), Some(3));
-        let Numeric::Finite(d) = n("-2.5") else { panic!() };
+        let Numeric::Finite(d) = n("-2.5") else {
+            panic!()
+        };
         assert_eq!(d.to_i64_rounded(), Some(-3));
-        assert_eq!(n("1.005").apply_typmod(5, 2).map(|v| v.to_string()), Ok("1.01".into()));
+        assert_eq!(
+            n("1.005").apply_typmod(5, 2).map(|v| v.to_string()),
+            Ok("1.01".into())
+        );
         assert_eq!(n("123.4").apply_typmod(3, 1), Err(NumericError::Overflow));
-        assert_eq!(n("1234").apply_typmod(4, -2).map(|v| v.to_string()), Ok("1200".into()));
+        assert_eq!(
+            n("1234").apply_typmod(4, -2).map(|v| v.to_string()),
+            Ok("1200".into())
+        );
     }
 
     #[test]
     fn float_to_numeric_uses_fifteen_digits() {
         assert_eq!(Numeric::from_f64(0.1, 15).to_string(), "0.1");
-        assert_eq!(Numeric::from_f64(1.0 / 3.0, 15).to_string(), "0.333333333333333");
-        assert_eq!(Numeric::from_f64(1e20, 15).to_string(), "100000000000000000000");
+        assert_eq!(
+            Numeric::from_f64(1.0 / 3.0, 15).to_string(),
+            "0.333333333333333"
+        );
+        assert_eq!(
+            Numeric::from_f64(1e20, 15).to_string(),
+            "100000000000000000000"
+        );
     }
 }

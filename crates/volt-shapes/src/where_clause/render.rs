@@ -91,7 +91,11 @@ fn write_node(out: &mut String, node: &Node) {
         Kind::IsNull { expr, negated } => {
             out.push('(');
             write_node(out, expr);
-            out.push_str(if *negated { " IS NOT NULL)" } else { " IS NULL)" });
+            out.push_str(if *negated {
+                " IS NOT NULL)"
+            } else {
+                " IS NULL)"
+            });
         }
         Kind::IsTruth {
             expr,

@@ -190,14 +190,22 @@ pub(crate) fn comparison_type(l: SqlType, r: SqlType) -> Option<SqlType> {
         (Unknown, Unknown) => Some(Text),
         (Unknown, t) | (t, Unknown) => Some(t),
         (a, b) if a == b => Some(a),
-        (a, b) if a.is_int() && b.is_int() => Some(if a.int_rank() >= b.int_rank() { a } else { b }),
-        (a, b) if a.is_number() && b.is_number() => {
-            Some(if a.is_float() || b.is_float() { Float8 } else { Numeric })
+        (a, b) if a.is_int() && b.is_int() => {
+            Some(if a.int_rank() >= b.int_rank() { a } else { b })
         }
+        (a, b) if a.is_number() && b.is_number() => Some(if a.is_float() || b.is_float() {
+            Float8
+        } else {
+            Numeric
+        }),
         (Bpchar, Varchar) | (Varchar, Bpchar) => Some(Bpchar),
         (a, b) if a.is_string() && b.is_string() => Some(Text),
         (a, b) if a.is_datetime() && b.is_datetime() => {
-            Some(if a.datetime_rank() >= b.datetime_rank() { a } else { b })
+            Some(if a.datetime_rank() >= b.datetime_rank() {
+                a
+            } else {
+                b
+            })
         }
         _ => None,
     }
@@ -300,14 +308,14 @@ pub(crate) fn cast_target(dt: &DataType) -> Result<CastTarget, String> {
         DataType::Float(ExactNumberInfo::Precision(p)) => match p {
             1..=24 => plain(Float4),
             25..=53 => plain(Float8),
-            _ => Err(format!("precision for type float must be between 1 and 53: {p}")),
+            _ => Err(format!(
+                "precision for type float must be between 1 and 53: {p}"
+            )),
         },
-        DataType::Numeric(info) | DataType::Decimal(info) | DataType::Dec(info) => {
-            Ok(CastTarget {
-                ty: Numeric,
-                typmod: numeric_typmod(info)?,
-            })
-        }
+        DataType::Numeric(info) | DataType::Decimal(info) | DataType::Dec(info) => Ok(CastTarget {
+            ty: Numeric,
+            typmod: numeric_typmod(info)?,
+        }),
         DataType::Text => plain(Text),
         DataType::Varchar(len) | DataType::CharacterVarying(len) | DataType::CharVarying(len) => {
             Ok(CastTarget {

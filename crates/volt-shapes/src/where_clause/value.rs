@@ -58,7 +58,9 @@ fn parse_int(ty: SqlType, input: &str) -> Result<i64, String> {
 fn parse_float(ty: SqlType, input: &str) -> Result<f64, String> {
     let s = input.trim_matches(|c: char| c.is_ascii_whitespace());
     // Rust also accepts forms Postgres does not ("inf" alone is fine in both, "1_0" is not).
-    let plain = s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
     if !plain || s.is_empty() {
         return Err(syntax(ty, input));
     }
@@ -317,7 +319,11 @@ fn convert(v: Value, from: SqlType, to: SqlType) -> Result<Value, String> {
     }
     Ok(match v {
         Value::Text(s) => {
-            let s = if from == T::Bpchar { bpchar_trim(&s) } else { &s };
+            let s = if from == T::Bpchar {
+                bpchar_trim(&s)
+            } else {
+                &s
+            };
             return parse_input(to, s);
         }
         Value::Int(i) => match to {
@@ -353,9 +359,12 @@ fn convert(v: Value, from: SqlType, to: SqlType) -> Result<Value, String> {
                 let Numeric::Finite(d) = &n else {
                     return Err(format!("cannot convert {n} to {}", to.int_label()));
                 };
-                Value::Int(check_int_range(to, d.to_i64_rounded().ok_or_else(out_of_range)?)?)
+                Value::Int(check_int_range(
+                    to,
+                    d.to_i64_rounded().ok_or_else(out_of_range)?,
+                )?)
             }
-            T::Float4 => Value::Float(f64::from(n.to_f64() as f32)),
+            T::Float4 => Value::Float(f64::from(n.to_f32())),
             T::Float8 => Value::Float(n.to_f64()),
             _ => return Err(no_cast(from, to)),
         },
@@ -394,9 +403,9 @@ fn apply_typmod(v: Value, to: CastTarget) -> Result<Value, String> {
             let pad = (n as usize).saturating_sub(t.chars().count());
             Value::Text(format!("{t}{}", " ".repeat(pad)))
         }
-        (Typmod::Numeric { precision, scale }, Value::Numeric(n)) => Value::Numeric(
-            n.apply_typmod(precision, scale).map_err(numeric_error)?,
-        ),
+        (Typmod::Numeric { precision, scale }, Value::Numeric(n)) => {
+            Value::Numeric(n.apply_typmod(precision, scale).map_err(numeric_error)?)
+        }
         (_, v) => v,
     })
 }
@@ -459,7 +468,11 @@ mod tests {
         ] {
             assert_eq!(parse_uuid(s).map(format_uuid).as_deref(), Some(want), "{s}");
         }
-        for bad in ["a0eebc99", "{a0eebc999c0b4ef8bb6d6bb9bd380a11", "-a0eebc999c0b4ef8bb6d6bb9bd380a11"] {
+        for bad in [
+            "a0eebc99",
+            "{a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "-a0eebc999c0b4ef8bb6d6bb9bd380a11",
+        ] {
             assert_eq!(parse_uuid(bad), None, "{bad}");
         }
     }
@@ -468,7 +481,10 @@ mod tests {
     fn integers_check_their_type_range() {
         assert_eq!(parse_int(SqlType::Int2, "32767"), Ok(32767));
         assert!(parse_int(SqlType::Int2, "32768").is_err());
-        assert_eq!(parse_int(SqlType::Int8, " -9223372036854775808 "), Ok(i64::MIN));
+        assert_eq!(
+            parse_int(SqlType::Int8, " -9223372036854775808 "),
+            Ok(i64::MIN)
+        );
         assert!(parse_int(SqlType::Int8, "9223372036854775808").is_err());
         assert_eq!(
             parse_int(SqlType::Int4, "abc"),

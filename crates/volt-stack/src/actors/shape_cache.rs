@@ -79,6 +79,7 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
     consumer
         .cast(ConsumerMsg::StartSnapshot)
         .map_err(|_| "the shape's consumer died at start".to_string())?;
+    metrics::counter!("volt_shapes_created_total").increment(1);
     tracing::info!(%handle, table = %entry.shape.def.qualified_table(), "shape created");
     Ok(entry)
 }

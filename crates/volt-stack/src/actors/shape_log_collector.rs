@@ -130,7 +130,9 @@ impl SlcState {
                 }
             }
         }
+        metrics::counter!("volt_changes_total").increment(frag.changes.len() as u64);
         if commit {
+            metrics::counter!("volt_transactions_total").increment(1);
             self.last_committed_lsn = frag.lsn;
             self.shared.last_seen_lsn.store(frag.lsn, Ordering::Release);
         }
