@@ -180,6 +180,8 @@ impl SupervisorState {
         self.shared
             .actors
             .count_restart(&self.spec.children[i].name);
+        metrics::counter!("volt_actor_restarts_total", "kind" => self.spec.children[i].kind)
+            .increment(1);
         tracing::info!(
             supervisor = %self.spec.name,
             child = %self.spec.children[i].name,
