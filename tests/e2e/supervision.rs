@@ -188,3 +188,68 @@ async fn a_dead_shape_log_collector_restarts_the_shape_subsystem_and_clients_ref
     volt.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn existing_shapes_keep_serving_while_the_database_is_unreachable() -> anyhow::Result<()> {
+    let volt = TestVolt::start("db_unreachable").await?;
+    volt.db.execute(ITEMS).await?;
+    let writer = volt.db.client().await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let handle = f.handle.clone();
+
+    // Keep volt out: no new connections to the database, and its current ones ended.
+    let (admin, conn) = tokio_postgres::connect(volt.db.admin_url(), tokio_postgres::NoTls).await?;
+    let conn_task = tokio::spawn(conn);
+    let db = volt.db.database_name().to_string();
+    admin
+        .batch_execute(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))
+        .await?;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name LIKE 'volt%'",
+            &[&db],
+        )
+        .await?;
+    eventually("volt notices the database is gone", || async {
+        Ok(volt.shared().status.status() != ServiceStatus::Active)
+    })
+    .await?;
+
+    // The shape is still served from storage.
+    let res = crate::support::fetch(
+        &volt,
+        &format!(
+            "table=items&offset={}&handle={}",
+            f.offset,
+            handle.as_deref().unwrap_or_default()
+        ),
+    )
+    .await?;
+    assert_eq!(res.status, 200, "{}", res.body);
+    // A new shape cannot be validated without the database: 503 with retry-after.
+    let res = volt
+        .get("/v1/shape?table=items&offset=-1&where=id%20%3E%201")
+        .await?;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+
+    admin
+        .batch_execute(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+        .await?;
+    writer
+        .batch_execute("INSERT INTO items VALUES (3, 'back')")
+        .await?;
+    volt.wait_active().await?;
+    f.until(&volt, "the insert made while volt was away", |f| {
+        f.rows.len() == 3
+    })
+    .await?;
+    assert_eq!(f.handle, handle);
+    assert_eq!(f.refetches, 0);
+    drop(admin);
+    conn_task.abort();
+    volt.stop().await;
+    Ok(())
+}

@@ -45,6 +45,7 @@ impl TestVolt {
             HttpConfig {
                 secret: secret.map(str::to_string),
                 long_poll_timeout: Duration::from_millis(1500),
+                stack_ready_timeout: Duration::from_secs(1),
                 ..HttpConfig::default()
             },
         );

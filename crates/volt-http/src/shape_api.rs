@@ -122,20 +122,20 @@ pub async fn get_shape(
         Err(e) => return invalid_request(e.param, &e.message),
     };
 
-    if !app
-        .shared
-        .status
-        .wait_active(app.config.stack_ready_timeout)
-        .await
-    {
-        return unavailable("Timeout waiting for the database connection to be ready", 5);
-    }
-
-    // Known shape: no database work at all.
+    // Known shape: served from storage with no database work, also while the
+    // connection subsystem is reconnecting.
     let entry = app.shared.shapes.by_def(&def);
     let entry = match entry {
         Some(e) => e,
         None => {
+            if !app
+                .shared
+                .status
+                .wait_active(app.config.stack_ready_timeout)
+                .await
+            {
+                return unavailable("Timeout waiting for the database connection to be ready", 5);
+            }
             let table = match table_schema(&app.shared, &def.schema, &def.table).await {
                 Ok(t) => t,
                 Err(resp) => return resp,

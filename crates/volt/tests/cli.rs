@@ -50,7 +50,11 @@ fn invalid_values_are_rejected() {
         ("ELECTRIC_INSECURE", "true"),
     ];
     for (k, v, mentions) in [
-        ("ELECTRIC_REPLICATION_STREAM_ID", "Bad-Id", "ELECTRIC_REPLICATION_STREAM_ID"),
+        (
+            "ELECTRIC_REPLICATION_STREAM_ID",
+            "Bad-Id",
+            "ELECTRIC_REPLICATION_STREAM_ID",
+        ),
         ("ELECTRIC_PORT", "lots", "lots"),
         ("ELECTRIC_LONG_POLL_TIMEOUT", "soon", "soon"),
         ("ELECTRIC_LOG_LEVEL", "loud", "ELECTRIC_LOG_LEVEL"),
@@ -61,7 +65,10 @@ fn invalid_values_are_rejected() {
         env.push((k, v));
         let out = volt(&[], &env);
         assert_eq!(out.status.code(), Some(2), "{k}={v}: {out:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(mentions), "{k}={v}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(mentions),
+            "{k}={v}: {out:?}"
+        );
     }
 }
 
@@ -69,7 +76,10 @@ fn invalid_values_are_rejected() {
 fn a_database_url_that_is_not_postgres_is_rejected() {
     let out = volt(
         &[],
-        &[("DATABASE_URL", "mysql://u@localhost/db"), ("ELECTRIC_INSECURE", "true")],
+        &[
+            ("DATABASE_URL", "mysql://u@localhost/db"),
+            ("ELECTRIC_INSECURE", "true"),
+        ],
     );
     assert_config_error(&out, "DATABASE_URL");
 }
