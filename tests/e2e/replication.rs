@@ -301,3 +301,37 @@ async fn shape_created_under_write_load_converges_to_the_table() -> anyhow::Resu
     volt.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn postgres_is_told_a_change_is_stored_only_once_it_is() -> anyhow::Result<()> {
+    let volt = TestVolt::start("acknowledgement").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    volt.db
+        .execute("INSERT INTO items VALUES (9, 'nine', 9)")
+        .await?;
+    f.until(&volt, "the insert", |f| f.rows.len() == 4).await?;
+    let stored_lsn: u64 = f.changes[0]["headers"]["lsn"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()?;
+    let client = volt.db.client().await?;
+    let slot = volt.db.slot_name();
+    crate::support::eventually("the slot's confirmed flush LSN passes the stored commit", || {
+        let (client, slot) = (&client, &slot);
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[slot],
+                )
+                .await?;
+            let confirmed: u64 = row.get::<_, String>(0).parse()?;
+            Ok(confirmed >= stored_lsn)
+        }
+    })
+    .await?;
+    volt.stop().await;
+    Ok(())
+}
