@@ -10,8 +10,9 @@ use sqlparser::ast::{
 use sqlparser::tokenizer::Location;
 
 use super::WhereError;
+use super::eval;
 use super::ir::{ArithOp, CmpOp, Func, Kind, Node, Truth};
-use super::like::{LikePattern, escape_char};
+use super::like::{DANGLING_ESCAPE, LikePattern, escape_char};
 use super::numeric::Numeric;
 use super::types::{
     CastTarget, SqlType, arithmetic_type, cast_target, comparison_type, explicit_cast_exists,
@@ -55,6 +56,7 @@ impl<'a> Compiler<'a> {
         let node = self.expr(expr)?;
         match node.ty {
             SqlType::Bool => Ok(node),
+            // A bare literal or parameter is read as a boolean, as Postgres does.
             SqlType::Unknown => self.coerce(node, SqlType::Bool),
             _ => Err(WhereError::new(
                 node.loc,
@@ -77,7 +79,7 @@ impl<'a> Compiler<'a> {
         self.depth += 1;
         let out = self.expr_inner(e);
         self.depth -= 1;
-        out
+        out.map(fold_constant)
     }
 
     /// Dispatch only: each construct is handled in its own function so this frame, which
@@ -207,7 +209,7 @@ impl<'a> Compiler<'a> {
         let (cmp_type, mut nodes) = self.unify(nodes, loc)?;
         let list = nodes.split_off(1);
         let expr = pop(&mut nodes, loc)?;
-        Ok(Node::new(
+        Ok(fold_null_args(Node::new(
             Kind::In {
                 expr: Box::new(expr),
                 list,
@@ -216,9 +218,11 @@ impl<'a> Compiler<'a> {
             },
             SqlType::Bool,
             loc,
-        ))
+        )))
     }
 
+    /// Postgres rewrites `x BETWEEN a AND b` to `x >= a AND x <= b` (and NOT BETWEEN to
+    /// `x < a OR x > b`), resolving each comparison on its own; so does this.
     fn between(
         &mut self,
         expr: &Expr,
@@ -226,23 +230,18 @@ impl<'a> Compiler<'a> {
         high: &Expr,
         negated: bool,
     ) -> Result<Node, WhereError> {
-        let nodes = vec![self.expr(expr)?, self.expr(low)?, self.expr(high)?];
-        let loc = nodes.first().map_or(0, |n| n.loc);
-        let (cmp_type, mut nodes) = self.unify(nodes, loc)?;
-        let high = pop(&mut nodes, loc)?;
-        let low = pop(&mut nodes, loc)?;
-        let expr = pop(&mut nodes, loc)?;
-        Ok(Node::new(
-            Kind::Between {
-                expr: Box::new(expr),
-                low: Box::new(low),
-                high: Box::new(high),
-                negated,
-                cmp_type,
-            },
-            SqlType::Bool,
-            loc,
-        ))
+        let x = self.expr(expr)?;
+        let low = self.expr(low)?;
+        let high = self.expr(high)?;
+        let loc = x.loc;
+        let (op_low, op_high, which) = if negated {
+            (CmpOp::Lt, CmpOp::Gt, BoolOp::Or)
+        } else {
+            (CmpOp::GtEq, CmpOp::LtEq, BoolOp::And)
+        };
+        let above = fold_constant(self.make_compare(x.clone(), op_low, low)?);
+        let below = fold_constant(self.make_compare(x, op_high, high)?);
+        Ok(fold_bool_list(vec![above, below], which, loc))
     }
 
     fn column(&self, ident: &Ident) -> Result<Node, WhereError> {
@@ -339,12 +338,9 @@ impl<'a> Compiler<'a> {
             // A literal's text goes straight to the target type's input function.
             let value = match text {
                 None => None,
-                Some(t) => {
-                    let parsed = value::parse_input(target.ty, t)
-                        .and_then(|v| value::cast(v, target.ty, target))
-                        .map_err(|r| WhereError::new(node.loc, r))?;
-                    Some(parsed)
-                }
+                Some(t) => value::parse_input(target.ty, t)
+                    .and_then(|v| value::cast(v, target.ty, target))
+                    .map_err(|r| WhereError::new(node.loc, r))?,
             };
             return Ok(Node::new(Kind::Const(value), target.ty, loc));
         }
@@ -366,10 +362,8 @@ impl<'a> Compiler<'a> {
         if let Kind::Const(v) = &node.kind {
             let folded = match v {
                 None => None,
-                Some(v) => Some(
-                    value::cast(v.clone(), node.ty, target)
-                        .map_err(|r| WhereError::new(node.loc, r))?,
-                ),
+                Some(v) => value::cast(v.clone(), node.ty, target)
+                    .map_err(|r| WhereError::new(node.loc, r))?,
             };
             return Ok(Node::new(Kind::Const(folded), target.ty, loc));
         }
@@ -451,7 +445,6 @@ impl<'a> Compiler<'a> {
             };
         }
         let common = common.unwrap_or(SqlType::Text);
-        // Comparing bpchar with text (not varchar) happens in text, which drops the padding.
         let coerced = nodes
             .into_iter()
             .map(|n| self.coerce(n, common))
@@ -465,7 +458,11 @@ impl<'a> Compiler<'a> {
                 let node = self.expr(inner)?;
                 let loc = node.loc;
                 let node = self.boolean(node, "NOT")?;
-                Ok(Node::new(Kind::Not(Box::new(node)), SqlType::Bool, loc))
+                Ok(fold_null_args(Node::new(
+                    Kind::Not(Box::new(node)),
+                    SqlType::Bool,
+                    loc,
+                )))
             }
             UnaryOperator::Minus | UnaryOperator::Plus => {
                 // Postgres folds a minus sign into a numeric literal, so `-2147483648` is int4.
@@ -483,7 +480,11 @@ impl<'a> Compiler<'a> {
                     return Ok(node);
                 }
                 let (ty, loc) = (node.ty, node.loc);
-                Ok(Node::new(Kind::Neg(Box::new(node)), ty, loc))
+                Ok(fold_null_args(Node::new(
+                    Kind::Neg(Box::new(node)),
+                    ty,
+                    loc,
+                )))
             }
             other => Err(WhereError::new(
                 self.offset(start_of(inner)),
@@ -531,11 +532,7 @@ impl<'a> Compiler<'a> {
             }
         }
         let loc = items.first().map_or(0, |n| n.loc);
-        let kind = match which {
-            BoolOp::And => Kind::And(items),
-            BoolOp::Or => Kind::Or(items),
-        };
-        Ok(Node::new(kind, SqlType::Bool, loc))
+        Ok(fold_bool_list(items, which, loc))
     }
 
     fn binary(
@@ -579,12 +576,16 @@ impl<'a> Compiler<'a> {
     fn compare(&mut self, l: &Expr, op: CmpOp, r: &Expr) -> Result<Node, WhereError> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
+        self.make_compare(left, op, right)
+    }
+
+    fn make_compare(&self, left: Node, op: CmpOp, right: Node) -> Result<Node, WhereError> {
         let loc = left.loc;
         let cmp_type =
             comparison_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
         let left = self.coerce(left, cmp_type)?;
         let right = self.coerce(right, cmp_type)?;
-        Ok(Node::new(
+        Ok(fold_null_args(Node::new(
             Kind::Compare {
                 op,
                 left: Box::new(left),
@@ -593,7 +594,7 @@ impl<'a> Compiler<'a> {
             },
             SqlType::Bool,
             loc,
-        ))
+        )))
     }
 
     fn arith(&mut self, l: &Expr, op: ArithOp, r: &Expr) -> Result<Node, WhereError> {
@@ -604,7 +605,7 @@ impl<'a> Compiler<'a> {
             arithmetic_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
         let left = self.coerce(left, ty)?;
         let right = self.coerce(right, ty)?;
-        Ok(Node::new(
+        Ok(fold_null_args(Node::new(
             Kind::Arith {
                 op,
                 left: Box::new(left),
@@ -612,7 +613,7 @@ impl<'a> Compiler<'a> {
             },
             ty,
             loc,
-        ))
+        )))
     }
 
     /// Operands of text operators and functions: any string type or untyped literal, as text.
@@ -630,14 +631,14 @@ impl<'a> Compiler<'a> {
         let loc = left.loc;
         let left = self.text_operand(left)?;
         let right = self.text_operand(right)?;
-        Ok(Node::new(
+        Ok(fold_null_args(Node::new(
             Kind::Concat {
                 left: Box::new(left),
                 right: Box::new(right),
             },
             SqlType::Text,
             loc,
-        ))
+        )))
     }
 
     fn like(
@@ -665,26 +666,31 @@ impl<'a> Compiler<'a> {
             }
             None => None,
         };
-        let compiled = self.precompile_like(&pattern, escape.as_deref(), case_insensitive)?;
-        Ok(Node::new(
+        // An operand of type name brings its "C" collation, which wins over the default.
+        let c_collation = c_collated(&subject) || c_collated(&pattern);
+        let fold = case_insensitive.then_some(c_collation);
+        let compiled = self.precompile_like(&pattern, escape.as_deref(), fold)?;
+        Ok(fold_null_args(Node::new(
             Kind::Like {
                 expr: Box::new(subject),
                 pattern: Box::new(pattern),
                 escape,
                 case_insensitive,
                 negated,
+                c_collation,
                 compiled,
             },
             SqlType::Bool,
             loc,
-        ))
+        )))
     }
 
+    /// `fold`: Some(c_collation) for ILIKE, whose pattern is matched in lower case.
     fn precompile_like(
         &self,
         pattern: &Node,
         escape: Option<&Node>,
-        case_insensitive: bool,
+        fold: Option<bool>,
     ) -> Result<Option<LikePattern>, WhereError> {
         let Kind::Const(Some(Value::Text(p))) = &pattern.kind else {
             return Ok(None);
@@ -696,14 +702,16 @@ impl<'a> Compiler<'a> {
             }
             Some(_) => return Ok(None),
         };
-        let p = if case_insensitive {
-            p.to_lowercase()
-        } else {
-            p.clone()
+        let p = match fold {
+            Some(c_collation) => value::change_case(p, false, c_collation),
+            None => p.clone(),
         };
-        LikePattern::compile(&p, esc)
-            .map(Some)
-            .map_err(|r| WhereError::new(pattern.loc, r))
+        let compiled = LikePattern::compile(&p, esc);
+        // A constant pattern like that can never be useful, so say so now.
+        if compiled.has_dangling_escape() {
+            return Err(WhereError::new(pattern.loc, DANGLING_ESCAPE));
+        }
+        Ok(Some(compiled))
     }
 
     fn is_truth(&mut self, inner: &Expr, truth: Truth, negated: bool) -> Result<Node, WhereError> {
@@ -779,14 +787,102 @@ impl<'a> Compiler<'a> {
         };
         let arg = self.expr(arg)?;
         let arg = self.text_operand(arg)?;
-        Ok(Node::new(
+        Ok(fold_null_args(Node::new(
             Kind::Func {
                 func,
+                c_collation: c_collated(&arg),
                 arg: Box::new(arg),
             },
             SqlType::Text,
             loc,
-        ))
+        )))
+    }
+}
+
+/// Whether a string value carries the "C" collation: values of type name do, and functions,
+/// casts and concatenations pass it on from their operands (Postgres's collation derivation,
+/// in which an implicit non-default collation beats the default one).
+fn c_collated(node: &Node) -> bool {
+    match &node.kind {
+        Kind::Column { .. } | Kind::Const(_) => node.ty == SqlType::Name,
+        Kind::Cast { expr, .. } => {
+            node.ty.is_string() && (expr.ty == SqlType::Name || c_collated(expr))
+        }
+        Kind::Func { c_collation, .. } => *c_collation,
+        Kind::Concat { left, right } => c_collated(left) || c_collated(right),
+        _ => false,
+    }
+}
+
+/// Postgres evaluates operators whose operands are all constants when planning; doing the
+/// same keeps runtime errors and short-circuits in step with the snapshot query. A constant
+/// expression that fails is left for evaluation time (where it fails on every row).
+fn fold_constant(node: Node) -> Node {
+    if matches!(
+        node.kind,
+        Kind::Const(_) | Kind::Untyped(_) | Kind::Column { .. }
+    ) {
+        return node;
+    }
+    let all_const = node
+        .children()
+        .iter()
+        .all(|c| matches!(c.kind, Kind::Const(_)));
+    if !all_const {
+        return node;
+    }
+    match eval::eval(&node, &[]) {
+        Ok(v) => Node::new(Kind::Const(v), node.ty, node.loc),
+        Err(_) => node,
+    }
+}
+
+/// Postgres folds a strict operator or function with a NULL constant argument to NULL when
+/// planning, so the other arguments (which could fail) are never evaluated; do the same.
+fn fold_null_args(node: Node) -> Node {
+    let is_null = |n: &Node| matches!(n.kind, Kind::Const(None));
+    let null_arg = match &node.kind {
+        Kind::Compare { left, right, .. }
+        | Kind::Arith { left, right, .. }
+        | Kind::Concat { left, right } => is_null(left) || is_null(right),
+        Kind::Neg(arg) | Kind::Func { arg, .. } | Kind::Not(arg) => is_null(arg),
+        Kind::In { expr, .. } => is_null(expr),
+        Kind::Like {
+            expr,
+            pattern,
+            escape,
+            ..
+        } => is_null(expr) || is_null(pattern) || escape.as_deref().is_some_and(is_null),
+        _ => false,
+    };
+    if null_arg {
+        Node::new(Kind::Const(None), node.ty, node.loc)
+    } else {
+        node
+    }
+}
+
+/// Constant operands of AND/OR fold as Postgres folds them: a FALSE makes an AND false (a
+/// TRUE an OR true) and TRUE operands of an AND (FALSE of an OR) drop out.
+fn fold_bool_list(mut items: Vec<Node>, which: BoolOp, loc: usize) -> Node {
+    let decisive = matches!(which, BoolOp::Or);
+    let is_const =
+        |n: &Node, want: bool| matches!(n.kind, Kind::Const(Some(Value::Bool(b))) if b == want);
+    if items.iter().any(|n| is_const(n, decisive)) {
+        return Node::new(Kind::Const(Some(Value::Bool(decisive))), SqlType::Bool, loc);
+    }
+    items.retain(|n| !is_const(n, !decisive));
+    match (items.len(), which) {
+        (0, _) => Node::new(
+            Kind::Const(Some(Value::Bool(!decisive))),
+            SqlType::Bool,
+            loc,
+        ),
+        (1, _) => items
+            .pop()
+            .unwrap_or_else(|| Node::new(Kind::Const(None), SqlType::Bool, loc)),
+        (_, BoolOp::And) => Node::new(Kind::And(items), SqlType::Bool, loc),
+        (_, BoolOp::Or) => Node::new(Kind::Or(items), SqlType::Bool, loc),
     }
 }
 

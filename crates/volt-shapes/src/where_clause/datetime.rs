@@ -223,50 +223,27 @@ fn special(s: &str) -> Option<i8> {
     }
 }
 
-pub(crate) fn parse_date(input: &str) -> Option<i32> {
+/// A date or timestamp as written: an infinity/epoch keyword (sign), or the day, the time of
+/// day and the zone offset in seconds if one was given.
+enum Written {
+    Special(i8),
+    Instant {
+        days: i64,
+        usecs: i64,
+        offset: Option<i64>,
+    },
+}
+
+fn parse_written(input: &str, max_year: i64) -> Option<Written> {
     let s = input.trim();
-    match special(s) {
-        Some(1) => return Some(DATE_POS_INF),
-        Some(-1) => return Some(DATE_NEG_INF),
-        Some(_) => return Some(0),
-        None => {}
+    if let Some(sign) = special(s) {
+        return Some(Written::Special(sign));
     }
     let mut c = Cursor {
         s: s.as_bytes(),
         i: 0,
     };
-    let (y, m, d) = parse_ymd(&mut c, MAX_DATE_YEAR)?;
-    let y = apply_era(&mut c, y, m, d)?;
-    if !c.done() {
-        return None;
-    }
-    i32::try_from(days_from_civil(y, m, d)).ok()
-}
-
-pub(crate) fn parse_time(input: &str) -> Option<i64> {
-    let mut c = Cursor {
-        s: input.trim().as_bytes(),
-        i: 0,
-    };
-    let t = parse_clock(&mut c)?;
-    c.done().then_some(t)
-}
-
-/// A timestamp; `with_tz` converts a written offset to UTC, otherwise an offset is ignored
-/// (as Postgres does for `timestamp without time zone`). No offset means UTC, the session zone.
-pub(crate) fn parse_timestamp(input: &str, with_tz: bool) -> Option<i64> {
-    let s = input.trim();
-    match special(s) {
-        Some(1) => return Some(TS_POS_INF),
-        Some(-1) => return Some(TS_NEG_INF),
-        Some(_) => return Some(0),
-        None => {}
-    }
-    let mut c = Cursor {
-        s: s.as_bytes(),
-        i: 0,
-    };
-    let (y, m, d) = parse_ymd(&mut c, MAX_TIMESTAMP_YEAR)?;
+    let (y, m, d) = parse_ymd(&mut c, max_year)?;
     let mut usecs = 0;
     let mut offset = None;
     let time_follows = c.eat(b'T') || c.eat(b't') || {
@@ -286,12 +263,51 @@ pub(crate) fn parse_timestamp(input: &str, with_tz: bool) -> Option<i64> {
     if !c.done() {
         return None;
     }
-    let days = days_from_civil(y, m, d);
-    let mut ts = days.checked_mul(USECS_PER_DAY)?.checked_add(usecs)?;
-    if with_tz && let Some(off) = offset {
-        ts = ts.checked_sub(off * 1_000_000)?;
+    Some(Written::Instant {
+        days: days_from_civil(y, m, d),
+        usecs,
+        offset,
+    })
+}
+
+/// A date; like Postgres, a time of day and zone after it are accepted and ignored.
+pub(crate) fn parse_date(input: &str) -> Option<i32> {
+    match parse_written(input, MAX_DATE_YEAR)? {
+        Written::Special(1) => Some(DATE_POS_INF),
+        Written::Special(-1) => Some(DATE_NEG_INF),
+        Written::Special(_) => Some(0),
+        Written::Instant { days, .. } => i32::try_from(days).ok(),
     }
-    Some(ts)
+}
+
+pub(crate) fn parse_time(input: &str) -> Option<i64> {
+    let mut c = Cursor {
+        s: input.trim().as_bytes(),
+        i: 0,
+    };
+    let t = parse_clock(&mut c)?;
+    c.done().then_some(t)
+}
+
+/// A timestamp; `with_tz` converts a written offset to UTC, otherwise an offset is ignored
+/// (as Postgres does for `timestamp without time zone`). No offset means UTC, the session zone.
+pub(crate) fn parse_timestamp(input: &str, with_tz: bool) -> Option<i64> {
+    match parse_written(input, MAX_TIMESTAMP_YEAR)? {
+        Written::Special(1) => Some(TS_POS_INF),
+        Written::Special(-1) => Some(TS_NEG_INF),
+        Written::Special(_) => Some(0),
+        Written::Instant {
+            days,
+            usecs,
+            offset,
+        } => {
+            let mut ts = days.checked_mul(USECS_PER_DAY)?.checked_add(usecs)?;
+            if with_tz && let Some(off) = offset {
+                ts = ts.checked_sub(off * 1_000_000)?;
+            }
+            Some(ts)
+        }
+    }
 }
 
 fn year_text(y: i64) -> (String, bool) {
@@ -384,6 +400,10 @@ mod tests {
             Some("2024-01-05".into())
         );
         assert_eq!(parse_date("infinity"), Some(DATE_POS_INF));
+        assert_eq!(
+            parse_date("2024-01-01 23:30:00-05"),
+            parse_date("2024-01-01")
+        );
     }
 
     #[test]

@@ -56,13 +56,6 @@ pub(crate) fn eval(node: &Node, row: &[Option<&str>]) -> Eval {
             negated,
             cmp_type,
         } => in_list(node, expr, list, *negated, *cmp_type, row),
-        Kind::Between {
-            expr,
-            low,
-            high,
-            negated,
-            cmp_type,
-        } => between(node, [expr, low, high], *negated, *cmp_type, row),
         Kind::Like { .. } => like(node, row),
         Kind::Arith { op, left, right } => {
             let (Some(a), Some(b)) = (eval(left, row)?, eval(right, row)?) else {
@@ -77,14 +70,20 @@ pub(crate) fn eval(node: &Node, row: &[Option<&str>]) -> Eval {
             };
             Ok(Some(Value::Text(a + &b)))
         }
-        Kind::Func { func, arg } => {
+        Kind::Func {
+            func,
+            arg,
+            c_collation,
+        } => {
             let Some(s) = eval_text(arg, row)? else {
                 return Ok(None);
             };
-            Ok(Some(Value::Text(match func {
-                Func::Lower => s.to_lowercase(),
-                Func::Upper => s.to_uppercase(),
-            })))
+            let upper = *func == Func::Upper;
+            Ok(Some(Value::Text(value::change_case(
+                &s,
+                upper,
+                *c_collation,
+            ))))
         }
     }
 }
@@ -115,9 +114,7 @@ fn column(node: &Node, index: usize, row: &[Option<&str>]) -> Eval {
 fn cast(node: &Node, expr: &Node, target: CastTarget, row: &[Option<&str>]) -> Eval {
     match eval(expr, row)? {
         None => Ok(None),
-        Some(v) => value::cast(v, expr.ty, target)
-            .map(Some)
-            .map_err(|r| fail(node, r)),
+        Some(v) => value::cast(v, expr.ty, target).map_err(|r| fail(node, r)),
     }
 }
 
@@ -200,29 +197,6 @@ fn in_list(
     Ok((!saw_null).then_some(Value::Bool(negated)))
 }
 
-/// `x BETWEEN a AND b` is `x >= a AND x <= b`, NULLs included.
-fn between(
-    node: &Node,
-    [expr, low, high]: [&Node; 3],
-    negated: bool,
-    cmp_type: SqlType,
-    row: &[Option<&str>],
-) -> Eval {
-    let x = eval(expr, row)?;
-    let side = |bound: &Node, want: CmpOp| -> Result<Option<bool>, WhereError> {
-        match (&x, eval(bound, row)?) {
-            (Some(x), Some(b)) => Ok(Some(holds(want, compare(node, cmp_type, x, &b)?))),
-            _ => Ok(None),
-        }
-    };
-    let inside = match (side(low, CmpOp::GtEq)?, side(high, CmpOp::LtEq)?) {
-        (Some(false), _) | (_, Some(false)) => Some(false),
-        (Some(true), Some(true)) => Some(true),
-        _ => None,
-    };
-    Ok(inside.map(|b| Value::Bool(b != negated)))
-}
-
 fn like(node: &Node, row: &[Option<&str>]) -> Eval {
     let Kind::Like {
         expr,
@@ -230,6 +204,7 @@ fn like(node: &Node, row: &[Option<&str>]) -> Eval {
         escape,
         case_insensitive,
         negated,
+        c_collation,
         compiled,
     } = &node.kind
     else {
@@ -253,19 +228,20 @@ fn like(node: &Node, row: &[Option<&str>]) -> Eval {
                 },
             };
             let pat = if *case_insensitive {
-                pat.to_lowercase()
+                value::change_case(&pat, false, *c_collation)
             } else {
                 pat
             };
-            built = LikePattern::compile(&pat, esc).map_err(|r| fail(node, r))?;
+            built = LikePattern::compile(&pat, esc);
             &built
         }
     };
     let found = if *case_insensitive {
-        matcher.matches(&subject.to_lowercase())
+        matcher.matches(&value::change_case(&subject, false, *c_collation))
     } else {
         matcher.matches(&subject)
-    };
+    }
+    .map_err(|r| fail(node, r))?;
     Ok(Some(Value::Bool(found != *negated)))
 }
 

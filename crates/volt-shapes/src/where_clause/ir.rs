@@ -130,19 +130,14 @@ pub(crate) enum Kind {
         negated: bool,
         cmp_type: SqlType,
     },
-    Between {
-        expr: Box<Node>,
-        low: Box<Node>,
-        high: Box<Node>,
-        negated: bool,
-        cmp_type: SqlType,
-    },
     Like {
         expr: Box<Node>,
         pattern: Box<Node>,
         escape: Option<Box<Node>>,
         case_insensitive: bool,
         negated: bool,
+        /// ILIKE folds case ASCII-only under the "C" collation (see `change_case`).
+        c_collation: bool,
         /// Precompiled when pattern and escape are constants.
         compiled: Option<LikePattern>,
     },
@@ -159,6 +154,7 @@ pub(crate) enum Kind {
     Func {
         func: Func,
         arg: Box<Node>,
+        c_collation: bool,
     },
 }
 
@@ -167,50 +163,46 @@ impl Node {
         Node { kind, ty, loc }
     }
 
-    /// Column indexes this node reads, appended to `out`.
-    pub(crate) fn collect_columns(&self, out: &mut Vec<usize>) {
+    /// The operands of this node.
+    pub(crate) fn children(&self) -> Vec<&Node> {
         match &self.kind {
-            Kind::Column { index, .. } => out.push(*index),
-            Kind::Const(_) | Kind::Untyped(_) => {}
+            Kind::Column { .. } | Kind::Const(_) | Kind::Untyped(_) => Vec::new(),
             Kind::Cast { expr, .. }
             | Kind::Not(expr)
             | Kind::Neg(expr)
             | Kind::IsNull { expr, .. }
             | Kind::IsTruth { expr, .. }
-            | Kind::Func { arg: expr, .. } => expr.collect_columns(out),
-            Kind::And(items) | Kind::Or(items) => {
-                items.iter().for_each(|n| n.collect_columns(out));
-            }
+            | Kind::Func { arg: expr, .. } => vec![expr],
+            Kind::And(items) | Kind::Or(items) => items.iter().collect(),
             Kind::Compare { left, right, .. }
             | Kind::Distinct { left, right, .. }
             | Kind::Arith { left, right, .. }
-            | Kind::Concat { left, right } => {
-                left.collect_columns(out);
-                right.collect_columns(out);
-            }
-            Kind::In { expr, list, .. } => {
-                expr.collect_columns(out);
-                list.iter().for_each(|n| n.collect_columns(out));
-            }
-            Kind::Between {
-                expr, low, high, ..
-            } => {
-                expr.collect_columns(out);
-                low.collect_columns(out);
-                high.collect_columns(out);
-            }
+            | Kind::Concat { left, right } => vec![left, right],
+            Kind::In { expr, list, .. } => std::iter::once(expr.as_ref()).chain(list).collect(),
             Kind::Like {
                 expr,
                 pattern,
                 escape,
                 ..
-            } => {
-                expr.collect_columns(out);
-                pattern.collect_columns(out);
-                if let Some(e) = escape {
-                    e.collect_columns(out);
-                }
-            }
+            } => [
+                Some(expr.as_ref()),
+                Some(pattern.as_ref()),
+                escape.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        }
+    }
+
+    /// Column indexes this node reads, appended to `out`.
+    pub(crate) fn collect_columns(&self, out: &mut Vec<usize>) {
+        match &self.kind {
+            Kind::Column { index, .. } => out.push(*index),
+            _ => self
+                .children()
+                .into_iter()
+                .for_each(|c| c.collect_columns(out)),
         }
     }
 }

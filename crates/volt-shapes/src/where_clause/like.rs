@@ -6,7 +6,12 @@ enum Token {
     Literal(char),
     AnyOne,
     AnyRun,
+    /// An escape character with nothing after it. Postgres only fails when matching gets
+    /// there with text left to match, so the error is raised then too.
+    DanglingEscape,
 }
+
+pub(crate) const DANGLING_ESCAPE: &str = "LIKE pattern must not end with escape character";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LikePattern {
@@ -24,14 +29,14 @@ pub(crate) fn escape_char(escape: &str) -> Result<Option<char>, String> {
 }
 
 impl LikePattern {
-    pub(crate) fn compile(pattern: &str, escape: Option<char>) -> Result<LikePattern, String> {
+    pub(crate) fn compile(pattern: &str, escape: Option<char>) -> LikePattern {
         let mut tokens = Vec::new();
         let mut chars = pattern.chars();
         while let Some(c) = chars.next() {
             let token = if Some(c) == escape {
                 match chars.next() {
                     Some(next) => Token::Literal(next),
-                    None => return Err("LIKE pattern must not end with escape character".into()),
+                    None => Token::DanglingEscape,
                 }
             } else if c == '%' {
                 // Consecutive `%` are equivalent to one and would only slow matching down.
@@ -46,12 +51,17 @@ impl LikePattern {
             };
             tokens.push(token);
         }
-        Ok(LikePattern { tokens })
+        LikePattern { tokens }
+    }
+
+    /// Whether the pattern ends with a lone escape character (an error once matching reaches it).
+    pub(crate) fn has_dangling_escape(&self) -> bool {
+        self.tokens.last() == Some(&Token::DanglingEscape)
     }
 
     /// Greedy matching that backtracks only to the most recent `%`, which is enough for
     /// patterns made of literals, `_` and `%`, and keeps the cost at O(text × pattern).
-    pub(crate) fn matches(&self, text: &str) -> bool {
+    pub(crate) fn matches(&self, text: &str) -> Result<bool, String> {
         let text: Vec<char> = text.chars().collect();
         let pat = &self.tokens;
         let (mut t, mut p) = (0, 0);
@@ -70,17 +80,18 @@ impl LikePattern {
                     resume = Some((p, t));
                     p += 1;
                 }
+                Some(Token::DanglingEscape) => return Err(DANGLING_ESCAPE.into()),
                 _ => match resume {
                     Some((star, from)) => {
                         p = star + 1;
                         t = from + 1;
                         resume = Some((star, from + 1));
                     }
-                    None => return false,
+                    None => return Ok(false),
                 },
             }
         }
-        pat[p..].iter().all(|tok| *tok == Token::AnyRun)
+        Ok(pat[p..].iter().all(|tok| *tok == Token::AnyRun))
     }
 }
 
@@ -89,8 +100,8 @@ mod tests {
     use super::*;
 
     fn like(text: &str, pattern: &str) -> bool {
-        match LikePattern::compile(pattern, Some('\\')) {
-            Ok(p) => p.matches(text),
+        match LikePattern::compile(pattern, Some('\\')).matches(text) {
+            Ok(m) => m,
             Err(e) => panic!("{pattern}: {e}"),
         }
     }
@@ -118,15 +129,23 @@ mod tests {
         assert!(like("a_b", "a\\_b"));
         assert!(!like("axb", "a\\_b"));
         assert!(like("a\\b", "a\\\\b"));
-        assert!(LikePattern::compile("abc\\", Some('\\')).is_err());
+    }
+
+    #[test]
+    fn dangling_escape_fails_only_when_matching_reaches_it() {
+        let p = LikePattern::compile("ab\\", Some('\\'));
+        assert!(p.has_dangling_escape());
+        assert_eq!(p.matches("xyz"), Ok(false));
+        assert_eq!(p.matches("ab"), Ok(false));
+        assert_eq!(p.matches("abc"), Err(DANGLING_ESCAPE.into()));
     }
 
     #[test]
     fn custom_and_disabled_escape() {
         let p = LikePattern::compile("50#%", Some('#'));
-        assert!(p.is_ok_and(|p| p.matches("50%") && !p.matches("501")));
+        assert_eq!((p.matches("50%"), p.matches("501")), (Ok(true), Ok(false)));
         let p = LikePattern::compile("a\\%", None);
-        assert!(p.is_ok_and(|p| p.matches("a\\xyz")));
+        assert_eq!(p.matches("a\\xyz"), Ok(true));
         assert_eq!(escape_char("ab"), Err("invalid escape string".into()));
     }
 }

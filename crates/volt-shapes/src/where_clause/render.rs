@@ -151,25 +151,6 @@ fn write_node(out: &mut String, node: &Node) {
             write_list(out, list, ", ");
             out.push(')');
         }
-        Kind::Between {
-            expr,
-            low,
-            high,
-            negated,
-            cmp_type,
-        } => {
-            out.push('(');
-            write_collated(out, expr, true, *cmp_type);
-            out.push_str(if *negated {
-                " NOT BETWEEN "
-            } else {
-                " BETWEEN "
-            });
-            write_node(out, low);
-            out.push_str(" AND ");
-            write_node(out, high);
-            out.push(')');
-        }
         Kind::Like {
             expr,
             pattern,
@@ -212,7 +193,7 @@ fn write_node(out: &mut String, node: &Node) {
             write_node(out, right);
             out.push(')');
         }
-        Kind::Func { func, arg } => {
+        Kind::Func { func, arg, .. } => {
             out.push_str(func.sql());
             out.push('(');
             write_node(out, arg);

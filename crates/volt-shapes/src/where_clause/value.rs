@@ -296,10 +296,16 @@ fn float_to_int(v: f64, to: SqlType) -> Result<i64, String> {
     Ok(r as i64)
 }
 
-/// Convert `v` of type `from` as `CAST(v AS to)` does. Err is the user-facing reason.
-pub(crate) fn cast(v: Value, from: SqlType, to: CastTarget) -> Result<Value, String> {
+/// Convert `v` of type `from` as `CAST(v AS to)` does; None where Postgres yields NULL
+/// (an infinite timestamp cast to time). Err is the user-facing reason.
+pub(crate) fn cast(v: Value, from: SqlType, to: CastTarget) -> Result<Option<Value>, String> {
+    if let (Value::Timestamp(t), SqlType::Time) = (&v, to.ty)
+        && (*t == datetime::TS_POS_INF || *t == datetime::TS_NEG_INF)
+    {
+        return Ok(None);
+    }
     let converted = convert(v, from, to.ty)?;
-    apply_typmod(converted, to)
+    apply_typmod(converted, to).map(Some)
 }
 
 fn convert(v: Value, from: SqlType, to: SqlType) -> Result<Value, String> {
@@ -378,9 +384,6 @@ fn convert(v: Value, from: SqlType, to: SqlType) -> Result<Value, String> {
             T::Date => Value::Date(
                 datetime::timestamp_to_date(t).ok_or_else(|| "date out of range".to_string())?,
             ),
-            T::Time if t == datetime::TS_POS_INF || t == datetime::TS_NEG_INF => {
-                return Err("cannot convert infinite timestamp to time".into());
-            }
             T::Time => Value::Time(t.rem_euclid(datetime::USECS_PER_DAY)),
             _ => return Err(no_cast(from, to)),
         },
@@ -408,6 +411,33 @@ fn apply_typmod(v: Value, to: CastTarget) -> Result<Value, String> {
         }
         (_, v) => v,
     })
+}
+
+/// Case mapping as Postgres does it with a libc locale: one character at a time with the
+/// simple Unicode mapping (no final-sigma rule, no expansions such as ß → SS), or ASCII only
+/// under the "C" collation (the collation of `name` values).
+pub(crate) fn change_case(s: &str, upper: bool, c_collation: bool) -> String {
+    if c_collation {
+        return if upper {
+            s.to_ascii_uppercase()
+        } else {
+            s.to_ascii_lowercase()
+        };
+    }
+    s.chars()
+        .map(|c| {
+            if upper {
+                let mut mapped = c.to_uppercase();
+                match (mapped.len(), mapped.next()) {
+                    (1, Some(one)) => one,
+                    _ => c,
+                }
+            } else {
+                // İ lowers to "i̇" in full mapping; its simple mapping is the plain i.
+                c.to_lowercase().next().unwrap_or(c)
+            }
+        })
+        .collect()
 }
 
 pub(crate) fn numeric_op_error(e: NumericError) -> String {
@@ -490,6 +520,15 @@ mod tests {
             parse_int(SqlType::Int4, "abc"),
             Err("invalid syntax for type int4: abc".to_string())
         );
+    }
+
+    #[test]
+    fn case_mapping_is_per_character_like_libc() {
+        assert_eq!(change_case("École ΑΣ", false, false), "école ασ");
+        assert_eq!(change_case("straße", true, false), "STRAßE");
+        assert_eq!(change_case("İ", false, false), "i");
+        assert_eq!(change_case("Éa", false, true), "Éa");
+        assert_eq!(change_case("éa", true, true), "éA");
     }
 
     #[test]
