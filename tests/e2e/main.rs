@@ -4,6 +4,7 @@
 
 mod support;
 
+mod durability;
 mod protocol;
 mod replication;
 mod supervision;

@@ -22,7 +22,8 @@ pub struct TestVolt {
     pub base: String,
     pub http: reqwest::Client,
     server: JoinHandle<()>,
-    _storage: tempfile::TempDir,
+    secret: Option<String>,
+    storage: tempfile::TempDir,
 }
 
 impl TestVolt {
@@ -33,17 +34,38 @@ impl TestVolt {
     pub async fn start_with(test_name: &str, secret: Option<&str>) -> anyhow::Result<TestVolt> {
         let db = TestDb::new(test_name).await?;
         let storage = tempfile::tempdir()?;
+        let secret = secret.map(str::to_string);
+        let (stack, base, server) = Self::launch(&db, storage.path(), secret.clone()).await?;
+        let volt = TestVolt {
+            db,
+            stack: Some(stack),
+            base,
+            http: reqwest::Client::new(),
+            server,
+            secret,
+            storage,
+        };
+        volt.wait_active().await?;
+        Ok(volt)
+    }
+
+    async fn launch(
+        db: &TestDb,
+        storage: &std::path::Path,
+        secret: Option<String>,
+    ) -> anyhow::Result<(Stack, String, JoinHandle<()>)> {
         let stack = Stack::start(StackConfig {
             pg: PgConfig::parse(&db.url())?,
             stream_id: db.stream_id().to_string(),
-            storage_dir: storage.path().to_path_buf(),
+            storage_dir: storage.to_path_buf(),
             max_concurrent_snapshots: 4,
+            chunk_bytes: 10 * 1024 * 1024,
         })
         .await?;
         let app = volt_http::router(
             Arc::clone(&stack.shared),
             HttpConfig {
-                secret: secret.map(str::to_string),
+                secret,
                 long_poll_timeout: Duration::from_millis(1500),
                 stack_ready_timeout: Duration::from_secs(1),
                 ..HttpConfig::default()
@@ -54,16 +76,26 @@ impl TestVolt {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let volt = TestVolt {
-            db,
-            stack: Some(stack),
-            base,
-            http: reqwest::Client::new(),
-            server,
-            _storage: storage,
-        };
-        volt.wait_active().await?;
-        Ok(volt)
+        Ok((stack, base, server))
+    }
+
+    /// Stop the stack cleanly and start a new one on the same storage and database, as
+    /// a restarted process would.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.server.abort();
+        if let Some(stack) = self.stack.take() {
+            stack.stop().await;
+        }
+        let (stack, base, server) =
+            Self::launch(&self.db, self.storage.path(), self.secret.clone()).await?;
+        self.stack = Some(stack);
+        self.base = base;
+        self.server = server;
+        self.wait_active().await
+    }
+
+    pub fn storage_dir(&self) -> &std::path::Path {
+        self.storage.path()
     }
 
     pub fn shared(&self) -> &Arc<volt_stack::Shared> {
@@ -271,4 +303,23 @@ where
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(200));
     }
+}
+
+/// How many times Postgres ran a snapshot query on `table` (pg_stat_statements survives
+/// volt's restarts, unlike any counter inside volt).
+pub async fn snapshot_queries(volt: &TestVolt, table: &str) -> anyhow::Result<i64> {
+    let client = volt.db.client().await?;
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await?;
+    let pattern = format!("SELECT %FROM \"public\".\"{table}\"%");
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_statements s \
+             JOIN pg_database d ON d.oid = s.dbid \
+             WHERE d.datname = current_database() AND s.query LIKE $1",
+            &[&pattern],
+        )
+        .await?;
+    Ok(row.get(0))
 }

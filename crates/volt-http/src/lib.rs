@@ -25,8 +25,6 @@ pub struct HttpConfig {
     pub secret: Option<String>,
     /// `ELECTRIC_LONG_POLL_TIMEOUT`.
     pub long_poll_timeout: Duration,
-    /// Largest change-log response, in bytes.
-    pub chunk_bytes: usize,
     /// How long a request waits for the stack to become ready.
     pub stack_ready_timeout: Duration,
     /// Turns true when the server is shutting down: parked long-polls answer at once
@@ -39,7 +37,6 @@ impl Default for HttpConfig {
         HttpConfig {
             secret: None,
             long_poll_timeout: Duration::from_secs(20),
-            chunk_bytes: 10 * 1024 * 1024,
             stack_ready_timeout: Duration::from_secs(5),
             shutdown: None,
         }

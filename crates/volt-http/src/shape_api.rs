@@ -158,7 +158,21 @@ pub async fn get_shape(
     }
 
     match offset {
-        RequestOffset::BeforeAll => serve_snapshot(&app, &entry).await,
+        RequestOffset::BeforeAll => match serve_snapshot(&app, &entry, 0, offset_raw).await {
+            Some(res) => res,
+            None => {
+                serve_log(
+                    &app,
+                    &entry,
+                    LogOffset::SNAPSHOT_END,
+                    offset_raw,
+                    false,
+                    None,
+                    &headers,
+                )
+                .await
+            }
+        },
         RequestOffset::Now => {
             let latest = entry.log.latest_offset();
             let body = format!(
@@ -170,6 +184,25 @@ pub async fn get_shape(
             set_flags(&mut res, true, false);
             set_etag(&mut res, &entry, offset_raw, latest, true);
             res
+        }
+        // Snapshot chunk k was read: the next chunk, or the log after the last one.
+        RequestOffset::At(at) if at.tx == 0 && at.op < LogOffset::INF_OP => {
+            let next = u32::try_from(at.op + 1).unwrap_or(u32::MAX);
+            match serve_snapshot(&app, &entry, next, offset_raw).await {
+                Some(res) => res,
+                None => {
+                    serve_log(
+                        &app,
+                        &entry,
+                        at,
+                        offset_raw,
+                        p.live,
+                        p.cursor.as_deref(),
+                        &headers,
+                    )
+                    .await
+                }
+            }
         }
         RequestOffset::At(at) => {
             serve_log(
@@ -236,57 +269,85 @@ async fn create_shape(
         })
 }
 
-async fn serve_snapshot(app: &AppState, entry: &Arc<ShapeEntry>) -> Response {
-    let mut state = entry.log.snapshot_state();
-    let done = state
-        .wait_for(|s| matches!(s, SnapshotState::Done | SnapshotState::Failed(_)))
+/// Snapshot chunk `k` once it is complete; `None` when the snapshot has fewer chunks
+/// (the request continues with the change log).
+async fn serve_snapshot(
+    app: &AppState,
+    entry: &Arc<ShapeEntry>,
+    k: u32,
+    offset_raw: &str,
+) -> Option<Response> {
+    let mut progress = entry.log.snapshot_progress();
+    let ready = progress
+        .wait_for(|p| {
+            p.chunks_complete > k
+                || matches!(
+                    p.state,
+                    SnapshotState::Done { .. } | SnapshotState::Failed(_)
+                )
+        })
         .await
-        .map(|s| s.clone());
-    match done {
-        Ok(SnapshotState::Done) => {}
-        Ok(SnapshotState::Failed(reason)) => {
-            if entry.log.is_closed() {
-                return must_refetch(
-                    app.shared
-                        .shapes
-                        .by_def(&entry.shape.def)
-                        .as_ref()
-                        .map(|e| e.handle.as_str()),
-                );
-            }
-            tracing::warn!(handle = %entry.handle, %reason, "snapshot failed");
-            let mut res = unavailable("Failed to create shape, please retry", 1);
-            res.headers_mut().insert(
-                "electric-internal-known-error",
-                HeaderValue::from_static("true"),
-            );
-            return res;
+        .map(|p| p.clone());
+    let progress = match ready {
+        Ok(p) => p,
+        Err(_) => return Some(unavailable("Failed to create shape, please retry", 1)),
+    };
+    if let SnapshotState::Failed(reason) = &progress.state {
+        if entry.log.is_closed() {
+            return Some(must_refetch(current_handle(app, entry).as_deref()));
         }
-        _ => return unavailable("Failed to create shape, please retry", 1),
+        tracing::warn!(handle = %entry.handle, %reason, "snapshot failed");
+        let mut res = unavailable("Failed to create shape, please retry", 1);
+        res.headers_mut().insert(
+            "electric-internal-known-error",
+            HeaderValue::from_static("true"),
+        );
+        return Some(res);
+    }
+    if progress.chunks_complete <= k {
+        return None;
     }
     let log = entry.log.clone();
-    let lines = match tokio::task::spawn_blocking(move || log.read_snapshot()).await {
+    let lines = match tokio::task::spawn_blocking(move || log.read_snapshot_chunk(k)).await {
         Ok(Ok(lines)) => lines,
-        Ok(Err(e)) => {
-            tracing::error!(handle = %entry.handle, error = %e, "cannot read snapshot");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"message": format!("Unable to retrieve shape log: {e}")}),
-            );
-        }
+        Ok(Err(e)) => return Some(storage_error(entry, &e)),
         Err(_) => {
-            return error(
+            return Some(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"error": "Internal server error"}),
-            );
+            ));
         }
     };
     let body = format!("[{}]", lines.join(","));
-    let mut res = ok_response(entry, LogOffset::FIRST_CHUNK, body, CacheKind::Initial);
+    let offset = LogOffset::new(0, u64::from(k));
+    let cache = if k == 0 {
+        CacheKind::Initial
+    } else {
+        CacheKind::NonLive
+    };
+    let mut res = ok_response(entry, offset, body, cache);
     set_schema(&mut res, entry);
     set_flags(&mut res, false, true);
-    set_etag(&mut res, entry, "-1", LogOffset::FIRST_CHUNK, false);
-    res
+    set_etag(&mut res, entry, offset_raw, offset, false);
+    Some(res)
+}
+
+fn storage_error(entry: &ShapeEntry, e: &volt_storage::StorageError) -> Response {
+    tracing::error!(handle = %entry.handle, error = %e, "cannot read the shape log");
+    if e.is_disk_full() {
+        return unavailable("The storage disk is full", 10);
+    }
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"message": format!("Unable to retrieve shape log: {e}")}),
+    )
+}
+
+fn current_handle(app: &AppState, entry: &ShapeEntry) -> Option<String> {
+    app.shared
+        .shapes
+        .by_def(&entry.shape.def)
+        .map(|e| e.handle.clone())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -311,25 +372,13 @@ async fn serve_log(
     let deadline = tokio::time::Instant::now() + app.config.long_poll_timeout;
     loop {
         if log.is_closed() {
-            return must_refetch(
-                app.shared
-                    .shapes
-                    .by_def(&entry.shape.def)
-                    .as_ref()
-                    .map(|e| e.handle.as_str()),
-            );
+            return must_refetch(current_handle(app, entry).as_deref());
         }
         changes.borrow_and_update();
         let l = log.clone();
-        let chunk = app.config.chunk_bytes;
-        let read = match tokio::task::spawn_blocking(move || l.read_after(from, chunk)).await {
+        let read = match tokio::task::spawn_blocking(move || l.read_after(from)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"message": format!("Unable to retrieve shape log: {e}")}),
-                );
-            }
+            Ok(Err(e)) => return storage_error(entry, &e),
             Err(_) => {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -139,6 +139,7 @@ impl FragmentBuilder {
             lsn: commit_lsn,
             changes: Vec::new(),
             truncated: Vec::new(),
+            relations: Vec::new(),
             commit_end_lsn: None,
         });
         self.next_op = 0;
@@ -184,7 +185,11 @@ impl FragmentBuilder {
                         })
                         .collect(),
                 };
-                self.relations.insert(relation_id, Arc::new(rel));
+                let rel = Arc::new(rel);
+                self.relations.insert(relation_id, rel.clone());
+                if let Some(f) = self.current.as_mut() {
+                    f.relations.push(rel);
+                }
                 return Ok(None);
             }
             LogicalReplicationMessage::Insert { relation_id, tuple } => {
@@ -236,6 +241,7 @@ impl FragmentBuilder {
                 lsn: f.lsn,
                 changes: std::mem::take(&mut f.changes),
                 truncated: std::mem::take(&mut f.truncated),
+                relations: std::mem::take(&mut f.relations),
                 commit_end_lsn: None,
             };
             return Ok(Some(full));

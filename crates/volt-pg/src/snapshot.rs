@@ -9,7 +9,7 @@ use crate::error::PgError;
 
 /// `pg_current_snapshot()`: transactions below `xmin` are visible, those at or above
 /// `xmax` are not, and those in `xip` were in progress (not visible).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PgSnapshot {
     pub xmin: u64,
     pub xmax: u64,

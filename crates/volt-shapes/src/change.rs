@@ -81,6 +81,8 @@ pub struct TxFragment {
     pub changes: Vec<Change>,
     /// Tables truncated in this fragment.
     pub truncated: Vec<Arc<Relation>>,
+    /// Relation messages seen in this fragment: a table's shape may have changed.
+    pub relations: Vec<Arc<Relation>>,
     /// Present on the last fragment of the transaction: its commit `end_lsn`.
     pub commit_end_lsn: Option<u64>,
 }

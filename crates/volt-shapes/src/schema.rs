@@ -1,9 +1,9 @@
 //! Table metadata as volt needs it to validate and encode shapes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One column of the table as Postgres reports it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnSchema {
     pub name: String,
     pub type_oid: u32,
@@ -16,7 +16,7 @@ pub struct ColumnSchema {
 }
 
 /// A table and its columns in attribute order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableSchema {
     pub oid: u32,
     pub schema: String,

@@ -11,7 +11,9 @@ use crate::ident::{parse_identifier, parse_table, quote_ident, split_unquoted};
 use crate::schema::TableSchema;
 use crate::where_clause::WhereClause;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum Replica {
     #[default]
     Default,
@@ -20,7 +22,7 @@ pub enum Replica {
 
 /// What a client asked for, normalised so equal definitions compare equal.
 /// It is the identity of a shape: the same definition always maps to the same handle.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ShapeDef {
     pub schema: String,
     pub table: String,
@@ -168,6 +170,35 @@ impl Shape {
             key_columns,
             key_prefix,
         })
+    }
+
+    /// The persisted form of this shape: its definition and the table it was validated
+    /// against (so a restart needs no database to rebuild it).
+    pub fn to_definition_json(&self) -> String {
+        json!({"def": self.def, "table": *self.table}).to_string()
+    }
+
+    pub fn from_definition_json(text: &str) -> Result<Shape, String> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            def: ShapeDef,
+            table: TableSchema,
+        }
+        let stored: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Shape::new(stored.def, Arc::new(stored.table)).map_err(|e| e.to_string())
+    }
+
+    /// Whether a Relation message describes the table this shape was built on: same
+    /// name, same columns with the same types. Anything else invalidates the shape.
+    pub fn matches_relation(&self, rel: &Relation) -> bool {
+        rel.schema == self.table.schema
+            && rel.name == self.table.name
+            && rel.columns.len() == self.table.columns.len()
+            && rel
+                .columns
+                .iter()
+                .zip(&self.table.columns)
+                .all(|(r, c)| r.name == c.name && r.type_oid == c.type_oid)
     }
 
     /// The snapshot query: the selected columns (plus key columns) of matching rows.

@@ -6,6 +6,7 @@ pub mod actors {
     pub mod consumer;
     pub mod consumer_supervisor;
     pub mod shape_cache;
+    pub mod shape_db_writer;
     pub mod shape_log_collector;
     pub mod snapshotter;
     pub mod status_monitor;
@@ -39,13 +40,16 @@ pub struct StartError(String);
 
 impl Stack {
     pub async fn start(config: StackConfig) -> Result<Stack, StartError> {
-        let shared = Shared::new(config);
-        std::fs::create_dir_all(shared.config.shapes_dir()).map_err(|e| {
+        std::fs::create_dir_all(config.shapes_dir()).map_err(|e| {
             StartError(format!(
                 "cannot create the storage directory {}: {e}",
-                shared.config.shapes_dir().display()
+                config.shapes_dir().display()
             ))
         })?;
+        let shape_db = volt_storage::ShapeDb::open(&config.storage_dir)
+            .await
+            .map_err(|e| StartError(e.to_string()))?;
+        let shared = Shared::new(config, shape_db);
         let spec = tree::stack_supervisor(&shared);
         let (root, join) = Actor::spawn(
             Some(shared.actor_name("StackSupervisor")),
@@ -67,8 +71,16 @@ impl Stack {
         let _ = (&mut self.join).await;
     }
 
-    /// Stop the whole tree, top down.
+    /// Stop the whole tree, top down, after writing the buffered shape registry.
     pub async fn stop(self) {
+        if let Some(writer) = self.shared.shape_db_writer.load_full() {
+            let _ = writer
+                .call(
+                    actors::shape_db_writer::ShapeDbMsg::Flush,
+                    Some(std::time::Duration::from_secs(5)),
+                )
+                .await;
+        }
         let _ = self
             .root
             .stop_and_wait(
@@ -78,5 +90,6 @@ impl Stack {
             .await;
         self.shared.root.store(None);
         let _ = self.join.await;
+        self.shared.shape_db.close().await;
     }
 }

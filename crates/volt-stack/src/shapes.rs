@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use volt_storage::ShapeDbOp;
+
+use crate::actors::shape_db_writer::ShapeDbMsg;
 use crate::actors::shape_log_collector::SlcMsg;
 use crate::shared::Shared;
 
@@ -17,22 +20,46 @@ pub fn invalidate(shared: &Arc<Shared>, handle: &str) {
         // Gone already when the collector itself is stopping: nothing left to route.
         let _ = slc.cast(SlcMsg::RemoveShape(handle.to_string()));
     }
+    shared.record(ShapeDbOp::Remove {
+        handle: handle.to_string(),
+    });
     if let Err(e) = entry.log.remove_files() {
         tracing::warn!(%handle, error = %e, "could not remove the files of a removed shape");
     }
+    metrics::counter!("volt_shapes_removed_total").increment(1);
 }
 
-/// Drop every shape and whatever shape files an earlier run left on disk.
-pub fn purge_all(shared: &Arc<Shared>) {
+/// Drop every shape, its registry row and its files: the data they were built from is
+/// gone (a different cluster, a new timeline, a new slot).
+pub async fn purge_all(shared: &Arc<Shared>) {
     for handle in shared.shapes.handles() {
         invalidate(shared, &handle);
     }
+    if let Some(writer) = shared.shape_db_writer.load_full() {
+        let _ = writer
+            .call(ShapeDbMsg::Flush, Some(std::time::Duration::from_secs(5)))
+            .await;
+    }
+    if let Err(e) = shared.shape_db.remove_all().await {
+        tracing::error!(error = %e, "could not clear the shape registry");
+    }
+    remove_orphan_dirs(shared, &std::collections::HashSet::new());
+}
+
+/// Remove shape directories that belong to no known shape (left by a crash between
+/// creating a shape's files and registering it, or by a purge).
+pub fn remove_orphan_dirs(shared: &Shared, keep: &std::collections::HashSet<String>) {
     let dir = shared.config.shapes_dir();
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not clear old shape files")
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(&name) {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove old shape files");
         }
     }
 }

@@ -12,10 +12,11 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use volt_pg::{PgConfig, PgConn};
 use volt_shapes::{Shape, ShapeDef, TableSchema};
-use volt_storage::ShapeLog;
+use volt_storage::{ShapeDb, ShapeDbOp, ShapeLog};
 
 use crate::actors::consumer::ConsumerMsg;
 use crate::actors::shape_cache::ShapeCacheMsg;
+use crate::actors::shape_db_writer::ShapeDbMsg;
 use crate::actors::shape_log_collector::SlcMsg;
 use crate::actors::status_monitor::StatusMsg;
 use crate::status::{Condition, StatusBoard};
@@ -28,6 +29,8 @@ pub struct StackConfig {
     pub storage_dir: PathBuf,
     /// How many snapshot queries may run at once.
     pub max_concurrent_snapshots: usize,
+    /// `ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD`: snapshot and log chunk size.
+    pub chunk_bytes: u64,
 }
 
 impl StackConfig {
@@ -155,13 +158,16 @@ pub struct Shared {
     pub shape_log_collector: ArcSwapOption<ActorRef<SlcMsg>>,
     pub shape_cache: ArcSwapOption<ActorRef<ShapeCacheMsg>>,
     pub consumer_supervisor: ArcSwapOption<ActorCell>,
+    /// The persistent shape registry; written only through `shape_db_writer`.
+    pub shape_db: ShapeDb,
+    pub shape_db_writer: ArcSwapOption<ActorRef<ShapeDbMsg>>,
     /// Commit LSN of the last transaction the ShapeLogCollector processed.
     pub last_seen_lsn: AtomicU64,
     handle_seq: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(config: StackConfig) -> Arc<Shared> {
+    pub fn new(config: StackConfig, shape_db: ShapeDb) -> Arc<Shared> {
         let stack_id = format!("{:08x}", rand::random::<u32>());
         Arc::new(Shared {
             snapshot_permits: Semaphore::new(config.max_concurrent_snapshots.max(1)),
@@ -177,6 +183,8 @@ impl Shared {
             shape_log_collector: ArcSwapOption::empty(),
             shape_cache: ArcSwapOption::empty(),
             consumer_supervisor: ArcSwapOption::empty(),
+            shape_db,
+            shape_db_writer: ArcSwapOption::empty(),
             last_seen_lsn: AtomicU64::new(0),
             handle_seq: AtomicU64::new(0),
         })
@@ -193,6 +201,22 @@ impl Shared {
             && monitor.cast(StatusMsg::Set(cond, on)).is_err()
         {
             tracing::debug!(?cond, on, "status monitor is down; condition not reported");
+        }
+    }
+
+    /// Buffer a change to the persistent registry.
+    pub fn record(&self, op: ShapeDbOp) {
+        match self.shape_db_writer.load_full() {
+            Some(w) => {
+                if w.cast(ShapeDbMsg::Op(op)).is_err() {
+                    tracing::warn!(
+                        "shape registry writer is down; a registry change was not recorded"
+                    );
+                }
+            }
+            None => tracing::warn!(
+                "shape registry writer is not running; a registry change was not recorded"
+            ),
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::actors::connection::ConnectionManager;
 use crate::actors::consumer_supervisor::ConsumerSupervisor;
 use crate::actors::shape_cache::ShapeCache;
+use crate::actors::shape_db_writer::ShapeDbWriter;
 use crate::actors::shape_log_collector::ShapeLogCollector;
 use crate::actors::status_monitor::StatusMonitor;
 use crate::actors::supervisor::{
@@ -75,24 +76,29 @@ pub fn core_supervisor(_: &Arc<Shared>) -> SupervisorSpec {
     }
 }
 
-/// ShapeLogCollector and ConsumerSupervisor hold state that only makes sense together
-/// (routes and the consumers they point to): either exiting restarts the whole shape
-/// subsystem. ShapeCache holds no state of its own and restarts alone.
+/// ShapeDbWriter, ConsumerSupervisor and ShapeLogCollector hold state that only makes
+/// sense together (registry writes, consumers, the routes pointing at them): any of them
+/// exiting restarts the whole shape subsystem, which restores its shapes from storage.
+/// ShapeCache holds no state of its own and restarts alone.
 pub fn shape_subsystem_supervisor(_: &Arc<Shared>) -> SupervisorSpec {
     SupervisorSpec {
         kind: "ShapeSubsystemSupervisor",
         name: "ShapeSubsystemSupervisor".into(),
         strategy: Strategy::OneForOne,
         children: vec![
-            escalating(actor_child(
-                "ShapeLogCollector",
-                "ShapeLogCollector",
-                || ShapeLogCollector,
-            )),
+            escalating(actor_child("ShapeDbWriter", "ShapeDbWriter", || {
+                ShapeDbWriter
+            })),
             escalating(actor_child(
                 "ConsumerSupervisor",
                 "ConsumerSupervisor",
                 || ConsumerSupervisor,
+            )),
+            // Restores the shapes from storage on start, under the ConsumerSupervisor.
+            escalating(actor_child(
+                "ShapeLogCollector",
+                "ShapeLogCollector",
+                || ShapeLogCollector,
             )),
             actor_child("ShapeCache", "ShapeCache", || ShapeCache),
         ],

@@ -1,7 +1,10 @@
-//! Shape storage: offsets and per-shape logs on disk that readers follow live.
+//! Shape storage: offsets, crash-safe per-shape logs that readers follow live, and
+//! ShapeDb (the persistent handle <-> definition registry).
 
 pub mod offset;
+pub mod shape_db;
 pub mod shape_log;
 
 pub use offset::{InvalidOffset, LogOffset, RequestOffset};
-pub use shape_log::{LogRead, ShapeLog, SnapshotState, StorageError};
+pub use shape_db::{ShapeDb, ShapeDbError, ShapeDbOp};
+pub use shape_log::{LogRead, ShapeLog, SnapshotProgress, SnapshotState, StorageError};

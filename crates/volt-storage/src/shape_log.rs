@@ -1,7 +1,20 @@
-//! One shape's log on disk: the initial snapshot as JSON lines, then every change as a
-//! length-prefixed record keyed by its offset. Readers follow the writer through a
-//! `watch` of the latest committed offset and never read past it, so they never see
-//! half a transaction.
+//! One shape's log on disk, crash-safe and chunked.
+//!
+//! Layout of a shape directory:
+//! - `meta.json`: format version, the Postgres snapshot the initial snapshot was taken
+//!   in, and the number of snapshot chunks once the snapshot is complete. Written
+//!   atomically (temporary file, fsync, rename).
+//! - `snapshot.<k>.jsonl`: initial snapshot chunk `k`, one JSON item per line.
+//! - `log.bin`: the change log, records of
+//!   `tx u64 | op u64 | flags u8 | len u32 | json | crc32 u32` (big endian). Flag bit 0
+//!   marks the last record of a transaction: recovery truncates everything after the last
+//!   such record, so a crash mid-transaction or mid-write leaves no trace.
+//! - `log.idx`: the chunk index, 24-byte entries `first tx | first op | file position`,
+//!   one per change-log chunk. A read from any offset finds its chunk here and scans at
+//!   most that chunk.
+//!
+//! Readers follow the writer through a `watch` of the latest committed offset and never
+//! read past it, so they never see half a transaction.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -9,14 +22,27 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::offset::LogOffset;
 
-const SNAPSHOT_FILE: &str = "snapshot.jsonl";
+const META_FILE: &str = "meta.json";
 const LOG_FILE: &str = "log.bin";
-/// tx (u64) + op (u64) + length (u32).
-const RECORD_HEADER: usize = 20;
+const INDEX_FILE: &str = "log.idx";
+const FORMAT_VERSION: u32 = 1;
+/// tx (u64) + op (u64) + flags (u8) + length (u32).
+const RECORD_HEADER: usize = 21;
+const RECORD_TRAILER: usize = 4;
+const INDEX_ENTRY: usize = 24;
+const FLAG_TXN_END: u8 = 1;
+/// Buffered change bytes are written out (not yet fsynced) past this size, so a large
+/// transaction never sits in memory.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+fn snapshot_file(k: u32) -> String {
+    format!("snapshot.{k}.jsonl")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotState {
@@ -24,10 +50,17 @@ pub enum SnapshotState {
     Pending,
     /// The snapshot transaction is open: changes after it are being captured.
     Started,
-    /// Every snapshot row is on disk.
-    Done,
+    /// Every snapshot row is on disk, in this many chunks.
+    Done { chunks: u32 },
     /// The snapshot could not be taken; the shape is unusable.
     Failed(String),
+}
+
+/// Snapshot state plus how many snapshot chunks are complete (readable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    pub state: SnapshotState,
+    pub chunks_complete: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +71,10 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
-    #[error("shape log writer lock poisoned")]
+    #[error("shape log lock poisoned")]
     Poisoned,
+    #[error("shape storage at {path} is unusable: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
 }
 
 impl StorageError {
@@ -49,27 +84,63 @@ impl StorageError {
             source,
         }
     }
+
+    /// Whether the disk is full (or over quota): worth reporting as such.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. }
+            if source.raw_os_error() == Some(28) || source.raw_os_error() == Some(122))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    version: u32,
+    /// Opaque to storage: the consumer's description of the Postgres snapshot.
+    pg_snapshot: Option<serde_json::Value>,
+    /// Set once the snapshot is complete.
+    snapshot_chunks: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chunk {
+    first: LogOffset,
+    pos: u64,
+}
+
+/// What readers may see.
+struct Visible {
+    chunks: Vec<Chunk>,
+    /// End of the last committed record.
+    committed_pos: u64,
 }
 
 struct Writer {
-    log: BufWriter<File>,
-    log_len: u64,
-    snapshot: Option<BufWriter<File>>,
+    /// End of everything appended (written or buffered).
+    end_pos: u64,
+    /// Bytes in the current chunk.
+    chunk_len: u64,
+    /// `chunk_len` at the last commit, to roll back to.
+    committed_chunk_len: u64,
+    buffer: Vec<u8>,
+    /// Chunks begun since the last commit: published (and indexed) on commit.
+    new_chunks: Vec<Chunk>,
+    snapshot: Option<SnapshotWriter>,
+    meta: Meta,
 }
 
-#[derive(Clone, Copy)]
-struct IndexEntry {
-    offset: LogOffset,
-    pos: u64,
-    len: u32,
+struct SnapshotWriter {
+    file: BufWriter<File>,
+    chunk: u32,
+    len: u64,
 }
 
 pub struct ShapeLog {
     dir: PathBuf,
+    chunk_bytes: u64,
+    visible: RwLock<Visible>,
     writer: Mutex<Writer>,
-    index: RwLock<Vec<IndexEntry>>,
     committed: watch::Sender<LogOffset>,
-    snapshot: watch::Sender<SnapshotState>,
+    snapshot: watch::Sender<SnapshotProgress>,
     closed: AtomicBool,
 }
 
@@ -84,35 +155,255 @@ pub struct LogRead {
     pub reached_end: bool,
 }
 
+/// One decoded record.
+struct Record<'a> {
+    offset: LogOffset,
+    txn_end: bool,
+    json: &'a [u8],
+    /// Position just after the record.
+    end: usize,
+}
+
+/// Decode the record at `pos` of `buf`; `None` if it is incomplete or corrupt.
+fn decode(buf: &[u8], pos: usize) -> Option<Record<'_>> {
+    let header = buf.get(pos..pos + RECORD_HEADER)?;
+    let tx = u64::from_be_bytes(header[0..8].try_into().ok()?);
+    let op = u64::from_be_bytes(header[8..16].try_into().ok()?);
+    let flags = header[16];
+    let len = u32::from_be_bytes(header[17..21].try_into().ok()?) as usize;
+    let body_start = pos + RECORD_HEADER;
+    let json = buf.get(body_start..body_start + len)?;
+    let crc_bytes = buf.get(body_start + len..body_start + len + RECORD_TRAILER)?;
+    let crc = u32::from_be_bytes(crc_bytes.try_into().ok()?);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(json);
+    if hasher.finalize() != crc {
+        return None;
+    }
+    Some(Record {
+        offset: LogOffset::new(tx, op),
+        txn_end: flags & FLAG_TXN_END != 0,
+        json,
+        end: body_start + len + RECORD_TRAILER,
+    })
+}
+
+fn encode(out: &mut Vec<u8>, offset: LogOffset, txn_end: bool, json: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&offset.tx.to_be_bytes());
+    out.extend_from_slice(&offset.op.to_be_bytes());
+    out.push(if txn_end { FLAG_TXN_END } else { 0 });
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(json);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&out[start..start + RECORD_HEADER]);
+    hasher.update(json);
+    out.extend_from_slice(&hasher.finalize().to_be_bytes());
+}
+
+fn index_entry(c: &Chunk) -> [u8; INDEX_ENTRY] {
+    let mut e = [0u8; INDEX_ENTRY];
+    e[0..8].copy_from_slice(&c.first.tx.to_be_bytes());
+    e[8..16].copy_from_slice(&c.first.op.to_be_bytes());
+    e[16..24].copy_from_slice(&c.pos.to_be_bytes());
+    e
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(dir, e))
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StorageError> {
+    let path = dir.join(META_FILE);
+    let tmp = dir.join("meta.json.tmp");
+    let bytes = serde_json::to_vec(meta).map_err(|e| StorageError::Corrupt {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut f = File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| StorageError::io(&tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, e))?;
+    sync_dir(dir)
+}
+
 impl ShapeLog {
-    /// Create an empty log in `dir`, removing whatever a previous shape left there.
-    pub fn create(dir: impl Into<PathBuf>) -> Result<ShapeLog, StorageError> {
+    /// Create an empty log in `dir`, removing whatever was there.
+    pub fn create(dir: impl Into<PathBuf>, chunk_bytes: u64) -> Result<ShapeLog, StorageError> {
         let dir = dir.into();
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
         }
         fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
-        let open = |name: &str| {
+        let meta = Meta {
+            version: FORMAT_VERSION,
+            pg_snapshot: None,
+            snapshot_chunks: None,
+        };
+        write_meta(&dir, &meta)?;
+        for name in [LOG_FILE, INDEX_FILE] {
             let path = dir.join(name);
-            OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&path)
-                .map(BufWriter::new)
-                .map_err(|e| StorageError::io(&path, e))
-        };
-        let writer = Writer {
-            log: open(LOG_FILE)?,
-            log_len: 0,
-            snapshot: Some(open(SNAPSHOT_FILE)?),
-        };
+            File::create(&path).map_err(|e| StorageError::io(&path, e))?;
+        }
+        let snapshot_path = dir.join(snapshot_file(0));
+        let snapshot = File::create(&snapshot_path)
+            .map(|f| SnapshotWriter {
+                file: BufWriter::new(f),
+                chunk: 0,
+                len: 0,
+            })
+            .map_err(|e| StorageError::io(&snapshot_path, e))?;
         Ok(ShapeLog {
             dir,
-            writer: Mutex::new(writer),
-            index: RwLock::new(Vec::new()),
+            chunk_bytes: chunk_bytes.max(1),
+            visible: RwLock::new(Visible {
+                chunks: Vec::new(),
+                committed_pos: 0,
+            }),
+            writer: Mutex::new(Writer {
+                end_pos: 0,
+                chunk_len: 0,
+                committed_chunk_len: 0,
+                buffer: Vec::new(),
+                new_chunks: Vec::new(),
+                snapshot: Some(snapshot),
+                meta,
+            }),
             committed: watch::Sender::new(LogOffset::SNAPSHOT_END),
-            snapshot: watch::Sender::new(SnapshotState::Pending),
+            snapshot: watch::Sender::new(SnapshotProgress {
+                state: SnapshotState::Pending,
+                chunks_complete: 0,
+            }),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Recover a log written by an earlier run. A log whose snapshot never completed is
+    /// unusable (`Corrupt`); a torn tail (a crash mid-write or mid-transaction) is cut
+    /// back to the end of the last complete transaction.
+    pub fn open(dir: impl Into<PathBuf>, chunk_bytes: u64) -> Result<ShapeLog, StorageError> {
+        let dir = dir.into();
+        let corrupt = |reason: &str| StorageError::Corrupt {
+            path: dir.clone(),
+            reason: reason.to_string(),
+        };
+        let meta_path = dir.join(META_FILE);
+        let meta: Meta = serde_json::from_slice(
+            &fs::read(&meta_path).map_err(|e| StorageError::io(&meta_path, e))?,
+        )
+        .map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
+        if meta.version != FORMAT_VERSION {
+            return Err(corrupt(&format!(
+                "format version {} is not {FORMAT_VERSION}",
+                meta.version
+            )));
+        }
+        let Some(snapshot_chunks) = meta.snapshot_chunks else {
+            return Err(corrupt("the initial snapshot never completed"));
+        };
+
+        let index_path = dir.join(INDEX_FILE);
+        let index_bytes = fs::read(&index_path).map_err(|e| StorageError::io(&index_path, e))?;
+        let mut chunks: Vec<Chunk> = index_bytes
+            .chunks_exact(INDEX_ENTRY)
+            .map(|e| Chunk {
+                first: LogOffset::new(
+                    u64::from_be_bytes(e[0..8].try_into().unwrap_or_default()),
+                    u64::from_be_bytes(e[8..16].try_into().unwrap_or_default()),
+                ),
+                pos: u64::from_be_bytes(e[16..24].try_into().unwrap_or_default()),
+            })
+            .collect();
+
+        // Scan from the start of the last indexed chunk to find the last complete
+        // transaction; everything after it is a torn tail.
+        let log_path = dir.join(LOG_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .map_err(|e| StorageError::io(&log_path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| StorageError::io(&log_path, e))?
+            .len();
+        chunks.retain(|c| c.pos < file_len);
+        let scan_from = chunks.last().map_or(0, |c| c.pos);
+        let mut tail = Vec::new();
+        file.seek(SeekFrom::Start(scan_from))
+            .and_then(|_| file.read_to_end(&mut tail))
+            .map_err(|e| StorageError::io(&log_path, e))?;
+        let mut pos = 0usize;
+        let mut committed_end = 0usize;
+        let mut latest = None;
+        let mut chunk_len = 0u64;
+        let mut first = None;
+        while let Some(rec) = decode(&tail, pos) {
+            first.get_or_insert(rec.offset);
+            pos = rec.end;
+            if rec.txn_end {
+                committed_end = rec.end;
+                latest = Some(rec.offset);
+                chunk_len = committed_end as u64;
+            }
+        }
+        let committed_pos = scan_from + committed_end as u64;
+        if latest.is_none() && scan_from > 0 {
+            return Err(corrupt(
+                "the last indexed chunk holds no complete transaction",
+            ));
+        }
+        if committed_pos < file_len {
+            tracing::warn!(
+                dir = %dir.display(),
+                dropped = file_len - committed_pos,
+                "truncating a torn tail of the shape log"
+            );
+            file.set_len(committed_pos)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| StorageError::io(&log_path, e))?;
+        }
+        // A crash between the data's fsync and the first index write leaves committed
+        // data with no chunk: index it now.
+        if chunks.is_empty()
+            && committed_end > 0
+            && let Some(first) = first
+        {
+            chunks.push(Chunk { first, pos: 0 });
+        }
+        let valid_index: Vec<u8> = chunks.iter().flat_map(index_entry).collect();
+        if valid_index != index_bytes {
+            fs::write(&index_path, &valid_index)
+                .and_then(|_| File::open(&index_path)?.sync_all())
+                .map_err(|e| StorageError::io(&index_path, e))?;
+        }
+        Ok(ShapeLog {
+            dir,
+            chunk_bytes: chunk_bytes.max(1),
+            visible: RwLock::new(Visible {
+                chunks,
+                committed_pos,
+            }),
+            writer: Mutex::new(Writer {
+                end_pos: committed_pos,
+                chunk_len,
+                committed_chunk_len: chunk_len,
+                buffer: Vec::new(),
+                new_chunks: Vec::new(),
+                snapshot: None,
+                meta,
+            }),
+            committed: watch::Sender::new(latest.unwrap_or(LogOffset::SNAPSHOT_END)),
+            snapshot: watch::Sender::new(SnapshotProgress {
+                state: SnapshotState::Done {
+                    chunks: snapshot_chunks,
+                },
+                chunks_complete: snapshot_chunks,
+            }),
             closed: AtomicBool::new(false),
         })
     }
@@ -121,81 +412,154 @@ impl ShapeLog {
         &self.dir
     }
 
+    /// The Postgres snapshot recorded when the initial snapshot started.
+    pub fn pg_snapshot(&self) -> Option<serde_json::Value> {
+        self.writer.lock().ok()?.meta.pg_snapshot.clone()
+    }
+
     // ---- writer side (the shape's Consumer and Snapshotter) ----
 
-    pub fn mark_snapshot_started(&self) {
-        self.snapshot.send_replace(SnapshotState::Started);
+    /// Record the snapshot's Postgres snapshot durably, then let waiters know it started.
+    pub fn mark_snapshot_started(
+        &self,
+        pg_snapshot: serde_json::Value,
+    ) -> Result<(), StorageError> {
+        let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        w.meta.pg_snapshot = Some(pg_snapshot);
+        write_meta(&self.dir, &w.meta)?;
+        drop(w);
+        self.snapshot
+            .send_modify(|p| p.state = SnapshotState::Started);
+        Ok(())
     }
 
     pub fn mark_snapshot_failed(&self, reason: String) {
-        self.snapshot.send_replace(SnapshotState::Failed(reason));
+        self.snapshot
+            .send_modify(|p| p.state = SnapshotState::Failed(reason));
     }
 
-    /// Append one snapshot row (a JSON object).
+    /// Append one snapshot item (a JSON object); chunks are cut at the threshold.
     pub fn append_snapshot_line(&self, json: &str) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        let path = self.dir.join(SNAPSHOT_FILE);
-        let file = w.snapshot.as_mut().ok_or_else(|| {
-            StorageError::io(&path, io::Error::other("snapshot already finished"))
+        let dir = self.dir.clone();
+        let chunk_bytes = self.chunk_bytes;
+        let s = w.snapshot.as_mut().ok_or_else(|| StorageError::Corrupt {
+            path: dir.clone(),
+            reason: "snapshot already finished".into(),
         })?;
-        file.write_all(json.as_bytes())
-            .and_then(|_| file.write_all(b"\n"))
-            .map_err(|e| StorageError::io(&path, e))
+        let line_len = json.len() as u64 + 1;
+        if s.len > 0 && s.len + line_len > chunk_bytes {
+            // Close this chunk: durable before readers may see it.
+            let path = dir.join(snapshot_file(s.chunk));
+            s.file
+                .flush()
+                .and_then(|_| s.file.get_ref().sync_data())
+                .map_err(|e| StorageError::io(&path, e))?;
+            let next = s.chunk + 1;
+            let next_path = dir.join(snapshot_file(next));
+            s.file = File::create(&next_path)
+                .map(BufWriter::new)
+                .map_err(|e| StorageError::io(&next_path, e))?;
+            s.chunk = next;
+            s.len = 0;
+            self.snapshot.send_modify(|p| p.chunks_complete = next);
+        }
+        let path = dir.join(snapshot_file(s.chunk));
+        s.file
+            .write_all(json.as_bytes())
+            .and_then(|_| s.file.write_all(b"\n"))
+            .map_err(|e| StorageError::io(&path, e))?;
+        s.len += line_len;
+        Ok(())
     }
 
     /// Make the snapshot durable and visible to readers.
     pub fn finish_snapshot(&self) -> Result<(), StorageError> {
-        let path = self.dir.join(SNAPSHOT_FILE);
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        if let Some(mut file) = w.snapshot.take() {
-            file.flush().map_err(|e| StorageError::io(&path, e))?;
-            file.get_ref()
-                .sync_data()
-                .map_err(|e| StorageError::io(&path, e))?;
-        }
+        let Some(mut s) = w.snapshot.take() else {
+            return Ok(());
+        };
+        let path = self.dir.join(snapshot_file(s.chunk));
+        s.file
+            .flush()
+            .and_then(|_| s.file.get_ref().sync_data())
+            .map_err(|e| StorageError::io(&path, e))?;
+        let chunks = s.chunk + 1;
+        w.meta.snapshot_chunks = Some(chunks);
+        write_meta(&self.dir, &w.meta)?;
         drop(w);
-        self.snapshot.send_replace(SnapshotState::Done);
+        self.snapshot.send_replace(SnapshotProgress {
+            state: SnapshotState::Done { chunks },
+            chunks_complete: chunks,
+        });
         Ok(())
     }
 
-    /// Append one change; it stays invisible to readers until `commit`.
-    pub fn append(&self, offset: LogOffset, json: &str) -> Result<(), StorageError> {
-        let path = self.dir.join(LOG_FILE);
-        let len = u32::try_from(json.len())
-            .map_err(|_| StorageError::io(&path, io::Error::other("log item larger than 4 GiB")))?;
+    /// Append one change; it stays invisible to readers until `commit`. `txn_end` marks
+    /// the shape's last change of its transaction.
+    pub fn append(&self, offset: LogOffset, json: &str, txn_end: bool) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        let pos = w.log_len;
-        let mut header = [0u8; RECORD_HEADER];
-        header[..8].copy_from_slice(&offset.tx.to_be_bytes());
-        header[8..16].copy_from_slice(&offset.op.to_be_bytes());
-        header[16..].copy_from_slice(&len.to_be_bytes());
-        w.log
-            .write_all(&header)
-            .and_then(|_| w.log.write_all(json.as_bytes()))
+        let record_len = (RECORD_HEADER + json.len() + RECORD_TRAILER) as u64;
+        if w.end_pos == 0 || (w.chunk_len > 0 && w.chunk_len + record_len > self.chunk_bytes) {
+            let chunk = Chunk {
+                first: offset,
+                pos: w.end_pos,
+            };
+            w.new_chunks.push(chunk);
+            w.chunk_len = 0;
+        }
+        encode(&mut w.buffer, offset, txn_end, json.as_bytes());
+        w.end_pos += record_len;
+        w.chunk_len += record_len;
+        if w.buffer.len() >= WRITE_BUFFER {
+            self.write_out(&mut w, false)?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&self, w: &mut Writer, sync: bool) -> Result<(), StorageError> {
+        let path = self.dir.join(LOG_FILE);
+        // Opened per write so that idle shapes hold no file descriptor.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
             .map_err(|e| StorageError::io(&path, e))?;
-        w.log_len += (RECORD_HEADER + json.len()) as u64;
-        drop(w);
-        self.index
-            .write()
-            .map_err(|_| StorageError::Poisoned)?
-            .push(IndexEntry {
-                offset,
-                pos: pos + RECORD_HEADER as u64,
-                len,
-            });
+        f.write_all(&w.buffer)
+            .map_err(|e| StorageError::io(&path, e))?;
+        w.buffer.clear();
+        if w.buffer.capacity() > WRITE_BUFFER * 2 {
+            w.buffer.shrink_to(WRITE_BUFFER);
+        }
+        if sync {
+            f.sync_data().map_err(|e| StorageError::io(&path, e))?;
+        }
         Ok(())
     }
 
     /// Make everything appended durable, then let readers see it up to `offset`.
     pub fn commit(&self, offset: LogOffset) -> Result<(), StorageError> {
-        let path = self.dir.join(LOG_FILE);
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        w.log.flush().map_err(|e| StorageError::io(&path, e))?;
-        w.log
-            .get_ref()
-            .sync_data()
-            .map_err(|e| StorageError::io(&path, e))?;
+        self.write_out(&mut w, true)?;
+        let new_chunks = std::mem::take(&mut w.new_chunks);
+        if !new_chunks.is_empty() {
+            let path = self.dir.join(INDEX_FILE);
+            let bytes: Vec<u8> = new_chunks.iter().flat_map(index_entry).collect();
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| StorageError::io(&path, e))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_data())
+                .map_err(|e| StorageError::io(&path, e))?;
+        }
+        let end_pos = w.end_pos;
+        w.committed_chunk_len = w.chunk_len;
         drop(w);
+        {
+            let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
+            v.chunks.extend(new_chunks);
+            v.committed_pos = end_pos;
+        }
         self.committed.send_if_modified(|cur| {
             if offset > *cur {
                 *cur = offset;
@@ -207,9 +571,34 @@ impl ShapeLog {
         Ok(())
     }
 
+    /// Forget everything appended since the last commit (the transaction will be sent
+    /// again, from its start, by a new replication stream).
+    pub fn rollback(&self) -> Result<(), StorageError> {
+        let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        let committed_pos = self
+            .visible
+            .read()
+            .map_err(|_| StorageError::Poisoned)?
+            .committed_pos;
+        w.buffer.clear();
+        w.new_chunks.clear();
+        w.chunk_len = w.committed_chunk_len;
+        if w.end_pos != committed_pos {
+            let path = self.dir.join(LOG_FILE);
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| StorageError::io(&path, e))?;
+            f.set_len(committed_pos)
+                .map_err(|e| StorageError::io(&path, e))?;
+            w.end_pos = committed_pos;
+        }
+        Ok(())
+    }
+
     // ---- reader side (HTTP requests) ----
 
-    pub fn snapshot_state(&self) -> watch::Receiver<SnapshotState> {
+    pub fn snapshot_progress(&self) -> watch::Receiver<SnapshotProgress> {
         self.snapshot.subscribe()
     }
 
@@ -222,75 +611,82 @@ impl ShapeLog {
         self.committed.subscribe()
     }
 
-    /// Every snapshot line, once the snapshot is done.
-    pub fn read_snapshot(&self) -> Result<Vec<String>, StorageError> {
-        let path = self.dir.join(SNAPSHOT_FILE);
+    /// The items of complete snapshot chunk `k`.
+    pub fn read_snapshot_chunk(&self, k: u32) -> Result<Vec<String>, StorageError> {
+        let path = self.dir.join(snapshot_file(k));
         let text = fs::read_to_string(&path).map_err(|e| StorageError::io(&path, e))?;
         Ok(text.lines().map(str::to_string).collect())
     }
 
-    /// Committed changes after `after`, at most about `max_bytes` of them (always at
-    /// least one when there is one).
-    pub fn read_after(&self, after: LogOffset, max_bytes: usize) -> Result<LogRead, StorageError> {
+    /// Committed changes after `after`, up to the end of the chunk holding the first of
+    /// them: chunk boundaries never move, so identical requests get identical answers.
+    pub fn read_after(&self, after: LogOffset) -> Result<LogRead, StorageError> {
         let end = self.latest_offset();
-        let entries: Vec<IndexEntry> = {
-            let index = self.index.read().map_err(|_| StorageError::Poisoned)?;
-            let start = index.partition_point(|e| e.offset <= after);
-            let mut total = 0usize;
-            index[start..]
-                .iter()
-                .take_while(|e| e.offset <= end)
-                .take_while(|e| {
-                    let take = total == 0 || total + e.len as usize <= max_bytes;
-                    total += e.len as usize;
-                    take
-                })
-                .copied()
-                .collect()
+        let (chunks, committed_pos) = {
+            let v = self.visible.read().map_err(|_| StorageError::Poisoned)?;
+            (v.chunks.clone(), v.committed_pos)
         };
-        let Some(first) = entries.first() else {
+        if chunks.is_empty() || after >= end {
             return Ok(LogRead {
                 reached_end: true,
                 ..LogRead::default()
             });
-        };
+        }
+        // The chunk holding the first entry after `after`.
+        let mut i = chunks
+            .partition_point(|c| c.first <= after)
+            .saturating_sub(1);
         let path = self.dir.join(LOG_FILE);
         let io_err = |e| StorageError::io(&path, e);
         let mut file = File::open(&path).map_err(io_err)?;
-        let last_entry = entries[entries.len() - 1];
-        let span = (last_entry.pos + u64::from(last_entry.len) - first.pos) as usize;
-        let mut buf = vec![0u8; span];
-        file.seek(SeekFrom::Start(first.pos)).map_err(io_err)?;
-        file.read_exact(&mut buf).map_err(io_err)?;
-        let mut items = Vec::with_capacity(entries.len());
-        for e in &entries {
-            let from = (e.pos - first.pos) as usize;
-            let bytes = &buf[from..from + e.len as usize];
-            items.push(String::from_utf8_lossy(bytes).into_owned());
+        loop {
+            let start = chunks[i].pos;
+            let stop = chunks
+                .get(i + 1)
+                .map_or(committed_pos, |c| c.pos)
+                .min(committed_pos);
+            let mut buf = vec![0u8; (stop - start) as usize];
+            file.seek(SeekFrom::Start(start)).map_err(io_err)?;
+            file.read_exact(&mut buf).map_err(io_err)?;
+            let mut items = Vec::new();
+            let mut last = None;
+            let mut pos = 0;
+            while pos < buf.len() {
+                let rec = decode(&buf, pos).ok_or_else(|| StorageError::Corrupt {
+                    path: path.clone(),
+                    reason: format!("unreadable record at byte {}", start as usize + pos),
+                })?;
+                pos = rec.end;
+                if rec.offset > after {
+                    items.push(String::from_utf8_lossy(rec.json).into_owned());
+                    last = Some(rec.offset);
+                }
+            }
+            if let Some(last) = last {
+                return Ok(LogRead {
+                    items,
+                    reached_end: last >= end,
+                    last: Some(last),
+                });
+            }
+            // `after` was the last entry of this chunk: the answer starts in the next.
+            if i + 1 >= chunks.len() {
+                return Ok(LogRead {
+                    reached_end: true,
+                    ..LogRead::default()
+                });
+            }
+            i += 1;
         }
-        let last = last_entry.offset;
-        let reached_end = !self
-            .index
-            .read()
-            .map_err(|_| StorageError::Poisoned)?
-            .iter()
-            .rev()
-            .take_while(|e| e.offset > last)
-            .any(|e| e.offset <= end);
-        Ok(LogRead {
-            items,
-            last: Some(last),
-            reached_end,
-        })
     }
 
     /// The shape is gone: wake every reader so it can tell its client to refetch.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.committed.send_modify(|_| {});
-        self.snapshot.send_if_modified(|s| {
-            if matches!(s, SnapshotState::Pending | SnapshotState::Started) {
-                *s = SnapshotState::Failed("the shape was removed".into());
+        self.snapshot.send_if_modified(|p| {
+            if matches!(p.state, SnapshotState::Pending | SnapshotState::Started) {
+                p.state = SnapshotState::Failed("the shape was removed".into());
                 true
             } else {
                 false
@@ -300,6 +696,18 @@ impl ShapeLog {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Bytes the shape's files take on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Remove the shape's files.
@@ -316,21 +724,29 @@ impl ShapeLog {
 mod tests {
     use super::*;
 
-    fn log() -> (tempfile::TempDir, ShapeLog) {
+    fn log(chunk: u64) -> (tempfile::TempDir, ShapeLog) {
         let dir = tempfile::tempdir().unwrap();
-        let log = ShapeLog::create(dir.path().join("shape")).unwrap();
+        let log = ShapeLog::create(dir.path().join("shape"), chunk).unwrap();
+        log.mark_snapshot_started(serde_json::json!({"xmin": 1}))
+            .unwrap();
+        log.finish_snapshot().unwrap();
         (dir, log)
+    }
+
+    fn reopen(dir: &tempfile::TempDir, chunk: u64) -> ShapeLog {
+        ShapeLog::open(dir.path().join("shape"), chunk).unwrap()
     }
 
     #[test]
     fn uncommitted_changes_are_invisible_to_readers() {
-        let (_d, log) = log();
-        log.append(LogOffset::new(10, 0), "{\"a\":1}").unwrap();
-        let read = log.read_after(LogOffset::SNAPSHOT_END, 1 << 20).unwrap();
+        let (_d, log) = log(1 << 20);
+        log.append(LogOffset::new(10, 0), "{\"a\":1}", true)
+            .unwrap();
+        let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
         assert!(read.items.is_empty());
         assert!(read.reached_end);
         log.commit(LogOffset::new(10, 0)).unwrap();
-        let read = log.read_after(LogOffset::SNAPSHOT_END, 1 << 20).unwrap();
+        let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
         assert_eq!(read.items, vec!["{\"a\":1}".to_string()]);
         assert_eq!(read.last, Some(LogOffset::new(10, 0)));
         assert!(read.reached_end);
@@ -338,40 +754,174 @@ mod tests {
 
     #[test]
     fn reads_start_strictly_after_the_requested_offset() {
-        let (_d, log) = log();
+        let (_d, log) = log(1 << 20);
         for op in [0, 2, 4] {
-            log.append(LogOffset::new(7, op), &format!("{op}")).unwrap();
+            log.append(LogOffset::new(7, op), &format!("{op}"), op == 4)
+                .unwrap();
         }
         log.commit(LogOffset::new(7, 4)).unwrap();
-        let read = log.read_after(LogOffset::new(7, 0), 1 << 20).unwrap();
+        let read = log.read_after(LogOffset::new(7, 0)).unwrap();
         assert_eq!(read.items, vec!["2".to_string(), "4".to_string()]);
         // An offset that matches no stored entry still works.
-        let read = log.read_after(LogOffset::new(7, 1), 1 << 20).unwrap();
+        let read = log.read_after(LogOffset::new(7, 1)).unwrap();
         assert_eq!(read.items.len(), 2);
     }
 
     #[test]
-    fn reads_are_bounded_by_size_and_report_whether_they_reached_the_end() {
-        let (_d, log) = log();
+    fn responses_end_at_stable_chunk_boundaries() {
+        // Each record is 21 + 10 + 4 = 35 bytes: three fit in a 105-byte chunk.
+        let (d, log) = log(105);
         for op in 0..10 {
-            log.append(LogOffset::new(1, op), "0123456789").unwrap();
+            log.append(LogOffset::new(1, op), "0123456789", op == 9)
+                .unwrap();
         }
         log.commit(LogOffset::new(1, 9)).unwrap();
-        let read = log.read_after(LogOffset::SNAPSHOT_END, 35).unwrap();
-        assert_eq!(read.items.len(), 3);
-        assert!(!read.reached_end);
-        let read = log.read_after(read.last.unwrap(), 1 << 20).unwrap();
-        assert_eq!(read.items.len(), 7);
-        assert!(read.reached_end);
+        let first = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
+        assert_eq!(first.items.len(), 3);
+        assert!(!first.reached_end);
+        // The same request from the middle of a chunk ends at the same boundary.
+        let mid = log.read_after(LogOffset::new(1, 0)).unwrap();
+        assert_eq!(mid.last, first.last);
+        let mut offset = first.last.unwrap();
+        let mut seen = 3;
+        loop {
+            let r = log.read_after(offset).unwrap();
+            seen += r.items.len();
+            offset = r.last.unwrap();
+            if r.reached_end {
+                break;
+            }
+        }
+        assert_eq!(seen, 10);
+        // And the boundaries survive a restart.
+        drop(log);
+        let log = reopen(&d, 105);
+        assert_eq!(
+            log.read_after(LogOffset::SNAPSHOT_END).unwrap().last,
+            first.last
+        );
     }
 
     #[test]
-    fn snapshot_lines_are_readable_after_finish() {
-        let (_d, log) = log();
-        log.append_snapshot_line("{\"x\":1}").unwrap();
-        log.append_snapshot_line("{\"x\":2}").unwrap();
+    fn a_reopened_log_has_its_changes_and_latest_offset() {
+        let (d, log) = log(1 << 20);
+        log.append(LogOffset::new(5, 0), "a", false).unwrap();
+        log.append(LogOffset::new(5, 2), "b", true).unwrap();
+        log.commit(LogOffset::new(5, 2)).unwrap();
+        drop(log);
+        let log = reopen(&d, 1 << 20);
+        assert_eq!(log.latest_offset(), LogOffset::new(5, 2));
+        assert_eq!(
+            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            ["a", "b"]
+        );
+        assert_eq!(log.pg_snapshot(), Some(serde_json::json!({"xmin": 1})));
+        // And it keeps going.
+        log.append(LogOffset::new(6, 0), "c", true).unwrap();
+        log.commit(LogOffset::new(6, 0)).unwrap();
+        let log2 = reopen(&d, 1 << 20);
+        assert_eq!(log2.read_after(LogOffset::new(5, 2)).unwrap().items, ["c"]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_truncated_to_the_last_complete_transaction() {
+        let (d, log) = log(1 << 20);
+        log.append(LogOffset::new(5, 0), "kept", true).unwrap();
+        log.commit(LogOffset::new(5, 0)).unwrap();
+        // A transaction written out but never committed, then half a record.
+        log.append(LogOffset::new(6, 0), "lost", false).unwrap();
+        {
+            let mut w = log.writer.lock().unwrap();
+            log.write_out(&mut w, true).unwrap();
+        }
+        drop(log);
+        let path = d.path().join("shape").join(LOG_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0, 0, 0, 0, 0, 0, 0, 7, 0]).unwrap();
+        drop(f);
+        let log = reopen(&d, 1 << 20);
+        assert_eq!(log.latest_offset(), LogOffset::new(5, 0));
+        assert_eq!(
+            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            ["kept"]
+        );
+        let len = fs::metadata(&path).unwrap().len();
+        assert_eq!(len, (RECORD_HEADER + 4 + RECORD_TRAILER) as u64);
+    }
+
+    #[test]
+    fn a_corrupted_record_is_treated_as_a_torn_tail() {
+        let (d, log) = log(1 << 20);
+        log.append(LogOffset::new(5, 0), "kept", true).unwrap();
+        log.commit(LogOffset::new(5, 0)).unwrap();
+        log.append(LogOffset::new(6, 0), "flipped", true).unwrap();
+        log.commit(LogOffset::new(6, 0)).unwrap();
+        drop(log);
+        let path = d.path().join("shape").join(LOG_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 6] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        let log = reopen(&d, 1 << 20);
+        assert_eq!(log.latest_offset(), LogOffset::new(5, 0));
+    }
+
+    #[test]
+    fn a_rolled_back_transaction_leaves_no_trace() {
+        let (d, log) = log(1 << 20);
+        log.append(LogOffset::new(5, 0), "kept", true).unwrap();
+        log.commit(LogOffset::new(5, 0)).unwrap();
+        for op in 0..5000 {
+            // Big enough to be written out before its commit.
+            log.append(LogOffset::new(6, op), "partial transaction", false)
+                .unwrap();
+        }
+        log.rollback().unwrap();
+        log.append(LogOffset::new(6, 0), "replayed", true).unwrap();
+        log.commit(LogOffset::new(6, 0)).unwrap();
+        assert_eq!(
+            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            ["kept", "replayed"]
+        );
+        drop(log);
+        assert_eq!(
+            reopen(&d, 1 << 20)
+                .read_after(LogOffset::SNAPSHOT_END)
+                .unwrap()
+                .items,
+            ["kept", "replayed"]
+        );
+    }
+
+    #[test]
+    fn a_log_whose_snapshot_never_finished_is_not_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ShapeLog::create(dir.path().join("shape"), 1 << 20).unwrap();
+        log.append_snapshot_line("{}").unwrap();
+        drop(log);
+        assert!(matches!(
+            ShapeLog::open(dir.path().join("shape"), 1 << 20),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_chunks_are_cut_at_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ShapeLog::create(dir.path().join("shape"), 20).unwrap();
+        for i in 0..5 {
+            log.append_snapshot_line(&format!("{{\"row\":{i}}}"))
+                .unwrap();
+        }
+        assert!(log.snapshot_progress().borrow().chunks_complete >= 1);
         log.finish_snapshot().unwrap();
-        assert_eq!(*log.snapshot_state().borrow(), SnapshotState::Done);
-        assert_eq!(log.read_snapshot().unwrap().len(), 2);
+        let SnapshotState::Done { chunks } = log.snapshot_progress().borrow().state.clone() else {
+            panic!("snapshot not done");
+        };
+        let total: usize = (0..chunks)
+            .map(|k| log.read_snapshot_chunk(k).unwrap().len())
+            .sum();
+        assert_eq!(total, 5);
+        assert!(chunks >= 2);
     }
 }

@@ -64,7 +64,7 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_LONG_POLL_TIMEOUT", default_value = "20000", value_parser = parse_duration)]
     pub long_poll_timeout: Duration,
 
-    /// Largest change-log response in bytes (with an optional KB/KiB/MB/MiB suffix).
+    /// Size of shape log chunks, the largest response, in bytes (KB/KiB/MB/MiB suffixes allowed).
     #[arg(long, env = "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", default_value = "10MiB", value_parser = parse_size)]
     pub chunk_bytes_threshold: usize,
 

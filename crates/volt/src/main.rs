@@ -112,6 +112,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         stream_id: settings.replication_stream_id.clone(),
         storage_dir: settings.storage_dir.clone(),
         max_concurrent_snapshots: settings.db_pool_size,
+        chunk_bytes: settings.chunk_bytes_threshold as u64,
     };
     let slot = stack_config.slot_name();
     let publication = stack_config.publication_name();
@@ -122,7 +123,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         HttpConfig {
             secret: settings.secret.clone(),
             long_poll_timeout: settings.long_poll_timeout,
-            chunk_bytes: settings.chunk_bytes_threshold,
             shutdown: Some(shutdown_rx),
             ..HttpConfig::default()
         },

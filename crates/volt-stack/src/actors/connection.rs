@@ -11,6 +11,7 @@ use volt_pg::admin;
 use volt_pg::replication::{ReplicationStream, StreamItem};
 
 use crate::actors::shape_log_collector::SlcMsg;
+use crate::shapes;
 use crate::shared::Shared;
 use crate::status::Condition;
 use crate::task::OwnedTask;
@@ -18,7 +19,11 @@ use crate::task::OwnedTask;
 pub struct ConnectionManager;
 
 pub enum CmMsg {
-    Connected { admin: Arc<PgConn>, start_lsn: u64 },
+    Connected {
+        admin: Arc<PgConn>,
+        start_lsn: u64,
+        origin: Box<Origin>,
+    },
     StartReplication,
     Failed(String),
 }
@@ -42,7 +47,15 @@ impl Drop for CmState {
     }
 }
 
-async fn setup(shared: &Shared) -> Result<(PgConn, u64), volt_pg::PgError> {
+/// What the connection found: decides whether the stored shapes still describe this
+/// database.
+pub struct Origin {
+    info: admin::ServerInfo,
+    new_publication: bool,
+    new_slot: bool,
+}
+
+async fn setup(shared: &Shared) -> Result<(PgConn, u64, Origin), volt_pg::PgError> {
     let config = &shared.config;
     let conn = config.pg.connect().await?;
     let info = admin::server_info(&conn).await?;
@@ -52,12 +65,55 @@ async fn setup(shared: &Shared) -> Result<(PgConn, u64), volt_pg::PgError> {
         timeline = info.timeline,
         "connected to Postgres"
     );
-    admin::ensure_publication(&conn, &config.publication_name()).await?;
+    let new_publication = admin::ensure_publication(&conn, &config.publication_name()).await?;
     let slot = admin::ensure_slot(&conn, &config.slot_name()).await?;
     if slot.created {
         tracing::info!(slot = %config.slot_name(), "created replication slot");
     }
-    Ok((conn, slot.confirmed_flush_lsn))
+    let origin = Origin {
+        info,
+        new_publication,
+        new_slot: slot.created,
+    };
+    Ok((conn, slot.confirmed_flush_lsn, origin))
+}
+
+const SYSTEM_ID_KEY: &str = "system_identifier";
+const TIMELINE_KEY: &str = "timeline";
+
+/// Stored shapes are only valid against the cluster, timeline, slot and publication they
+/// were built from. A different system identifier or timeline (a restored backup, a
+/// failover, a new cluster), or a slot or publication created anew after the first
+/// start (changes may have been missed), purges them all before streaming starts.
+async fn check_origin(shared: &Arc<Shared>, origin: &Origin) -> Result<(), String> {
+    let db = &shared.shape_db;
+    let stored_id = db.get(SYSTEM_ID_KEY).await.map_err(|e| e.to_string())?;
+    let stored_tl = db.get(TIMELINE_KEY).await.map_err(|e| e.to_string())?;
+    let timeline = origin.info.timeline.to_string();
+    let first_start = stored_id.is_none();
+    let reason = if first_start {
+        None
+    } else if stored_id.as_deref() != Some(origin.info.system_identifier.as_str()) {
+        Some("the database's system identifier changed")
+    } else if stored_tl.as_deref() != Some(timeline.as_str()) {
+        Some("the database's timeline changed")
+    } else if origin.new_slot {
+        Some("the replication slot was created anew")
+    } else if origin.new_publication {
+        Some("the publication was created anew")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        tracing::warn!(reason, shapes = shared.shapes.len(), "purging every shape");
+        shapes::purge_all(shared).await;
+    }
+    db.set(SYSTEM_ID_KEY, &origin.info.system_identifier)
+        .await
+        .map_err(|e| e.to_string())?;
+    db.set(TIMELINE_KEY, &timeline)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl Actor for ConnectionManager {
@@ -73,9 +129,10 @@ impl Actor for ConnectionManager {
         let s = shared.clone();
         let task = OwnedTask::spawn(async move {
             let msg = match setup(&s).await {
-                Ok((conn, start_lsn)) => CmMsg::Connected {
+                Ok((conn, start_lsn, origin)) => CmMsg::Connected {
                     admin: Arc::new(conn),
                     start_lsn,
+                    origin: Box::new(origin),
                 },
                 Err(e) => CmMsg::Failed(format!("could not set up the database connection: {e}")),
             };
@@ -96,7 +153,11 @@ impl Actor for ConnectionManager {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CmMsg::Connected { admin, start_lsn } => {
+            CmMsg::Connected {
+                admin,
+                start_lsn,
+                origin,
+            } => {
                 state.shared.admin.store(Some(admin.clone()));
                 state.admin = Some(admin.clone());
                 state.start_lsn = start_lsn;
@@ -116,7 +177,14 @@ impl Actor for ConnectionManager {
                     {
                         tracing::info!("waiting for the shape log collector before streaming");
                     }
-                    let _ = myself.cast(CmMsg::StartReplication);
+                    // Only now: the shape subsystem has restored what it will purge.
+                    let msg = match check_origin(&shared, &origin).await {
+                        Ok(()) => CmMsg::StartReplication,
+                        Err(e) => {
+                            CmMsg::Failed(format!("cannot check the stored shapes' origin: {e}"))
+                        }
+                    };
+                    let _ = myself.cast(msg);
                 }));
             }
             CmMsg::StartReplication => {
@@ -177,6 +245,14 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
     )
     .await
     .map_err(|e| format!("could not start replication: {e}"))?;
+    // Transactions the previous stream cut short are sent again from their start.
+    let slc = shared
+        .shape_log_collector
+        .load_full()
+        .ok_or("the shape log collector is down")?;
+    slc.call(SlcMsg::StreamStarted, None)
+        .await
+        .map_err(|e| format!("the shape log collector is not answering: {e}"))?;
     let _ = me.cast(RcMsg::Streaming);
     let mut in_tx = false;
     loop {

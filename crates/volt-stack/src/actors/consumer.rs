@@ -28,6 +28,8 @@ pub enum ConsumerMsg {
     SnapshotStarted(PgSnapshot),
     SnapshotFailed(String),
     Changes(TxPart, RpcReplyPort<Result<(), String>>),
+    /// Forget the transaction in progress: a new stream will send it again.
+    Rollback(RpcReplyPort<()>),
 }
 
 pub struct ConsumerArgs {
@@ -35,6 +37,9 @@ pub struct ConsumerArgs {
     pub handle: String,
     pub shape: Arc<Shape>,
     pub log: Arc<ShapeLog>,
+    /// The shape comes from storage: its snapshot is done and its log may already hold
+    /// transactions that the stream sends again.
+    pub restored: bool,
 }
 
 pub struct ConsumerState {
@@ -56,6 +61,10 @@ pub struct ConsumerState {
 
 impl ConsumerState {
     fn apply(&mut self, part: TxPart) -> Result<(), String> {
+        // Already in the log (a replay after a reconnect or a restart): skip it whole.
+        if part.lsn <= self.log.latest_offset().tx {
+            return Ok(());
+        }
         let snapshot = self.snapshot.as_ref().ok_or("snapshot not started")?;
         if self.filtering {
             if snapshot.is_after(part.xid) {
@@ -98,6 +107,7 @@ impl ConsumerState {
             .append(
                 LogOffset::new(lsn, item.op),
                 &item.to_json(rel, xid, lsn, last),
+                last,
             )
             .map_err(|e| e.to_string())
     }
@@ -113,12 +123,24 @@ impl Actor for Consumer {
         _myself: ActorRef<Self::Msg>,
         args: ConsumerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let snapshot = if args.restored {
+            let recorded = args
+                .log
+                .pg_snapshot()
+                .ok_or("a restored shape has no recorded snapshot")?;
+            Some(
+                serde_json::from_value::<PgSnapshot>(recorded)
+                    .map_err(|e| format!("a restored shape's snapshot is unreadable: {e}"))?,
+            )
+        } else {
+            None
+        };
         Ok(ConsumerState {
             shared: args.shared,
             handle: args.handle,
             shape: args.shape,
             log: args.log,
-            snapshot: None,
+            snapshot,
             filtering: true,
             buffered: Vec::new(),
             held: None,
@@ -154,8 +176,9 @@ impl Actor for Consumer {
                     .register(snap.get_id(), "Snapshotter", name);
             }
             ConsumerMsg::SnapshotStarted(snapshot) => {
+                let recorded = serde_json::to_value(&snapshot)?;
+                state.log.mark_snapshot_started(recorded)?;
                 state.snapshot = Some(snapshot);
-                state.log.mark_snapshot_started();
                 for part in std::mem::take(&mut state.buffered) {
                     state.apply(part)?;
                 }
@@ -163,6 +186,13 @@ impl Actor for Consumer {
             ConsumerMsg::SnapshotFailed(reason) => {
                 state.log.mark_snapshot_failed(reason.clone());
                 return Err(format!("snapshot failed: {reason}").into());
+            }
+            ConsumerMsg::Rollback(reply) => {
+                state.held = None;
+                state.skipping_tx = None;
+                let res = state.log.rollback();
+                let _ = reply.send(());
+                res?;
             }
             ConsumerMsg::Changes(part, reply) => {
                 if state.snapshot.is_none() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult};
 use volt_shapes::Shape;
-use volt_storage::ShapeLog;
+use volt_storage::{ShapeDbOp, ShapeLog};
 
 use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg};
 use crate::actors::shape_log_collector::SlcMsg;
@@ -25,7 +25,11 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
     }
     let handle = shared.new_handle(&shape.def);
     let log = Arc::new(
-        ShapeLog::create(shared.config.shapes_dir().join(&handle)).map_err(|e| e.to_string())?,
+        ShapeLog::create(
+            shared.config.shapes_dir().join(&handle),
+            shared.config.chunk_bytes,
+        )
+        .map_err(|e| e.to_string())?,
     );
     let sup = shared
         .consumer_supervisor
@@ -44,6 +48,7 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
             handle: handle.clone(),
             shape: shape.clone(),
             log: log.clone(),
+            restored: false,
         },
         (*sup).clone(),
     )
@@ -76,6 +81,10 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
         consumer: consumer.clone(),
     });
     shared.shapes.insert(entry.clone());
+    shared.record(ShapeDbOp::Add {
+        handle: handle.clone(),
+        definition: entry.shape.to_definition_json(),
+    });
     consumer
         .cast(ConsumerMsg::StartSnapshot)
         .map_err(|_| "the shape's consumer died at start".to_string())?;

@@ -1,7 +1,7 @@
 //! ShapeLogCollector: the single consumer of the replication stream. Routes each
 //! transaction fragment to the Consumers of the shapes it touches and replies only when
-//! every one of them has accepted it, so the replication client applies backpressure
-//! and acknowledges nothing that is not stored.
+//! every one of them has stored it, so the replication client applies backpressure and
+//! acknowledges nothing that is not durable.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,10 +10,11 @@ use std::sync::atomic::Ordering;
 use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult};
 use volt_shapes::{Shape, TxFragment};
+use volt_storage::{ShapeDbOp, ShapeLog};
 
-use crate::actors::consumer::{ConsumerMsg, TxPart};
+use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg, TxPart};
 use crate::shapes;
-use crate::shared::Shared;
+use crate::shared::{ShapeEntry, Shared};
 use crate::status::Condition;
 
 pub struct ShapeLogCollector;
@@ -21,6 +22,9 @@ pub struct ShapeLogCollector;
 pub enum SlcMsg {
     /// A fragment of a committed transaction; replied to once stored by every shape.
     Fragment(TxFragment, RpcReplyPort<Result<(), String>>),
+    /// A new replication stream starts: transactions cut short by the old one will be
+    /// sent again from their start.
+    StreamStarted(RpcReplyPort<()>),
     /// Route changes to a new shape from now on (before its snapshot starts).
     AddShape {
         handle: String,
@@ -34,21 +38,23 @@ pub enum SlcMsg {
 #[derive(Clone)]
 struct Route {
     handle: String,
+    shape: Arc<Shape>,
     consumer: ActorRef<ConsumerMsg>,
 }
 
 pub struct SlcState {
     shared: Arc<Shared>,
-    /// (schema, table) -> shapes on that table.
-    routes: HashMap<(String, String), Vec<Route>>,
-    /// Shapes that received a change of the transaction in progress.
+    /// Table oid -> shapes on that table.
+    routes: HashMap<u32, Vec<Route>>,
+    /// Shapes that received part of the transaction in progress.
     touched: HashSet<String>,
-    /// Commit LSN of the last transaction fully processed: replays at or below it
-    /// (after a reconnect) are skipped.
-    last_committed_lsn: u64,
 }
 
 impl SlcState {
+    fn route(&self, handle: &str) -> Option<&Route> {
+        self.routes.values().flatten().find(|r| r.handle == handle)
+    }
+
     fn remove(&mut self, handle: &str) {
         for routes in self.routes.values_mut() {
             routes.retain(|r| r.handle != handle);
@@ -57,23 +63,35 @@ impl SlcState {
         self.touched.remove(handle);
     }
 
-    async fn process(&mut self, frag: TxFragment) -> Result<(), String> {
-        if frag.lsn <= self.last_committed_lsn {
-            return Ok(());
+    /// Remove every shape on table `oid` (truncated, or its schema changed).
+    fn invalidate_table(&mut self, oid: u32, why: &str) {
+        for route in self.routes.remove(&oid).unwrap_or_default() {
+            tracing::info!(handle = %route.handle, table = %route.shape.def.qualified_table(), reason = why, "invalidating shape");
+            self.touched.remove(&route.handle);
+            self.shared.schemas.remove(&(
+                route.shape.table.schema.clone(),
+                route.shape.table.name.clone(),
+            ));
+            shapes::invalidate(&self.shared, &route.handle);
         }
-        // TRUNCATE: the shapes of that table can no longer be kept in step with it.
-        for rel in &frag.truncated {
-            let key = (rel.schema.clone(), rel.name.clone());
-            for route in self.routes.remove(&key).unwrap_or_default() {
-                tracing::info!(handle = %route.handle, table = %rel.name, "table truncated; invalidating shape");
-                self.touched.remove(&route.handle);
-                shapes::invalidate(&self.shared, &route.handle);
+    }
+
+    async fn process(&mut self, frag: TxFragment) -> Result<(), String> {
+        for rel in &frag.relations {
+            let changed = self
+                .routes
+                .get(&rel.oid)
+                .is_some_and(|routes| routes.iter().any(|r| !r.shape.matches_relation(rel)));
+            if changed {
+                self.invalidate_table(rel.oid, "the table's schema changed");
             }
+        }
+        for rel in &frag.truncated {
+            self.invalidate_table(rel.oid, "the table was truncated");
         }
         let mut per_shape: HashMap<String, (Route, Vec<volt_shapes::Change>)> = HashMap::new();
         for change in &frag.changes {
-            let key = (change.relation.schema.clone(), change.relation.name.clone());
-            let Some(routes) = self.routes.get(&key) else {
+            let Some(routes) = self.routes.get(&change.relation.oid) else {
                 continue;
             };
             for route in routes {
@@ -87,19 +105,18 @@ impl SlcState {
         for handle in per_shape.keys() {
             self.touched.insert(handle.clone());
         }
-        if frag.commit_end_lsn.is_some() {
+        let commit = frag.is_commit();
+        if commit {
             // The commit goes to every shape the transaction touched, even those with
             // no change in this last fragment.
             for handle in self.touched.drain().collect::<Vec<_>>() {
-                if per_shape.contains_key(&handle) {
-                    continue;
-                }
-                if let Some(route) = self.routes.values().flatten().find(|r| r.handle == handle) {
+                if !per_shape.contains_key(&handle)
+                    && let Some(route) = self.route(&handle)
+                {
                     per_shape.insert(handle, (route.clone(), Vec::new()));
                 }
             }
         }
-        let commit = frag.commit_end_lsn.is_some();
         let calls = per_shape.into_values().map(|(route, changes)| {
             let part = TxPart {
                 xid: frag.xid,
@@ -133,11 +150,88 @@ impl SlcState {
         metrics::counter!("volt_changes_total").increment(frag.changes.len() as u64);
         if commit {
             metrics::counter!("volt_transactions_total").increment(1);
-            self.last_committed_lsn = frag.lsn;
             self.shared.last_seen_lsn.store(frag.lsn, Ordering::Release);
         }
         Ok(())
     }
+}
+
+/// Rebuild the shapes an earlier run left: definitions from ShapeDb, logs from disk. A
+/// shape whose definition or log cannot be read is dropped (its clients refetch).
+async fn restore(
+    shared: &Arc<Shared>,
+    routes: &mut HashMap<u32, Vec<Route>>,
+) -> Result<HashSet<String>, ActorProcessingErr> {
+    let rows = shared
+        .shape_db
+        .load_all()
+        .await
+        .map_err(|e| format!("cannot read the shape registry: {e}"))?;
+    let sup = shared
+        .consumer_supervisor
+        .load_full()
+        .ok_or("the consumer supervisor is not running")?;
+    let dir = shared.config.shapes_dir();
+    let chunk_bytes = shared.config.chunk_bytes;
+    let opened = tokio::task::spawn_blocking(move || {
+        rows.into_iter()
+            .map(|(handle, definition)| {
+                let shape = Shape::from_definition_json(&definition);
+                let log = ShapeLog::open(dir.join(&handle), chunk_bytes);
+                (handle, shape, log)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| format!("shape restore panicked: {e}"))?;
+    let mut kept = HashSet::new();
+    let (mut restored, mut dropped) = (0usize, 0usize);
+    for (handle, shape, log) in opened {
+        let (shape, log) = match (shape, log) {
+            (Ok(s), Ok(l)) => (Arc::new(s), Arc::new(l)),
+            (s, l) => {
+                let why = s.err().or_else(|| l.err().map(|e| e.to_string()));
+                tracing::warn!(%handle, reason = ?why, "dropping a shape that cannot be restored");
+                shared.record(ShapeDbOp::Remove { handle });
+                dropped += 1;
+                continue;
+            }
+        };
+        let name = format!("Consumer:{handle}");
+        let (consumer, _) = Actor::spawn_linked(
+            Some(shared.actor_name(&name)),
+            Consumer,
+            ConsumerArgs {
+                shared: shared.clone(),
+                handle: handle.clone(),
+                shape: shape.clone(),
+                log: log.clone(),
+                restored: true,
+            },
+            (*sup).clone(),
+        )
+        .await
+        .map_err(|e| format!("could not start a restored shape's consumer: {e}"))?;
+        shared.actors.register(consumer.get_id(), "Consumer", name);
+        routes.entry(shape.table.oid).or_default().push(Route {
+            handle: handle.clone(),
+            shape: shape.clone(),
+            consumer: consumer.clone(),
+        });
+        shared.shapes.insert(Arc::new(ShapeEntry {
+            handle: handle.clone(),
+            shape,
+            log,
+            consumer,
+        }));
+        kept.insert(handle);
+        restored += 1;
+    }
+    shapes::remove_orphan_dirs(shared, &kept);
+    if restored + dropped > 0 {
+        tracing::info!(restored, dropped, "restored shapes from storage");
+    }
+    Ok(kept)
 }
 
 impl Actor for ShapeLogCollector {
@@ -150,15 +244,25 @@ impl Actor for ShapeLogCollector {
         myself: ActorRef<Self::Msg>,
         shared: Arc<Shared>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // A new collector starts with an empty routing table: shapes do not outlive the
-        // shape subsystem yet, so whatever the last one served is gone (clients refetch).
-        shapes::purge_all(&shared);
+        // A new collector rebuilds the registry from storage: the entries a previous shape
+        // subsystem left point at dead consumers. Restored shapes replace theirs (readers
+        // parked on an old entry time out and come back to the new one); the others are
+        // gone, and their readers are told to refetch.
+        let previous = shared.shapes.handles();
+        let mut routes = HashMap::new();
+        let kept = restore(&shared, &mut routes).await?;
+        for handle in previous {
+            if !kept.contains(&handle)
+                && let Some(entry) = shared.shapes.remove(&handle)
+            {
+                entry.log.close();
+            }
+        }
         shared.shape_log_collector.store(Some(Arc::new(myself)));
         Ok(SlcState {
             shared,
-            routes: HashMap::new(),
+            routes,
             touched: HashSet::new(),
-            last_committed_lsn: 0,
         })
     }
 
@@ -182,18 +286,38 @@ impl Actor for ShapeLogCollector {
                 let res = state.process(frag).await;
                 let _ = reply.send(res);
             }
+            SlcMsg::StreamStarted(reply) => {
+                let cut_short: Vec<Route> = state
+                    .touched
+                    .drain()
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .filter_map(|h| state.route(h).cloned())
+                    .collect();
+                let rollbacks = cut_short.iter().map(|r| {
+                    r.consumer.call(
+                        ConsumerMsg::Rollback,
+                        Some(std::time::Duration::from_secs(30)),
+                    )
+                });
+                join_all(rollbacks).await;
+                let _ = reply.send(());
+            }
             SlcMsg::AddShape {
                 handle,
                 shape,
                 consumer,
                 reply,
             } => {
-                let key = (shape.table.schema.clone(), shape.table.name.clone());
                 state
                     .routes
-                    .entry(key)
+                    .entry(shape.table.oid)
                     .or_default()
-                    .push(Route { handle, consumer });
+                    .push(Route {
+                        handle,
+                        shape,
+                        consumer,
+                    });
                 let _ = reply.send(());
             }
             SlcMsg::RemoveShape(handle) => state.remove(&handle),
