@@ -94,10 +94,6 @@ impl TestVolt {
         self.wait_active().await
     }
 
-    pub fn storage_dir(&self) -> &std::path::Path {
-        self.storage.path()
-    }
-
     pub fn shared(&self) -> &Arc<volt_stack::Shared> {
         &self.stack.as_ref().expect("stack running").shared
     }
