@@ -16,9 +16,10 @@ fn find<'a>(node: &'a TreeNode, pred: &dyn Fn(&TreeNode) -> bool) -> Option<&'a 
 }
 
 fn kill_actor(volt: &TestVolt, display_name: &str) -> anyhow::Result<()> {
-    let name = volt.shared().actor_name(display_name);
-    let cell = ractor::registry::where_is(name.clone())
-        .ok_or_else(|| anyhow::anyhow!("no actor named {name}"))?;
+    let cell = volt
+        .shared()
+        .find_actor(display_name)
+        .ok_or_else(|| anyhow::anyhow!("no actor named {display_name}"))?;
     cell.kill();
     Ok(())
 }
@@ -196,7 +197,6 @@ async fn a_dead_shape_log_collector_restarts_the_shape_subsystem_which_restores_
         .await?;
     assert_eq!(f.refetches, 0, "the shape was restored from storage");
     assert_eq!(f.column("id"), ["1", "2", "3", "4"]);
-    assert_eq!(volt.shared().actors.restarts("ConnectionManager"), 0);
     volt.stop().await;
     Ok(())
 }

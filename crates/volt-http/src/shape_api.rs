@@ -17,6 +17,11 @@ use crate::AppState;
 use crate::auth::url_params;
 use crate::response::{error, invalid_request, unavailable};
 
+/// Longer where clauses are refused before parsing: the parser recurses on them.
+const MAX_WHERE_BYTES: usize = 16 * 1024;
+/// How long a request waits for a snapshot chunk before answering 503.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The request parameters volt reads; everything else is ignored, as Electric does.
 #[derive(Debug, Default)]
 struct Params {
@@ -28,6 +33,9 @@ struct Params {
     offset: Option<String>,
     handle: Option<String>,
     live: bool,
+    live_sse: bool,
+    log: Option<String>,
+    subset: bool,
     cursor: Option<String>,
 }
 
@@ -45,6 +53,9 @@ impl Params {
                 // Any value but the literal `false` turns live on.
                 "live" => p.live = v != "false",
                 "cursor" => p.cursor = Some(v),
+                "live_sse" | "experimental_live_sse" => p.live_sse = v != "false",
+                "log" => p.log = Some(v),
+                _ if k.starts_with("subset__") => p.subset = true,
                 _ => {
                     if let Some(n) = k.strip_prefix("params[").and_then(|r| r.strip_suffix(']')) {
                         p.params.insert(n.to_string(), v);
@@ -106,6 +117,38 @@ pub async fn get_shape(
             }
             RequestOffset::At(_) => {}
         }
+    }
+    if let Some(w) = &p.where_sql
+        && w.len() > MAX_WHERE_BYTES
+    {
+        return invalid_request(
+            "where",
+            &format!("is too long (at most {MAX_WHERE_BYTES} bytes)"),
+        );
+    }
+    // Parts of the protocol volt does not serve yet: a clear 400 beats a silently
+    // different answer.
+    match p.log.as_deref() {
+        None | Some("full") => {}
+        Some("changes_only") => {
+            return invalid_request("log", "changes_only is not supported by this server yet");
+        }
+        Some(_) => return invalid_request("log", "is invalid"),
+    }
+    if p.live_sse {
+        if !p.live {
+            return invalid_request("live_sse", "can't be true unless live is also true");
+        }
+        return invalid_request(
+            "live_sse",
+            "server-sent events are not supported by this server yet",
+        );
+    }
+    if p.subset {
+        return invalid_request(
+            "subset",
+            "subset snapshots are not supported by this server yet",
+        );
     }
     let positional = match p.positional() {
         Ok(v) => v,
@@ -278,19 +321,22 @@ async fn serve_snapshot(
     offset_raw: &str,
 ) -> Option<Response> {
     let mut progress = entry.log.snapshot_progress();
-    let ready = progress
-        .wait_for(|p| {
+    let ready = tokio::time::timeout(
+        SNAPSHOT_WAIT,
+        progress.wait_for(|p| {
             p.chunks_complete > k
                 || matches!(
                     p.state,
                     SnapshotState::Done { .. } | SnapshotState::Failed(_)
                 )
-        })
-        .await
-        .map(|p| p.clone());
+        }),
+    )
+    .await
+    .map(|r| r.map(|p| p.clone()));
     let progress = match ready {
-        Ok(p) => p,
-        Err(_) => return Some(unavailable("Failed to create shape, please retry", 1)),
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Some(unavailable("Failed to create shape, please retry", 1)),
+        Err(_) => return Some(unavailable("Timeout waiting for the shape's snapshot", 5)),
     };
     if let SnapshotState::Failed(reason) = &progress.state {
         if entry.log.is_closed() {
@@ -310,7 +356,7 @@ async fn serve_snapshot(
     let log = entry.log.clone();
     let lines = match tokio::task::spawn_blocking(move || log.read_snapshot_chunk(k)).await {
         Ok(Ok(lines)) => lines,
-        Ok(Err(e)) => return Some(storage_error(entry, &e)),
+        Ok(Err(e)) => return Some(storage_error(app, entry, &e)),
         Err(_) => {
             return Some(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -332,7 +378,11 @@ async fn serve_snapshot(
     Some(res)
 }
 
-fn storage_error(entry: &ShapeEntry, e: &volt_storage::StorageError) -> Response {
+fn storage_error(app: &AppState, entry: &ShapeEntry, e: &volt_storage::StorageError) -> Response {
+    // Removed while we read it: its files are gone, and its clients must refetch.
+    if entry.log.is_closed() {
+        return must_refetch(current_handle(app, entry).as_deref());
+    }
     tracing::error!(handle = %entry.handle, error = %e, "cannot read the shape log");
     if e.is_disk_full() {
         return unavailable("The storage disk is full", 10);
@@ -378,7 +428,7 @@ async fn serve_log(
         let l = log.clone();
         let read = match tokio::task::spawn_blocking(move || l.read_after(from)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return storage_error(entry, &e),
+            Ok(Err(e)) => return storage_error(app, entry, &e),
             Err(_) => {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -516,8 +566,14 @@ fn set_flags(res: &mut Response, up_to_date: bool, has_data: bool) {
 }
 
 fn set_schema(res: &mut Response, entry: &ShapeEntry) {
-    if let Ok(v) = HeaderValue::from_str(&entry.shape.schema_header()) {
-        res.headers_mut().insert("electric-schema", v);
+    // Raw UTF-8 bytes: column names need not be ASCII.
+    match HeaderValue::from_bytes(entry.shape.schema_header().as_bytes()) {
+        Ok(v) => {
+            res.headers_mut().insert("electric-schema", v);
+        }
+        Err(e) => {
+            tracing::error!(handle = %entry.handle, error = %e, "cannot send the schema header")
+        }
     }
 }
 
@@ -577,7 +633,7 @@ fn set_cursor(res: &mut Response, app: &AppState, given: Option<&str>) {
     if let Some(p) = given.and_then(|g| g.parse::<u64>().ok())
         && c <= p
     {
-        c = p + 1 + rand::random::<u64>() % 3600;
+        c = p.saturating_add(1 + rand::random::<u64>() % 3600);
     }
     res.headers_mut()
         .insert("electric-cursor", HeaderValue::from(c));

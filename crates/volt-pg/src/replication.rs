@@ -103,6 +103,11 @@ impl ReplicationStream {
         }
     }
 
+    /// Whether a transaction has begun and not yet committed on the stream.
+    pub fn in_transaction(&self) -> bool {
+        self.builder.current.is_some()
+    }
+
     /// Tell Postgres everything up to `lsn` is durably stored.
     pub fn acknowledge(&self, lsn: u64) {
         self.client.update_applied_lsn(Lsn::from_u64(lsn));

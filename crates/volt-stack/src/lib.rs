@@ -51,13 +51,9 @@ impl Stack {
             .map_err(|e| StartError(e.to_string()))?;
         let shared = Shared::new(config, shape_db);
         let spec = tree::stack_supervisor(&shared);
-        let (root, join) = Actor::spawn(
-            Some(shared.actor_name("StackSupervisor")),
-            Supervisor,
-            (shared.clone(), spec),
-        )
-        .await
-        .map_err(|e| StartError(e.to_string()))?;
+        let (root, join) = Actor::spawn(None, Supervisor, (shared.clone(), spec))
+            .await
+            .map_err(|e| StartError(e.to_string()))?;
         shared
             .actors
             .register(root.get_id(), "StackSupervisor", "StackSupervisor".into());

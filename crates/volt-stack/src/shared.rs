@@ -120,6 +120,10 @@ impl ActorDirectory {
         *self.restarts.entry(name.to_string()).or_insert(0) += 1;
     }
 
+    pub fn name_of(&self, id: ActorId) -> Option<String> {
+        self.actors.get(&id).map(|e| e.1.clone())
+    }
+
     pub fn kind_of(&self, id: ActorId) -> Option<&'static str> {
         self.actors.get(&id).map(|e| e.0)
     }
@@ -190,9 +194,18 @@ impl Shared {
         })
     }
 
-    /// The global registry name of an actor of this stack.
-    pub fn actor_name(&self, display: &str) -> String {
-        format!("volt:{}:{}", self.stack_id, display)
+    /// A live actor by its display name (`ShapeCache`, `Consumer:<handle>`), found by
+    /// walking the tree: actors are not registered under global names, so a restarted
+    /// actor never collides with its dying predecessor's name.
+    pub fn find_actor(&self, name: &str) -> Option<ActorCell> {
+        fn walk(dir: &ActorDirectory, cell: &ActorCell, name: &str) -> Option<ActorCell> {
+            if dir.name_of(cell.get_id()).as_deref() == Some(name) {
+                return Some(cell.clone());
+            }
+            cell.get_children().iter().find_map(|c| walk(dir, c, name))
+        }
+        let root = self.root.load_full()?;
+        walk(&self.actors, &root, name)
     }
 
     /// Report a condition to the StatusMonitor (the board's only writer).

@@ -58,6 +58,9 @@ pub struct Origin {
 async fn setup(shared: &Shared) -> Result<(PgConn, u64, Origin), volt_pg::PgError> {
     let config = &shared.config;
     let conn = config.pg.connect().await?;
+    // Publishing a table takes locks behind the application's transactions: give up
+    // (and fail that shape's creation) rather than queue the application behind us.
+    conn.batch_execute("SET lock_timeout = '5s'").await?;
     let info = admin::server_info(&conn).await?;
     tracing::info!(
         version = info.version_num,
@@ -190,7 +193,7 @@ impl Actor for ConnectionManager {
             CmMsg::StartReplication => {
                 let name = "ReplicationClient";
                 let (client, _) = Actor::spawn_linked(
-                    Some(state.shared.actor_name(name)),
+                    None,
                     ReplicationClient,
                     (state.shared.clone(), state.start_lsn),
                     myself.get_cell(),
@@ -254,7 +257,6 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
         .await
         .map_err(|e| format!("the shape log collector is not answering: {e}"))?;
     let _ = me.cast(RcMsg::Streaming);
-    let mut in_tx = false;
     loop {
         let item = stream
             .next()
@@ -264,7 +266,6 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
             None => return Err("Postgres ended the replication stream".into()),
             Some(StreamItem::Fragment(frag)) => {
                 let end = frag.commit_end_lsn;
-                in_tx = end.is_none();
                 let slc = shared
                     .shape_log_collector
                     .load_full()
@@ -280,8 +281,9 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
                 }
             }
             Some(StreamItem::KeepAlive { wal_end }) => {
-                // Idle and fully processed: let unrelated WAL go.
-                if !in_tx {
+                // Outside a transaction, everything received is processed: let the
+                // unrelated WAL go.
+                if !stream.in_transaction() {
                     stream.acknowledge(wal_end);
                 }
             }
@@ -300,12 +302,18 @@ impl Actor for ReplicationClient {
         (shared, start_lsn): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let s = shared.clone();
-        let task = OwnedTask::spawn(async move {
-            let me = myself.clone();
-            if let Err(e) = stream(s, start_lsn, me).await {
-                let _ = myself.cast(RcMsg::Failed(e));
-            }
-        });
+        let on_panic = myself.clone();
+        let task = OwnedTask::spawn_catching(
+            async move {
+                let me = myself.clone();
+                if let Err(e) = stream(s, start_lsn, me).await {
+                    let _ = myself.cast(RcMsg::Failed(e));
+                }
+            },
+            move |panic| {
+                let _ = on_panic.cast(RcMsg::Failed(panic));
+            },
+        );
         Ok((shared, task))
     }
 

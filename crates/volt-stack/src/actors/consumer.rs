@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, rpc::CallResult,
+};
 use volt_pg::snapshot::PgSnapshot;
 use volt_shapes::{Change, LogItem, Shape};
-use volt_storage::{LogOffset, ShapeLog};
+use volt_storage::{LogOffset, ShapeDbOp, ShapeLog, SnapshotState};
 
-use crate::actors::snapshotter::{Snapshotter, SnapshotterArgs};
-use crate::shared::Shared;
+use crate::actors::shape_log_collector::SlcMsg;
+use crate::actors::snapshotter::{SNAPSHOT_COMPLETE, Snapshotter, SnapshotterArgs};
+use crate::shared::{ShapeEntry, Shared};
 
 pub struct Consumer;
 
@@ -24,7 +27,6 @@ pub struct TxPart {
 }
 
 pub enum ConsumerMsg {
-    StartSnapshot,
     SnapshotStarted(PgSnapshot),
     SnapshotFailed(String),
     Changes(TxPart, RpcReplyPort<Result<(), String>>),
@@ -38,7 +40,8 @@ pub struct ConsumerArgs {
     pub shape: Arc<Shape>,
     pub log: Arc<ShapeLog>,
     /// The shape comes from storage: its snapshot is done and its log may already hold
-    /// transactions that the stream sends again.
+    /// transactions that the stream sends again. A new shape registers itself (route,
+    /// registry, ShapeDb) and takes its snapshot.
     pub restored: bool,
 }
 
@@ -57,13 +60,16 @@ pub struct ConsumerState {
     /// (or the commit) says whether it is the shape's last change of the transaction.
     held: Option<LogItem>,
     skipping_tx: Option<u32>,
+    _listed: Listed,
 }
 
 impl ConsumerState {
-    fn apply(&mut self, part: TxPart) -> Result<(), String> {
+    /// Write the shape's part of a transaction; returns the offset to commit when the
+    /// part ends a transaction that gave the shape changes.
+    fn apply(&mut self, part: TxPart) -> Result<Option<LogOffset>, String> {
         // Already in the log (a replay after a reconnect or a restart): skip it whole.
         if part.lsn <= self.log.latest_offset().tx {
-            return Ok(());
+            return Ok(None);
         }
         let snapshot = self.snapshot.as_ref().ok_or("snapshot not started")?;
         if self.filtering {
@@ -71,14 +77,14 @@ impl ConsumerState {
                 self.filtering = false;
             } else if snapshot.contains_xid(part.xid) {
                 self.skipping_tx = (!part.commit).then_some(part.xid);
-                return Ok(());
+                return Ok(None);
             }
         }
         if self.skipping_tx == Some(part.xid) {
             if part.commit {
                 self.skipping_tx = None;
             }
-            return Ok(());
+            return Ok(None);
         }
         for change in &part.changes {
             for item in self.shape.convert(change) {
@@ -91,11 +97,9 @@ impl ConsumerState {
             && let Some(last) = self.held.take()
         {
             self.write(&last, part.xid, part.lsn, true)?;
-            self.log
-                .commit(LogOffset::new(part.lsn, last.op))
-                .map_err(|e| e.to_string())?;
+            return Ok(Some(LogOffset::new(part.lsn, last.op)));
         }
-        Ok(())
+        Ok(None)
     }
 
     fn write(&self, item: &LogItem, xid: u32, lsn: u64, last: bool) -> Result<(), String> {
@@ -111,6 +115,87 @@ impl ConsumerState {
             )
             .map_err(|e| e.to_string())
     }
+
+    /// Apply a part and make a finished transaction durable. The fsync runs on the
+    /// blocking pool, so the consumers a transaction touches sync in parallel without
+    /// stalling the async workers.
+    async fn store(&mut self, part: TxPart) -> Result<(), String> {
+        if let Some(offset) = self.apply(part)? {
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.commit(offset))
+                .await
+                .map_err(|e| format!("commit task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps an actor listed in the directory for as long as its state lives (the state is
+/// dropped however the actor ends, even when killed).
+pub(crate) struct Listed {
+    shared: Arc<Shared>,
+    id: ractor::ActorId,
+}
+
+impl Listed {
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        id: ractor::ActorId,
+        kind: &'static str,
+        name: String,
+    ) -> Listed {
+        shared.actors.register(id, kind, name);
+        Listed {
+            shared: shared.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.shared.actors.unregister(self.id);
+    }
+}
+
+/// Route a new shape and make it findable, before its snapshot starts, so no change can
+/// fall between the snapshot and the stream.
+async fn register(
+    myself: &ActorRef<ConsumerMsg>,
+    args: &ConsumerArgs,
+) -> Result<(), ActorProcessingErr> {
+    let shared = &args.shared;
+    let slc = shared
+        .shape_log_collector
+        .load_full()
+        .ok_or("the shape log collector is not running")?;
+    match slc
+        .call(
+            |reply| SlcMsg::AddShape {
+                handle: args.handle.clone(),
+                shape: args.shape.clone(),
+                consumer: myself.clone(),
+                reply,
+            },
+            Some(std::time::Duration::from_secs(30)),
+        )
+        .await
+    {
+        Ok(CallResult::Success(())) => {}
+        _ => return Err("the shape log collector did not take the new shape".into()),
+    }
+    shared.shapes.insert(Arc::new(ShapeEntry {
+        handle: args.handle.clone(),
+        shape: args.shape.clone(),
+        log: args.log.clone(),
+        consumer: myself.clone(),
+    }));
+    shared.record(ShapeDbOp::Add {
+        handle: args.handle.clone(),
+        definition: args.shape.to_definition_json(),
+    });
+    Ok(())
 }
 
 impl Actor for Consumer {
@@ -120,9 +205,15 @@ impl Actor for Consumer {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: ConsumerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let listed = Listed::new(
+            &args.shared,
+            myself.get_id(),
+            "Consumer",
+            format!("Consumer:{}", args.handle),
+        );
         let snapshot = if args.restored {
             let recorded = args
                 .log
@@ -133,6 +224,7 @@ impl Actor for Consumer {
                     .map_err(|e| format!("a restored shape's snapshot is unreadable: {e}"))?,
             )
         } else {
+            register(&myself, &args).await?;
             None
         };
         Ok(ConsumerState {
@@ -145,42 +237,41 @@ impl Actor for Consumer {
             buffered: Vec::new(),
             held: None,
             skipping_tx: None,
+            _listed: listed,
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.snapshot.is_none() {
+            let args = SnapshotterArgs {
+                shared: state.shared.clone(),
+                handle: state.handle.clone(),
+                shape: state.shape.clone(),
+                log: state.log.clone(),
+                consumer: myself.clone(),
+            };
+            Actor::spawn_linked(None, Snapshotter, args, myself.get_cell()).await?;
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConsumerMsg::StartSnapshot => {
-                let name = format!("Snapshotter:{}", state.handle);
-                let args = SnapshotterArgs {
-                    shared: state.shared.clone(),
-                    shape: state.shape.clone(),
-                    log: state.log.clone(),
-                    consumer: myself.clone(),
-                };
-                let (snap, _) = Actor::spawn_linked(
-                    Some(state.shared.actor_name(&name)),
-                    Snapshotter,
-                    args,
-                    myself.get_cell(),
-                )
-                .await?;
-                state
-                    .shared
-                    .actors
-                    .register(snap.get_id(), "Snapshotter", name);
-            }
             ConsumerMsg::SnapshotStarted(snapshot) => {
                 let recorded = serde_json::to_value(&snapshot)?;
                 state.log.mark_snapshot_started(recorded)?;
                 state.snapshot = Some(snapshot);
                 for part in std::mem::take(&mut state.buffered) {
-                    state.apply(part)?;
+                    state.store(part).await?;
                 }
             }
             ConsumerMsg::SnapshotFailed(reason) => {
@@ -200,7 +291,7 @@ impl Actor for Consumer {
                     let _ = reply.send(Ok(()));
                     return Ok(());
                 }
-                let res = state.apply(part);
+                let res = state.store(part).await;
                 let failed = res.clone().err();
                 let _ = reply.send(res);
                 if let Some(e) = failed {
@@ -217,25 +308,27 @@ impl Actor for Consumer {
         evt: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match evt {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                state.shared.actors.unregister(cell.get_id());
-                let _ = myself.cast(ConsumerMsg::SnapshotFailed(err.to_string()));
+        let failure = match evt {
+            SupervisionEvent::ActorFailed(_, err) => Some(err.to_string()),
+            // Any other end than a finished snapshot leaves the shape without one.
+            SupervisionEvent::ActorTerminated(_, _, reason)
+                if reason.as_deref() != Some(SNAPSHOT_COMPLETE) =>
+            {
+                Some(format!(
+                    "the snapshotter stopped: {}",
+                    reason.unwrap_or_else(|| "killed".into())
+                ))
             }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.shared.actors.unregister(cell.get_id());
-            }
-            _ => {}
+            _ => None,
+        };
+        if let Some(reason) = failure
+            && !matches!(
+                state.log.snapshot_progress().borrow().state,
+                SnapshotState::Done { .. }
+            )
+        {
+            let _ = myself.cast(ConsumerMsg::SnapshotFailed(reason));
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.shared.actors.unregister(myself.get_id());
         Ok(())
     }
 }

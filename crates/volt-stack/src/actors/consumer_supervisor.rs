@@ -39,9 +39,9 @@ impl Actor for ConsumerSupervisor {
             }
             _ => return Ok(()),
         };
-        let name = cell.get_name().unwrap_or_default();
+        let name = shared.actors.name_of(cell.get_id()).unwrap_or_default();
         shared.actors.unregister(cell.get_id());
-        if let Some((_, handle)) = name.rsplit_once(":Consumer:")
+        if let Some(handle) = name.strip_prefix("Consumer:")
             && shared.shapes.get(handle).is_some()
         {
             tracing::warn!(%handle, reason = %why, "consumer exited; removing its shape");

@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use volt_shapes::Shape;
-use volt_storage::{ShapeDbOp, ShapeLog};
+use volt_storage::ShapeLog;
 
-use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg};
-use crate::actors::shape_log_collector::SlcMsg;
+use crate::actors::consumer::{Consumer, ConsumerArgs};
 use crate::shared::{ShapeEntry, Shared};
 use crate::status::Condition;
 
@@ -24,24 +23,22 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
         return Ok(entry);
     }
     let handle = shared.new_handle(&shape.def);
-    let log = Arc::new(
-        ShapeLog::create(
-            shared.config.shapes_dir().join(&handle),
-            shared.config.chunk_bytes,
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let dir = shared.config.shapes_dir().join(&handle);
+    let chunk_bytes = shared.config.chunk_bytes;
+    let log = tokio::task::spawn_blocking(move || ShapeLog::create(dir, chunk_bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let log = Arc::new(log);
     let sup = shared
         .consumer_supervisor
         .load_full()
         .ok_or("the shape subsystem is restarting")?;
-    let slc = shared
-        .shape_log_collector
-        .load_full()
-        .ok_or("the shape subsystem is restarting")?;
-    let name = format!("Consumer:{handle}");
-    let (consumer, _) = Actor::spawn_linked(
-        Some(shared.actor_name(&name)),
+    // The consumer registers the shape (route, registry, ShapeDb) before it returns
+    // and starts the snapshot itself, so a ShapeCache killed mid-creation leaves no
+    // half-made shape behind.
+    Actor::spawn_linked(
+        None,
         Consumer,
         ConsumerArgs {
             shared: shared.clone(),
@@ -54,40 +51,10 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
     )
     .await
     .map_err(|e| format!("could not start the shape's consumer: {e}"))?;
-    shared.actors.register(consumer.get_id(), "Consumer", name);
-    // Routed before the snapshot starts, so no change falls between the two.
-    match slc
-        .call(
-            |reply| SlcMsg::AddShape {
-                handle: handle.clone(),
-                shape: shape.clone(),
-                consumer: consumer.clone(),
-                reply,
-            },
-            None,
-        )
-        .await
-    {
-        Ok(CallResult::Success(())) => {}
-        _ => {
-            consumer.stop(None);
-            return Err("the shape log collector is not available".into());
-        }
-    }
-    let entry = Arc::new(ShapeEntry {
-        handle: handle.clone(),
-        shape,
-        log,
-        consumer: consumer.clone(),
-    });
-    shared.shapes.insert(entry.clone());
-    shared.record(ShapeDbOp::Add {
-        handle: handle.clone(),
-        definition: entry.shape.to_definition_json(),
-    });
-    consumer
-        .cast(ConsumerMsg::StartSnapshot)
-        .map_err(|_| "the shape's consumer died at start".to_string())?;
+    let entry = shared
+        .shapes
+        .get(&handle)
+        .ok_or("the new shape's consumer stopped at once")?;
     metrics::counter!("volt_shapes_created_total").increment(1);
     tracing::info!(%handle, table = %entry.shape.def.qualified_table(), "shape created");
     Ok(entry)

@@ -197,9 +197,8 @@ async fn restore(
                 continue;
             }
         };
-        let name = format!("Consumer:{handle}");
         let (consumer, _) = Actor::spawn_linked(
-            Some(shared.actor_name(&name)),
+            None,
             Consumer,
             ConsumerArgs {
                 shared: shared.clone(),
@@ -212,7 +211,6 @@ async fn restore(
         )
         .await
         .map_err(|e| format!("could not start a restored shape's consumer: {e}"))?;
-        shared.actors.register(consumer.get_id(), "Consumer", name);
         routes.entry(shape.table.oid).or_default().push(Route {
             handle: handle.clone(),
             shape: shape.clone(),

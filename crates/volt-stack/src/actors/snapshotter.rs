@@ -12,14 +12,18 @@ use volt_pg::snapshot::SnapshotTx;
 use volt_shapes::Shape;
 use volt_storage::ShapeLog;
 
-use crate::actors::consumer::ConsumerMsg;
+use crate::actors::consumer::{ConsumerMsg, Listed};
 use crate::shared::Shared;
 use crate::task::OwnedTask;
 
 pub struct Snapshotter;
 
+/// The stop reason of a Snapshotter that finished; any other end is a failure.
+pub const SNAPSHOT_COMPLETE: &str = "snapshot complete";
+
 pub struct SnapshotterArgs {
     pub shared: Arc<Shared>,
+    pub handle: String,
     pub shape: Arc<Shape>,
     pub log: Arc<ShapeLog>,
     pub consumer: ActorRef<ConsumerMsg>,
@@ -32,6 +36,7 @@ pub enum SnapshotterMsg {
 
 pub struct SnapshotterState {
     _task: OwnedTask,
+    _listed: Listed,
 }
 
 async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
@@ -69,6 +74,9 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     futures::pin_mut!(rows);
     while let Some(row) = rows.next().await {
         let row = row.map_err(|e| e.to_string())?;
+        if args.log.is_closed() {
+            return Err("the shape was removed during its snapshot".into());
+        }
         args.log
             .append_snapshot_line(&args.shape.snapshot_item(&row))
             .map_err(|e| e.to_string())?;
@@ -95,14 +103,29 @@ impl Actor for Snapshotter {
         myself: ActorRef<Self::Msg>,
         args: SnapshotterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let task = OwnedTask::spawn(async move {
-            let msg = match take_snapshot(&args).await {
-                Ok(()) => SnapshotterMsg::Done,
-                Err(e) => SnapshotterMsg::Failed(e),
-            };
-            let _ = myself.cast(msg);
-        });
-        Ok(SnapshotterState { _task: task })
+        let listed = Listed::new(
+            &args.shared,
+            myself.get_id(),
+            "Snapshotter",
+            format!("Snapshotter:{}", args.handle),
+        );
+        let me = myself.clone();
+        let task = OwnedTask::spawn_catching(
+            async move {
+                let msg = match take_snapshot(&args).await {
+                    Ok(()) => SnapshotterMsg::Done,
+                    Err(e) => SnapshotterMsg::Failed(e),
+                };
+                let _ = myself.cast(msg);
+            },
+            move |panic| {
+                let _ = me.cast(SnapshotterMsg::Failed(panic));
+            },
+        );
+        Ok(SnapshotterState {
+            _task: task,
+            _listed: listed,
+        })
     }
 
     async fn handle(
@@ -113,7 +136,7 @@ impl Actor for Snapshotter {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SnapshotterMsg::Done => {
-                myself.stop(Some("snapshot complete".into()));
+                myself.stop(Some(SNAPSHOT_COMPLETE.into()));
                 Ok(())
             }
             SnapshotterMsg::Failed(e) => Err(e.into()),

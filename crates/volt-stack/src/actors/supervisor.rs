@@ -79,16 +79,13 @@ pub fn actor_child<A>(name: &str, kind: &'static str, make: fn() -> A) -> ChildS
 where
     A: Actor<Arguments = Arc<Shared>>,
 {
-    let display = name.to_string();
     ChildSpec {
         name: name.to_string(),
         kind,
         escalate: false,
         start: Arc::new(move |shared, parent| {
-            let display = display.clone();
             Box::pin(async move {
-                let reg = shared.actor_name(&display);
-                let (r, _) = Actor::spawn_linked(Some(reg), make(), shared, parent).await?;
+                let (r, _) = Actor::spawn_linked(None, make(), shared, parent).await?;
                 Ok(r.get_cell())
             })
         }),
@@ -109,9 +106,8 @@ impl Supervisor {
             start: Arc::new(move |shared, parent| {
                 Box::pin(async move {
                     let spec = spec_fn(&shared);
-                    let reg = shared.actor_name(&spec.name);
                     let (r, _) =
-                        Actor::spawn_linked(Some(reg), Supervisor, (shared, spec), parent).await?;
+                        Actor::spawn_linked(None, Supervisor, (shared, spec), parent).await?;
                     Ok(r.get_cell())
                 })
             }),
