@@ -4,6 +4,7 @@
 
 mod support;
 
+mod crash;
 mod durability;
 mod protocol;
 mod replication;

@@ -133,8 +133,28 @@ pub struct ShapeResponse {
     pub body: Value,
 }
 
-pub async fn fetch(volt: &TestVolt, query: &str) -> anyhow::Result<ShapeResponse> {
-    let res = volt.get(&format!("/v1/shape?{query}")).await?;
+/// Something serving the Shape API: an in-process stack or a volt process.
+pub trait Server {
+    fn base(&self) -> &str;
+    fn http(&self) -> &reqwest::Client;
+}
+
+impl Server for TestVolt {
+    fn base(&self) -> &str {
+        &self.base
+    }
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+pub async fn fetch(server: &impl Server, query: &str) -> anyhow::Result<ShapeResponse> {
+    let res = server
+        .http()
+        .get(format!("{}/v1/shape?{query}", server.base()))
+        .timeout(DEADLINE)
+        .send()
+        .await?;
     let status = res.status().as_u16();
     let header = |n: &str| {
         res.headers()
@@ -180,7 +200,7 @@ impl Follower {
     }
 
     /// One request; returns whether the response ended up to date.
-    pub async fn poll(&mut self, volt: &TestVolt, live: bool) -> anyhow::Result<bool> {
+    pub async fn poll(&mut self, volt: &impl Server, live: bool) -> anyhow::Result<bool> {
         let mut q = format!("{}&offset={}", self.params, self.offset);
         if let Some(h) = &self.handle {
             q.push_str(&format!("&handle={h}"));
@@ -234,7 +254,7 @@ impl Follower {
     }
 
     /// Requests until up to date.
-    pub async fn catch_up(&mut self, volt: &TestVolt) -> anyhow::Result<()> {
+    pub async fn catch_up(&mut self, volt: &impl Server) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while !self.poll(volt, false).await? {
             if tokio::time::Instant::now() > deadline {
@@ -247,7 +267,7 @@ impl Follower {
     /// Long-polls until `done` holds for the materialised rows.
     pub async fn until(
         &mut self,
-        volt: &TestVolt,
+        volt: &impl Server,
         what: &str,
         done: impl Fn(&Follower) -> bool,
     ) -> anyhow::Result<()> {
@@ -304,7 +324,11 @@ where
 /// How many times Postgres ran a snapshot query on `table` (pg_stat_statements survives
 /// volt's restarts, unlike any counter inside volt).
 pub async fn snapshot_queries(volt: &TestVolt, table: &str) -> anyhow::Result<i64> {
-    let client = volt.db.client().await?;
+    snapshot_queries_in(&volt.db, table).await
+}
+
+pub async fn snapshot_queries_in(db: &TestDb, table: &str) -> anyhow::Result<i64> {
+    let client = db.client().await?;
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await?;

@@ -1,0 +1,313 @@
+//! kill -9 of a real volt process under write load with live clients: after a restart
+//! every client converges to the table, saw every row version exactly once, kept its
+//! handle, and no snapshot ran again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use volt_test_support::TestDb;
+
+use crate::support::{DEADLINE, Follower, Server, snapshot_queries_in};
+
+fn volt_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("VOLT_BIN") {
+        return bin.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    target.join("debug").join("volt")
+}
+
+/// A volt process, as users run it.
+struct VoltProcess {
+    child: tokio::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Server for VoltProcess {
+    fn base(&self) -> &str {
+        &self.base
+    }
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+impl VoltProcess {
+    async fn start(db: &TestDb, storage: &std::path::Path, port: u16) -> anyhow::Result<Self> {
+        let bin = volt_bin();
+        anyhow::ensure!(
+            bin.exists(),
+            "volt binary not found at {} (cargo build first)",
+            bin.display()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(storage.join("volt.log"))?;
+        let child = tokio::process::Command::new(bin)
+            .env("DATABASE_URL", db.url())
+            .env("ELECTRIC_PORT", port.to_string())
+            .env("ELECTRIC_STORAGE_DIR", storage)
+            .env("ELECTRIC_REPLICATION_STREAM_ID", db.stream_id())
+            .env("ELECTRIC_INSECURE", "true")
+            .env("ELECTRIC_LONG_POLL_TIMEOUT", "1000")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()?;
+        let volt = VoltProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let health = volt
+                .http
+                .get(format!("{}/v1/health", volt.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(res) = health
+                && res.status() == 200
+            {
+                return Ok(volt);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "volt did not become active; see {}",
+                    storage.join("volt.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn kill_9(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Follow a shape until told to stop, surviving the server's absence.
+async fn follow(
+    mut f: Follower,
+    server: Arc<tokio::sync::RwLock<Option<VoltProcess>>>,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<Follower> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !done.load(Ordering::Acquire) {
+        if tokio::time::Instant::now() > deadline {
+            bail!("follower ran out of time");
+        }
+        let guard = server.read().await;
+        let res = match guard.as_ref() {
+            Some(volt) => f.poll(volt, true).await,
+            None => Err(anyhow::anyhow!("volt is down")),
+        };
+        drop(guard);
+        if res.is_err() {
+            // The server is down or restarting: back off as the client does.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(f)
+}
+
+/// Each row's `v` went 1, 2, 3, ... in the changes a follower saw: nothing lost, nothing
+/// twice.
+fn check_versions(f: &Follower) -> anyhow::Result<()> {
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for c in &f.changes {
+        let key = c["key"].as_str().context("key")?.to_string();
+        let Some(v) = c["value"]["v"].as_str() else {
+            continue;
+        };
+        let v: i64 = v.parse()?;
+        let prev = last.entry(key.clone()).or_insert(0);
+        if v != *prev + 1 {
+            bail!("{key}: version {v} after {prev} in shape {}", f.params);
+        }
+        *prev = v;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_under_write_load_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let db = TestDb::new("kill_9").await?;
+    db.execute(
+        "CREATE TABLE rows (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL);
+         INSERT INTO rows SELECT g, g % 3, 0 FROM generate_series(1, 30) g;",
+    )
+    .await?;
+    let storage = tempfile::tempdir()?;
+    let port = free_port()?;
+    let volt = VoltProcess::start(&db, storage.path(), port).await?;
+    let shapes = [
+        "table=rows",
+        "table=rows&where=grp%20%3D%200",
+        "table=rows&where=grp%20%3D%201",
+        "table=rows&where=id%20%3C%2010",
+    ];
+    let mut followers = Vec::new();
+    for params in shapes {
+        let mut f = Follower::new(params);
+        f.catch_up(&volt).await?;
+        followers.push(f);
+    }
+    let handles: Vec<_> = followers.iter().map(|f| f.handle.clone()).collect();
+    let snapshots = snapshot_queries_in(&db, "rows").await?;
+
+    let server = Arc::new(tokio::sync::RwLock::new(Some(volt)));
+    let done = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = followers
+        .into_iter()
+        .map(|f| tokio::spawn(follow(f, server.clone(), done.clone())))
+        .collect();
+
+    // The write load: multi-row transactions bumping row versions.
+    let committed = Arc::new(AtomicU64::new(0));
+    let stop_writes = Arc::new(AtomicBool::new(false));
+    let writer = db.client().await?;
+    let (c, stop) = (committed.clone(), stop_writes.clone());
+    let seed = rand::random::<u64>();
+    eprintln!("kill_9 write load seed: {seed}");
+    let load = tokio::spawn(async move {
+        let mut x = seed | 1;
+        while !stop.load(Ordering::Acquire) {
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ids.push(x % 30 + 1);
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            writer
+                .batch_execute(&format!(
+                    "BEGIN; UPDATE rows SET v = v + 1 WHERE id IN ({list}); COMMIT;"
+                ))
+                .await?;
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+        anyhow::Ok(())
+    });
+    let wait_writes = |n: u64| {
+        let committed = committed.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            while committed.load(Ordering::Acquire) < n {
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "write load stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(())
+        }
+    };
+
+    wait_writes(150).await?;
+    let volt = server.write().await.take().context("volt running")?;
+    volt.kill_9().await?;
+    let at_kill = committed.load(Ordering::Acquire);
+    wait_writes(at_kill + 100).await?;
+    let volt = VoltProcess::start(&db, storage.path(), port).await?;
+    *server.write().await = Some(volt);
+    let at_restart = committed.load(Ordering::Acquire);
+    wait_writes(at_restart + 150).await?;
+    stop_writes.store(true, Ordering::Release);
+    load.await??;
+
+    // The truth, then every follower converges to it.
+    let client = db.client().await?;
+    let truth: BTreeMap<i32, (i32, i32)> = client
+        // ORDER BY: pg_stat_statements would count the same query as a snapshot.
+        .query("SELECT id, grp, v FROM rows ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), (r.get::<_, i32>(1), r.get::<_, i32>(2))))
+        .collect();
+    let expected = |params: &str| -> BTreeMap<String, String> {
+        truth
+            .iter()
+            .filter(|(id, (grp, _))| match params {
+                "table=rows&where=grp%20%3D%200" => *grp == 0,
+                "table=rows&where=grp%20%3D%201" => *grp == 1,
+                "table=rows&where=id%20%3C%2010" => **id < 10,
+                _ => true,
+            })
+            .map(|(id, (_, v))| (id.to_string(), v.to_string()))
+            .collect()
+    };
+    let rows_of = |f: &Follower| -> BTreeMap<String, String> {
+        f.rows
+            .values()
+            .map(|r| {
+                let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                (s("id"), s("v"))
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut followers = Vec::new();
+    done.store(true, Ordering::Release);
+    for t in tasks {
+        followers.push(t.await??);
+    }
+    let guard = server.read().await;
+    let volt = guard.as_ref().context("volt running")?;
+    for f in &mut followers {
+        let want = expected(&f.params);
+        while rows_of(f) != want {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not converge: {:?} vs {:?}",
+                f.params,
+                rows_of(f),
+                want
+            );
+            f.poll(volt, true).await?;
+        }
+        check_versions(f)?;
+        assert_eq!(f.refetches, 0, "{} had to refetch", f.params);
+    }
+    let after: Vec<_> = followers.iter().map(|f| f.handle.clone()).collect();
+    assert_eq!(after, handles, "every shape kept its handle");
+    if let Ok(log) = std::fs::read_to_string(storage.path().join("volt.log")) {
+        for line in log
+            .lines()
+            .filter(|l| !l.contains(" INFO ") || l.contains("shape"))
+        {
+            eprintln!("volt.log: {line}");
+        }
+    }
+    assert_eq!(
+        snapshot_queries_in(&db, "rows").await?,
+        snapshots,
+        "no snapshot ran again after the restart"
+    );
+    drop(guard);
+    if let Some(volt) = server.write().await.take() {
+        volt.kill_9().await?;
+    }
+    db.cleanup().await;
+    Ok(())
+}
