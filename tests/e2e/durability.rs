@@ -1,7 +1,7 @@
 //! Shapes survive restarts: recovered from ShapeDb and disk, never re-snapshotted, and
 //! clients resume with their handle and offset.
 
-use crate::support::{Follower, TestVolt, eventually, snapshot_queries};
+use crate::support::{Follower, TestVolt, Tweaks, eventually, fetch, snapshot_queries};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text, v int NOT NULL DEFAULT 0);
      INSERT INTO items SELECT g, 'row ' || g, 0 FROM generate_series(1, 20) g;";
@@ -139,6 +139,152 @@ async fn schema_changes_invalidate_the_tables_shapes() -> anyhow::Result<()> {
         assert_ne!(f.handle, old, "{ddl}");
         assert_eq!(f.rows.len(), 20, "{ddl}");
     }
+    volt.stop().await;
+    Ok(())
+}
+
+async fn published(volt: &TestVolt, table: &str) -> anyhow::Result<bool> {
+    let client = volt.db.client().await?;
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND tablename = $2",
+            &[&volt.db.publication_name(), &table],
+        )
+        .await?
+        .is_some())
+}
+
+fn shape_dir_exists(volt: &TestVolt, handle: &str) -> bool {
+    volt.storage.path().join("shapes").join(handle).exists()
+}
+
+#[tokio::test]
+async fn ddl_without_a_later_write_and_drop_table_are_caught_by_the_reconciler()
+-> anyhow::Result<()> {
+    let volt = TestVolt::start("reconciler").await?;
+    volt.db.execute(ITEMS).await?;
+    volt.db
+        .execute("CREATE TABLE doomed (id int PRIMARY KEY); INSERT INTO doomed VALUES (1)")
+        .await?;
+    let mut items = Follower::new("table=items");
+    let mut doomed = Follower::new("table=doomed");
+    items.catch_up(&volt).await?;
+    doomed.catch_up(&volt).await?;
+    volt.db
+        .execute("ALTER TABLE items ADD COLUMN note text")
+        .await?;
+    volt.db.execute("DROP TABLE doomed").await?;
+    items
+        .until(&volt, "the altered table's shape is invalidated", |f| {
+            f.refetches == 1
+        })
+        .await?;
+    items.catch_up(&volt).await?;
+    assert!(
+        items.rows.values().all(|r| r.contains_key("note")),
+        "the new shape has the new column"
+    );
+    // The dropped table's shape is gone; asking again is a 400 naming the table.
+    let h = doomed.handle.clone().unwrap_or_default();
+    eventually("the dropped table's shape is gone", || async {
+        Ok(volt.shared().shapes.get(&h).is_none())
+    })
+    .await?;
+    let res = volt.get("/v1/shape?table=doomed&offset=-1").await?;
+    assert_eq!(res.status(), 400);
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_removes_the_shape_its_files_and_its_publication_membership() -> anyhow::Result<()> {
+    let volt = TestVolt::start("delete_shape").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let handle = f.handle.clone().unwrap_or_default();
+    assert!(shape_dir_exists(&volt, &handle));
+    assert!(published(&volt, "items").await?);
+
+    let del = |q: &'static str| {
+        let v = &volt;
+        async move {
+            anyhow::Ok(
+                v.http
+                    .delete(format!("{}/v1/shape?{q}", v.base))
+                    .send()
+                    .await?
+                    .status()
+                    .as_u16(),
+            )
+        }
+    };
+    assert_eq!(del("offset=-1").await?, 400, "neither table nor handle");
+    assert_eq!(del("table=items&where=id%20%3D%201").await?, 404);
+    assert_eq!(
+        volt.http
+            .delete(format!("{}/v1/shape?table=items&handle=other", volt.base))
+            .send()
+            .await?
+            .status(),
+        400,
+        "definition and handle disagree"
+    );
+    assert_eq!(del("table=items").await?, 202);
+    assert!(
+        !shape_dir_exists(&volt, &handle),
+        "files leave the shape directory at once"
+    );
+    eventually("the table leaves the publication", || async {
+        Ok(!published(&volt, "items").await?)
+    })
+    .await?;
+    eventually("the trash is emptied", || async {
+        let trash = volt.storage.path().join("trash");
+        Ok(std::fs::read_dir(&trash)
+            .map(|d| d.count() == 0)
+            .unwrap_or(true))
+    })
+    .await?;
+    let old = fetch(
+        &volt,
+        &format!("table=items&offset={}&handle={handle}", f.offset),
+    )
+    .await?;
+    assert_eq!(old.status, 409);
+    assert_ne!(old.handle.as_deref(), Some(handle.as_str()), "a new handle");
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn past_max_shapes_the_least_recently_read_shape_is_evicted() -> anyhow::Result<()> {
+    let volt = TestVolt::start_tweaked(
+        "max_shapes",
+        Tweaks {
+            max_shapes: Some(2),
+            ..Tweaks::default()
+        },
+    )
+    .await?;
+    volt.db.execute(ITEMS).await?;
+    let mut a = Follower::new("table=items&where=id%20%3D%201");
+    let mut b = Follower::new("table=items&where=id%20%3D%202");
+    a.catch_up(&volt).await?;
+    b.catch_up(&volt).await?;
+    // Read `a` again so `b` is the least recently read.
+    a.poll(&volt, false).await?;
+    let b_handle = b.handle.clone().unwrap_or_default();
+    let mut c = Follower::new("table=items&where=id%20%3D%203");
+    c.catch_up(&volt).await?;
+    assert_eq!(volt.shared().shapes.len(), 2);
+    assert!(
+        volt.shared().shapes.get(&b_handle).is_none(),
+        "b was evicted"
+    );
+    assert!(!shape_dir_exists(&volt, &b_handle));
+    assert_eq!(b.poll(&volt, false).await.ok(), Some(false));
+    assert_eq!(b.refetches, 1);
     volt.stop().await;
     Ok(())
 }

@@ -22,8 +22,15 @@ pub struct TestVolt {
     pub base: String,
     pub http: reqwest::Client,
     server: JoinHandle<()>,
-    secret: Option<String>,
-    storage: tempfile::TempDir,
+    tweaks: Tweaks,
+    pub storage: tempfile::TempDir,
+}
+
+/// Settings a test may change.
+#[derive(Debug, Clone, Default)]
+pub struct Tweaks {
+    pub secret: Option<String>,
+    pub max_shapes: Option<usize>,
 }
 
 impl TestVolt {
@@ -32,17 +39,27 @@ impl TestVolt {
     }
 
     pub async fn start_with(test_name: &str, secret: Option<&str>) -> anyhow::Result<TestVolt> {
+        Self::start_tweaked(
+            test_name,
+            Tweaks {
+                secret: secret.map(str::to_string),
+                ..Tweaks::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_tweaked(test_name: &str, tweaks: Tweaks) -> anyhow::Result<TestVolt> {
         let db = TestDb::new(test_name).await?;
         let storage = tempfile::tempdir()?;
-        let secret = secret.map(str::to_string);
-        let (stack, base, server) = Self::launch(&db, storage.path(), secret.clone()).await?;
+        let (stack, base, server) = Self::launch(&db, storage.path(), tweaks.clone()).await?;
         let volt = TestVolt {
             db,
             stack: Some(stack),
             base,
             http: reqwest::Client::new(),
             server,
-            secret,
+            tweaks,
             storage,
         };
         volt.wait_active().await?;
@@ -52,7 +69,7 @@ impl TestVolt {
     async fn launch(
         db: &TestDb,
         storage: &std::path::Path,
-        secret: Option<String>,
+        tweaks: Tweaks,
     ) -> anyhow::Result<(Stack, String, JoinHandle<()>)> {
         let stack = Stack::start(StackConfig {
             pg: PgConfig::parse(&db.url())?,
@@ -60,14 +77,18 @@ impl TestVolt {
             storage_dir: storage.to_path_buf(),
             max_concurrent_snapshots: 4,
             chunk_bytes: 10 * 1024 * 1024,
+            reconcile_period: Duration::from_millis(500),
+            flush_stall_grace: Duration::from_secs(60),
+            max_shapes: tweaks.max_shapes,
         })
         .await?;
         let app = volt_http::router(
             Arc::clone(&stack.shared),
             HttpConfig {
-                secret,
+                secret: tweaks.secret,
                 long_poll_timeout: Duration::from_millis(1500),
                 stack_ready_timeout: Duration::from_secs(1),
+                allow_delete: true,
                 ..HttpConfig::default()
             },
         );
@@ -87,7 +108,7 @@ impl TestVolt {
             stack.stop().await;
         }
         let (stack, base, server) =
-            Self::launch(&self.db, self.storage.path(), self.secret.clone()).await?;
+            Self::launch(&self.db, self.storage.path(), self.tweaks.clone()).await?;
         self.stack = Some(stack);
         self.base = base;
         self.server = server;

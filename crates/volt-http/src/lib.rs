@@ -30,6 +30,8 @@ pub struct HttpConfig {
     /// Turns true when the server is shutting down: parked long-polls answer at once
     /// (as a timeout would) so that shutdown does not wait for them.
     pub shutdown: Option<watch::Receiver<bool>>,
+    /// `ELECTRIC_ENABLE_INTEGRATION_TESTING`: allows `DELETE /v1/shape`.
+    pub allow_delete: bool,
 }
 
 impl Default for HttpConfig {
@@ -39,6 +41,7 @@ impl Default for HttpConfig {
             long_poll_timeout: Duration::from_secs(20),
             stack_ready_timeout: Duration::from_secs(5),
             shutdown: None,
+            allow_delete: false,
         }
     }
 }
@@ -57,7 +60,9 @@ pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
     let guarded = Router::new()
         .route(
             "/v1/shape",
-            get(shape_api::get_shape).options(cors::preflight),
+            get(shape_api::get_shape)
+                .delete(shape_api::delete_shape)
+                .options(cors::preflight),
         )
         .route("/v1/admin/tree", get(admin_tree))
         .route_layer(middleware::from_fn_with_state(

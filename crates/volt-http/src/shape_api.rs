@@ -199,6 +199,7 @@ pub async fn get_shape(
     {
         return must_refetch(Some(&entry.handle));
     }
+    entry.touch();
 
     match offset {
         RequestOffset::BeforeAll => match serve_snapshot(&app, &entry, 0, offset_raw).await {
@@ -260,6 +261,64 @@ pub async fn get_shape(
             .await
         }
     }
+}
+
+/// `DELETE /v1/shape`: by definition, by handle, or both (which must agree).
+pub async fn delete_shape(State(app): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    if !app.config.allow_delete {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"message": "DELETE not allowed"}),
+        );
+    }
+    let p = Params::parse(query.as_deref().unwrap_or(""));
+    let handle = p.handle.clone().filter(|h| !h.is_empty());
+    let by_def = if p.table.is_some() {
+        let positional = match p.positional() {
+            Ok(v) => v,
+            Err(m) => return invalid_request("params", m),
+        };
+        let def = match ShapeDef::from_params(
+            p.table.as_deref(),
+            p.where_sql.as_deref(),
+            positional,
+            p.columns.as_deref(),
+            p.replica.as_deref(),
+        ) {
+            Ok(d) => d,
+            Err(e) => return invalid_request(e.param, &e.message),
+        };
+        Some(app.shared.shapes.by_def(&def))
+    } else {
+        None
+    };
+    let entry = match (by_def, &handle) {
+        (None, None) => {
+            return invalid_request("handle", "can't be blank when shape definition is missing");
+        }
+        (None, Some(h)) => app.shared.shapes.get(h),
+        (Some(found), None) => found,
+        (Some(found), Some(h)) => match found {
+            Some(e) if e.handle != *h => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    json!({"message": "The specified shape definition and handle do not match. Please ensure the shape definition is correct or omit the shape handle from the request to obtain a new one."}),
+                );
+            }
+            other => other,
+        },
+    };
+    let Some(entry) = entry else {
+        return error(
+            StatusCode::NOT_FOUND,
+            json!({"message": "No existing shape found"}),
+        );
+    };
+    volt_stack::shapes::invalidate(&app.shared, &entry.handle);
+    let mut res = StatusCode::ACCEPTED.into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
 }
 
 async fn table_schema(

@@ -207,3 +207,45 @@ pub async fn load_table(
         columns,
     }))
 }
+
+/// The tables in the publication, as (schema, table).
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<(String, String)>, PgError> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Take a table out of the publication: no shape needs its changes any more.
+pub async fn unpublish_table(
+    client: &Client,
+    publication: &str,
+    schema: &str,
+    table: &str,
+) -> Result<(), PgError> {
+    let res = client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} DROP TABLE {}.{}",
+            quote_ident(publication),
+            quote_ident(schema),
+            quote_ident(table)
+        ))
+        .await;
+    match res {
+        Ok(()) => Ok(()),
+        // Already gone (dropped table, or not a member).
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT)
+                || e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -5,6 +5,7 @@ pub mod actors {
     pub mod connection;
     pub mod consumer;
     pub mod consumer_supervisor;
+    pub mod publication_manager;
     pub mod shape_cache;
     pub mod shape_db_writer;
     pub mod shape_log_collector;

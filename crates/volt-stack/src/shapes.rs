@@ -23,9 +23,9 @@ pub fn invalidate(shared: &Arc<Shared>, handle: &str) {
     shared.record(ShapeDbOp::Remove {
         handle: handle.to_string(),
     });
-    if let Err(e) = entry.log.remove_files() {
-        tracing::warn!(%handle, error = %e, "could not remove the files of a removed shape");
-    }
+    // A rename is cheap and never blocks on a large directory: the trash is emptied
+    // later, off the request and replication paths.
+    move_to_trash(shared, entry.log.dir());
     metrics::counter!("volt_shapes_removed_total").increment(1);
 }
 
@@ -46,6 +46,45 @@ pub async fn purge_all(shared: &Arc<Shared>) {
     remove_orphan_dirs(shared, &std::collections::HashSet::new());
 }
 
+fn trash_dir(shared: &Shared) -> std::path::PathBuf {
+    shared.config.storage_dir.join("trash")
+}
+
+fn move_to_trash(shared: &Shared, dir: &std::path::Path) {
+    let trash = trash_dir(shared);
+    let target = trash.join(format!(
+        "{}-{:08x}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        rand::random::<u32>()
+    ));
+    let moved = std::fs::create_dir_all(&trash).and_then(|_| std::fs::rename(dir, &target));
+    match moved {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not move a removed shape's files to the trash; removing them now");
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a removed shape's files");
+            }
+        }
+    }
+}
+
+/// Delete what removed shapes left in the trash. Blocking: run it on the blocking pool.
+pub fn empty_trash(storage_dir: &std::path::Path) {
+    let trash = storage_dir.join("trash");
+    let Ok(entries) = std::fs::read_dir(&trash) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), error = %e, "could not empty the trash");
+        }
+    }
+}
+
 /// Remove shape directories that belong to no known shape (left by a crash between
 /// creating a shape's files and registering it, or by a purge).
 pub fn remove_orphan_dirs(shared: &Shared, keep: &std::collections::HashSet<String>) {
@@ -58,9 +97,7 @@ pub fn remove_orphan_dirs(shared: &Shared, keep: &std::collections::HashSet<Stri
         if keep.contains(&name) {
             continue;
         }
-        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-            tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove old shape files");
-        }
+        move_to_trash(shared, &entry.path());
     }
 }
 

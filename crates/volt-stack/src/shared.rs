@@ -15,6 +15,7 @@ use volt_shapes::{Shape, ShapeDef, TableSchema};
 use volt_storage::{ShapeDb, ShapeDbOp, ShapeLog};
 
 use crate::actors::consumer::ConsumerMsg;
+use crate::actors::publication_manager::PublicationMsg;
 use crate::actors::shape_cache::ShapeCacheMsg;
 use crate::actors::shape_db_writer::ShapeDbMsg;
 use crate::actors::shape_log_collector::SlcMsg;
@@ -31,6 +32,14 @@ pub struct StackConfig {
     pub max_concurrent_snapshots: usize,
     /// `ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD`: snapshot and log chunk size.
     pub chunk_bytes: u64,
+    /// `ELECTRIC_TWEAKS_SCHEMA_RECONCILER_PERIOD`: how often shapes are checked against
+    /// the live schema and unneeded tables leave the publication.
+    pub reconcile_period: std::time::Duration,
+    /// `ELECTRIC_FLUSH_STALL_GRACE_PERIOD`: a shape that cannot store a transaction for
+    /// this long is invalidated, so it cannot hold the slot back forever.
+    pub flush_stall_grace: std::time::Duration,
+    /// `ELECTRIC_MAX_SHAPES`: past it, the least recently read shapes are evicted.
+    pub max_shapes: Option<usize>,
 }
 
 impl StackConfig {
@@ -53,6 +62,35 @@ pub struct ShapeEntry {
     pub shape: Arc<Shape>,
     pub log: Arc<ShapeLog>,
     pub consumer: ActorRef<ConsumerMsg>,
+    /// When a client last read it, on a process-wide logical clock: eviction takes the
+    /// oldest.
+    pub last_read: AtomicU64,
+}
+
+impl ShapeEntry {
+    pub fn new(
+        handle: String,
+        shape: Arc<Shape>,
+        log: Arc<ShapeLog>,
+        consumer: ActorRef<ConsumerMsg>,
+    ) -> ShapeEntry {
+        let entry = ShapeEntry {
+            handle,
+            shape,
+            log,
+            consumer,
+            last_read: AtomicU64::new(0),
+        };
+        entry.touch();
+        entry
+    }
+
+    pub fn touch(&self) {
+        // A logical clock: exact order, even for reads in the same microsecond.
+        static READS: AtomicU64 = AtomicU64::new(1);
+        self.last_read
+            .store(READS.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 /// Handle <-> definition, readable by request handlers. Written by ShapeCache (add) and
@@ -79,6 +117,15 @@ impl ShapeRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.by_handle.is_empty()
+    }
+
+    /// The least recently read shape, other than `except`.
+    pub fn least_recently_read(&self, except: &str) -> Option<String> {
+        self.by_handle
+            .iter()
+            .filter(|e| e.key() != except)
+            .min_by_key(|e| e.value().last_read.load(Ordering::Relaxed))
+            .map(|e| e.key().clone())
     }
 
     pub fn handles(&self) -> Vec<String> {
@@ -165,6 +212,7 @@ pub struct Shared {
     /// The persistent shape registry; written only through `shape_db_writer`.
     pub shape_db: ShapeDb,
     pub shape_db_writer: ArcSwapOption<ActorRef<ShapeDbMsg>>,
+    pub publication_manager: ArcSwapOption<ActorRef<PublicationMsg>>,
     /// Commit LSN of the last transaction the ShapeLogCollector processed.
     pub last_seen_lsn: AtomicU64,
     handle_seq: AtomicU64,
@@ -189,6 +237,7 @@ impl Shared {
             consumer_supervisor: ArcSwapOption::empty(),
             shape_db,
             shape_db_writer: ArcSwapOption::empty(),
+            publication_manager: ArcSwapOption::empty(),
             last_seen_lsn: AtomicU64::new(0),
             handle_seq: AtomicU64::new(0),
         })

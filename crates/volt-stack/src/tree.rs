@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::actors::connection::ConnectionManager;
 use crate::actors::consumer_supervisor::ConsumerSupervisor;
+use crate::actors::publication_manager::PublicationManager;
 use crate::actors::shape_cache::ShapeCache;
 use crate::actors::shape_db_writer::ShapeDbWriter;
 use crate::actors::shape_log_collector::ShapeLogCollector;
@@ -101,6 +102,9 @@ pub fn shape_subsystem_supervisor(_: &Arc<Shared>) -> SupervisorSpec {
                 || ShapeLogCollector,
             )),
             actor_child("ShapeCache", "ShapeCache", || ShapeCache),
+            actor_child("PublicationManager", "PublicationManager", || {
+                PublicationManager
+            }),
         ],
         max_restarts: 10,
         window: Duration::from_secs(60),

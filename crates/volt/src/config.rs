@@ -76,6 +76,20 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_DB_POOL_SIZE", default_value_t = 20)]
     pub db_pool_size: usize,
 
+    /// Most shapes kept; past it the least recently read are removed (unlimited when unset).
+    #[arg(long, env = "ELECTRIC_MAX_SHAPES")]
+    pub max_shapes: Option<usize>,
+
+    /// How often shapes are checked against the live schema (catches DDL with no later
+    /// write, and DROP TABLE) and unneeded tables leave the publication.
+    #[arg(long, env = "ELECTRIC_TWEAKS_SCHEMA_RECONCILER_PERIOD", default_value = "60s", value_parser = parse_duration)]
+    pub schema_reconciler_period: Duration,
+
+    /// A shape that cannot store a transaction for this long is removed, so it cannot
+    /// hold the replication slot back.
+    #[arg(long, env = "ELECTRIC_FLUSH_STALL_GRACE_PERIOD", default_value = "1m", value_parser = parse_duration)]
+    pub flush_stall_grace_period: Duration,
+
     /// Port for Prometheus metrics at /metrics (off when unset).
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT")]
     pub prometheus_port: Option<u16>,
@@ -133,6 +147,14 @@ impl Settings {
                 "ELECTRIC_LOG_LEVEL must be error, warning, info or debug (got {:?})",
                 self.log_level
             )));
+        }
+        if self.schema_reconciler_period.is_zero() || self.flush_stall_grace_period.is_zero() {
+            return Err(ConfigError(
+                "ELECTRIC_TWEAKS_SCHEMA_RECONCILER_PERIOD and ELECTRIC_FLUSH_STALL_GRACE_PERIOD must be positive".into(),
+            ));
+        }
+        if self.max_shapes == Some(0) {
+            return Err(ConfigError("ELECTRIC_MAX_SHAPES must be at least 1".into()));
         }
         if self.long_poll_timeout.is_zero() {
             return Err(ConfigError(

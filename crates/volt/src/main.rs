@@ -113,6 +113,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         storage_dir: settings.storage_dir.clone(),
         max_concurrent_snapshots: settings.db_pool_size,
         chunk_bytes: settings.chunk_bytes_threshold as u64,
+        reconcile_period: settings.schema_reconciler_period,
+        flush_stall_grace: settings.flush_stall_grace_period,
+        max_shapes: settings.max_shapes,
     };
     let slot = stack_config.slot_name();
     let publication = stack_config.publication_name();
@@ -124,6 +127,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             secret: settings.secret.clone(),
             long_poll_timeout: settings.long_poll_timeout,
             shutdown: Some(shutdown_rx),
+            allow_delete: settings.enable_integration_testing,
             ..HttpConfig::default()
         },
     );

@@ -185,12 +185,12 @@ async fn register(
         Ok(CallResult::Success(())) => {}
         _ => return Err("the shape log collector did not take the new shape".into()),
     }
-    shared.shapes.insert(Arc::new(ShapeEntry {
-        handle: args.handle.clone(),
-        shape: args.shape.clone(),
-        log: args.log.clone(),
-        consumer: myself.clone(),
-    }));
+    shared.shapes.insert(Arc::new(ShapeEntry::new(
+        args.handle.clone(),
+        args.shape.clone(),
+        args.log.clone(),
+        myself.clone(),
+    )));
     shared.record(ShapeDbOp::Add {
         handle: args.handle.clone(),
         definition: args.shape.to_definition_json(),

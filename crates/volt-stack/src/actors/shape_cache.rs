@@ -56,6 +56,15 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
         .get(&handle)
         .ok_or("the new shape's consumer stopped at once")?;
     metrics::counter!("volt_shapes_created_total").increment(1);
+    if let Some(max) = shared.config.max_shapes {
+        while shared.shapes.len() > max {
+            let Some(oldest) = shared.shapes.least_recently_read(&handle) else {
+                break;
+            };
+            tracing::info!(handle = %oldest, max, "evicting the least recently read shape");
+            crate::shapes::invalidate(shared, &oldest);
+        }
+    }
     tracing::info!(%handle, table = %entry.shape.def.qualified_table(), "shape created");
     Ok(entry)
 }

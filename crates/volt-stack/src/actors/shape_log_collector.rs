@@ -117,6 +117,9 @@ impl SlcState {
                 }
             }
         }
+        // A shape that cannot store its part within the grace period is dropped rather
+        // than allowed to hold the slot (and every other shape) back.
+        let grace = self.shared.config.flush_stall_grace;
         let calls = per_shape.into_values().map(|(route, changes)| {
             let part = TxPart {
                 xid: frag.xid,
@@ -127,7 +130,7 @@ impl SlcState {
             async move {
                 let res = route
                     .consumer
-                    .call(|reply| ConsumerMsg::Changes(part, reply), None)
+                    .call(|reply| ConsumerMsg::Changes(part, reply), Some(grace))
                     .await;
                 (route.handle, res)
             }
@@ -137,6 +140,11 @@ impl SlcState {
                 Ok(CallResult::Success(Ok(()))) => {}
                 Ok(CallResult::Success(Err(e))) => {
                     tracing::error!(%handle, error = %e, "consumer could not store changes; invalidating shape");
+                    self.remove(&handle);
+                    shapes::invalidate(&self.shared, &handle);
+                }
+                Ok(CallResult::Timeout) => {
+                    tracing::error!(%handle, grace = ?grace, "shape stalled storing a transaction; invalidating it");
                     self.remove(&handle);
                     shapes::invalidate(&self.shared, &handle);
                 }
@@ -216,12 +224,12 @@ async fn restore(
             shape: shape.clone(),
             consumer: consumer.clone(),
         });
-        shared.shapes.insert(Arc::new(ShapeEntry {
-            handle: handle.clone(),
+        shared.shapes.insert(Arc::new(ShapeEntry::new(
+            handle.clone(),
             shape,
             log,
             consumer,
-        }));
+        )));
         kept.insert(handle);
         restored += 1;
     }

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
 use serde_json::json;
-use volt_pg::admin;
 use volt_pg::snapshot::SnapshotTx;
 use volt_shapes::Shape;
 use volt_storage::ShapeLog;
 
 use crate::actors::consumer::{ConsumerMsg, Listed};
+use crate::actors::publication_manager::PublicationMsg;
 use crate::shared::Shared;
 use crate::task::OwnedTask;
 
@@ -47,20 +47,26 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         .await
         .map_err(|_| "snapshot pool closed".to_string())?;
     {
-        let admin = shared
-            .admin
-            .load_full()
-            .ok_or("the database connection is not available")?;
         // The table must be published (with full replica identity) before the snapshot
         // starts, or changes made between the two would be lost.
-        admin::publish_table(
-            &admin,
-            &shared.config.publication_name(),
-            &args.shape.table.schema,
-            &args.shape.table.name,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let manager = shared
+            .publication_manager
+            .load_full()
+            .ok_or("the publication manager is restarting")?;
+        match manager
+            .call(
+                |reply| PublicationMsg::Publish {
+                    schema: args.shape.table.schema.clone(),
+                    table: args.shape.table.name.clone(),
+                    reply,
+                },
+                None,
+            )
+            .await
+        {
+            Ok(CallResult::Success(res)) => res?,
+            _ => return Err("the publication manager did not answer".into()),
+        }
     }
     let tx = SnapshotTx::begin(&shared.config.pg)
         .await
