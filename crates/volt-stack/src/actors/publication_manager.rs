@@ -26,6 +26,9 @@ pub enum PublicationMsg {
     Reconcile(Option<RpcReplyPort<()>>),
 }
 
+/// (schema, table)
+type TableName = (String, String);
+
 async fn reconcile(shared: &Arc<Shared>) -> Result<(), String> {
     let Some(conn) = shared.admin.load_full() else {
         // No database: nothing to compare with; try again next period.
@@ -34,8 +37,7 @@ async fn reconcile(shared: &Arc<Shared>) -> Result<(), String> {
     let publication = shared.config.publication_name();
     // Shapes by table, read before the publication so that a shape registered after this
     // read publishes its table again through us, after any drop below.
-    let mut by_table: HashMap<(String, String), Vec<(String, Arc<volt_shapes::Shape>)>> =
-        HashMap::new();
+    let mut by_table: HashMap<TableName, Vec<(String, Arc<volt_shapes::Shape>)>> = HashMap::new();
     for handle in shared.shapes.handles() {
         if let Some(entry) = shared.shapes.get(&handle) {
             let key = (
