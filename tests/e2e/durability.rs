@@ -288,3 +288,80 @@ async fn past_max_shapes_the_least_recently_read_shape_is_evicted() -> anyhow::R
     volt.stop().await;
     Ok(())
 }
+
+/// A tmpfs of a few MiB, unmounted on drop; `None` where mounting is not allowed.
+struct TinyDisk {
+    dir: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    fn mount(size: &str) -> Option<TinyDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(TinyDisk { dir })
+    }
+
+    /// Fill it until writes fail; the returned file gives the space back when removed.
+    fn fill(&self) -> anyhow::Result<std::path::PathBuf> {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&path)?;
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).and_then(|_| f.sync_data()).is_ok() {}
+        Ok(path)
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_holds_replication_and_reports_it_until_space_returns() -> anyhow::Result<()> {
+    let Some(disk) = TinyDisk::mount("4m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return Ok(());
+    };
+    let volt = TestVolt::start_tweaked(
+        "disk_full",
+        Tweaks {
+            storage: Some(disk.dir.path().join("volt")),
+            ..Tweaks::default()
+        },
+    )
+    .await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let filler = disk.fill()?;
+    volt.db
+        .execute("UPDATE items SET title = repeat('x', 2000) WHERE id <= 10")
+        .await?;
+    eventually("health reports the full disk", || async {
+        Ok(volt.get("/v1/health").await?.status() == 503)
+    })
+    .await?;
+    let res = volt.get("/v1/shape?table=items&offset=-1&where=id%20%3D%201").await?;
+    assert_eq!(res.status(), 503, "no new shape while the disk is full");
+    assert!(res.headers().contains_key("retry-after"));
+
+    std::fs::remove_file(&filler)?;
+    f.until(&volt, "the held transaction once space is back", |f| f.changes.len() == 10)
+        .await?;
+    assert_eq!(f.refetches, 0);
+    eventually("health recovers", || async {
+        Ok(volt.get("/v1/health").await?.status() == 200)
+    })
+    .await?;
+    volt.stop().await;
+    drop(disk);
+    Ok(())
+}

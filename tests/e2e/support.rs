@@ -31,6 +31,8 @@ pub struct TestVolt {
 pub struct Tweaks {
     pub secret: Option<String>,
     pub max_shapes: Option<usize>,
+    /// Storage somewhere else than a fresh temporary directory.
+    pub storage: Option<std::path::PathBuf>,
 }
 
 impl TestVolt {
@@ -52,7 +54,8 @@ impl TestVolt {
     pub async fn start_tweaked(test_name: &str, tweaks: Tweaks) -> anyhow::Result<TestVolt> {
         let db = TestDb::new(test_name).await?;
         let storage = tempfile::tempdir()?;
-        let (stack, base, server) = Self::launch(&db, storage.path(), tweaks.clone()).await?;
+        let dir = tweaks.storage.clone().unwrap_or_else(|| storage.path().to_path_buf());
+        let (stack, base, server) = Self::launch(&db, &dir, tweaks.clone()).await?;
         let volt = TestVolt {
             db,
             stack: Some(stack),
@@ -108,7 +111,15 @@ impl TestVolt {
             stack.stop().await;
         }
         let (stack, base, server) =
-            Self::launch(&self.db, self.storage.path(), self.tweaks.clone()).await?;
+            Self::launch(
+                &self.db,
+                &self
+                    .tweaks
+                    .storage
+                    .clone()
+                    .unwrap_or_else(|| self.storage.path().to_path_buf()),
+                self.tweaks.clone(),
+            ).await?;
         self.stack = Some(stack);
         self.base = base;
         self.server = server;

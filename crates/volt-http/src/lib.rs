@@ -79,6 +79,21 @@ pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
 }
 
 async fn health(State(app): State<AppState>) -> Response {
+    if app
+        .shared
+        .storage_full
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        let mut res = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "storage_full", "message": "the storage disk is full"}),
+        );
+        res.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+        );
+        return res;
+    }
     let status = app.shared.status.status();
     let code = match status {
         ServiceStatus::Active => StatusCode::OK,

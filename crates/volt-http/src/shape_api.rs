@@ -363,6 +363,12 @@ async fn create_shape(
     shared: &Arc<Shared>,
     shape: Arc<Shape>,
 ) -> Result<Arc<ShapeEntry>, Response> {
+    if shared
+        .storage_full
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(unavailable("The storage disk is full", 10));
+    }
     volt_stack::shapes::get_or_create(shared, shape)
         .await
         .map_err(|e| {

@@ -213,6 +213,9 @@ pub struct Shared {
     pub shape_db: ShapeDb,
     pub shape_db_writer: ArcSwapOption<ActorRef<ShapeDbMsg>>,
     pub publication_manager: ArcSwapOption<ActorRef<PublicationMsg>>,
+    /// A shape could not write because the disk is full: health says so and new shapes
+    /// are refused until a write succeeds again.
+    pub storage_full: std::sync::atomic::AtomicBool,
     /// Commit LSN of the last transaction the ShapeLogCollector processed.
     pub last_seen_lsn: AtomicU64,
     handle_seq: AtomicU64,
@@ -238,6 +241,7 @@ impl Shared {
             shape_db,
             shape_db_writer: ArcSwapOption::empty(),
             publication_manager: ArcSwapOption::empty(),
+            storage_full: std::sync::atomic::AtomicBool::new(false),
             last_seen_lsn: AtomicU64::new(0),
             handle_seq: AtomicU64::new(0),
         })

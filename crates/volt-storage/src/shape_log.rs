@@ -524,8 +524,13 @@ impl ShapeLog {
             .append(true)
             .open(&path)
             .map_err(|e| StorageError::io(&path, e))?;
-        f.write_all(&w.buffer)
-            .map_err(|e| StorageError::io(&path, e))?;
+        if let Err(e) = f.write_all(&w.buffer) {
+            // Leave the file as it was, so that writing the same buffer again (after the
+            // disk got space back) does not duplicate what made it out.
+            let before = w.end_pos - w.buffer.len() as u64;
+            let _ = f.set_len(before);
+            return Err(StorageError::io(&path, e));
+        }
         w.buffer.clear();
         if w.buffer.capacity() > WRITE_BUFFER * 2 {
             w.buffer.shrink_to(WRITE_BUFFER);

@@ -2,6 +2,7 @@
 //! already holds, and appends the shape's changes transaction by transaction.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use ractor::{
     Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, rpc::CallResult,
@@ -120,14 +121,33 @@ impl ConsumerState {
     /// blocking pool, so the consumers a transaction touches sync in parallel without
     /// stalling the async workers.
     async fn store(&mut self, part: TxPart) -> Result<(), String> {
-        if let Some(offset) = self.apply(part)? {
+        let Some(offset) = self.apply(part)? else {
+            return Ok(());
+        };
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
             let log = self.log.clone();
-            tokio::task::spawn_blocking(move || log.commit(offset))
+            let res = tokio::task::spawn_blocking(move || log.commit(offset))
                 .await
-                .map_err(|e| format!("commit task failed: {e}"))?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("commit task failed: {e}"))?;
+            match res {
+                Ok(()) => {
+                    self.shared.storage_full.store(false, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // A full disk may get space back: hold the transaction (and, through
+                // the collector, the stream) and try again; the flush-stall grace bounds
+                // how long before the shape is given up.
+                Err(e) if e.is_disk_full() => {
+                    if !self.shared.storage_full.swap(true, Ordering::Relaxed) {
+                        tracing::error!(handle = %self.handle, error = %e, "the storage disk is full; holding replication until it has space");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
-        Ok(())
     }
 }
 
