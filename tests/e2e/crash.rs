@@ -3,8 +3,6 @@
 //! handle, and no snapshot ran again.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,98 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use volt_test_support::TestDb;
 
-use crate::support::{DEADLINE, Follower, Server, snapshot_queries_in};
-
-fn volt_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("VOLT_BIN") {
-        return bin.into();
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    target.join("debug").join("volt")
-}
-
-/// A volt process, as users run it.
-struct VoltProcess {
-    child: tokio::process::Child,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Server for VoltProcess {
-    fn base(&self) -> &str {
-        &self.base
-    }
-    fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-}
-
-impl VoltProcess {
-    async fn start(db: &TestDb, storage: &std::path::Path, port: u16) -> anyhow::Result<Self> {
-        let bin = volt_bin();
-        anyhow::ensure!(
-            bin.exists(),
-            "volt binary not found at {} (cargo build first)",
-            bin.display()
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(storage.join("volt.log"))?;
-        let child = tokio::process::Command::new(bin)
-            .env("DATABASE_URL", db.url())
-            .env("ELECTRIC_PORT", port.to_string())
-            .env("ELECTRIC_STORAGE_DIR", storage)
-            .env("ELECTRIC_REPLICATION_STREAM_ID", db.stream_id())
-            .env("ELECTRIC_INSECURE", "true")
-            .env("ELECTRIC_LONG_POLL_TIMEOUT", "1000")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()?;
-        let volt = VoltProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-        };
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let health = volt
-                .http
-                .get(format!("{}/v1/health", volt.base))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if let Ok(res) = health
-                && res.status() == 200
-            {
-                return Ok(volt);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "volt did not become active; see {}",
-                    storage.join("volt.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn kill_9(mut self) -> anyhow::Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use crate::support::{DEADLINE, Follower, VoltProcess, free_port, snapshot_queries_in};
 
 /// Follow a shape until told to stop, surviving the server's absence.
 async fn follow(

@@ -349,13 +349,17 @@ async fn a_full_disk_holds_replication_and_reports_it_until_space_returns() -> a
         Ok(volt.get("/v1/health").await?.status() == 503)
     })
     .await?;
-    let res = volt.get("/v1/shape?table=items&offset=-1&where=id%20%3D%201").await?;
+    let res = volt
+        .get("/v1/shape?table=items&offset=-1&where=id%20%3D%201")
+        .await?;
     assert_eq!(res.status(), 503, "no new shape while the disk is full");
     assert!(res.headers().contains_key("retry-after"));
 
     std::fs::remove_file(&filler)?;
-    f.until(&volt, "the held transaction once space is back", |f| f.changes.len() == 10)
-        .await?;
+    f.until(&volt, "the held transaction once space is back", |f| {
+        f.changes.len() == 10
+    })
+    .await?;
     assert_eq!(f.refetches, 0);
     eventually("health recovers", || async {
         Ok(volt.get("/v1/health").await?.status() == 200)

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod big_transaction;
 mod crash;
 mod durability;
 mod protocol;

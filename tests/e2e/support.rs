@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+use std::process::Stdio;
+
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
@@ -54,7 +57,10 @@ impl TestVolt {
     pub async fn start_tweaked(test_name: &str, tweaks: Tweaks) -> anyhow::Result<TestVolt> {
         let db = TestDb::new(test_name).await?;
         let storage = tempfile::tempdir()?;
-        let dir = tweaks.storage.clone().unwrap_or_else(|| storage.path().to_path_buf());
+        let dir = tweaks
+            .storage
+            .clone()
+            .unwrap_or_else(|| storage.path().to_path_buf());
         let (stack, base, server) = Self::launch(&db, &dir, tweaks.clone()).await?;
         let volt = TestVolt {
             db,
@@ -110,16 +116,16 @@ impl TestVolt {
         if let Some(stack) = self.stack.take() {
             stack.stop().await;
         }
-        let (stack, base, server) =
-            Self::launch(
-                &self.db,
-                &self
-                    .tweaks
-                    .storage
-                    .clone()
-                    .unwrap_or_else(|| self.storage.path().to_path_buf()),
-                self.tweaks.clone(),
-            ).await?;
+        let (stack, base, server) = Self::launch(
+            &self.db,
+            &self
+                .tweaks
+                .storage
+                .clone()
+                .unwrap_or_else(|| self.storage.path().to_path_buf()),
+            self.tweaks.clone(),
+        )
+        .await?;
         self.stack = Some(stack);
         self.base = base;
         self.server = server;
@@ -374,4 +380,107 @@ pub async fn snapshot_queries_in(db: &TestDb, table: &str) -> anyhow::Result<i64
         )
         .await?;
     Ok(row.get(0))
+}
+
+fn volt_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("VOLT_BIN") {
+        return bin.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    target.join("debug").join("volt")
+}
+
+/// A volt process, as users run it.
+pub struct VoltProcess {
+    pub child: tokio::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Server for VoltProcess {
+    fn base(&self) -> &str {
+        &self.base
+    }
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+impl VoltProcess {
+    pub async fn start(db: &TestDb, storage: &std::path::Path, port: u16) -> anyhow::Result<Self> {
+        let bin = volt_bin();
+        anyhow::ensure!(
+            bin.exists(),
+            "volt binary not found at {} (cargo build first)",
+            bin.display()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(storage.join("volt.log"))?;
+        let child = tokio::process::Command::new(bin)
+            .env("DATABASE_URL", db.url())
+            .env("ELECTRIC_PORT", port.to_string())
+            .env("ELECTRIC_STORAGE_DIR", storage)
+            .env("ELECTRIC_REPLICATION_STREAM_ID", db.stream_id())
+            .env("ELECTRIC_INSECURE", "true")
+            .env("ELECTRIC_LONG_POLL_TIMEOUT", "1000")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()?;
+        let volt = VoltProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let health = volt
+                .http
+                .get(format!("{}/v1/health", volt.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(res) = health
+                && res.status() == 200
+            {
+                return Ok(volt);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "volt did not become active; see {}",
+                    storage.join("volt.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn kill_9(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl VoltProcess {
+    /// Peak resident memory of the process so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
 }
