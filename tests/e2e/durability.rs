@@ -1,6 +1,8 @@
 //! Shapes survive restarts: recovered from ShapeDb and disk, never re-snapshotted, and
 //! clients resume with their handle and offset.
 
+use anyhow::Context;
+
 use crate::support::{Follower, TestVolt, Tweaks, eventually, fetch, snapshot_queries};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text, v int NOT NULL DEFAULT 0);
@@ -367,5 +369,38 @@ async fn a_full_disk_holds_replication_and_reports_it_until_space_returns() -> a
     .await?;
     volt.stop().await;
     drop(disk);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_acknowledges_everything_stored_before_it_exits() -> anyhow::Result<()> {
+    let mut volt = TestVolt::start("clean_shutdown_acks").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    volt.db
+        .execute("UPDATE items SET v = 1 WHERE id = 1")
+        .await?;
+    f.until(&volt, "the update", |f| f.changes.len() == 1)
+        .await?;
+    let stored: u64 = f.changes[0]["headers"]["lsn"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()?;
+    volt.stack.take().context("running")?.stop().await;
+    // No waiting: by the time stop returns, Postgres knows.
+    let client = volt.db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&volt.db.slot_name()],
+        )
+        .await?;
+    let confirmed: u64 = row.get::<_, String>(0).parse()?;
+    assert!(
+        confirmed >= stored,
+        "confirmed {confirmed} < stored {stored}"
+    );
+    volt.stop().await;
     Ok(())
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{
+    FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
 use volt_shapes::{Change, ChangeKind, Relation, RelationColumn, Row, TxFragment, Value};
 
 use crate::conn::PgConfig;
@@ -59,7 +61,10 @@ impl ReplicationStream {
         // Bounded: the worker waits when volt is slow, it never drops.
         .with_buffer_size(1024)
         .with_application_name("volt_replication")
-        .with_options(config.display_options());
+        .with_options(config.display_options())
+        // With an observer the client tracks whether an acknowledgement is still
+        // unreported, which a clean shutdown waits for.
+        .with_feedback_observer(FeedbackObserver::new(|_| {}));
         let mut client = ReplicationClient::connect(cfg).await?;
         client.wait_started().await?;
         Ok(ReplicationStream {
@@ -111,6 +116,23 @@ impl ReplicationStream {
     /// Tell Postgres everything up to `lsn` is durably stored.
     pub fn acknowledge(&self, lsn: u64) {
         self.client.update_applied_lsn(Lsn::from_u64(lsn));
+    }
+
+    /// Whether an acknowledgement has not reached Postgres yet.
+    pub fn acks_pending(&self) -> bool {
+        self.client.feedback_pending_since().is_some()
+    }
+
+    /// End the stream cleanly: wait (up to `within`) until Postgres has been told about
+    /// every acknowledgement, so a restart resends as little as possible.
+    pub async fn finish(mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.acks_pending() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = self.client.shutdown().await {
+            tracing::debug!(error = %e, "replication stream shutdown");
+        }
     }
 
     pub async fn shutdown(mut self) {

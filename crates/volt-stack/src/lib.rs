@@ -68,8 +68,19 @@ impl Stack {
         let _ = (&mut self.join).await;
     }
 
-    /// Stop the whole tree, top down, after writing the buffered shape registry.
+    /// Stop the whole tree, top down, after the replication stream has told Postgres
+    /// about everything stored and the buffered shape registry is written.
     pub async fn stop(self) {
+        if self.shared.status.is_set(Condition::ReplicationReady) {
+            self.shared.replication_shutdown.send_replace(true);
+            self.shared
+                .status
+                .wait_clear(
+                    Condition::ReplicationReady,
+                    std::time::Duration::from_secs(5),
+                )
+                .await;
+        }
         if let Some(writer) = self.shared.shape_db_writer.load_full() {
             let _ = writer
                 .call(

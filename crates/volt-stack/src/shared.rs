@@ -216,6 +216,9 @@ pub struct Shared {
     /// A shape could not write because the disk is full: health says so and new shapes
     /// are refused until a write succeeds again.
     pub storage_full: std::sync::atomic::AtomicBool,
+    /// Set on clean shutdown: the replication stream finishes its acknowledgements and
+    /// ends.
+    pub replication_shutdown: tokio::sync::watch::Sender<bool>,
     /// Commit LSN of the last transaction the ShapeLogCollector processed.
     pub last_seen_lsn: AtomicU64,
     handle_seq: AtomicU64,
@@ -242,6 +245,7 @@ impl Shared {
             shape_db_writer: ArcSwapOption::empty(),
             publication_manager: ArcSwapOption::empty(),
             storage_full: std::sync::atomic::AtomicBool::new(false),
+            replication_shutdown: tokio::sync::watch::Sender::new(false),
             last_seen_lsn: AtomicU64::new(0),
             handle_seq: AtomicU64::new(0),
         })

@@ -111,6 +111,14 @@ impl StatusBoard {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Wait until `cond` no longer holds or `timeout` passes; true if it is clear.
+    pub async fn wait_clear(&self, cond: Condition, timeout: std::time::Duration) -> bool {
+        let mut rx = self.bits.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|b| b & cond as u8 == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Wait until the stack is active or `timeout` passes; true if active.
     pub async fn wait_active(&self, timeout: std::time::Duration) -> bool {
         let mut rx = self.bits.subscribe();

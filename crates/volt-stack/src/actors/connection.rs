@@ -235,6 +235,8 @@ pub struct ReplicationClient;
 
 pub enum RcMsg {
     Streaming,
+    /// The stream ended for a clean shutdown, every acknowledgement sent.
+    Finished,
     Failed(String),
 }
 
@@ -257,11 +259,18 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
         .await
         .map_err(|e| format!("the shape log collector is not answering: {e}"))?;
     let _ = me.cast(RcMsg::Streaming);
+    let mut shutdown = shared.replication_shutdown.subscribe();
     loop {
-        let item = stream
-            .next()
-            .await
-            .map_err(|e| format!("replication stream failed: {e}"))?;
+        let item = tokio::select! {
+            item = stream.next() => item.map_err(|e| format!("replication stream failed: {e}"))?,
+            () = async {
+                let _ = shutdown.wait_for(|s| *s).await;
+            } => {
+                stream.finish(Duration::from_secs(3)).await;
+                let _ = me.cast(RcMsg::Finished);
+                return Ok(());
+            }
+        };
         match item {
             None => return Err("Postgres ended the replication stream".into()),
             Some(StreamItem::Fragment(frag)) => {
@@ -327,6 +336,11 @@ impl Actor for ReplicationClient {
             RcMsg::Streaming => {
                 tracing::info!("replication streaming started");
                 state.0.report(Condition::ReplicationReady, true);
+                Ok(())
+            }
+            RcMsg::Finished => {
+                tracing::info!("replication stream closed for shutdown");
+                state.0.report(Condition::ReplicationReady, false);
                 Ok(())
             }
             RcMsg::Failed(e) => Err(e.into()),
