@@ -19,6 +19,8 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks (the harness lands with the benchmarks issue).
+# Benchmarks: each scenario starts its own Postgres and a release volt, prints tables
+# with ratios against a baseline measured in the same run. `just bench idle-shapes`.
 bench *args:
-    @echo "no benchmarks yet: the volt-bench harness is tracked in the benchmarks issue" && exit 1
+    cargo build --release -p volt -p volt-bench
+    target/release/volt-bench {{args}}

@@ -1,0 +1,154 @@
+//! Shared pieces: a throwaway Postgres, volt processes, process measurements.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use volt_pg::cluster::{ClusterOptions, LocalCluster};
+
+pub struct BenchEnv {
+    pub cluster: LocalCluster,
+    pub volt_bin: PathBuf,
+    pub quick: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchEnv {
+    pub fn start(quick: bool) -> anyhow::Result<BenchEnv> {
+        let dir = tempfile::tempdir()?;
+        let cluster = LocalCluster::start(
+            ClusterOptions::new(dir.path().join("pg"))
+                .setting("max_connections", "300")
+                .setting("shared_buffers", "256MB"),
+        )?;
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
+        let volt_bin = target
+            .join(if quick { "debug" } else { "release" })
+            .join("volt");
+        anyhow::ensure!(
+            volt_bin.exists(),
+            "{} not found: build it first (cargo build {}-p volt)",
+            volt_bin.display(),
+            if quick { "" } else { "--release " }
+        );
+        Ok(BenchEnv {
+            cluster,
+            volt_bin,
+            quick,
+            _dir: dir,
+        })
+    }
+
+    pub async fn client(&self, db: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.cluster.url(db), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// A fresh database for one scenario.
+    pub async fn database(&self, name: &str) -> anyhow::Result<String> {
+        let admin = self.client("postgres").await?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        Ok(self.cluster.url(name))
+    }
+}
+
+pub struct Volt {
+    child: tokio::process::Child,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Volt {
+    pub async fn start(env: &BenchEnv, db_url: &str, storage: &Path, port: u16) -> anyhow::Result<(Volt, Duration)> {
+        let started = Instant::now();
+        let child = tokio::process::Command::new(&env.volt_bin)
+            .env("DATABASE_URL", db_url)
+            .env("ELECTRIC_PORT", port.to_string())
+            .env("ELECTRIC_STORAGE_DIR", storage)
+            .env("ELECTRIC_INSECURE", "true")
+            .env("ELECTRIC_LOG_LEVEL", "warning")
+            .env("ELECTRIC_DB_POOL_SIZE", "16")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting volt")?;
+        let volt = Volt {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Ok(res) = volt.http.get(format!("{}/v1/health", volt.base)).send().await
+                && res.status() == 200
+            {
+                return Ok((volt, started.elapsed()));
+            }
+            if Instant::now() > deadline {
+                bail!("volt did not become active");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status(self.pid(), "VmRSS:")
+    }
+
+    /// CPU seconds (user + system) used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        let Some(pid) = self.pid() else { return 0.0 };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0.0;
+        };
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    pub async fn kill_9(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+fn proc_status(pid: Option<u32>, key: &str) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            // Allocated blocks, not apparent size: what the shapes really cost on disk.
+            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

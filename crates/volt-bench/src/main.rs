@@ -1,0 +1,45 @@
+//! `volt-bench`: scenarios that start their own throwaway Postgres and volt process,
+//! drive load, and print one table each. Absolute figures on shared machines are noise;
+//! each scenario also measures a baseline in the same run and prints the ratio.
+
+mod harness;
+mod idle_shapes;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Idle shapes: RAM and disk per shape, restart time to serving (S6).
+    IdleShapes,
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "volt benchmarks")]
+struct Args {
+    #[arg(value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// Tiny sizes against the debug build: a smoke run that keeps the harness working.
+    #[arg(long)]
+    quick: bool,
+    /// Shape counts for the idle-shapes scenario (comma separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000usize])]
+    shapes: Vec<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let env = harness::BenchEnv::start(args.quick)?;
+        if matches!(args.scenario, Scenario::IdleShapes | Scenario::All) {
+            let counts = if args.quick { vec![50] } else { args.shapes.clone() };
+            for n in counts {
+                idle_shapes::run(&env, n).await?;
+            }
+        }
+        anyhow::Ok(())
+    })
+}
