@@ -24,7 +24,9 @@ impl BenchEnv {
         )?;
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
+            .unwrap_or_else(|_| {
+                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target"))
+            });
         let volt_bin = target
             .join(if quick { "debug" } else { "release" })
             .join("volt");
@@ -43,7 +45,8 @@ impl BenchEnv {
     }
 
     pub async fn client(&self, db: &str) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::connect(&self.cluster.url(db), tokio_postgres::NoTls).await?;
+        let (client, conn) =
+            tokio_postgres::connect(&self.cluster.url(db), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         Ok(client)
     }
@@ -51,8 +54,12 @@ impl BenchEnv {
     /// A fresh database for one scenario.
     pub async fn database(&self, name: &str) -> anyhow::Result<String> {
         let admin = self.client("postgres").await?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
         Ok(self.cluster.url(name))
     }
 }
@@ -64,7 +71,12 @@ pub struct Volt {
 }
 
 impl Volt {
-    pub async fn start(env: &BenchEnv, db_url: &str, storage: &Path, port: u16) -> anyhow::Result<(Volt, Duration)> {
+    pub async fn start(
+        env: &BenchEnv,
+        db_url: &str,
+        storage: &Path,
+        port: u16,
+    ) -> anyhow::Result<(Volt, Duration)> {
         let started = Instant::now();
         let child = tokio::process::Command::new(&env.volt_bin)
             .env("DATABASE_URL", db_url)
@@ -81,11 +93,17 @@ impl Volt {
         let volt = Volt {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
         };
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            if let Ok(res) = volt.http.get(format!("{}/v1/health", volt.base)).send().await
+            if let Ok(res) = volt
+                .http
+                .get(format!("{}/v1/health", volt.base))
+                .send()
+                .await
                 && res.status() == 200
             {
                 return Ok((volt, started.elapsed()));
@@ -112,8 +130,16 @@ impl Volt {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return 0.0;
         };
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         (ticks(11) + ticks(12)) / 100.0
     }
 
@@ -137,7 +163,9 @@ fn proc_status(pid: Option<u32>, key: &str) -> u64 {
 }
 
 pub fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| match e.metadata() {
@@ -150,5 +178,7 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

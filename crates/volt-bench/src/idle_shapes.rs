@@ -20,15 +20,28 @@ async fn create(volt: &Volt, grp: usize) -> anyhow::Result<Shape> {
         let res = volt
             .http
             .get(format!("{}/v1/shape", volt.base))
-            .query(&[("table", "items"), ("offset", "-1"), ("where", where_clause.as_str())])
+            .query(&[
+                ("table", "items"),
+                ("offset", "-1"),
+                ("where", where_clause.as_str()),
+            ])
             .send()
             .await?;
         if res.status() == 503 {
             tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
             continue;
         }
-        anyhow::ensure!(res.status() == 200, "creating shape {grp}: {}", res.status());
-        let header = |n: &str| res.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        anyhow::ensure!(
+            res.status() == 200,
+            "creating shape {grp}: {}",
+            res.status()
+        );
+        let header = |n: &str| {
+            res.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let handle = header("electric-handle").context("handle")?;
         let offset = header("electric-offset").context("offset")?;
         return Ok(Shape {
@@ -75,7 +88,11 @@ pub async fn run(env: &BenchEnv, n: usize) -> anyhow::Result<()> {
     let port = free_port()?;
     let (volt, _) = Volt::start(env, &db_url, storage.path(), port).await?;
     // Baseline: the empty service (after one request, so lazily built parts exist).
-    let _ = volt.http.get(format!("{}/v1/health", volt.base)).send().await?;
+    let _ = volt
+        .http
+        .get(format!("{}/v1/health", volt.base))
+        .send()
+        .await?;
     let empty_rss = volt.rss_kib();
 
     let t = Instant::now();
@@ -109,7 +126,10 @@ pub async fn run(env: &BenchEnv, n: usize) -> anyhow::Result<()> {
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
-    anyhow::ensure!(results.iter().all(|ok| *ok), "some shapes were not servable");
+    anyhow::ensure!(
+        results.iter().all(|ok| *ok),
+        "some shapes were not servable"
+    );
     let all = to_active + t.elapsed();
     let restart_rss = volt.rss_kib();
     volt.kill_9().await?;
@@ -117,7 +137,14 @@ pub async fn run(env: &BenchEnv, n: usize) -> anyhow::Result<()> {
     let per_shape_ram = (rss.saturating_sub(empty_rss) as f64 * 1024.0) / n as f64;
     let per_shape_disk = disk as f64 / n as f64;
     println!();
-    println!("### S6 idle shapes: {n} shapes of 10 rows{}", if env.quick { " (quick, debug build)" } else { "" });
+    println!(
+        "### S6 idle shapes: {n} shapes of 10 rows{}",
+        if env.quick {
+            " (quick, debug build)"
+        } else {
+            ""
+        }
+    );
     println!();
     println!("| measure | volt | baseline | ratio |");
     println!("|---|---|---|---|");
@@ -127,15 +154,33 @@ pub async fn run(env: &BenchEnv, n: usize) -> anyhow::Result<()> {
         empty_rss as f64 / 1024.0,
         rss as f64 / empty_rss.max(1) as f64
     );
-    println!("| RAM per idle shape | {:.1} KB | target <= 20 KB | {:.2}x of target |", per_shape_ram / 1000.0, per_shape_ram / 20_000.0);
-    println!("| disk per idle shape | {:.1} KB | - | - |", per_shape_disk / 1000.0);
+    println!(
+        "| RAM per idle shape | {:.1} KB | target <= 20 KB | {:.2}x of target |",
+        per_shape_ram / 1000.0,
+        per_shape_ram / 20_000.0
+    );
+    println!(
+        "| disk per idle shape | {:.1} KB | - | - |",
+        per_shape_disk / 1000.0
+    );
     println!(
         "| shape creation | {:.0} shapes/s | - | {:.2} ms CPU per shape |",
         n as f64 / create_secs,
         create_cpu * 1000.0 / n as f64
     );
-    println!("| kill -9, restart to first 200 | {:.2} s | target <= 10 s | {:.2}x of target |", first.as_secs_f64(), first.as_secs_f64() / 10.0);
-    println!("| restart to all shapes servable | {:.2} s | target <= 10 s | {:.2}x of target |", all.as_secs_f64(), all.as_secs_f64() / 10.0);
-    println!("| RSS after restart | {:.1} MiB | - | - |", restart_rss as f64 / 1024.0);
+    println!(
+        "| kill -9, restart to first 200 | {:.2} s | target <= 10 s | {:.2}x of target |",
+        first.as_secs_f64(),
+        first.as_secs_f64() / 10.0
+    );
+    println!(
+        "| restart to all shapes servable | {:.2} s | target <= 10 s | {:.2}x of target |",
+        all.as_secs_f64(),
+        all.as_secs_f64() / 10.0
+    );
+    println!(
+        "| RSS after restart | {:.1} MiB | - | - |",
+        restart_rss as f64 / 1024.0
+    );
     Ok(())
 }

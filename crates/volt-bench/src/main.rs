@@ -35,7 +35,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let env = harness::BenchEnv::start(args.quick)?;
         if matches!(args.scenario, Scenario::IdleShapes | Scenario::All) {
-            let counts = if args.quick { vec![50] } else { args.shapes.clone() };
+            let counts = if args.quick {
+                vec![50]
+            } else {
+                args.shapes.clone()
+            };
             for n in counts {
                 idle_shapes::run(&env, n).await?;
             }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use volt_pg::admin;
-use volt_shapes::{Shape, ShapeDef, TableSchema};
+use volt_shapes::{ParamError, Shape, ShapeDef, TableSchema};
 use volt_stack::{ShapeEntry, Shared};
 use volt_storage::{LogOffset, RequestOffset, SnapshotState};
 
@@ -64,6 +64,20 @@ impl Params {
             }
         }
         p
+    }
+
+    /// The shape definition these parameters name, or the 400 that says why not.
+    fn shape_def(&self) -> Result<ShapeDef, ParamError> {
+        let positional = self
+            .positional()
+            .map_err(|m| ParamError::new("params", m))?;
+        ShapeDef::from_params(
+            self.table.as_deref(),
+            self.where_sql.as_deref(),
+            positional,
+            self.columns.as_deref(),
+            self.replica.as_deref(),
+        )
     }
 
     /// `params[1]..params[n]` in order; keys must be 1..n.
@@ -150,17 +164,7 @@ pub async fn get_shape(
             "subset snapshots are not supported by this server yet",
         );
     }
-    let positional = match p.positional() {
-        Ok(v) => v,
-        Err(m) => return invalid_request("params", m),
-    };
-    let def = match ShapeDef::from_params(
-        p.table.as_deref(),
-        p.where_sql.as_deref(),
-        positional,
-        p.columns.as_deref(),
-        p.replica.as_deref(),
-    ) {
+    let def = match p.shape_def() {
         Ok(d) => d,
         Err(e) => return invalid_request(e.param, &e.message),
     };
@@ -274,17 +278,7 @@ pub async fn delete_shape(State(app): State<AppState>, RawQuery(query): RawQuery
     let p = Params::parse(query.as_deref().unwrap_or(""));
     let handle = p.handle.clone().filter(|h| !h.is_empty());
     let by_def = if p.table.is_some() {
-        let positional = match p.positional() {
-            Ok(v) => v,
-            Err(m) => return invalid_request("params", m),
-        };
-        let def = match ShapeDef::from_params(
-            p.table.as_deref(),
-            p.where_sql.as_deref(),
-            positional,
-            p.columns.as_deref(),
-            p.replica.as_deref(),
-        ) {
+        let def = match p.shape_def() {
             Ok(d) => d,
             Err(e) => return invalid_request(e.param, &e.message),
         };

@@ -179,13 +179,20 @@ impl Shape {
     }
 
     pub fn from_definition_json(text: &str) -> Result<Shape, String> {
+        let (def, table) = Shape::decode_definition(text)?;
+        Shape::new(def, Arc::new(table)).map_err(|e| e.to_string())
+    }
+
+    /// The parts of a persisted shape, so a caller restoring many shapes can share one
+    /// `TableSchema` between the shapes of a table.
+    pub fn decode_definition(text: &str) -> Result<(ShapeDef, TableSchema), String> {
         #[derive(serde::Deserialize)]
         struct Stored {
             def: ShapeDef,
             table: TableSchema,
         }
         let stored: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        Shape::new(stored.def, Arc::new(stored.table)).map_err(|e| e.to_string())
+        Ok((stored.def, stored.table))
     }
 
     /// Whether a Relation message describes the table this shape was built on: same

@@ -56,6 +56,31 @@ impl StackConfig {
     }
 }
 
+/// Something stored in a shared slot that knows which actor it belongs to.
+pub(crate) trait OwnedBy {
+    fn owner(&self) -> ActorId;
+}
+
+impl<T> OwnedBy for ActorRef<T> {
+    fn owner(&self) -> ActorId {
+        self.get_id()
+    }
+}
+
+impl OwnedBy for ActorCell {
+    fn owner(&self) -> ActorId {
+        self.get_id()
+    }
+}
+
+/// Empty an actor's published slot when that actor stops, unless a successor already
+/// replaced it.
+pub(crate) fn clear_if_mine<T: OwnedBy>(slot: &ArcSwapOption<T>, me: ActorId) {
+    if slot.load().as_ref().is_some_and(|r| r.owner() == me) {
+        slot.store(None);
+    }
+}
+
 /// A live shape: its definition, its log, and the Consumer that writes it.
 pub struct ShapeEntry {
     pub handle: String,

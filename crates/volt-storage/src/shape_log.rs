@@ -532,8 +532,9 @@ impl ShapeLog {
             return Err(StorageError::io(&path, e));
         }
         w.buffer.clear();
-        if w.buffer.capacity() > WRITE_BUFFER * 2 {
-            w.buffer.shrink_to(WRITE_BUFFER);
+        // Idle shapes must not keep a large transaction's buffer.
+        if w.buffer.capacity() > 16 * 1024 {
+            w.buffer = Vec::new();
         }
         if sync {
             f.sync_data().map_err(|e| StorageError::io(&path, e))?;

@@ -7,6 +7,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::shapes;
 use crate::shared::Shared;
+use crate::shared::clear_if_mine;
 
 pub struct ConsumerSupervisor;
 
@@ -55,14 +56,7 @@ impl Actor for ConsumerSupervisor {
         myself: ActorRef<Self::Msg>,
         shared: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if shared
-            .consumer_supervisor
-            .load()
-            .as_ref()
-            .is_some_and(|c| c.get_id() == myself.get_id())
-        {
-            shared.consumer_supervisor.store(None);
-        }
+        clear_if_mine(&shared.consumer_supervisor, myself.get_id());
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use volt_pg::admin;
 
 use crate::shapes;
 use crate::shared::Shared;
+use crate::shared::clear_if_mine;
 
 pub struct PublicationManager;
 
@@ -90,9 +91,18 @@ async fn reconcile(shared: &Arc<Shared>) -> Result<(), String> {
     Ok(())
 }
 
+pub struct PmState {
+    shared: Arc<Shared>,
+    /// Tables this actor published (with full replica identity) and has not dropped
+    /// since: publishing them again needs no round trip. Only this actor changes the
+    /// publication, so the set can only go stale by someone else's DDL, which the
+    /// reconciler clears it for.
+    published: HashSet<TableName>,
+}
+
 impl Actor for PublicationManager {
     type Msg = PublicationMsg;
-    type State = Arc<Shared>;
+    type State = PmState;
     type Arguments = Arc<Shared>;
 
     async fn pre_start(
@@ -106,21 +116,30 @@ impl Actor for PublicationManager {
         myself.send_interval(shared.config.reconcile_period, || {
             PublicationMsg::Reconcile(None)
         });
-        Ok(shared)
+        Ok(PmState {
+            shared,
+            published: HashSet::new(),
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        shared: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let shared = &state.shared;
         match msg {
             PublicationMsg::Publish {
                 schema,
                 table,
                 reply,
             } => {
+                let key = (schema.clone(), table.clone());
+                if state.published.contains(&key) {
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
                 let res = match shared.admin.load_full() {
                     None => Err("the database connection is not available".to_string()),
                     Some(conn) => admin::publish_table(
@@ -132,9 +151,14 @@ impl Actor for PublicationManager {
                     .await
                     .map_err(|e| e.to_string()),
                 };
+                if res.is_ok() {
+                    state.published.insert(key);
+                }
                 let _ = reply.send(res);
             }
             PublicationMsg::Reconcile(reply) => {
+                // Start from what Postgres says, not from what we remember.
+                state.published.clear();
                 if let Err(e) = reconcile(shared).await {
                     tracing::warn!(error = %e, "schema and publication reconciliation failed; retrying next period");
                 }
@@ -151,16 +175,10 @@ impl Actor for PublicationManager {
     async fn post_stop(
         &self,
         myself: ActorRef<Self::Msg>,
-        shared: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if shared
-            .publication_manager
-            .load()
-            .as_ref()
-            .is_some_and(|p| p.get_id() == myself.get_id())
-        {
-            shared.publication_manager.store(None);
-        }
+        let shared = &state.shared;
+        clear_if_mine(&shared.publication_manager, myself.get_id());
         Ok(())
     }
 }

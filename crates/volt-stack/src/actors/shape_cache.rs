@@ -8,6 +8,7 @@ use volt_shapes::Shape;
 use volt_storage::ShapeLog;
 
 use crate::actors::consumer::{Consumer, ConsumerArgs};
+use crate::shared::clear_if_mine;
 use crate::shared::{ShapeEntry, Shared};
 use crate::status::Condition;
 
@@ -115,14 +116,7 @@ impl Actor for ShapeCache {
         myself: ActorRef<Self::Msg>,
         shared: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if shared
-            .shape_cache
-            .load()
-            .as_ref()
-            .is_some_and(|c| c.get_id() == myself.get_id())
-        {
-            shared.shape_cache.store(None);
-        }
+        clear_if_mine(&shared.shape_cache, myself.get_id());
         Ok(())
     }
 }

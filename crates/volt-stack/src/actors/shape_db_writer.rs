@@ -10,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use volt_storage::ShapeDbOp;
 
 use crate::shared::Shared;
+use crate::shared::clear_if_mine;
 
 /// Electric's flush period.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -84,15 +85,7 @@ impl Actor for ShapeDbWriter {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.flush().await?;
-        if state
-            .shared
-            .shape_db_writer
-            .load()
-            .as_ref()
-            .is_some_and(|w| w.get_id() == myself.get_id())
-        {
-            state.shared.shape_db_writer.store(None);
-        }
+        clear_if_mine(&state.shared.shape_db_writer, myself.get_id());
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ use volt_storage::{ShapeDbOp, ShapeLog};
 
 use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg, TxPart};
 use crate::shapes;
+use crate::shared::clear_if_mine;
 use crate::shared::{ShapeEntry, Shared};
 use crate::status::Condition;
 
@@ -182,9 +183,22 @@ async fn restore(
     let dir = shared.config.shapes_dir();
     let chunk_bytes = shared.config.chunk_bytes;
     let opened = tokio::task::spawn_blocking(move || {
+        // One TableSchema per table, shared by its shapes.
+        let mut tables: HashMap<u32, Vec<Arc<volt_shapes::TableSchema>>> = HashMap::new();
         rows.into_iter()
             .map(|(handle, definition)| {
-                let shape = Shape::from_definition_json(&definition);
+                let shape = Shape::decode_definition(&definition).and_then(|(def, table)| {
+                    let same = tables.entry(table.oid).or_default();
+                    let table = match same.iter().find(|t| ***t == table) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t = Arc::new(table);
+                            same.push(t.clone());
+                            t
+                        }
+                    };
+                    Shape::new(def, table).map_err(|e| e.to_string())
+                });
                 let log = ShapeLog::open(dir.join(&handle), chunk_bytes);
                 (handle, shape, log)
             })
@@ -336,15 +350,7 @@ impl Actor for ShapeLogCollector {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if state
-            .shared
-            .shape_log_collector
-            .load()
-            .as_ref()
-            .is_some_and(|s| s.get_id() == myself.get_id())
-        {
-            state.shared.shape_log_collector.store(None);
-        }
+        clear_if_mine(&state.shared.shape_log_collector, myself.get_id());
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::shared::Shared;
+use crate::shared::clear_if_mine;
 use crate::status::Condition;
 
 pub struct StatusMonitor;
@@ -54,14 +55,7 @@ impl Actor for StatusMonitor {
         myself: ActorRef<Self::Msg>,
         shared: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if shared
-            .status_monitor
-            .load()
-            .as_ref()
-            .is_some_and(|m| m.get_id() == myself.get_id())
-        {
-            shared.status_monitor.store(None);
-        }
+        clear_if_mine(&shared.status_monitor, myself.get_id());
         shared.status.reset();
         Ok(())
     }
