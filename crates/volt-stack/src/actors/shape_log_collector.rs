@@ -219,7 +219,7 @@ async fn restore(
                 continue;
             }
         };
-        let (consumer, _) = Actor::spawn_linked(
+        let spawned = Actor::spawn_linked(
             None,
             Consumer,
             ConsumerArgs {
@@ -231,8 +231,17 @@ async fn restore(
             },
             (*sup).clone(),
         )
-        .await
-        .map_err(|e| format!("could not start a restored shape's consumer: {e}"))?;
+        .await;
+        // One unrestorable shape must not keep the whole subsystem from starting.
+        let consumer = match spawned {
+            Ok((consumer, _)) => consumer,
+            Err(e) => {
+                tracing::warn!(%handle, error = %e, "dropping a shape whose consumer cannot start");
+                shared.record(ShapeDbOp::Remove { handle });
+                dropped += 1;
+                continue;
+            }
+        };
         routes.entry(shape.table.oid).or_default().push(Route {
             handle: handle.clone(),
             shape: shape.clone(),
