@@ -195,3 +195,37 @@ async fn secret_guards_the_shape_api_and_admin_but_not_health() -> anyhow::Resul
     volt.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_offset_past_the_shapes_end_is_a_400_after_a_short_wait() -> anyhow::Result<()> {
+    let volt = TestVolt::start("out_of_bounds").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let h = f.handle.clone().unwrap_or_default();
+    for live in ["", "&live=true"] {
+        let res = volt
+            .get(&format!(
+                "/v1/shape?table=items&handle={h}&offset=999999999999_0{live}"
+            ))
+            .await?;
+        assert_eq!(res.status(), 400, "{live}");
+        let body: Value = res.json().await?;
+        assert_eq!(
+            body["errors"]["offset"][0], "out of bounds for this shape",
+            "{live}"
+        );
+    }
+    // The shape's own end, even written as `<tx>_inf`, is not out of bounds.
+    volt.db.execute("INSERT INTO items (id) VALUES (3)").await?;
+    f.until(&volt, "the insert", |f| f.changes.len() == 1)
+        .await?;
+    let lsn = f.changes[0]["headers"]["lsn"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let res = fetch(&volt, &format!("table=items&handle={h}&offset={lsn}_inf")).await?;
+    assert_eq!(res.status, 200);
+    volt.stop().await;
+    Ok(())
+}

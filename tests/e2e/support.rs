@@ -98,6 +98,7 @@ impl TestVolt {
                 long_poll_timeout: Duration::from_millis(1500),
                 stack_ready_timeout: Duration::from_secs(1),
                 allow_delete: true,
+                out_of_bounds_wait: Duration::from_millis(300),
                 ..HttpConfig::default()
             },
         );

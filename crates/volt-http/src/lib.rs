@@ -32,6 +32,8 @@ pub struct HttpConfig {
     pub shutdown: Option<watch::Receiver<bool>>,
     /// `ELECTRIC_ENABLE_INTEGRATION_TESTING`: allows `DELETE /v1/shape`.
     pub allow_delete: bool,
+    /// How long a request for an offset past the shape's end waits for it before a 400.
+    pub out_of_bounds_wait: Duration,
 }
 
 impl Default for HttpConfig {
@@ -42,6 +44,7 @@ impl Default for HttpConfig {
             stack_ready_timeout: Duration::from_secs(5),
             shutdown: None,
             allow_delete: false,
+            out_of_bounds_wait: Duration::from_secs(10),
         }
     }
 }

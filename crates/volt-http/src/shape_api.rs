@@ -478,6 +478,19 @@ async fn serve_log(
     };
     // Subscribe before reading so a commit between the read and the wait is not missed.
     let mut changes = log.subscribe();
+    // An offset past the shape's end may be one this instance has not caught up to yet:
+    // wait a while for it, then say the offset is wrong.
+    if at.tx != 0 && beyond(at, log.latest_offset()) {
+        let reached = tokio::time::timeout(
+            app.config.out_of_bounds_wait,
+            changes.wait_for(|latest| !beyond(at, *latest) || log.is_closed()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !reached {
+            return invalid_request("offset", "out of bounds for this shape");
+        }
+    }
     let deadline = tokio::time::Instant::now() + app.config.long_poll_timeout;
     loop {
         if log.is_closed() {
@@ -565,6 +578,12 @@ async fn serve_log(
             }
         }
     }
+}
+
+/// Whether `at` lies past `latest`: a later transaction, or a later change of the same
+/// one (`<tx>_inf` means the end of `tx`, never past it).
+fn beyond(at: LogOffset, latest: LogOffset) -> bool {
+    at.tx > latest.tx || (at.tx == latest.tx && at.op != LogOffset::INF_OP && at.op > latest.op)
 }
 
 enum Woke {
