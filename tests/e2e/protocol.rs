@@ -229,3 +229,36 @@ async fn an_offset_past_the_shapes_end_is_a_400_after_a_short_wait() -> anyhow::
     volt.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn changes_only_shapes_skip_the_snapshot_rows_but_get_every_later_change()
+-> anyhow::Result<()> {
+    let volt = TestVolt::start("changes_only").await?;
+    volt.db.execute(ITEMS).await?;
+    let res = fetch(&volt, "table=items&offset=-1&log=changes_only").await?;
+    assert_eq!(res.status, 200);
+    let items = res.body.as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "only snapshot-end: {}", res.body);
+    assert_eq!(items[0]["headers"]["control"], "snapshot-end");
+    let full = fetch(&volt, "table=items&offset=-1").await?;
+    assert_ne!(
+        full.handle, res.handle,
+        "log mode is part of the shape's identity"
+    );
+
+    let mut f = Follower::new("table=items&log=changes_only");
+    f.catch_up(&volt).await?;
+    assert!(f.rows.is_empty());
+    volt.db
+        .execute("UPDATE items SET qty = 7 WHERE id = 1")
+        .await?;
+    f.until(&volt, "the update", |f| f.changes.len() == 1)
+        .await?;
+    assert_eq!(f.changes[0]["headers"]["operation"], "update");
+    let res = volt
+        .get("/v1/shape?table=items&offset=-1&log=sideways")
+        .await?;
+    assert_eq!(res.status(), 400);
+    volt.stop().await;
+    Ok(())
+}

@@ -77,6 +77,7 @@ impl Params {
             positional,
             self.columns.as_deref(),
             self.replica.as_deref(),
+            self.log.as_deref(),
         )
     }
 
@@ -142,13 +143,6 @@ pub async fn get_shape(
     }
     // Parts of the protocol volt does not serve yet: a clear 400 beats a silently
     // different answer.
-    match p.log.as_deref() {
-        None | Some("full") => {}
-        Some("changes_only") => {
-            return invalid_request("log", "changes_only is not supported by this server yet");
-        }
-        Some(_) => return invalid_request("log", "is invalid"),
-    }
     if p.live_sse {
         if !p.live {
             return invalid_request("live_sse", "can't be true unless live is also true");

@@ -8,4 +8,4 @@ pub mod where_clause;
 
 pub use change::{Change, ChangeKind, Relation, RelationColumn, Row, TxFragment, Value};
 pub use schema::{ColumnSchema, TableSchema};
-pub use shape::{LogItem, ParamError, Replica, Shape, ShapeDef};
+pub use shape::{LogItem, LogMode, ParamError, Replica, Shape, ShapeDef};

@@ -31,6 +31,18 @@ pub struct ShapeDef {
     /// Selected columns in the order given; `None` selects every column.
     pub columns: Option<Vec<String>>,
     pub replica: Replica,
+    /// `log=changes_only`: no snapshot rows, only changes from the shape's creation on.
+    #[serde(default)]
+    pub log: LogMode,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum LogMode {
+    #[default]
+    Full,
+    ChangesOnly,
 }
 
 /// A request error attached to the parameter that caused it, as Electric reports them.
@@ -58,6 +70,7 @@ impl ShapeDef {
         params: Vec<String>,
         columns: Option<&str>,
         replica: Option<&str>,
+        log: Option<&str>,
     ) -> Result<ShapeDef, ParamError> {
         let table = table
             .filter(|t| !t.trim().is_empty())
@@ -82,6 +95,11 @@ impl ShapeDef {
             Some("full") => Replica::Full,
             Some(_) => return Err(ParamError::new("replica", "is invalid")),
         };
+        let log = match log {
+            None | Some("full") => LogMode::Full,
+            Some("changes_only") => LogMode::ChangesOnly,
+            Some(_) => return Err(ParamError::new("log", "is invalid")),
+        };
         Ok(ShapeDef {
             schema,
             table,
@@ -89,6 +107,7 @@ impl ShapeDef {
             params,
             columns,
             replica,
+            log,
         })
     }
 

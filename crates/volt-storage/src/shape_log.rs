@@ -428,8 +428,13 @@ impl ShapeLog {
         w.meta.pg_snapshot = Some(pg_snapshot);
         write_meta(&self.dir, &w.meta)?;
         drop(w);
-        self.snapshot
-            .send_modify(|p| p.state = SnapshotState::Started);
+        self.snapshot.send_if_modified(|p| {
+            let pending = p.state == SnapshotState::Pending;
+            if pending {
+                p.state = SnapshotState::Started;
+            }
+            pending
+        });
         Ok(())
     }
 

@@ -287,8 +287,7 @@ impl Actor for Consumer {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMsg::SnapshotStarted(snapshot) => {
-                let recorded = serde_json::to_value(&snapshot)?;
-                state.log.mark_snapshot_started(recorded)?;
+                // The Snapshotter recorded it in the log before telling us.
                 state.snapshot = Some(snapshot);
                 for part in std::mem::take(&mut state.buffered) {
                     state.store(part).await?;

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
 use serde_json::json;
 use volt_pg::snapshot::SnapshotTx;
-use volt_shapes::Shape;
+use volt_shapes::{LogMode, Shape};
 use volt_storage::ShapeLog;
 
 use crate::actors::consumer::{ConsumerMsg, Listed};
@@ -72,20 +72,29 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let snapshot = tx.snapshot.clone();
+    // Recorded before any row is written: a restored shape needs it to filter the
+    // transactions the snapshot already holds.
+    let recorded = serde_json::to_value(&snapshot).map_err(|e| e.to_string())?;
+    args.log
+        .mark_snapshot_started(recorded)
+        .map_err(|e| e.to_string())?;
     args.consumer
         .cast(ConsumerMsg::SnapshotStarted(snapshot.clone()))
         .map_err(|_| "consumer is gone".to_string())?;
-    let sql = args.shape.snapshot_sql();
-    let rows = tx.rows(&sql).await.map_err(|e| e.to_string())?;
-    futures::pin_mut!(rows);
-    while let Some(row) = rows.next().await {
-        let row = row.map_err(|e| e.to_string())?;
-        if args.log.is_closed() {
-            return Err("the shape was removed during its snapshot".into());
+    // `log=changes_only`: the snapshot only fixes where the changes start.
+    if args.shape.def.log == LogMode::Full {
+        let sql = args.shape.snapshot_sql();
+        let rows = tx.rows(&sql).await.map_err(|e| e.to_string())?;
+        futures::pin_mut!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(|e| e.to_string())?;
+            if args.log.is_closed() {
+                return Err("the shape was removed during its snapshot".into());
+            }
+            args.log
+                .append_snapshot_line(&args.shape.snapshot_item(&row))
+                .map_err(|e| e.to_string())?;
         }
-        args.log
-            .append_snapshot_line(&args.shape.snapshot_item(&row))
-            .map_err(|e| e.to_string())?;
     }
     let end = json!({"headers": {
         "control": "snapshot-end",
