@@ -262,3 +262,63 @@ async fn changes_only_shapes_skip_the_snapshot_rows_but_get_every_later_change()
     volt.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn sse_sends_changes_as_events_with_up_to_date_keep_alives_and_an_end() -> anyhow::Result<()>
+{
+    use futures::StreamExt;
+    let volt = TestVolt::start("sse").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let h = f.handle.clone().unwrap_or_default();
+    let res = volt
+        .get("/v1/shape?table=items&offset=-1&live_sse=true")
+        .await?;
+    assert_eq!(res.status(), 400, "live_sse needs live");
+
+    let res = volt
+        .http
+        .get(format!(
+            "{}/v1/shape?table=items&handle={h}&offset={}&live=true&live_sse=true",
+            volt.base, f.offset
+        ))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    assert!(res.headers().contains_key("electric-cursor"));
+    assert_eq!(res.headers()["electric-offset"].to_str()?, f.offset);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let started = std::time::Instant::now();
+    let mut inserted = false;
+    while let Some(chunk) = tokio::time::timeout(crate::support::DEADLINE, body.next()).await? {
+        text.push_str(&String::from_utf8_lossy(&chunk?));
+        if !inserted && text.contains(": keep-alive\n\n") {
+            volt.db
+                .execute("INSERT INTO items (id, title) VALUES (9, 'sse')")
+                .await?;
+            inserted = true;
+        }
+    }
+    // The stream ended by itself (sse_duration), having carried the insert.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let insert = events
+        .iter()
+        .position(|e| e["headers"]["operation"] == "insert")
+        .expect("the insert arrived as an event");
+    assert_eq!(events[insert]["value"]["title"], "sse");
+    assert_eq!(events[insert + 1]["headers"]["control"], "up-to-date");
+    assert_eq!(
+        events[insert + 1]["headers"]["global_last_seen_lsn"],
+        events[insert]["headers"]["lsn"]
+    );
+    volt.stop().await;
+    Ok(())
+}

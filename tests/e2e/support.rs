@@ -99,6 +99,8 @@ impl TestVolt {
                 stack_ready_timeout: Duration::from_secs(1),
                 allow_delete: true,
                 out_of_bounds_wait: Duration::from_millis(300),
+                sse_duration: Duration::from_secs(3),
+                sse_keepalive: Duration::from_millis(300),
                 ..HttpConfig::default()
             },
         );

@@ -4,6 +4,7 @@ mod auth;
 mod cors;
 mod response;
 mod shape_api;
+mod sse;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,10 @@ pub struct HttpConfig {
     pub allow_delete: bool,
     /// How long a request for an offset past the shape's end waits for it before a 400.
     pub out_of_bounds_wait: Duration,
+    /// How long one SSE response stays open (Electric: 60 s).
+    pub sse_duration: Duration,
+    /// Silence after which an SSE response sends a keep-alive comment (Electric: 21 s).
+    pub sse_keepalive: Duration,
 }
 
 impl Default for HttpConfig {
@@ -45,6 +50,8 @@ impl Default for HttpConfig {
             shutdown: None,
             allow_delete: false,
             out_of_bounds_wait: Duration::from_secs(10),
+            sse_duration: Duration::from_secs(60),
+            sse_keepalive: Duration::from_secs(21),
         }
     }
 }

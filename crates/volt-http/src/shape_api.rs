@@ -143,14 +143,8 @@ pub async fn get_shape(
     }
     // Parts of the protocol volt does not serve yet: a clear 400 beats a silently
     // different answer.
-    if p.live_sse {
-        if !p.live {
-            return invalid_request("live_sse", "can't be true unless live is also true");
-        }
-        return invalid_request(
-            "live_sse",
-            "server-sent events are not supported by this server yet",
-        );
+    if p.live_sse && !p.live {
+        return invalid_request("live_sse", "can't be true unless live is also true");
     }
     if p.subset {
         return invalid_request(
@@ -226,6 +220,13 @@ pub async fn get_shape(
             set_flags(&mut res, true, false);
             set_etag(&mut res, &entry, offset_raw, latest, true);
             res
+        }
+        RequestOffset::At(at) if p.live_sse => {
+            if let Some(res) = out_of_bounds(&app, &entry, at).await {
+                return res;
+            }
+            entry.touch();
+            crate::sse::serve(&app, &entry, at, p.cursor.as_deref())
         }
         // Snapshot chunk k was read: the next chunk, or the log after the last one.
         RequestOffset::At(at) if at.tx == 0 && at.op < LogOffset::INF_OP => {
@@ -431,7 +432,11 @@ async fn serve_snapshot(
     Some(res)
 }
 
-fn storage_error(app: &AppState, entry: &ShapeEntry, e: &volt_storage::StorageError) -> Response {
+pub(crate) fn storage_error(
+    app: &AppState,
+    entry: &ShapeEntry,
+    e: &volt_storage::StorageError,
+) -> Response {
     // Removed while we read it: its files are gone, and its clients must refetch.
     if entry.log.is_closed() {
         return must_refetch(current_handle(app, entry).as_deref());
@@ -472,18 +477,8 @@ async fn serve_log(
     };
     // Subscribe before reading so a commit between the read and the wait is not missed.
     let mut changes = log.subscribe();
-    // An offset past the shape's end may be one this instance has not caught up to yet:
-    // wait a while for it, then say the offset is wrong.
-    if at.tx != 0 && beyond(at, log.latest_offset()) {
-        let reached = tokio::time::timeout(
-            app.config.out_of_bounds_wait,
-            changes.wait_for(|latest| !beyond(at, *latest) || log.is_closed()),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-        if !reached {
-            return invalid_request("offset", "out of bounds for this shape");
-        }
+    if let Some(res) = out_of_bounds(app, entry, at).await {
+        return res;
     }
     let deadline = tokio::time::Instant::now() + app.config.long_poll_timeout;
     loop {
@@ -574,6 +569,23 @@ async fn serve_log(
     }
 }
 
+/// An offset past the shape's end may be one this instance has not caught up to yet:
+/// wait a while for it, then say the offset is wrong.
+async fn out_of_bounds(app: &AppState, entry: &ShapeEntry, at: LogOffset) -> Option<Response> {
+    let log = &entry.log;
+    if at.tx == 0 || !beyond(at, log.latest_offset()) {
+        return None;
+    }
+    let mut changes = log.subscribe();
+    let reached = tokio::time::timeout(
+        app.config.out_of_bounds_wait,
+        changes.wait_for(|latest| !beyond(at, *latest) || log.is_closed()),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    (!reached).then(|| invalid_request("offset", "out of bounds for this shape"))
+}
+
 /// Whether `at` lies past `latest`: a later transaction, or a later change of the same
 /// one (`<tx>_inf` means the end of `tx`, never past it).
 fn beyond(at: LogOffset, latest: LogOffset) -> bool {
@@ -586,19 +598,24 @@ enum Woke {
     TimedOut,
 }
 
-fn up_to_date(lsn: u64) -> String {
+pub(crate) fn up_to_date(lsn: u64) -> String {
     json!({"headers": {"control": "up-to-date", "global_last_seen_lsn": lsn.to_string()}})
         .to_string()
 }
 
 #[derive(Clone, Copy)]
-enum CacheKind {
+pub(crate) enum CacheKind {
     Initial,
     NonLive,
     Live,
 }
 
-fn ok_response(entry: &ShapeEntry, offset: LogOffset, body: String, cache: CacheKind) -> Response {
+pub(crate) fn ok_response(
+    entry: &ShapeEntry,
+    offset: LogOffset,
+    body: String,
+    cache: CacheKind,
+) -> Response {
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
     h.insert(
@@ -693,7 +710,7 @@ fn not_modified_or(res: Response, req: &HeaderMap) -> Response {
 
 /// The live cursor: the next multiple of the long-poll timeout (in seconds since
 /// 2024-10-09), pushed past any cursor the client sent so caches never loop.
-fn set_cursor(res: &mut Response, app: &AppState, given: Option<&str>) {
+pub(crate) fn set_cursor(res: &mut Response, app: &AppState, given: Option<&str>) {
     const EPOCH: u64 = 1_728_432_000;
     let t = app.config.long_poll_timeout.as_secs().max(1);
     let now = SystemTime::now()

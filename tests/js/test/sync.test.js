@@ -191,3 +191,21 @@ voltTest(
     assert.ok(rowStates.length >= 1, 'Shape notified its subscriber');
   },
 );
+
+voltTest(
+  'live changes reach ShapeStream over server-sent events (liveSse)',
+  { setup: ITEMS },
+  async ({ db, volt, cleanup }) => {
+    await db.client.query(`INSERT INTO items VALUES (1, 'one', 1, false)`);
+    const s = openShape(volt, { table: 'items' }, { cleanup, liveSse: true });
+    assert.deepEqual(byId(await s.initialRows()), [{ id: 1, title: 'one', qty: 1, done: false }]);
+
+    await db.client.query(`INSERT INTO items VALUES (2, 'two', 2, true)`);
+    await s.waitRows((rows) => rowOf(rows, 2)?.title === 'two', 'insert over SSE');
+    await db.client.query(`UPDATE items SET title = 'ONE' WHERE id = 1`);
+    await s.waitRows((rows) => rowOf(rows, 1)?.title === 'ONE', 'update over SSE');
+    await db.client.query(`DELETE FROM items WHERE id = 2`);
+    await s.waitRows((rows) => !rowOf(rows, 2), 'delete over SSE');
+    assert.deepEqual(byId(s.shape.currentRows), [{ id: 1, title: 'ONE', qty: 1, done: false }]);
+  },
+);
