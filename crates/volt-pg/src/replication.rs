@@ -134,12 +134,6 @@ impl ReplicationStream {
             tracing::debug!(error = %e, "replication stream shutdown");
         }
     }
-
-    pub async fn shutdown(mut self) {
-        if let Err(e) = self.client.shutdown().await {
-            tracing::debug!(error = %e, "replication stream shutdown");
-        }
-    }
 }
 
 /// Groups decoded pgoutput messages into fragments of at most `max` changes.

@@ -197,11 +197,6 @@ impl Shape {
         json!({"def": self.def, "table": *self.table}).to_string()
     }
 
-    pub fn from_definition_json(text: &str) -> Result<Shape, String> {
-        let (def, table) = Shape::decode_definition(text)?;
-        Shape::new(def, Arc::new(table)).map_err(|e| e.to_string())
-    }
-
     /// The parts of a persisted shape, so a caller restoring many shapes can share one
     /// `TableSchema` between the shapes of a table.
     pub fn decode_definition(text: &str) -> Result<(ShapeDef, TableSchema), String> {
@@ -309,11 +304,6 @@ impl Shape {
 
     fn matches(&self, row: &[Option<&str>]) -> bool {
         self.where_clause.as_ref().is_none_or(|w| w.matches(row))
-    }
-
-    /// Whether a change to this shape's table could concern it.
-    pub fn is_for(&self, relation: &Relation) -> bool {
-        relation.schema == self.table.schema && relation.name == self.table.name
     }
 
     /// Turn one replicated change into this shape's log items (none, one, or two for a

@@ -196,10 +196,6 @@ impl ActorDirectory {
         self.actors.get(&id).map(|e| e.1.clone())
     }
 
-    pub fn kind_of(&self, id: ActorId) -> Option<&'static str> {
-        self.actors.get(&id).map(|e| e.0)
-    }
-
     pub fn restarts(&self, name: &str) -> u32 {
         self.restarts.get(name).map(|r| *r).unwrap_or(0)
     }
@@ -219,8 +215,6 @@ pub struct TreeNode {
 
 pub struct Shared {
     pub config: StackConfig,
-    /// Distinguishes this stack's actor names in ractor's global registry.
-    pub stack_id: String,
     pub status: StatusBoard,
     pub shapes: ShapeRegistry,
     /// Table metadata for request validation, filled on first use.
@@ -251,11 +245,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: StackConfig, shape_db: ShapeDb) -> Arc<Shared> {
-        let stack_id = format!("{:08x}", rand::random::<u32>());
         Arc::new(Shared {
             snapshot_permits: Semaphore::new(config.max_concurrent_snapshots.max(1)),
             config,
-            stack_id,
             status: StatusBoard::default(),
             shapes: ShapeRegistry::default(),
             schemas: DashMap::new(),

@@ -708,27 +708,6 @@ impl ShapeLog {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
-
-    /// Bytes the shape's files take on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        fs::read_dir(&self.dir)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-
-    /// Remove the shape's files.
-    pub fn remove_files(&self) -> Result<(), StorageError> {
-        match fs::remove_dir_all(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io(&self.dir, e)),
-        }
-    }
 }
 
 #[cfg(test)]
