@@ -90,6 +90,19 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_FLUSH_STALL_GRACE_PERIOD", default_value = "1m", value_parser = parse_duration)]
     pub flush_stall_grace_period: Duration,
 
+    /// How long one SSE (`live_sse`) response stays open before the client reconnects.
+    #[arg(long, env = "ELECTRIC_SSE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub sse_timeout: Duration,
+
+    /// Silence after which an SSE response sends a keep-alive comment.
+    #[arg(long, env = "ELECTRIC_SSE_KEEPALIVE_INTERVAL", default_value = "21s", value_parser = parse_duration)]
+    pub sse_keepalive_interval: Duration,
+
+    /// How long a request for an offset past the end of a shape's log waits for the log to
+    /// reach it before answering 400 "out of bounds".
+    #[arg(long, env = "ELECTRIC_OUT_OF_BOUNDS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub out_of_bounds_timeout: Duration,
+
     /// Port for Prometheus metrics at /metrics (off when unset).
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT")]
     pub prometheus_port: Option<u16>,
@@ -156,10 +169,17 @@ impl Settings {
         if self.max_shapes == Some(0) {
             return Err(ConfigError("ELECTRIC_MAX_SHAPES must be at least 1".into()));
         }
-        if self.long_poll_timeout.is_zero() {
-            return Err(ConfigError(
-                "ELECTRIC_LONG_POLL_TIMEOUT must be positive".into(),
-            ));
+        for (name, value) in [
+            ("ELECTRIC_LONG_POLL_TIMEOUT", self.long_poll_timeout),
+            ("ELECTRIC_SSE_TIMEOUT", self.sse_timeout),
+            (
+                "ELECTRIC_SSE_KEEPALIVE_INTERVAL",
+                self.sse_keepalive_interval,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError(format!("{name} must be positive")));
+            }
         }
         Ok(())
     }

@@ -128,6 +128,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             long_poll_timeout: settings.long_poll_timeout,
             shutdown: Some(shutdown_rx),
             allow_delete: settings.enable_integration_testing,
+            out_of_bounds_wait: settings.out_of_bounds_timeout,
+            sse_duration: settings.sse_timeout,
+            sse_keepalive: settings.sse_keepalive_interval,
             ..HttpConfig::default()
         },
     );

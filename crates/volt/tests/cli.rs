@@ -57,6 +57,8 @@ fn invalid_values_are_rejected() {
         ),
         ("ELECTRIC_PORT", "lots", "lots"),
         ("ELECTRIC_LONG_POLL_TIMEOUT", "soon", "soon"),
+        ("ELECTRIC_SSE_TIMEOUT", "0", "ELECTRIC_SSE_TIMEOUT"),
+        ("ELECTRIC_OUT_OF_BOUNDS_TIMEOUT", "later", "later"),
         ("ELECTRIC_LOG_LEVEL", "loud", "ELECTRIC_LOG_LEVEL"),
         ("ELECTRIC_INSECURE", "maybe", "maybe"),
     ] {
