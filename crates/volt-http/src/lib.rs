@@ -5,6 +5,7 @@ mod cors;
 mod response;
 mod shape_api;
 mod sse;
+mod subset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,7 @@ pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
         .route(
             "/v1/shape",
             get(shape_api::get_shape)
+                .post(shape_api::post_shape)
                 .delete(shape_api::delete_shape)
                 .options(cors::preflight),
         )

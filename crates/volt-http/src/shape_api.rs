@@ -9,13 +9,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use volt_pg::admin;
-use volt_shapes::{ParamError, Shape, ShapeDef, TableSchema};
+use volt_shapes::{ParamError, Shape, ShapeDef, SubsetRequest, TableSchema};
 use volt_stack::{ShapeEntry, Shared};
-use volt_storage::{LogOffset, RequestOffset, SnapshotState};
+use volt_storage::{LogOffset, RequestOffset, SnapshotProgress, SnapshotState};
 
 use crate::AppState;
 use crate::auth::url_params;
 use crate::response::{error, invalid_request, unavailable};
+use crate::subset;
 
 /// Longer where clauses are refused before parsing: the parser recurses on them.
 const MAX_WHERE_BYTES: usize = 16 * 1024;
@@ -35,7 +36,8 @@ struct Params {
     live: bool,
     live_sse: bool,
     log: Option<String>,
-    subset: bool,
+    /// Present when any `subset__*` parameter (or subset key of a POST body) is.
+    subset: Option<SubsetRequest>,
     cursor: Option<String>,
 }
 
@@ -43,27 +45,61 @@ impl Params {
     fn parse(query: &str) -> Params {
         let mut p = Params::default();
         for (k, v) in url_params(query) {
-            match k.as_str() {
-                "table" => p.table = Some(v),
-                "where" => p.where_sql = Some(v),
-                "columns" => p.columns = Some(v),
-                "replica" => p.replica = Some(v),
-                "offset" => p.offset = Some(v),
-                "handle" => p.handle = Some(v),
-                // Any value but the literal `false` turns live on.
-                "live" => p.live = v != "false",
-                "cursor" => p.cursor = Some(v),
-                "live_sse" | "experimental_live_sse" => p.live_sse = v != "false",
-                "log" => p.log = Some(v),
-                _ if k.starts_with("subset__") => p.subset = true,
-                _ => {
-                    if let Some(n) = k.strip_prefix("params[").and_then(|r| r.strip_suffix(']')) {
-                        p.params.insert(n.to_string(), v);
-                    }
+            p.set(&k, v);
+        }
+        p
+    }
+
+    fn set(&mut self, k: &str, v: String) {
+        match k {
+            "table" => self.table = Some(v),
+            "where" => self.where_sql = Some(v),
+            "columns" => self.columns = Some(v),
+            "replica" => self.replica = Some(v),
+            "offset" => self.offset = Some(v),
+            "handle" => self.handle = Some(v),
+            // Any value but the literal `false` turns live on.
+            "live" => self.live = v != "false",
+            "cursor" => self.cursor = Some(v),
+            "live_sse" | "experimental_live_sse" => self.live_sse = v != "false",
+            "log" => self.log = Some(v),
+            _ => {
+                if let Some(name) = k.strip_prefix("subset__") {
+                    subset::set_query_param(
+                        self.subset.get_or_insert_with(SubsetRequest::default),
+                        name,
+                        v,
+                    );
+                } else if let Some(n) = k.strip_prefix("params[").and_then(|r| r.strip_suffix(']'))
+                {
+                    self.params.insert(n.to_string(), v);
                 }
             }
         }
-        p
+    }
+
+    /// Merge a POST body (a JSON object) over the query parameters, as Electric does.
+    fn merge_body(
+        &mut self,
+        body: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        for (k, v) in subset::split_body(body, &mut self.subset)? {
+            match (k.as_str(), v) {
+                ("params", serde_json::Value::Object(map)) => {
+                    for (n, value) in map {
+                        let value = subset::scalar(&value)
+                            .ok_or("params values must be strings or numbers")?;
+                        self.params.insert(n, value);
+                    }
+                }
+                (_, serde_json::Value::Null) => {}
+                (name, value) => match subset::scalar(&value) {
+                    Some(text) => self.set(name, text),
+                    None => return Err(format!("{name} must be a string, number or boolean")),
+                },
+            }
+        }
+        Ok(())
     }
 
     /// The shape definition these parameters name, or the 400 that says why not.
@@ -83,22 +119,7 @@ impl Params {
 
     /// `params[1]..params[n]` in order; keys must be 1..n.
     fn positional(&self) -> Result<Vec<String>, &'static str> {
-        let mut out = Vec::with_capacity(self.params.len());
-        let mut numbered: Vec<(usize, &String)> = Vec::new();
-        for (k, v) in &self.params {
-            let n: usize = k
-                .parse()
-                .map_err(|_| "Parameters can only use numbers as keys")?;
-            numbered.push((n, v));
-        }
-        numbered.sort_by_key(|(n, _)| *n);
-        for (i, (n, v)) in numbered.into_iter().enumerate() {
-            if n != i + 1 {
-                return Err("Parameters must be numbered sequentially, starting from 1");
-            }
-            out.push(v.clone());
-        }
-        Ok(out)
+        volt_shapes::subset::positional(&self.params)
     }
 }
 
@@ -108,7 +129,49 @@ pub async fn get_shape(
     headers: HeaderMap,
 ) -> Response {
     let p = Params::parse(query.as_deref().unwrap_or(""));
+    shape_request(app, p, headers).await
+}
 
+/// Largest POST body read: subset where clauses and parameters, not data.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// `POST /v1/shape`: a GET whose JSON body adds (and overrides) parameters, mostly
+/// subset snapshots too large for a URL. Never cached.
+pub async fn post_shape(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let mut p = Params::parse(query.as_deref().unwrap_or(""));
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"message": format!("The request body is larger than {MAX_BODY_BYTES} bytes")}),
+            );
+        }
+    };
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        let merged = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(map)) => p.merge_body(map),
+            Ok(_) => Err("the request body must be a JSON object".to_string()),
+            Err(e) => Err(format!("the request body is not valid JSON: {e}")),
+        };
+        if let Err(message) = merged {
+            return invalid_request("body", &message);
+        }
+    }
+    let mut res = shape_request(app, p, headers).await;
+    if res.status().is_success() {
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    res
+}
+
+async fn shape_request(app: AppState, p: Params, headers: HeaderMap) -> Response {
     let Some(offset_raw) = p.offset.as_deref() else {
         return invalid_request("offset", "can't be blank");
     };
@@ -145,12 +208,6 @@ pub async fn get_shape(
     // different answer.
     if p.live_sse && !p.live {
         return invalid_request("live_sse", "can't be true unless live is also true");
-    }
-    if p.subset {
-        return invalid_request(
-            "subset",
-            "subset snapshots are not supported by this server yet",
-        );
     }
     let def = match p.shape_def() {
         Ok(d) => d,
@@ -193,6 +250,9 @@ pub async fn get_shape(
     }
     entry.touch();
 
+    if let Some(req) = &p.subset {
+        return subset::serve(&app, &entry, req, offset).await;
+    }
     match offset {
         RequestOffset::BeforeAll => match serve_snapshot(&app, &entry, 0, offset_raw).await {
             Some(res) => res,
@@ -374,36 +434,14 @@ async fn serve_snapshot(
     k: u32,
     offset_raw: &str,
 ) -> Option<Response> {
-    let mut progress = entry.log.snapshot_progress();
-    let ready = tokio::time::timeout(
-        SNAPSHOT_WAIT,
-        progress.wait_for(|p| {
-            p.chunks_complete > k
-                || matches!(
-                    p.state,
-                    SnapshotState::Done { .. } | SnapshotState::Failed(_)
-                )
-        }),
-    )
+    let progress = match await_snapshot(app, entry, |p| {
+        p.chunks_complete > k || matches!(p.state, SnapshotState::Done { .. })
+    })
     .await
-    .map(|r| r.map(|p| p.clone()));
-    let progress = match ready {
-        Ok(Ok(p)) => p,
-        Ok(Err(_)) => return Some(unavailable("Failed to create shape, please retry", 1)),
-        Err(_) => return Some(unavailable("Timeout waiting for the shape's snapshot", 5)),
+    {
+        Ok(p) => p,
+        Err(res) => return Some(res),
     };
-    if let SnapshotState::Failed(reason) = &progress.state {
-        if entry.log.is_closed() {
-            return Some(must_refetch(current_handle(app, entry).as_deref()));
-        }
-        tracing::warn!(handle = %entry.handle, %reason, "snapshot failed");
-        let mut res = unavailable("Failed to create shape, please retry", 1);
-        res.headers_mut().insert(
-            "electric-internal-known-error",
-            HeaderValue::from_static("true"),
-        );
-        return Some(res);
-    }
     if progress.chunks_complete <= k {
         return None;
     }
@@ -430,6 +468,40 @@ async fn serve_snapshot(
     set_flags(&mut res, false, true);
     set_etag(&mut res, entry, offset_raw, offset, false);
     Some(res)
+}
+
+/// Wait (bounded) until the shape's snapshot progress satisfies `ready`; a failed snapshot
+/// is answered at once, as 409 when the shape was removed, else as a retryable 503.
+pub(crate) async fn await_snapshot(
+    app: &AppState,
+    entry: &Arc<ShapeEntry>,
+    ready: impl Fn(&SnapshotProgress) -> bool,
+) -> Result<SnapshotProgress, Response> {
+    let mut progress = entry.log.snapshot_progress();
+    let waited = tokio::time::timeout(
+        SNAPSHOT_WAIT,
+        progress.wait_for(|p| ready(p) || matches!(p.state, SnapshotState::Failed(_))),
+    )
+    .await
+    .map(|r| r.map(|p| p.clone()));
+    let progress = match waited {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(unavailable("Failed to create shape, please retry", 1)),
+        Err(_) => return Err(unavailable("Timeout waiting for the shape's snapshot", 5)),
+    };
+    if let SnapshotState::Failed(reason) = &progress.state {
+        if entry.log.is_closed() {
+            return Err(must_refetch(current_handle(app, entry).as_deref()));
+        }
+        tracing::warn!(handle = %entry.handle, %reason, "snapshot failed");
+        let mut res = unavailable("Failed to create shape, please retry", 1);
+        res.headers_mut().insert(
+            "electric-internal-known-error",
+            HeaderValue::from_static("true"),
+        );
+        return Err(res);
+    }
+    Ok(progress)
 }
 
 pub(crate) fn storage_error(
@@ -654,7 +726,7 @@ fn set_flags(res: &mut Response, up_to_date: bool, has_data: bool) {
     );
 }
 
-fn set_schema(res: &mut Response, entry: &ShapeEntry) {
+pub(crate) fn set_schema(res: &mut Response, entry: &ShapeEntry) {
     // Raw UTF-8 bytes: column names need not be ASCII.
     match HeaderValue::from_bytes(entry.shape.schema_header().as_bytes()) {
         Ok(v) => {

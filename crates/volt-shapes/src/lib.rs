@@ -4,8 +4,10 @@ pub mod change;
 pub mod ident;
 pub mod schema;
 pub mod shape;
+pub mod subset;
 pub mod where_clause;
 
 pub use change::{Change, ChangeKind, Relation, RelationColumn, Row, TxFragment, Value};
 pub use schema::{ColumnSchema, TableSchema};
 pub use shape::{LogItem, LogMode, ParamError, Replica, Shape, ShapeDef};
+pub use subset::{Subset, SubsetError, SubsetRequest};

@@ -224,26 +224,39 @@ impl Shape {
 
     /// The snapshot query: the selected columns (plus key columns) of matching rows.
     pub fn snapshot_sql(&self) -> String {
-        let cols: Vec<String> = self
-            .selected
-            .iter()
-            .chain(
-                self.key_columns
-                    .iter()
-                    .filter(|k| !self.selected.contains(k)),
-            )
-            .map(|&i| quote_ident(&self.table.columns[i].name))
-            .collect();
-        let mut sql = format!(
-            "SELECT {} FROM {}",
-            cols.join(", "),
-            self.def.qualified_table()
-        );
+        let mut sql = self.select_from();
         if let Some(w) = &self.where_clause {
             sql.push_str(" WHERE ");
             sql.push_str(&w.to_sql());
         }
         sql
+    }
+
+    /// `snapshot_sql` with the rows further narrowed by `extra` (SQL of a boolean
+    /// expression over the table), for subset snapshots.
+    pub fn snapshot_sql_narrowed(&self, extra: Option<&str>) -> String {
+        let Some(extra) = extra else {
+            return self.snapshot_sql();
+        };
+        let mut sql = self.select_from();
+        match &self.where_clause {
+            Some(w) => sql.push_str(&format!(" WHERE ({}) AND ({extra})", w.to_sql())),
+            None => sql.push_str(&format!(" WHERE ({extra})")),
+        }
+        sql
+    }
+
+    fn select_from(&self) -> String {
+        let cols: Vec<String> = self
+            .snapshot_columns()
+            .into_iter()
+            .map(|i| quote_ident(&self.table.columns[i].name))
+            .collect();
+        format!(
+            "SELECT {} FROM {}",
+            cols.join(", "),
+            self.def.qualified_table()
+        )
     }
 
     /// Columns returned per row by `snapshot_sql`, as table column indexes.
@@ -261,15 +274,26 @@ impl Shape {
 
     /// Encode one snapshot row (values in `snapshot_columns` order) as a log item.
     pub fn snapshot_item(&self, values: &[Option<String>]) -> String {
+        self.snapshot_item_marked(values, None)
+    }
+
+    /// `snapshot_item` for a subset snapshot: the headers carry the subset's
+    /// `snapshot_mark`, which the client uses to tell subsets apart.
+    pub fn snapshot_item_marked(&self, values: &[Option<String>], mark: Option<u32>) -> String {
         let cols = self.snapshot_columns();
         let mut full: Vec<Option<&str>> = vec![None; self.table.columns.len()];
         for (slot, &col) in cols.iter().enumerate() {
             full[col] = values.get(slot).and_then(|v| v.as_deref());
         }
+        let mut headers =
+            json!({"operation": "insert", "relation": [self.table.schema, self.table.name]});
+        if let Some(mark) = mark {
+            headers["snapshot_mark"] = json!(mark);
+        }
         let item = json!({
             "key": self.key(&full),
             "value": self.value_of(&full, self.selected.iter().copied()),
-            "headers": {"operation": "insert", "relation": [self.table.schema, self.table.name]},
+            "headers": headers,
         });
         item.to_string()
     }

@@ -16,6 +16,7 @@ pub mod actors {
 pub mod shapes;
 pub mod shared;
 pub mod status;
+pub mod subset;
 pub mod task;
 pub mod tree;
 

@@ -1,0 +1,70 @@
+//! Running subset snapshot queries: a fresh REPEATABLE READ snapshot per request, bounded
+//! by the same permits as shape snapshots so subsets cannot starve the database.
+
+use futures::StreamExt;
+use volt_pg::PgError;
+use volt_pg::snapshot::{PgSnapshot, SnapshotTx};
+use volt_shapes::{Shape, Subset};
+
+use crate::shared::Shared;
+
+/// The rows of one subset and the snapshot they were read in.
+#[derive(Debug)]
+pub struct SubsetRows {
+    pub snapshot: PgSnapshot,
+    /// Tags this subset's rows, so the client can match them to its request.
+    pub mark: u32,
+    /// One JSON insert message per row.
+    pub items: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubsetQueryError {
+    /// The database is unreachable or overloaded: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Postgres rejected the query (e.g. a value that does not parse as the column's type,
+    /// division by zero): the request must change, retrying cannot help.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl From<PgError> for SubsetQueryError {
+    fn from(e: PgError) -> Self {
+        if e.is_retryable() {
+            SubsetQueryError::Unavailable(e.to_string())
+        } else {
+            match e {
+                PgError::Query { message, .. } => SubsetQueryError::Rejected(message),
+                other => SubsetQueryError::Unavailable(other.to_string()),
+            }
+        }
+    }
+}
+
+pub async fn query_subset(
+    shared: &Shared,
+    shape: &Shape,
+    subset: &Subset,
+) -> Result<SubsetRows, SubsetQueryError> {
+    let _permit = shared
+        .snapshot_permits
+        .acquire()
+        .await
+        .map_err(|_| SubsetQueryError::Unavailable("the stack is shutting down".into()))?;
+    let tx = SnapshotTx::begin(&shared.config.pg).await?;
+    // Electric draws marks from 0..2^31 so they stay positive in every client's integers.
+    let mark = rand::random::<u32>() >> 1;
+    let sql = subset.sql(shape);
+    let rows = tx.rows(&sql).await?;
+    futures::pin_mut!(rows);
+    let mut items = Vec::new();
+    while let Some(row) = rows.next().await {
+        items.push(shape.snapshot_item_marked(&row?, Some(mark)));
+    }
+    Ok(SubsetRows {
+        snapshot: tx.snapshot.clone(),
+        mark,
+        items,
+    })
+}
