@@ -15,13 +15,16 @@ fn find<'a>(node: &'a TreeNode, pred: &dyn Fn(&TreeNode) -> bool) -> Option<&'a 
     node.children.iter().find_map(|c| find(c, pred))
 }
 
-fn kill_actor(volt: &TestVolt, display_name: &str) -> anyhow::Result<()> {
-    let cell = volt
-        .shared()
-        .find_actor(display_name)
-        .ok_or_else(|| anyhow::anyhow!("no actor named {display_name}"))?;
-    cell.kill();
-    Ok(())
+/// Kill an actor the way chaos tests do: through the admin API.
+async fn kill_actor(volt: &TestVolt, query: &str) -> anyhow::Result<Value> {
+    let res = volt.post(&format!("/v1/admin/kill?{query}")).await?;
+    anyhow::ensure!(
+        res.status() == 202,
+        "kill {query}: {} {}",
+        res.status(),
+        res.text().await?
+    );
+    Ok(res.json().await?)
 }
 
 #[tokio::test]
@@ -42,6 +45,11 @@ async fn tree_dump_lists_every_actor_with_its_parent() -> anyhow::Result<()> {
             for c in v["children"].as_array().into_iter().flatten() {
                 assert_eq!(c["parent"], v["id"]);
                 assert!(c["status"].is_string() && c["restarts"].is_number());
+                assert!(c["uptime_ms"].is_number(), "{c}");
+                // The actors on the hot paths count their mailbox; the others say null.
+                if ["ShapeLogCollector", "ShapeCache"].contains(&c["kind"].as_str().unwrap_or("")) {
+                    assert!(c["mailbox"].is_number(), "{c}");
+                }
                 kinds(c, out);
             }
         }
@@ -66,6 +74,38 @@ async fn tree_dump_lists_every_actor_with_its_parent() -> anyhow::Result<()> {
     };
     let consumer = find(&parsed, &|n| n.kind == "Consumer").expect("consumer");
     assert!(consumer.name.contains(f.handle.as_deref().unwrap_or("?")));
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_kill_finds_actors_by_path_name_or_kind_and_rejects_bad_selectors()
+-> anyhow::Result<()> {
+    let volt = TestVolt::start("admin_kill_selectors").await?;
+    let path = "StackSupervisor/MonitoredCoreSupervisor/CoreSupervisor/ShapeSubsystemSupervisor/PublicationManager";
+    let killed = kill_actor(&volt, &format!("path={path}&mode=stop")).await?;
+    assert_eq!(killed["name"], "PublicationManager");
+    assert_eq!(killed["mode"], "stop");
+    // Restarted by its one-for-one parent, and counted.
+    eventually("PublicationManager restarted", || async {
+        let tree = volt.shared().tree().expect("tree");
+        Ok(find(&tree, &|n| {
+            n.name == "PublicationManager" && n.restarts >= 1
+        })
+        .is_some_and(|n| n.status == "running"))
+    })
+    .await?;
+    for (query, status) in [
+        ("kind=Consumer&shape=nope", 404),
+        ("name=NoSuchActor", 404),
+        ("path=StackSupervisor/Nope", 404),
+        ("kind=ShapeCache&mode=gently", 400),
+        ("kind=ShapeCache&name=ShapeCache", 400),
+        ("", 400),
+    ] {
+        let res = volt.post(&format!("/v1/admin/kill?{query}")).await?;
+        assert_eq!(res.status().as_u16(), status, "{query}");
+    }
     volt.stop().await;
     Ok(())
 }
@@ -118,7 +158,7 @@ async fn a_dead_consumer_invalidates_only_its_own_shape() -> anyhow::Result<()> 
     a.catch_up(&volt).await?;
     b.catch_up(&volt).await?;
     let a_handle = a.handle.clone().expect("handle");
-    kill_actor(&volt, &format!("Consumer:{a_handle}"))?;
+    kill_actor(&volt, &format!("kind=Consumer&shape={a_handle}")).await?;
     eventually("the shape is removed", || async {
         Ok(volt.shared().shapes.get(&a_handle).is_none())
     })
@@ -147,7 +187,12 @@ async fn a_restarted_shape_cache_keeps_existing_shapes() -> anyhow::Result<()> {
     volt.db.execute(ITEMS).await?;
     let mut f = Follower::new("table=items");
     f.catch_up(&volt).await?;
-    kill_actor(&volt, "ShapeCache")?;
+    kill_actor(&volt, "name=ShapeCache&mode=stop").await?;
+    eventually("ShapeCache restart counted", || async {
+        let tree = volt.shared().tree().expect("tree");
+        Ok(find(&tree, &|n| n.name == "ShapeCache" && n.restarts >= 1).is_some())
+    })
+    .await?;
     eventually("the shape cache restarted", || async {
         Ok(volt.shared().actors.restarts("ShapeCache") >= 1
             && volt.shared().status.status() == ServiceStatus::Active)
@@ -184,7 +229,7 @@ async fn a_dead_shape_log_collector_restarts_the_shape_subsystem_which_restores_
         Ok(volt.shared().shape_db.load_all().await?.len() == 1)
     })
     .await?;
-    kill_actor(&volt, "ShapeLogCollector")?;
+    kill_actor(&volt, "kind=ShapeLogCollector").await?;
     eventually("the shape subsystem restarted", || async {
         Ok(volt.shared().actors.restarts("ShapeSubsystemSupervisor") >= 1)
     })
@@ -263,5 +308,41 @@ async fn existing_shapes_keep_serving_while_the_database_is_unreachable() -> any
     drop(admin);
     conn_task.abort();
     volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn volt_tree_prints_the_live_tree_of_a_running_volt() -> anyhow::Result<()> {
+    use crate::support::Server;
+    let volt = TestVolt::start("volt_tree_cli").await?;
+    let out = tokio::process::Command::new(crate::support::volt_bin())
+        .args(["tree", "--url", volt.base()])
+        .env_remove("ELECTRIC_SECRET")
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.starts_with("StackSupervisor  [running, up "), "{text}");
+    for line in [
+        "└── MonitoredCoreSupervisor  [running, up ",
+        "    │   │       └── ReplicationClient  [running, up ",
+        "    │       └── ShapeLogCollector  [running, up ",
+        "    └── StatusMonitor  [running, up ",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+    volt.stop().await;
+
+    // Nobody listening: a one-line error and a failure code, not a panic.
+    let out = tokio::process::Command::new(crate::support::volt_bin())
+        .args([
+            "tree",
+            "--url",
+            &format!("http://127.0.0.1:{}", crate::support::free_port()?),
+        ])
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach volt"));
     Ok(())
 }

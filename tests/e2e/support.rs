@@ -155,6 +155,15 @@ impl TestVolt {
             .await?)
     }
 
+    pub async fn post(&self, path_and_query: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(format!("{}{}", self.base, path_and_query))
+            .timeout(DEADLINE)
+            .send()
+            .await?)
+    }
+
     /// Stop the stack and drop the database.
     pub async fn stop(mut self) {
         self.server.abort();
@@ -385,7 +394,7 @@ pub async fn snapshot_queries_in(db: &TestDb, table: &str) -> anyhow::Result<i64
     Ok(row.get(0))
 }
 
-fn volt_bin() -> PathBuf {
+pub fn volt_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("VOLT_BIN") {
         return bin.into();
     }

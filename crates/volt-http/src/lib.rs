@@ -1,5 +1,6 @@
 //! volt's HTTP API: the Shape API (`/v1/shape`), health, and admin endpoints.
 
+mod admin;
 mod auth;
 mod cors;
 mod response;
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Router, middleware};
 use serde_json::json;
 use tokio::sync::watch;
@@ -32,7 +33,8 @@ pub struct HttpConfig {
     /// Turns true when the server is shutting down: parked long-polls answer at once
     /// (as a timeout would) so that shutdown does not wait for them.
     pub shutdown: Option<watch::Receiver<bool>>,
-    /// `ELECTRIC_ENABLE_INTEGRATION_TESTING`: allows `DELETE /v1/shape`.
+    /// `ELECTRIC_ENABLE_INTEGRATION_TESTING`: allows `DELETE /v1/shape` and
+    /// `POST /v1/admin/kill`.
     pub allow_delete: bool,
     /// How long a request for an offset past the shape's end waits for it before a 400.
     pub out_of_bounds_wait: Duration,
@@ -68,7 +70,7 @@ pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
         shared,
         config: Arc::new(config),
     };
-    let guarded = Router::new()
+    let mut guarded = Router::new()
         .route(
             "/v1/shape",
             get(shape_api::get_shape)
@@ -76,11 +78,14 @@ pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
                 .delete(shape_api::delete_shape)
                 .options(cors::preflight),
         )
-        .route("/v1/admin/tree", get(admin_tree))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_secret,
-        ));
+        .route("/v1/admin/tree", get(admin::tree));
+    if state.config.allow_delete {
+        guarded = guarded.route("/v1/admin/kill", post(admin::kill));
+    }
+    let guarded = guarded.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_secret,
+    ));
     Router::new()
         .route("/", get(|| async { StatusCode::OK }))
         .route("/v1/health", get(health))
@@ -117,12 +122,4 @@ async fn health(State(app): State<AppState>) -> Response {
         HeaderValue::from_static("no-cache, no-store, must-revalidate"),
     );
     res
-}
-
-async fn admin_tree(State(app): State<AppState>) -> Response {
-    match app.shared.tree() {
-        Some(tree) => json_response(StatusCode::OK, json!(tree)),
-        None => response::unavailable("the actor tree is not running", 1),
-    }
-    .into_response()
 }

@@ -13,6 +13,7 @@ pub mod actors {
     pub mod status_monitor;
     pub mod supervisor;
 }
+pub mod mailbox;
 pub mod shapes;
 pub mod shared;
 pub mod status;
@@ -26,7 +27,7 @@ use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::actors::supervisor::{Supervisor, SupervisorMsg};
-pub use crate::shared::{ShapeEntry, Shared, StackConfig, TreeNode};
+pub use crate::shared::{ActorSelector, ShapeEntry, Shared, StackConfig, TreeNode};
 pub use crate::status::{Condition, ServiceStatus};
 
 /// A running stack.

@@ -20,6 +20,7 @@ use crate::actors::shape_cache::ShapeCacheMsg;
 use crate::actors::shape_db_writer::ShapeDbMsg;
 use crate::actors::shape_log_collector::SlcMsg;
 use crate::actors::status_monitor::StatusMsg;
+use crate::mailbox::{Mailbox, MailboxDepth};
 use crate::status::{Condition, StatusBoard};
 
 #[derive(Debug, Clone)]
@@ -175,17 +176,34 @@ impl ShapeRegistry {
 /// display name, kept across incarnations.
 #[derive(Default)]
 pub struct ActorDirectory {
-    actors: DashMap<ActorId, (&'static str, String)>,
+    /// Kind, display name and start time of each live actor incarnation.
+    actors: DashMap<ActorId, (&'static str, String, std::time::Instant)>,
     restarts: DashMap<String, u32>,
+    /// Mailbox depth counters of the actors that keep one.
+    mailboxes: DashMap<ActorId, Arc<MailboxDepth>>,
 }
 
 impl ActorDirectory {
     pub(crate) fn register(&self, id: ActorId, kind: &'static str, name: String) {
-        self.actors.insert(id, (kind, name));
+        self.actors
+            .insert(id, (kind, name, std::time::Instant::now()));
     }
 
     pub(crate) fn unregister(&self, id: ActorId) {
         self.actors.remove(&id);
+        self.mailboxes.remove(&id);
+    }
+
+    /// Start counting an actor's mailbox: returns the counter the actor's handler bumps
+    /// and its senders' [`Mailbox`] shares.
+    pub(crate) fn track_mailbox(&self, id: ActorId) -> Arc<MailboxDepth> {
+        let depth = Arc::new(MailboxDepth::default());
+        self.mailboxes.insert(id, depth.clone());
+        depth
+    }
+
+    pub fn mailbox_depth(&self, id: ActorId) -> Option<u64> {
+        self.mailboxes.get(&id).map(|d| d.depth())
     }
 
     pub(crate) fn count_restart(&self, name: &str) {
@@ -210,7 +228,22 @@ pub struct TreeNode {
     pub parent: Option<String>,
     pub status: String,
     pub restarts: u32,
+    /// Milliseconds since this incarnation of the actor started.
+    pub uptime_ms: u64,
+    /// Messages waiting in its mailbox, for the actors that count them.
+    pub mailbox: Option<u64>,
     pub children: Vec<TreeNode>,
+}
+
+/// How `POST /v1/admin/kill` names its victim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActorSelector {
+    /// Display names from the root down, e.g. `StackSupervisor/.../ShapeCache`.
+    Path(Vec<String>),
+    /// A display name, e.g. `ShapeCache` or `Consumer:<handle>`.
+    Name(String),
+    /// The first actor of a kind (depth first), or the one of that kind for a shape.
+    Kind { kind: String, shape: Option<String> },
 }
 
 pub struct Shared {
@@ -225,8 +258,8 @@ pub struct Shared {
     pub actors: ActorDirectory,
     pub root: ArcSwapOption<ActorCell>,
     pub status_monitor: ArcSwapOption<ActorRef<StatusMsg>>,
-    pub shape_log_collector: ArcSwapOption<ActorRef<SlcMsg>>,
-    pub shape_cache: ArcSwapOption<ActorRef<ShapeCacheMsg>>,
+    pub shape_log_collector: ArcSwapOption<Mailbox<SlcMsg>>,
+    pub shape_cache: ArcSwapOption<Mailbox<ShapeCacheMsg>>,
     pub consumer_supervisor: ArcSwapOption<ActorCell>,
     /// The persistent shape registry; written only through `shape_db_writer`.
     pub shape_db: ShapeDb,
@@ -282,6 +315,58 @@ impl Shared {
         walk(&self.actors, &root, name)
     }
 
+    /// A live actor and its display name, for the admin kill endpoint.
+    pub fn select_actor(&self, sel: &ActorSelector) -> Option<(ActorCell, String)> {
+        let root = self.root.load_full()?;
+        let info = |cell: &ActorCell| {
+            self.actors
+                .actors
+                .get(&cell.get_id())
+                .map(|e| (e.0, e.1.clone()))
+        };
+        match sel {
+            ActorSelector::Name(name) => self.find_actor(name).map(|c| (c, name.clone())),
+            ActorSelector::Path(parts) => {
+                let mut cell: ActorCell = (*root).clone();
+                let (first, rest) = parts.split_first()?;
+                if info(&cell)?.1 != *first {
+                    return None;
+                }
+                for part in rest {
+                    cell = cell
+                        .get_children()
+                        .into_iter()
+                        .find(|c| info(c).is_some_and(|(_, n)| n == *part))?;
+                }
+                let name = info(&cell)?.1;
+                Some((cell, name))
+            }
+            ActorSelector::Kind { kind, shape } => {
+                fn walk(
+                    cell: &ActorCell,
+                    hit: &dyn Fn(&ActorCell) -> Option<String>,
+                ) -> Option<(ActorCell, String)> {
+                    if let Some(name) = hit(cell) {
+                        return Some((cell.clone(), name));
+                    }
+                    cell.get_children().iter().find_map(|c| walk(c, hit))
+                }
+                let hit = |cell: &ActorCell| {
+                    let (k, name) = info(cell)?;
+                    let shape_ok = match shape {
+                        None => true,
+                        Some(h) => {
+                            name.strip_prefix(k).and_then(|n| n.strip_prefix(':'))
+                                == Some(h.as_str())
+                        }
+                    };
+                    (k == kind.as_str() && shape_ok).then_some(name)
+                };
+                walk(&root, &hit)
+            }
+        }
+    }
+
     /// Report a condition to the StatusMonitor (the board's only writer).
     pub fn report(&self, cond: Condition, on: bool) {
         if let Some(monitor) = self.status_monitor.load_full()
@@ -334,12 +419,18 @@ impl Shared {
 
     fn node(&self, cell: &ActorCell, parent: Option<String>) -> TreeNode {
         let id = cell.get_id();
-        let (kind, name) = self
+        let (kind, name, uptime_ms) = self
             .actors
             .actors
             .get(&id)
-            .map(|e| (e.0.to_string(), e.1.clone()))
-            .unwrap_or_else(|| ("unknown".into(), cell.get_name().unwrap_or_default()));
+            .map(|e| {
+                (
+                    e.0.to_string(),
+                    e.1.clone(),
+                    e.2.elapsed().as_millis() as u64,
+                )
+            })
+            .unwrap_or_else(|| ("unknown".into(), cell.get_name().unwrap_or_default(), 0));
         let id_text = id.to_string();
         let mut children: Vec<TreeNode> = cell
             .get_children()
@@ -349,6 +440,8 @@ impl Shared {
         children.sort_by(|a, b| a.name.cmp(&b.name));
         TreeNode {
             restarts: self.actors.restarts(&name),
+            uptime_ms,
+            mailbox: self.actors.mailbox_depth(id),
             id: id_text,
             name,
             kind,

@@ -28,6 +28,12 @@ pub enum Command {
     Serve,
     /// Run against an embedded throwaway Postgres with a demo table, in insecure mode.
     Dev,
+    /// Print the live actor tree of a running volt (its /v1/admin/tree) as indented text.
+    Tree {
+        /// Base URL of the running volt (default: http://localhost:<ELECTRIC_PORT>).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

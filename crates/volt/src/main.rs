@@ -2,6 +2,7 @@
 
 mod config;
 mod dev;
+mod tree;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -18,6 +19,12 @@ use crate::config::{Cli, Command, Settings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Tree { url }) = &cli.command {
+        let url = url
+            .clone()
+            .unwrap_or_else(|| format!("http://localhost:{}", cli.settings.port));
+        return tree::print(&url, cli.settings.secret.as_deref());
+    }
     let dev = matches!(cli.command, Some(Command::Dev));
     if let Err(e) = cli.settings.validate(dev) {
         eprintln!("volt: {}", e.0);

@@ -8,6 +8,7 @@ use volt_shapes::Shape;
 use volt_storage::ShapeLog;
 
 use crate::actors::consumer::{Consumer, ConsumerArgs};
+use crate::mailbox::{Mailbox, MailboxDepth};
 use crate::shared::clear_if_mine;
 use crate::shared::{ShapeEntry, Shared};
 use crate::status::Condition;
@@ -70,9 +71,14 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
     Ok(entry)
 }
 
+pub struct ShapeCacheState {
+    shared: Arc<Shared>,
+    mailbox: Arc<MailboxDepth>,
+}
+
 impl Actor for ShapeCache {
     type Msg = ShapeCacheMsg;
-    type State = Arc<Shared>;
+    type State = ShapeCacheState;
     type Arguments = Arc<Shared>;
 
     async fn pre_start(
@@ -80,16 +86,19 @@ impl Actor for ShapeCache {
         myself: ActorRef<Self::Msg>,
         shared: Arc<Shared>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        shared.shape_cache.store(Some(Arc::new(myself)));
-        Ok(shared)
+        let mailbox = shared.actors.track_mailbox(myself.get_id());
+        shared
+            .shape_cache
+            .store(Some(Arc::new(Mailbox::new(myself, mailbox.clone()))));
+        Ok(ShapeCacheState { shared, mailbox })
     }
 
     async fn post_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        shared: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        shared.report(Condition::ShapeCacheReady, true);
+        state.shared.report(Condition::ShapeCacheReady, true);
         Ok(())
     }
 
@@ -97,11 +106,12 @@ impl Actor for ShapeCache {
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        shared: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.mailbox.received();
         match msg {
             ShapeCacheMsg::GetOrCreate(shape, reply) => {
-                let res = create(shared, shape).await;
+                let res = create(&state.shared, shape).await;
                 if let Err(e) = &res {
                     tracing::warn!(error = %e, "shape creation failed");
                 }
@@ -114,9 +124,9 @@ impl Actor for ShapeCache {
     async fn post_stop(
         &self,
         myself: ActorRef<Self::Msg>,
-        shared: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        clear_if_mine(&shared.shape_cache, myself.get_id());
+        clear_if_mine(&state.shared.shape_cache, myself.get_id());
         Ok(())
     }
 }

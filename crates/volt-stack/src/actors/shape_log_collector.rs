@@ -13,6 +13,7 @@ use volt_shapes::{Shape, TxFragment};
 use volt_storage::{ShapeDbOp, ShapeLog};
 
 use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg, TxPart};
+use crate::mailbox::{Mailbox, MailboxDepth};
 use crate::shapes;
 use crate::shared::clear_if_mine;
 use crate::shared::{ShapeEntry, Shared};
@@ -49,6 +50,7 @@ pub struct SlcState {
     routes: HashMap<u32, Vec<Route>>,
     /// Shapes that received part of the transaction in progress.
     touched: HashSet<String>,
+    mailbox: Arc<MailboxDepth>,
 }
 
 impl SlcState {
@@ -287,11 +289,15 @@ impl Actor for ShapeLogCollector {
                 entry.log.close();
             }
         }
-        shared.shape_log_collector.store(Some(Arc::new(myself)));
+        let mailbox = shared.actors.track_mailbox(myself.get_id());
+        shared
+            .shape_log_collector
+            .store(Some(Arc::new(Mailbox::new(myself, mailbox.clone()))));
         Ok(SlcState {
             shared,
             routes,
             touched: HashSet::new(),
+            mailbox,
         })
     }
 
@@ -310,6 +316,7 @@ impl Actor for ShapeLogCollector {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.mailbox.received();
         match msg {
             SlcMsg::Fragment(frag, reply) => {
                 let res = state.process(frag).await;

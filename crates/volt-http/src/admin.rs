@@ -1,0 +1,74 @@
+//! Admin endpoints: the live actor tree, and (integration testing only) killing actors
+//! for chaos tests.
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use volt_stack::ActorSelector;
+
+use crate::AppState;
+use crate::auth::url_params;
+use crate::response::{self, error, invalid_request, json_response};
+
+pub async fn tree(State(app): State<AppState>) -> Response {
+    match app.shared.tree() {
+        Some(tree) => json_response(StatusCode::OK, json!(tree)),
+        None => response::unavailable("the actor tree is not running", 1),
+    }
+    .into_response()
+}
+
+/// `POST /v1/admin/kill?kind=Consumer&shape=<handle>&mode=kill` (or `name=<display name>`,
+/// or `path=<name>/<name>/...` from the root). `mode=stop` stops the actor as a shutdown
+/// would (its `post_stop` runs); `mode=kill` (the default) ends it at once, as a crash.
+/// Either way its supervisor sees it exit and applies its policy.
+pub async fn kill(State(app): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let mut name = None;
+    let mut path = None;
+    let mut kind = None;
+    let mut shape = None;
+    let mut mode = "kill".to_string();
+    for (k, v) in url_params(query.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "name" => name = Some(v),
+            "path" => path = Some(v),
+            "kind" => kind = Some(v),
+            "shape" => shape = Some(v),
+            "mode" => mode = v,
+            _ => {}
+        }
+    }
+    if mode != "kill" && mode != "stop" {
+        return invalid_request("mode", "must be stop or kill");
+    }
+    let selector = match (name, path, kind) {
+        (Some(n), None, None) => ActorSelector::Name(n),
+        (None, Some(p), None) => ActorSelector::Path(
+            p.split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        ),
+        (None, None, Some(k)) => ActorSelector::Kind { kind: k, shape },
+        _ => {
+            return invalid_request("actor", "give exactly one of name, path or kind");
+        }
+    };
+    let Some((cell, name)) = app.shared.select_actor(&selector) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            json!({"message": format!("no live actor matches {selector:?}")}),
+        );
+    };
+    tracing::warn!(actor = %name, %mode, "killing an actor on request (admin API)");
+    if mode == "stop" {
+        cell.stop(Some("stopped through the admin API".into()));
+    } else {
+        cell.kill();
+    }
+    json_response(
+        StatusCode::ACCEPTED,
+        json!({"name": name, "id": cell.get_id().to_string(), "mode": mode}),
+    )
+}

@@ -1,0 +1,105 @@
+//! Mailbox depth for the actors on the hot paths. ractor does not expose how many
+//! messages wait in an actor's queue, so senders count what they send (through
+//! [`Mailbox`]) and the actor counts what it takes out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorId, ActorRef, MessagingErr, RpcReplyPort};
+
+use crate::shared::OwnedBy;
+
+#[derive(Debug, Default)]
+pub struct MailboxDepth {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl MailboxDepth {
+    pub fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A send that failed (the actor is gone): it never reached the queue.
+    fn unsent(&self) {
+        self.sent.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Called by the actor as it starts handling a message.
+    pub fn received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages sent and not yet taken out by the actor.
+    pub fn depth(&self) -> u64 {
+        // Read `received` first: a message counted as received was sent before it.
+        let received = self.received.load(Ordering::Relaxed);
+        self.sent.load(Ordering::Relaxed).saturating_sub(received)
+    }
+}
+
+/// An actor reference whose sends are counted in the actor's [`MailboxDepth`].
+pub struct Mailbox<M: ractor::Message> {
+    actor: ActorRef<M>,
+    depth: Arc<MailboxDepth>,
+}
+
+impl<M: ractor::Message> Mailbox<M> {
+    pub fn new(actor: ActorRef<M>, depth: Arc<MailboxDepth>) -> Mailbox<M> {
+        Mailbox { actor, depth }
+    }
+
+    pub fn actor(&self) -> &ActorRef<M> {
+        &self.actor
+    }
+
+    pub fn cast(&self, msg: M) -> Result<(), MessagingErr<M>> {
+        self.depth.sent();
+        let res = self.actor.cast(msg);
+        if res.is_err() {
+            self.depth.unsent();
+        }
+        res
+    }
+
+    pub async fn call<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(RpcReplyPort<T>) -> M,
+        timeout: Option<Duration>,
+    ) -> Result<CallResult<T>, MessagingErr<M>> {
+        self.depth.sent();
+        let res = self.actor.call(msg, timeout).await;
+        // A call whose message never got into the queue failed with a send error; one
+        // that timed out or lost its reply port was queued, and is received in time.
+        if matches!(res, Err(MessagingErr::SendErr(_))) {
+            self.depth.unsent();
+        }
+        res
+    }
+}
+
+impl<M: ractor::Message> OwnedBy for Mailbox<M> {
+    fn owner(&self) -> ActorId {
+        self.actor.get_id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_is_sent_minus_received_and_never_negative() {
+        let d = MailboxDepth::default();
+        d.sent();
+        d.sent();
+        assert_eq!(d.depth(), 2);
+        d.received();
+        assert_eq!(d.depth(), 1);
+        d.received();
+        d.received();
+        assert_eq!(d.depth(), 0);
+    }
+}
