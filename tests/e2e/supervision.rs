@@ -346,3 +346,32 @@ async fn volt_tree_prints_the_live_tree_of_a_running_volt() -> anyhow::Result<()
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach volt"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_volt_on_the_same_slot_waits_for_the_lock_and_takes_over() -> anyhow::Result<()> {
+    use crate::support::{VoltProcess, free_port};
+    use volt_test_support::TestDb;
+    let db = TestDb::new("slot_lock_handover").await?;
+    db.execute(ITEMS).await?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = VoltProcess::start(&db, dir_a.path(), free_port()?).await?;
+    let b = VoltProcess::spawn(&db, dir_b.path(), free_port()?)?;
+    // The second instance waits on the slot's advisory lock, and says so.
+    b.wait_health("waiting", dir_b.path()).await?;
+    let mut fa = Follower::new("table=items");
+    fa.catch_up(&a).await?;
+    assert_eq!(fa.rows.len(), 2);
+
+    // The first one goes away (a crash: no clean shutdown); the second takes over and
+    // streams what is written afterwards.
+    a.kill_9().await?;
+    b.wait_health("active", dir_b.path()).await?;
+    db.execute("INSERT INTO items VALUES (3, 'three')").await?;
+    let mut fb = Follower::new("table=items");
+    fb.until(&b, "the row written after the takeover", |f| {
+        f.rows.len() == 3
+    })
+    .await?;
+    b.kill_9().await?;
+    Ok(())
+}

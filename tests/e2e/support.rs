@@ -421,7 +421,15 @@ impl Server for VoltProcess {
 }
 
 impl VoltProcess {
+    /// Start volt and wait until it is active.
     pub async fn start(db: &TestDb, storage: &std::path::Path, port: u16) -> anyhow::Result<Self> {
+        let volt = Self::spawn(db, storage, port)?;
+        volt.wait_health("active", storage).await?;
+        Ok(volt)
+    }
+
+    /// Start volt without waiting for it.
+    pub fn spawn(db: &TestDb, storage: &std::path::Path, port: u16) -> anyhow::Result<Self> {
         let bin = volt_bin();
         anyhow::ensure!(
             bin.exists(),
@@ -444,27 +452,32 @@ impl VoltProcess {
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()?;
-        let volt = VoltProcess {
+        Ok(VoltProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
-        };
+        })
+    }
+
+    /// Poll `/v1/health` until it reports `status` (`active`, `waiting`, `starting`).
+    pub async fn wait_health(&self, status: &str, storage: &std::path::Path) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let health = volt
+            let health = self
                 .http
-                .get(format!("{}/v1/health", volt.base))
+                .get(format!("{}/v1/health", self.base))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
             if let Ok(res) = health
-                && res.status() == 200
+                && let Ok(body) = res.json::<serde_json::Value>().await
+                && body["status"] == status
             {
-                return Ok(volt);
+                return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!(
-                    "volt did not become active; see {}",
+                    "volt did not report {status}; see {}",
                     storage.join("volt.log").display()
                 );
             }

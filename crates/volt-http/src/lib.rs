@@ -114,7 +114,7 @@ async fn health(State(app): State<AppState>) -> Response {
     let status = app.shared.status.status();
     let code = match status {
         ServiceStatus::Active => StatusCode::OK,
-        ServiceStatus::Starting => StatusCode::ACCEPTED,
+        ServiceStatus::Starting | ServiceStatus::Waiting => StatusCode::ACCEPTED,
     };
     let mut res = json_response(code, json!({"status": status.as_str()}));
     res.headers_mut().insert(

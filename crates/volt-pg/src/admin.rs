@@ -15,6 +15,26 @@ pub struct ServerInfo {
     pub timeline: i64,
 }
 
+/// Take Electric's session-level advisory lock on the slot (`hashtext(slot)`) without
+/// waiting: true if this session now holds it.
+pub async fn try_lock_slot(client: &Client, slot: &str) -> Result<bool, PgError> {
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&slot])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Wait as long as it takes for the slot's advisory lock: another instance on the same
+/// slot holds it until its session ends (a rolling deploy's previous instance).
+pub async fn lock_slot(client: &Client, slot: &str) -> Result<(), PgError> {
+    // lock_timeout would otherwise cut the wait short.
+    client.batch_execute("SET lock_timeout = 0").await?;
+    client
+        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&slot])
+        .await?;
+    Ok(())
+}
+
 pub async fn server_info(client: &Client) -> Result<ServerInfo, PgError> {
     let row = client
         .query_one(

@@ -15,6 +15,9 @@ pub enum Condition {
     ShapeCacheReady = 4,
     /// The replication stream is flowing.
     ReplicationReady = 8,
+    /// Not a readiness condition: another instance holds the replication slot's advisory
+    /// lock and the connection subsystem waits for it (health `waiting`).
+    WaitingOnLock = 16,
 }
 
 const ALL: u8 = 1 | 2 | 4 | 8;
@@ -30,13 +33,14 @@ impl Condition {
             "ShapeSubsystemSupervisor" => &[ShapeLogCollectorReady, ShapeCacheReady],
             "ReplicationClient" => &[ReplicationReady],
             "ConnectionManager" | "ConnectionSubsystemSupervisor" => {
-                &[AdminConnectionReady, ReplicationReady]
+                &[AdminConnectionReady, ReplicationReady, WaitingOnLock]
             }
             "CoreSupervisor" | "MonitoredCoreSupervisor" | "StatusMonitor" => &[
                 AdminConnectionReady,
                 ShapeLogCollectorReady,
                 ShapeCacheReady,
                 ReplicationReady,
+                WaitingOnLock,
             ],
             _ => &[],
         }
@@ -47,6 +51,8 @@ impl Condition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceStatus {
     Starting,
+    /// Another instance holds the replication slot's lock.
+    Waiting,
     Active,
 }
 
@@ -54,6 +60,7 @@ impl ServiceStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceStatus::Starting => "starting",
+            ServiceStatus::Waiting => "waiting",
             ServiceStatus::Active => "active",
         }
     }
@@ -96,8 +103,11 @@ impl StatusBoard {
     }
 
     pub fn status(&self) -> ServiceStatus {
-        if *self.bits.borrow() & ALL == ALL {
+        let bits = *self.bits.borrow();
+        if bits & ALL == ALL {
             ServiceStatus::Active
+        } else if bits & Condition::WaitingOnLock as u8 != 0 {
+            ServiceStatus::Waiting
         } else {
             ServiceStatus::Starting
         }
@@ -146,5 +156,7 @@ mod tests {
         }
         assert_eq!(board.status(), ServiceStatus::Starting);
         assert!(board.is_set(Condition::ShapeCacheReady));
+        board.set(Condition::WaitingOnLock, true);
+        assert_eq!(board.status(), ServiceStatus::Waiting);
     }
 }

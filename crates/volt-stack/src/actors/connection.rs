@@ -58,6 +58,19 @@ pub struct Origin {
 async fn setup(shared: &Shared) -> Result<(PgConn, u64, Origin), volt_pg::PgError> {
     let config = &shared.config;
     let conn = config.pg.connect().await?;
+    // One instance per slot: the session that holds the slot's advisory lock (as
+    // Electric's replication connection does) is the one that streams. A second
+    // instance (the next one of a rolling deploy) waits here until the first one's
+    // session ends, and says so in its health.
+    let slot = config.slot_name();
+    if !admin::try_lock_slot(&conn, &slot).await? {
+        tracing::warn!(%slot, "another instance holds the lock on the replication slot; waiting for it");
+        shared.report(Condition::WaitingOnLock, true);
+        let locked = admin::lock_slot(&conn, &slot).await;
+        shared.report(Condition::WaitingOnLock, false);
+        locked?;
+        tracing::info!(%slot, "acquired the lock on the replication slot");
+    }
     // Publishing a table takes locks behind the application's transactions: give up
     // (and fail that shape's creation) rather than queue the application behind us.
     conn.batch_execute("SET lock_timeout = '5s'").await?;
@@ -69,7 +82,7 @@ async fn setup(shared: &Shared) -> Result<(PgConn, u64, Origin), volt_pg::PgErro
         "connected to Postgres"
     );
     let new_publication = admin::ensure_publication(&conn, &config.publication_name()).await?;
-    let slot = admin::ensure_slot(&conn, &config.slot_name()).await?;
+    let slot = admin::ensure_slot(&conn, &slot).await?;
     if slot.created {
         tracing::info!(slot = %config.slot_name(), "created replication slot");
     }

@@ -275,27 +275,17 @@ impl Actor for ShapeLogCollector {
         myself: ActorRef<Self::Msg>,
         shared: Arc<Shared>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // A new collector rebuilds the registry from storage: the entries a previous shape
-        // subsystem left point at dead consumers. Restored shapes replace theirs (readers
-        // parked on an old entry time out and come back to the new one); the others are
-        // gone, and their readers are told to refetch.
-        let previous = shared.shapes.handles();
-        let mut routes = HashMap::new();
-        let kept = restore(&shared, &mut routes).await?;
-        for handle in previous {
-            if !kept.contains(&handle)
-                && let Some(entry) = shared.shapes.remove(&handle)
-            {
-                entry.log.close();
-            }
-        }
+        // Kept short: the supervisor starts the next child (and then the connection
+        // subsystem) only once this returns, so restoring shapes here would make the
+        // two subsystems start one after the other. Messages sent to the collector
+        // meanwhile wait in its mailbox until post_start has restored the shapes.
         let mailbox = shared.actors.track_mailbox(myself.get_id());
         shared
             .shape_log_collector
             .store(Some(Arc::new(Mailbox::new(myself, mailbox.clone()))));
         Ok(SlcState {
             shared,
-            routes,
+            routes: HashMap::new(),
             touched: HashSet::new(),
             mailbox,
         })
@@ -306,7 +296,21 @@ impl Actor for ShapeLogCollector {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.shared.report(Condition::ShapeLogCollectorReady, true);
+        // A new collector rebuilds the registry from storage: the entries a previous shape
+        // subsystem left point at dead consumers. Restored shapes replace theirs (readers
+        // parked on an old entry time out and come back to the new one); the others are
+        // gone, and their readers are told to refetch.
+        let shared = state.shared.clone();
+        let previous = shared.shapes.handles();
+        let kept = restore(&shared, &mut state.routes).await?;
+        for handle in previous {
+            if !kept.contains(&handle)
+                && let Some(entry) = shared.shapes.remove(&handle)
+            {
+                entry.log.close();
+            }
+        }
+        shared.report(Condition::ShapeLogCollectorReady, true);
         Ok(())
     }
 
