@@ -285,6 +285,17 @@ async fn existing_shapes_keep_serving_while_the_database_is_unreachable() -> any
     )
     .await?;
     assert_eq!(res.status, 200, "{}", res.body);
+    // A live request parked while the stream is down cannot honestly say "up to date"
+    // when its wait ends: 503 with retry-after, and the client comes back.
+    let res = volt
+        .get(&format!(
+            "/v1/shape?table=items&live=true&offset={}&handle={}",
+            f.offset,
+            handle.as_deref().unwrap_or_default()
+        ))
+        .await?;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
     // A new shape cannot be validated without the database: 503 with retry-after.
     let res = volt
         .get("/v1/shape?table=items&offset=-1&where=id%20%3E%201")
@@ -373,5 +384,61 @@ async fn a_second_volt_on_the_same_slot_waits_for_the_lock_and_takes_over() -> a
     })
     .await?;
     b.kill_9().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_snapshot_cut_off_by_the_database_is_a_503_to_retry_not_a_409() -> anyhow::Result<()> {
+    let volt = TestVolt::start("snapshot_cut_off").await?;
+    volt.db.execute(ITEMS).await?;
+    // A first shape publishes the table, so the next one goes straight to its query.
+    Follower::new("table=items").catch_up(&volt).await?;
+
+    // Hold the table so the next snapshot query waits, then end that query's session.
+    let locker = volt.db.client().await?;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let base = {
+        use crate::support::Server;
+        volt.base().to_string()
+    };
+    let request = tokio::spawn(async move {
+        reqwest::get(format!(
+            "{base}/v1/shape?table=items&offset=-1&where=id%20%3E%201"
+        ))
+        .await
+    });
+    let admin = volt.db.client().await?;
+    let db = volt.db.database_name().to_string();
+    eventually("the snapshot query waits on the lock", || async {
+        let n = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND application_name LIKE 'volt%' \
+                   AND wait_event_type = 'Lock' AND query LIKE 'SELECT%'",
+                &[&db],
+            )
+            .await?;
+        Ok(n > 0)
+    })
+    .await?;
+    let res = request.await??;
+    assert_eq!(res.status(), 503, "{}", res.text().await?);
+    assert!(res.headers().contains_key("retry-after"));
+
+    // Once the table is free, the client's retry (after the failed shape is gone) works.
+    locker.batch_execute("ROLLBACK").await?;
+    eventually("the retried request is served", || async {
+        let res = crate::support::fetch(&volt, "table=items&offset=-1&where=id%20%3E%201").await?;
+        anyhow::ensure!(
+            res.status != 409,
+            "a 409 for a failed snapshot: {}",
+            res.body
+        );
+        Ok(res.status == 200)
+    })
+    .await?;
+    volt.stop().await;
     Ok(())
 }

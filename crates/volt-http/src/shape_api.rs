@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use volt_pg::admin;
 use volt_shapes::{ParamError, Shape, ShapeDef, SubsetRequest, TableSchema};
-use volt_stack::{ShapeEntry, Shared};
+use volt_stack::{Condition, ShapeEntry, Shared};
 use volt_storage::{LogOffset, RequestOffset, SnapshotProgress, SnapshotState};
 
 use crate::AppState;
@@ -480,7 +480,9 @@ pub(crate) async fn await_snapshot(
     let mut progress = entry.log.snapshot_progress();
     let waited = tokio::time::timeout(
         SNAPSHOT_WAIT,
-        progress.wait_for(|p| ready(p) || matches!(p.state, SnapshotState::Failed(_))),
+        progress.wait_for(|p| {
+            ready(p) || matches!(p.state, SnapshotState::Failed(_) | SnapshotState::Removed)
+        }),
     )
     .await
     .map(|r| r.map(|p| p.clone()));
@@ -489,17 +491,23 @@ pub(crate) async fn await_snapshot(
         Ok(Err(_)) => return Err(unavailable("Failed to create shape, please retry", 1)),
         Err(_) => return Err(unavailable("Timeout waiting for the shape's snapshot", 5)),
     };
-    if let SnapshotState::Failed(reason) = &progress.state {
-        if entry.log.is_closed() {
+    match &progress.state {
+        // Removed (DELETE, eviction, a schema change) before its snapshot was done.
+        SnapshotState::Removed => {
             return Err(must_refetch(current_handle(app, entry).as_deref()));
         }
-        tracing::warn!(handle = %entry.handle, %reason, "snapshot failed");
-        let mut res = unavailable("Failed to create shape, please retry", 1);
-        res.headers_mut().insert(
-            "electric-internal-known-error",
-            HeaderValue::from_static("true"),
-        );
-        return Err(res);
+        // The snapshot query failed (e.g. the database went away): a new shape can be
+        // made, so the client retries rather than refetching.
+        SnapshotState::Failed(reason) => {
+            tracing::warn!(handle = %entry.handle, %reason, "snapshot failed");
+            let mut res = unavailable("Failed to create shape, please retry", 1);
+            res.headers_mut().insert(
+                "electric-internal-known-error",
+                HeaderValue::from_static("true"),
+            );
+            return Err(res);
+        }
+        _ => {}
     }
     Ok(progress)
 }
@@ -624,12 +632,20 @@ async fn serve_log(
                 Ok(Err(_)) => Woke::Closed,
                 Err(_) => Woke::TimedOut,
             },
-            () = shutting_down => Woke::TimedOut,
+            () = shutting_down => Woke::ShuttingDown,
         };
         match woke {
             Woke::Changed => continue,
             Woke::Closed => return must_refetch(None),
-            Woke::TimedOut => {
+            // Without a replication stream, "up to date" could be false: changes may be
+            // committed that this instance has not seen. The client retries instead.
+            Woke::TimedOut if !app.shared.status.is_set(Condition::ReplicationReady) => {
+                return unavailable(
+                    "Timeout waiting for the replication stream to be ready; retry later",
+                    5,
+                );
+            }
+            Woke::TimedOut | Woke::ShuttingDown => {
                 let body = format!("[{}]", up_to_date(app.shared.last_seen_lsn()));
                 let mut res = ok_response(entry, at, body, CacheKind::Live);
                 set_flags(&mut res, true, false);
@@ -668,6 +684,7 @@ enum Woke {
     Changed,
     Closed,
     TimedOut,
+    ShuttingDown,
 }
 
 pub(crate) fn up_to_date(lsn: u64) -> String {

@@ -125,6 +125,9 @@ impl ShapeEntry {
 pub struct ShapeRegistry {
     by_def: DashMap<ShapeDef, String>,
     by_handle: DashMap<String, Arc<ShapeEntry>>,
+    /// Which shape a Consumer writes: its supervisor learns of an exit by actor id only,
+    /// after the actor's own state (and its directory listing) is gone.
+    by_consumer: DashMap<ActorId, String>,
 }
 
 impl ShapeRegistry {
@@ -158,16 +161,29 @@ impl ShapeRegistry {
         self.by_handle.iter().map(|e| e.key().clone()).collect()
     }
 
+    /// The shape whose Consumer is (or was, until its shape is removed) this actor.
+    pub fn handle_of_consumer(&self, id: ActorId) -> Option<String> {
+        self.by_consumer.get(&id).map(|h| h.clone())
+    }
+
     pub(crate) fn insert(&self, entry: Arc<ShapeEntry>) {
+        let consumer = entry.consumer.get_id();
         self.by_def
             .insert(entry.shape.def.clone(), entry.handle.clone());
-        self.by_handle.insert(entry.handle.clone(), entry);
+        self.by_consumer.insert(consumer, entry.handle.clone());
+        if let Some(old) = self.by_handle.insert(entry.handle.clone(), entry)
+            && old.consumer.get_id() != consumer
+        {
+            // A restored entry replaced its predecessor, whose Consumer is gone.
+            self.by_consumer.remove(&old.consumer.get_id());
+        }
     }
 
     pub(crate) fn remove(&self, handle: &str) -> Option<Arc<ShapeEntry>> {
         let (_, entry) = self.by_handle.remove(handle)?;
         self.by_def
             .remove_if(&entry.shape.def, |_, h| h.as_str() == handle);
+        self.by_consumer.remove(&entry.consumer.get_id());
         Some(entry)
     }
 }

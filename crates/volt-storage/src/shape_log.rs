@@ -52,8 +52,11 @@ pub enum SnapshotState {
     Started,
     /// Every snapshot row is on disk, in this many chunks.
     Done { chunks: u32 },
-    /// The snapshot could not be taken; the shape is unusable.
+    /// The snapshot could not be taken; the shape is unusable (a retryable error for
+    /// its readers: a new shape can be made).
     Failed(String),
+    /// The shape was removed before its snapshot finished: its readers must refetch.
+    Removed,
 }
 
 /// Snapshot state plus how many snapshot chunks are complete (readable).
@@ -438,9 +441,17 @@ impl ShapeLog {
         Ok(())
     }
 
+    /// Only a snapshot in progress can fail: a removed shape stays removed (its readers
+    /// must refetch, not retry) and a finished snapshot stays readable.
     pub fn mark_snapshot_failed(&self, reason: String) {
-        self.snapshot
-            .send_modify(|p| p.state = SnapshotState::Failed(reason));
+        self.snapshot.send_if_modified(|p| {
+            if matches!(p.state, SnapshotState::Pending | SnapshotState::Started) {
+                p.state = SnapshotState::Failed(reason);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Append one snapshot item (a JSON object); chunks are cut at the threshold.
@@ -697,7 +708,7 @@ impl ShapeLog {
         self.committed.send_modify(|_| {});
         self.snapshot.send_if_modified(|p| {
             if matches!(p.state, SnapshotState::Pending | SnapshotState::Started) {
-                p.state = SnapshotState::Failed("the shape was removed".into());
+                p.state = SnapshotState::Removed;
                 true
             } else {
                 false

@@ -40,13 +40,17 @@ impl Actor for ConsumerSupervisor {
             }
             _ => return Ok(()),
         };
-        let name = shared.actors.name_of(cell.get_id()).unwrap_or_default();
         shared.actors.unregister(cell.get_id());
-        if let Some(handle) = name.strip_prefix("Consumer:")
-            && shared.shapes.get(handle).is_some()
+        // Found through the registry, not the actor directory: the directory listing
+        // goes with the actor's state, which may be dropped before this event arrives.
+        if let Some(handle) = shared.shapes.handle_of_consumer(cell.get_id())
+            && shared
+                .shapes
+                .get(&handle)
+                .is_some_and(|e| e.consumer.get_id() == cell.get_id())
         {
             tracing::warn!(%handle, reason = %why, "consumer exited; removing its shape");
-            shapes::invalidate(shared, handle);
+            shapes::invalidate(shared, &handle);
         }
         Ok(())
     }
