@@ -45,6 +45,8 @@ const SETUP = `
   INSERT INTO s04.kt VALUES ('x/y', 1, 'first'), ('plain', 2, 'second');
   CREATE TABLE s04.nopk (a text, b int);
   INSERT INTO s04.nopk VALUES (NULL, 1), ('q/r', NULL);
+  CREATE TABLE s04."we.ird/name" (id int PRIMARY KEY);
+  INSERT INTO s04."we.ird/name" VALUES (1);
 
   CREATE TABLE c05 (id int PRIMARY KEY, title text);
   INSERT INTO c05 VALUES (1, 'one'), (2, 'two');
@@ -257,6 +259,7 @@ item(1, 'offset=-1 returns 200 with a JSON array, electric-handle, electric-offs
   assert.ok(Array.isArray(res.body), 'body is a JSON array');
   assert.ok(res.headers.get('electric-handle'), 'electric-handle');
   assert.equal(res.headers.get('electric-offset'), '0_0');
+  assert.equal(res.headers.get('etag'), `"${res.headers.get('electric-handle')}:-1:0_0"`);
   assert.deepEqual(JSON.parse(res.headers.get('electric-schema')), {
     id: { type: 'int4', pk_index: 0, not_null: true },
     title: { type: 'text' },
@@ -368,6 +371,12 @@ item(4, 'keys are "schema"."table"/"pk1"/"pk2" with / doubled and NULL as _, the
   await nopk.waitMessages(() => nopk.liveChanges().length === 1, 'one change on s04.nopk');
   assert.deepEqual(trace(kt.liveChanges()), ['update:"s04"."kt"/"x//y"/"1"', 'insert:"s04"."kt"/"a//b//c"/"3"']);
   assert.deepEqual(trace(nopk.liveChanges()), ['delete:"s04"."nopk"/_/"1"']);
+
+  // In the schema and table names, / and . are doubled; the relation header keeps them.
+  const weird = ok(await get({ table: 's04."we.ird/name"', offset: '-1' }));
+  const [row] = weird.body.filter(isChange);
+  assert.equal(row.key, '"s04"."we..ird//name"/"1"');
+  assert.deepEqual(row.headers.relation, ['s04', 'we.ird/name']);
 });
 
 item(5, 'offset=0_0 after a one-chunk snapshot returns changes + up-to-date at the latest offset (0_inf if none)', async ({ cleanup }) => {
@@ -440,6 +449,25 @@ item(7, 'repeating a non-live (handle, offset) request returns the same offset a
   const { handle } = await catchUp({ table: 'c07' });
   await inTransaction(`INSERT INTO c07 VALUES (2, 'two')`, `INSERT INTO c07 VALUES (3, 'three')`);
   await nextChanges({ table: 'c07' }, handle, '0_inf');
+  // A transaction bigger than a chunk: the change log is chunked too.
+  await inTransaction(`INSERT INTO c07 SELECT g, repeat('y', 100) FROM generate_series(100, 159) g`);
+  const logChunks = [];
+  await waitFor(
+    async () => {
+      logChunks.length = 0;
+      let offset = '0_inf';
+      for (;;) {
+        const res = ok(await get({ table: 'c07', handle, offset }));
+        logChunks.push({ offset, res });
+        offset = res.headers.get('electric-offset');
+        if (res.headers.get('electric-up-to-date') != null) break;
+      }
+      return logChunks.flatMap(({ res }) => res.body.filter(isChange)).length === 62;
+    },
+    { label: 'the big transaction in the log' },
+  );
+  assert.ok(logChunks.length >= 2, `expected several log chunks, got ${logChunks.length}`);
+  for (const { res } of logChunks.slice(0, -1)) assert.ok(!res.body.some(isUpToDate), 'only the last chunk is up-to-date');
 
   const big = ok(await get({ table: 'c06', offset: '-1' })).headers.get('electric-handle');
   const requests = [
@@ -447,6 +475,7 @@ item(7, 'repeating a non-live (handle, offset) request returns the same offset a
     { table: 'c07', handle, offset: '0_0' },
     { table: 'c07', handle, offset: '0_inf' },
     { table: 'c06', handle: big, offset: '0_1' },
+    ...logChunks.map(({ offset }) => ({ table: 'c07', handle, offset })),
   ];
   for (const query of requests) {
     const a = ok(await get(query));
@@ -497,6 +526,10 @@ item(10, 'missing or non-existent table is a 400 naming errors.table', async () 
     invalid('table', 'Table "public"."nope" does not exist. If the table name contains capitals or special characters you must quote it.'),
   );
   await badRequest({ table: 'nowhere.c10', offset: '-1' });
+  for (const table of ['a.b.c', 'x'.repeat(64), '1abc', '"unterminated']) {
+    const res = await badRequest({ table, offset: '-1' });
+    assert.ok(res.body.errors?.table, `errors.table for ${table}: ${res.text}`);
+  }
   // Unquoted names are lowercased, so "C10" is c10 but "\"C10\"" does not exist.
   ok(await get({ table: 'C10', offset: '-1' }));
   const quoted = await badRequest({ table: '"C10"', offset: '-1' });
@@ -541,6 +574,7 @@ item(15, 'columns lacking a primary-key column is a 400 with errors.columns', as
     { table: 'c15', offset: '-1', columns: 'id,nope' },
     invalid('columns', 'The following columns are not found on the table: nope'),
   );
+  await badRequest({ table: 'c15', offset: '-1', columns: 'id,,title' }, invalid('columns', 'Invalid zero-length delimited identifier'));
 });
 
 item(16, 'a bad, unknown-column or non-boolean where is a 400 with errors.where "At location ..."', async () => {
@@ -604,6 +638,9 @@ item(19, 'unknown params (cache-buster, expired_handle, log=full) are ignored an
   const res = ok(await get({ table: 'c19', offset: '-1', ...extras }));
   assert.equal(res.headers.get('electric-handle'), handle);
   assert.equal(res.text, base.text);
+  // A handle sent with offset=-1 (the client does after a 409) is ignored too.
+  const withHandle = ok(await get({ table: 'c19', offset: '-1', handle: 'some-other-handle', ...extras }));
+  assert.equal(withHandle.headers.get('electric-handle'), handle);
   const next = ok(await get({ table: 'c19', offset: '0_0', handle, ...extras }));
   assert.equal(next.headers.get('electric-handle'), handle);
   assert.equal(next.headers.get('electric-up-to-date'), '');
@@ -657,6 +694,17 @@ item(21, 'the handle of a deleted, truncated or altered shape gets a 409 must-re
   const fresh = ok(await get({ table: 'c21c', offset: '-1' }));
   assert.equal(fresh.headers.get('electric-handle'), afterAlter);
   assert.ok('extra' in JSON.parse(fresh.headers.get('electric-schema')), 'the new shape has the new column');
+
+  // A live request parked at the tip when its shape is deleted gets the 409 at once.
+  const parked = await catchUp({ table: 'c21a' });
+  const started = Date.now();
+  const waiting = get({ table: 'c21a', handle: parked.handle, offset: parked.offset, live: 'true' });
+  await deleteShape({ handle: parked.handle });
+  const rotated = await waiting;
+  assert.ok(Date.now() - started < LONG_POLL_MS, 'answered by the delete, not by the timeout');
+  assert.equal(rotated.status, 409, describe(rotated));
+  assert.deepEqual(rotated.body, [{ headers: { control: 'must-refetch' } }]);
+  assert.notEqual(rotated.headers.get('electric-handle'), parked.handle);
 });
 
 item(22, 'the handle of another definition gets a 409 with this definition\'s handle', async () => {
@@ -998,6 +1046,20 @@ item(35, 'SSE: text/event-stream, data: {json} events, up-to-date per batch, kee
   assert.equal(rest, '', 'every event ends with a blank line');
   assert.ok(lasted >= SSE_MS - 200 && lasted < SSE_MS + 3000, `stream lasted ${lasted} ms, expected about ${SSE_MS}`);
   for (const e of stream.events) assert.ok(e === ': keep-alive' || /^data: \{.*\}$/s.test(e), `event ${JSON.stringify(e)}`);
+
+  // With data already there when the request comes, the events are written and the
+  // stream ends at once.
+  const quick = Date.now();
+  const pending = await fetch(url, { signal: AbortSignal.timeout(15_000) });
+  assert.equal(pending.headers.get('electric-up-to-date'), null, 'not up-to-date: data follows');
+  const events = readEvents(pending);
+  cleanup.defer(events.cancel);
+  await events.done;
+  assert.ok(Date.now() - quick < SSE_MS / 2, `ended after ${Date.now() - quick} ms`);
+  assert.deepEqual(
+    events.events.map((e) => JSON.parse(e.slice(6))).map((m) => (isChange(m) ? m.key : m.headers.control)),
+    [keyOf('c35', 1), 'up-to-date'],
+  );
 
   // The client in SSE mode.
   const s = openShape(volt, { table: 'c35' }, { cleanup, liveSse: true });
