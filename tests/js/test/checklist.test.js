@@ -248,6 +248,22 @@ function assertMustRefetch(res, staleHandle) {
   return fresh;
 }
 
+async function dropSlot(slot) {
+  await waitFor(
+    async () => {
+      const { rows } = await sql('SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1', [slot]);
+      if (rows.length === 0) return true;
+      if (rows[0].active_pid != null) {
+        await sql('SELECT pg_terminate_backend($1)', [rows[0].active_pid]);
+        return false;
+      }
+      await sql('SELECT pg_drop_replication_slot($1)', [slot]);
+      return true;
+    },
+    { label: `replication slot ${slot} to be dropped` },
+  );
+}
+
 const secondsSinceCursorEpoch = () => Math.floor((Date.now() - Date.UTC(2024, 9, 9)) / 1000);
 
 // ---------------------------------------------------------------------------
@@ -705,6 +721,10 @@ item(21, 'the handle of a deleted, truncated or altered shape gets a 409 must-re
   assert.equal(rotated.status, 409, describe(rotated));
   assert.deepEqual(rotated.body, [{ headers: { control: 'must-refetch' } }]);
   assert.notEqual(rotated.headers.get('electric-handle'), parked.handle);
+  assert.equal(
+    rotated.headers.get('cache-control'),
+    rotated.headers.get('electric-handle') ? 'public, max-age=60, must-revalidate' : 'public, max-age=1, must-revalidate',
+  );
 });
 
 item(22, 'the handle of another definition gets a 409 with this definition\'s handle', async () => {
@@ -758,6 +778,7 @@ item(24, 'live at the tip with no change waits the long-poll timeout, then 200 [
     assert.equal(res.headers.get('electric-has-data'), 'false');
     assert.match(res.headers.get('electric-cursor') ?? '', DECIMAL);
     assert.equal(res.headers.get('electric-schema'), null);
+    assert.equal(res.headers.get('cache-control'), 'public, max-age=5, stale-while-revalidate=5');
   }
   assert.notEqual(a.headers.get('etag'), b.headers.get('etag'), 'no-data responses never share an etag');
 });
@@ -1028,6 +1049,7 @@ item(35, 'SSE: text/event-stream, data: {json} events, up-to-date per batch, kee
   assert.equal(res.headers.get('electric-offset'), offset);
   assert.match(res.headers.get('electric-cursor') ?? '', DECIMAL);
   assert.equal(res.headers.get('electric-schema'), null);
+  assert.equal(res.headers.get('electric-up-to-date'), '', 'at the tip when the stream starts');
   const stream = readEvents(res);
   cleanup.defer(stream.cancel);
 
@@ -1096,9 +1118,8 @@ item(37, 'with a secret, a missing or wrong one is a 401, api_secret works, OPTI
   const guarded = await startVolt({ databaseUrl: db.url, streamId: `${db.streamId}_sec`, secret, env: ENV });
   cleanup.defer(async () => {
     await guarded.stop();
-    await sql(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [
-      `electric_slot_${db.streamId}_sec`,
-    ]);
+    // The database cannot be dropped while a logical slot of it remains.
+    await dropSlot(`electric_slot_${db.streamId}_sec`);
   });
   const path = (extra) => shapePath({ table: 'c01', offset: '-1', ...extra });
   for (const extra of [{}, { secret: 'wrong' }, { api_secret: 'wrong' }]) {
