@@ -254,21 +254,23 @@ async fn shape_request(app: AppState, p: Params, headers: HeaderMap) -> Response
         return subset::serve(&app, &entry, req, offset).await;
     }
     match offset {
-        RequestOffset::BeforeAll => match serve_snapshot(&app, &entry, 0, offset_raw).await {
-            Some(res) => res,
-            None => {
-                serve_log(
-                    &app,
-                    &entry,
-                    LogOffset::SNAPSHOT_END,
-                    offset_raw,
-                    false,
-                    None,
-                    &headers,
-                )
-                .await
+        RequestOffset::BeforeAll => {
+            match serve_snapshot(&app, &entry, 0, offset_raw, &headers).await {
+                Some(res) => res,
+                None => {
+                    serve_log(
+                        &app,
+                        &entry,
+                        LogOffset::SNAPSHOT_END,
+                        offset_raw,
+                        false,
+                        None,
+                        &headers,
+                    )
+                    .await
+                }
             }
-        },
+        }
         RequestOffset::Now => {
             let latest = entry.log.latest_offset();
             let body = format!(
@@ -291,7 +293,7 @@ async fn shape_request(app: AppState, p: Params, headers: HeaderMap) -> Response
         // Snapshot chunk k was read: the next chunk, or the log after the last one.
         RequestOffset::At(at) if at.tx == 0 && at.op < LogOffset::INF_OP => {
             let next = u32::try_from(at.op + 1).unwrap_or(u32::MAX);
-            match serve_snapshot(&app, &entry, next, offset_raw).await {
+            match serve_snapshot(&app, &entry, next, offset_raw, &headers).await {
                 Some(res) => res,
                 None => {
                     serve_log(
@@ -433,6 +435,7 @@ async fn serve_snapshot(
     entry: &Arc<ShapeEntry>,
     k: u32,
     offset_raw: &str,
+    headers: &HeaderMap,
 ) -> Option<Response> {
     let progress = match await_snapshot(app, entry, |p| {
         p.chunks_complete > k || matches!(p.state, SnapshotState::Done { .. })
@@ -467,7 +470,7 @@ async fn serve_snapshot(
     set_schema(&mut res, entry);
     set_flags(&mut res, false, true);
     set_etag(&mut res, entry, offset_raw, offset, false);
-    Some(res)
+    Some(not_modified_or(res, headers))
 }
 
 /// Wait (bounded) until the shape's snapshot progress satisfies `ready`; a failed snapshot
@@ -839,4 +842,36 @@ fn must_refetch(new_handle: Option<&str>) -> Response {
         }
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_etag(tag: &str) -> Response {
+        let mut res = (StatusCode::OK, "[]").into_response();
+        res.headers_mut()
+            .insert(header::ETAG, HeaderValue::from_str(tag).unwrap());
+        res
+    }
+
+    fn if_none_match(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn if_none_match_with_the_etag_is_not_modified() {
+        let tag = "\"h-1:-1:0_0\"";
+        for value in [tag, "h-1:-1:0_0", "\"other\", \"h-1:-1:0_0\""] {
+            let res = not_modified_or(with_etag(tag), &if_none_match(value));
+            assert_eq!(res.status(), StatusCode::NOT_MODIFIED, "{value}");
+            assert_eq!(res.headers().get(header::ETAG).unwrap(), tag);
+        }
+        let res = not_modified_or(with_etag(tag), &if_none_match("\"h-1:-1:0_1\""));
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = not_modified_or(with_etag(tag), &HeaderMap::new());
+        assert_eq!(res.status(), StatusCode::OK);
+    }
 }

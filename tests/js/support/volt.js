@@ -264,10 +264,11 @@ class LogBuffer {
 
 /**
  * Spawns volt on a free port against `databaseUrl` and waits until
- * `/v1/health` reports `{"status":"active"}`.
+ * `/v1/health` reports `{"status":"active"}` (or, with `ready: 'listening'`,
+ * until it answers at all: for a volt that cannot become active).
  * Returns `{ url, port, storageDir, logs(), printLogs(), exited, stop() }`.
  */
-export async function startVolt({ databaseUrl: dbUrl, streamId, secret, env = {}, healthTimeout = 30_000 }) {
+export async function startVolt({ databaseUrl: dbUrl, streamId, secret, env = {}, healthTimeout = 30_000, ready = 'active' }) {
   const bin = voltBin();
   const port = await freePort();
   const storageDir = await mkdtemp(path.join(os.tmpdir(), 'volt-js-'));
@@ -348,12 +349,13 @@ export async function startVolt({ databaseUrl: dbUrl, streamId, secret, env = {}
       async () => {
         const res = await fetch(`${url}/v1/health`, { signal: AbortSignal.timeout(1000) });
         const body = await res.text();
+        if (ready === 'listening') return true;
         return res.status === 200 && JSON.parse(body).status === 'active';
       },
       {
         timeout: healthTimeout,
         interval: 50,
-        label: 'volt /v1/health to report {"status":"active"}',
+        label: ready === 'listening' ? 'volt /v1/health to answer' : 'volt /v1/health to report {"status":"active"}',
         failFast: () => {
           if (state.spawnError) return new Error(`could not start ${bin}: ${state.spawnError.message}`);
           if (state.exited) return new Error(`volt exited during startup (code ${state.code}, signal ${state.signal})`);
