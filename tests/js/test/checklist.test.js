@@ -1091,7 +1091,7 @@ item(35, 'SSE: text/event-stream, data: {json} events, up-to-date per batch, kee
 // ---------------------------------------------------------------------------
 // 36-38: health, secret, out of bounds
 
-item(36, '/v1/health is 200 active when ready and 202 starting before', async ({ cleanup }) => {
+item(36, '/v1/health is 200 active when ready, 202 starting before and 202 waiting behind another instance on the slot', async ({ cleanup }) => {
   const health = await request(volt, '/v1/health');
   assert.equal(health.status, 200, describe(health));
   assert.deepEqual(health.body, { status: 'active' });
@@ -1109,6 +1109,15 @@ item(36, '/v1/health is 200 active when ready and 202 starting before', async ({
   const res = await request(starting, '/v1/health');
   assert.equal(res.status, 202, describe(res));
   assert.deepEqual(res.body, { status: 'starting' });
+
+  // A second volt on the shared volt's slot waits for the slot's lock: 202 waiting.
+  const second = await startVolt({ databaseUrl: db.url, streamId: db.streamId, env: ENV, ready: 'listening' });
+  cleanup.defer(() => second.stop());
+  await waitFor(async () => (await request(second, '/v1/health')).body?.status === 'waiting', {
+    label: 'second volt waiting on the slot lock',
+  });
+  const waiting = await request(second, '/v1/health');
+  assert.equal(waiting.status, 202, describe(waiting));
 });
 
 item(37, 'with a secret, a missing or wrong one is a 401, api_secret works, OPTIONS and health stay open', async ({ cleanup }) => {
