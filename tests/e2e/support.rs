@@ -89,6 +89,8 @@ impl TestVolt {
             reconcile_period: Duration::from_millis(500),
             flush_stall_grace: Duration::from_secs(60),
             max_shapes: tweaks.max_shapes,
+            max_shape_cache_mailbox: 100_000,
+            coalesce_creates: true,
         })
         .await?;
         let app = volt_http::router(

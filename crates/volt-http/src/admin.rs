@@ -19,6 +19,11 @@ pub async fn tree(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
+/// Admission permits in use and rejects per bucket.
+pub async fn admission(State(app): State<AppState>) -> Response {
+    json_response(StatusCode::OK, json!(app.admission.stats()))
+}
+
 /// `POST /v1/admin/kill?kind=Consumer&shape=<handle>&mode=kill` (or `name=<display name>`,
 /// or `path=<name>/<name>/...` from the root). `mode=stop` stops the actor as a shutdown
 /// would (its `post_stop` runs); `mode=kill` (the default) ends it at once, as a crash.

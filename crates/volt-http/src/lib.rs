@@ -1,6 +1,7 @@
 //! volt's HTTP API: the Shape API (`/v1/shape`), health, and admin endpoints.
 
 mod admin;
+pub mod admission;
 mod auth;
 mod cors;
 mod response;
@@ -42,6 +43,8 @@ pub struct HttpConfig {
     pub sse_duration: Duration,
     /// Silence after which an SSE response sends a keep-alive comment (Electric: 21 s).
     pub sse_keepalive: Duration,
+    /// `ELECTRIC_MAX_CONCURRENT_REQUESTS`: the admission buckets.
+    pub max_concurrent: admission::Limits,
 }
 
 impl Default for HttpConfig {
@@ -55,6 +58,7 @@ impl Default for HttpConfig {
             out_of_bounds_wait: Duration::from_secs(10),
             sse_duration: Duration::from_secs(60),
             sse_keepalive: Duration::from_secs(21),
+            max_concurrent: admission::Limits::default(),
         }
     }
 }
@@ -63,12 +67,26 @@ impl Default for HttpConfig {
 pub struct AppState {
     pub shared: Arc<Shared>,
     pub config: Arc<HttpConfig>,
+    pub admission: Arc<admission::Admission>,
+    pub schema_loads: Arc<shape_api::SchemaLoads>,
 }
 
 pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
+    let admission = Arc::new(admission::Admission::new(config.max_concurrent));
+    router_with_admission(shared, config, admission)
+}
+
+/// `router` with admission counters the caller can read (tests, metrics).
+pub fn router_with_admission(
+    shared: Arc<Shared>,
+    config: HttpConfig,
+    admission: Arc<admission::Admission>,
+) -> Router {
     let state = AppState {
         shared,
         config: Arc::new(config),
+        admission,
+        schema_loads: Arc::default(),
     };
     let mut guarded = Router::new()
         .route(
@@ -78,7 +96,8 @@ pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
                 .delete(shape_api::delete_shape)
                 .options(cors::preflight),
         )
-        .route("/v1/admin/tree", get(admin::tree));
+        .route("/v1/admin/tree", get(admin::tree))
+        .route("/v1/admin/admission", get(admin::admission));
     if state.config.allow_delete {
         guarded = guarded.route("/v1/admin/kill", post(admin::kill));
     }

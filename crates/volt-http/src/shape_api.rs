@@ -14,9 +14,13 @@ use volt_stack::{Condition, ShapeEntry, Shared};
 use volt_storage::{LogOffset, RequestOffset, SnapshotProgress, SnapshotState};
 
 use crate::AppState;
+use crate::admission::{self, Permit};
 use crate::auth::url_params;
 use crate::response::{error, invalid_request, unavailable};
 use crate::subset;
+
+/// Per-table gates for loading table metadata on a cold cache.
+pub type SchemaLoads = dashmap::DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
 
 /// Longer where clauses are refused before parsing: the parser recurses on them.
 const MAX_WHERE_BYTES: usize = 16 * 1024;
@@ -128,8 +132,29 @@ pub async fn get_shape(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = Params::parse(query.as_deref().unwrap_or(""));
-    shape_request(app, p, headers).await
+    let query = query.as_deref().unwrap_or("");
+    let permit = match admit(&app, query) {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    let p = Params::parse(query);
+    shape_request(app, p, headers, permit).await
+}
+
+/// Admission before anything else: one registry lookup of the request's handle decides
+/// the bucket.
+#[allow(clippy::result_large_err)] // the rejection is the response itself
+fn admit(app: &AppState, query: &str) -> Result<Permit, Response> {
+    let known = url_params(query)
+        .into_iter()
+        .find(|(k, _)| k == "handle")
+        .is_some_and(|(_, h)| app.shared.shapes.get(&h).is_some());
+    let kind = if known {
+        admission::Kind::Existing
+    } else {
+        admission::Kind::Initial
+    };
+    app.admission.try_acquire(kind)
 }
 
 /// Largest POST body read: subset where clauses and parameters, not data.
@@ -143,7 +168,12 @@ pub async fn post_shape(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let mut p = Params::parse(query.as_deref().unwrap_or(""));
+    let query = query.as_deref().unwrap_or("");
+    let permit = match admit(&app, query) {
+        Ok(p) => p,
+        Err(res) => return res,
+    };
+    let mut p = Params::parse(query);
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
@@ -163,7 +193,7 @@ pub async fn post_shape(
             return invalid_request("body", &message);
         }
     }
-    let mut res = shape_request(app, p, headers).await;
+    let mut res = shape_request(app, p, headers, permit).await;
     if res.status().is_success() {
         res.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -171,7 +201,22 @@ pub async fn post_shape(
     res
 }
 
-async fn shape_request(app: AppState, p: Params, headers: HeaderMap) -> Response {
+async fn shape_request(
+    app: AppState,
+    p: Params,
+    headers: HeaderMap,
+    mut permit: Permit,
+) -> Response {
+    let res = serve_request(&app, p, headers, &mut permit).await;
+    admission::hold(res, permit)
+}
+
+async fn serve_request(
+    app: &AppState,
+    p: Params,
+    headers: HeaderMap,
+    permit: &mut Permit,
+) -> Response {
     let Some(offset_raw) = p.offset.as_deref() else {
         return invalid_request("offset", "can't be blank");
     };
@@ -228,10 +273,11 @@ async fn shape_request(app: AppState, p: Params, headers: HeaderMap) -> Response
             {
                 return unavailable("Timeout waiting for the database connection to be ready", 5);
             }
-            let table = match table_schema(&app.shared, &def.schema, &def.table).await {
-                Ok(t) => t,
-                Err(resp) => return resp,
-            };
+            let table =
+                match table_schema(&app.shared, &app.schema_loads, &def.schema, &def.table).await {
+                    Ok(t) => t,
+                    Err(resp) => return resp,
+                };
             let shape = match Shape::new(def, table) {
                 Ok(s) => Arc::new(s),
                 Err(e) => return invalid_request(e.param, &e.message),
@@ -250,16 +296,28 @@ async fn shape_request(app: AppState, p: Params, headers: HeaderMap) -> Response
     }
     entry.touch();
 
+    // A request that may have created the shape holds an `initial` permit until the
+    // shape's snapshot has started: until then it contends for creation and for the
+    // snapshot connections, which is what `initial` bounds.
+    if permit.kind() == admission::Kind::Initial {
+        if let Err(res) =
+            await_snapshot(app, &entry, |p| !matches!(p.state, SnapshotState::Pending)).await
+        {
+            return res;
+        }
+        permit.try_swap_to_existing();
+    }
+
     if let Some(req) = &p.subset {
-        return subset::serve(&app, &entry, req, offset).await;
+        return subset::serve(app, &entry, req, offset).await;
     }
     match offset {
         RequestOffset::BeforeAll => {
-            match serve_snapshot(&app, &entry, 0, offset_raw, &headers).await {
+            match serve_snapshot(app, &entry, 0, offset_raw, &headers).await {
                 Some(res) => res,
                 None => {
                     serve_log(
-                        &app,
+                        app,
                         &entry,
                         LogOffset::SNAPSHOT_END,
                         offset_raw,
@@ -284,20 +342,20 @@ async fn shape_request(app: AppState, p: Params, headers: HeaderMap) -> Response
             res
         }
         RequestOffset::At(at) if p.live_sse => {
-            if let Some(res) = out_of_bounds(&app, &entry, at).await {
+            if let Some(res) = out_of_bounds(app, &entry, at).await {
                 return res;
             }
             entry.touch();
-            crate::sse::serve(&app, &entry, at, p.cursor.as_deref())
+            crate::sse::serve(app, &entry, at, p.cursor.as_deref())
         }
         // Snapshot chunk k was read: the next chunk, or the log after the last one.
         RequestOffset::At(at) if at.tx == 0 && at.op < LogOffset::INF_OP => {
             let next = u32::try_from(at.op + 1).unwrap_or(u32::MAX);
-            match serve_snapshot(&app, &entry, next, offset_raw, &headers).await {
+            match serve_snapshot(app, &entry, next, offset_raw, &headers).await {
                 Some(res) => res,
                 None => {
                     serve_log(
-                        &app,
+                        app,
                         &entry,
                         at,
                         offset_raw,
@@ -311,7 +369,7 @@ async fn shape_request(app: AppState, p: Params, headers: HeaderMap) -> Response
         }
         RequestOffset::At(at) => {
             serve_log(
-                &app,
+                app,
                 &entry,
                 at,
                 offset_raw,
@@ -374,10 +432,18 @@ pub async fn delete_shape(State(app): State<AppState>, RawQuery(query): RawQuery
 
 async fn table_schema(
     shared: &Arc<Shared>,
+    loads: &SchemaLoads,
     schema: &str,
     name: &str,
 ) -> Result<Arc<TableSchema>, Response> {
     let key = (schema.to_string(), name.to_string());
+    if let Some(t) = shared.schemas.get(&key) {
+        return Ok(t.clone());
+    }
+    // A cold cache under a herd: one request per table asks Postgres, the others wait
+    // for its answer (a failed load is not cached; the next waiter tries again).
+    let gate = loads.entry(key.clone()).or_default().clone();
+    let _loading = gate.lock().await;
     if let Some(t) = shared.schemas.get(&key) {
         return Ok(t.clone());
     }
@@ -420,11 +486,19 @@ async fn create_shape(
     {
         return Err(unavailable("The storage disk is full", 10));
     }
+    use volt_stack::shapes::CreateError;
     volt_stack::shapes::get_or_create(shared, shape)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "shape creation failed");
-            unavailable("Failed to create shape, please retry", 1)
+        .map_err(|e| match e {
+            CreateError::Overloaded => unavailable(
+                "Too many shapes are being created; retry later",
+                1 + rand::random::<u32>() % 5,
+            ),
+            CreateError::Timeout => unavailable("Timed out waiting for the shape to be created", 5),
+            CreateError::Failed(reason) => {
+                tracing::warn!(%reason, "shape creation failed");
+                unavailable("Failed to create shape, please retry", 1)
+            }
         })
 }
 

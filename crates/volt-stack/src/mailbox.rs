@@ -32,6 +32,11 @@ impl MailboxDepth {
         self.received.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Messages sent so far (including those already handled).
+    pub fn total_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     /// Messages sent and not yet taken out by the actor.
     pub fn depth(&self) -> u64 {
         // Read `received` first: a message counted as received was sent before it.
@@ -53,6 +58,10 @@ impl<M: ractor::Message> Mailbox<M> {
 
     pub fn actor(&self) -> &ActorRef<M> {
         &self.actor
+    }
+
+    pub fn depth(&self) -> &MailboxDepth {
+        &self.depth
     }
 
     pub fn cast(&self, msg: M) -> Result<(), MessagingErr<M>> {
@@ -77,6 +86,15 @@ impl<M: ractor::Message> Mailbox<M> {
             self.depth.unsent();
         }
         res
+    }
+}
+
+impl<M: ractor::Message> Clone for Mailbox<M> {
+    fn clone(&self) -> Self {
+        Mailbox {
+            actor: self.actor.clone(),
+            depth: self.depth.clone(),
+        }
     }
 }
 

@@ -101,31 +101,88 @@ pub fn remove_orphan_dirs(shared: &Shared, keep: &std::collections::HashSet<Stri
     }
 }
 
+/// Why a shape could not be found or made. Every kind is worth retrying later; they
+/// differ in what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    /// Too many creation requests are queued for ShapeCache: shed, retry soon.
+    #[error("too many shapes are being created; retry later")]
+    Overloaded,
+    /// The creation this request waited for did not finish in time.
+    #[error("timed out waiting for the shape to be created")]
+    Timeout,
+    /// The creation failed (the same reason for every request that waited for it).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How long a request waits for a shape being created.
+const CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Backoff of a request polling for a shape another request is creating: short first,
+/// since most creations take milliseconds.
+fn poll_delay(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis([5, 10, 20, 40, 80, 100][attempt.min(5) as usize])
+}
+
 /// Find or create the shape for a validated definition. Existing shapes are found in
-/// the registry without a message; creation goes through ShapeCache.
+/// the registry without a message. A shape that another request is creating is waited
+/// for by polling the registry (ShapeCache's create-lock table says so), without a
+/// message either; only a request that finds neither asks ShapeCache to create it.
 pub async fn get_or_create(
     shared: &Arc<Shared>,
     shape: Arc<volt_shapes::Shape>,
-) -> Result<Arc<crate::shared::ShapeEntry>, String> {
-    use crate::actors::shape_cache::ShapeCacheMsg;
+) -> Result<Arc<crate::shared::ShapeEntry>, CreateError> {
+    use crate::actors::shape_cache::{CreateReply, ShapeCacheMsg};
+    use crate::shared::CreateMark;
     use ractor::rpc::CallResult;
 
-    if let Some(entry) = shared.shapes.by_def(&shape.def) {
-        return Ok(entry);
-    }
-    let cache = shared
-        .shape_cache
-        .load_full()
-        .ok_or("the shape cache is restarting")?;
-    match cache
-        .call(
-            |r| ShapeCacheMsg::GetOrCreate(shape, r),
-            Some(std::time::Duration::from_secs(30)),
-        )
-        .await
-    {
-        Ok(CallResult::Success(res)) => res,
-        Ok(CallResult::Timeout) => Err("timed out waiting for the shape cache".into()),
-        _ => Err("the shape cache stopped before answering".into()),
+    let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+    let mut attempt = 0;
+    loop {
+        if let Some(entry) = shared.shapes.by_def(&shape.def) {
+            return Ok(entry);
+        }
+        let mark = if shared.config.coalesce_creates {
+            shared.creating.get(&shape.def)
+        } else {
+            None
+        };
+        match mark {
+            Some(CreateMark::Failed { reason, .. }) => return Err(CreateError::Failed(reason)),
+            Some(CreateMark::InProgress) => {}
+            None => {
+                let cache = shared
+                    .shape_cache
+                    .load_full()
+                    .ok_or_else(|| CreateError::Failed("the shape cache is restarting".into()))?;
+                if cache.depth().depth() >= shared.config.max_shape_cache_mailbox as u64 {
+                    metrics::counter!("volt_shape_cache_shed_total").increment(1);
+                    return Err(CreateError::Overloaded);
+                }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match cache
+                    .call(|r| ShapeCacheMsg::GetOrCreate(shape.clone(), r), Some(left))
+                    .await
+                {
+                    Ok(CallResult::Success(Ok(CreateReply::Created(entry)))) => return Ok(entry),
+                    Ok(CallResult::Success(Ok(CreateReply::InProgress))) => {}
+                    Ok(CallResult::Success(Err(reason))) => {
+                        return Err(CreateError::Failed(reason));
+                    }
+                    Ok(CallResult::Timeout) => return Err(CreateError::Timeout),
+                    _ => {
+                        return Err(CreateError::Failed(
+                            "the shape cache stopped before answering".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CreateError::Timeout);
+        }
+        tokio::time::sleep(poll_delay(attempt)).await;
+        attempt += 1;
     }
 }

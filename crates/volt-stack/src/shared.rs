@@ -41,6 +41,11 @@ pub struct StackConfig {
     pub flush_stall_grace: std::time::Duration,
     /// `ELECTRIC_MAX_SHAPES`: past it, the least recently read shapes are evicted.
     pub max_shapes: Option<usize>,
+    /// Creation requests are refused (503) while this many messages wait for ShapeCache.
+    pub max_shape_cache_mailbox: usize,
+    /// Requests for a shape being created wait for it instead of queueing behind it in
+    /// ShapeCache's mailbox (off only to measure what it saves).
+    pub coalesce_creates: bool,
 }
 
 impl StackConfig {
@@ -188,6 +193,77 @@ impl ShapeRegistry {
     }
 }
 
+/// The state of a creation in progress or just failed, published by ShapeCache (its only
+/// writer) for request handlers to read without messaging it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateMark {
+    InProgress,
+    /// `id` tells this failure from a later one of the same shape, so the sweep that
+    /// follows it deletes only its own entry.
+    Failed {
+        reason: String,
+        id: u64,
+    },
+}
+
+/// ShapeCache's create-lock table, keyed by the full definition (a hash could collide
+/// and strand a waiter).
+#[derive(Default)]
+pub struct CreateLocks {
+    marks: DashMap<ShapeDef, CreateMark>,
+    next_id: AtomicU64,
+}
+
+impl CreateLocks {
+    pub fn get(&self, def: &ShapeDef) -> Option<CreateMark> {
+        self.marks.get(def).map(|m| m.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.marks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    pub(crate) fn set_in_progress(&self, def: &ShapeDef) {
+        self.marks.insert(def.clone(), CreateMark::InProgress);
+    }
+
+    pub(crate) fn set_failed(&self, def: &ShapeDef, reason: String) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.marks
+            .insert(def.clone(), CreateMark::Failed { reason, id });
+        id
+    }
+
+    pub(crate) fn clear(&self, def: &ShapeDef) {
+        self.marks.remove(def);
+    }
+
+    /// Remove a failure once its grace has passed, unless a newer attempt replaced it.
+    pub(crate) fn sweep(&self, def: &ShapeDef, id: u64) {
+        self.marks.remove_if(
+            def,
+            |_, m| matches!(m, CreateMark::Failed { id: failed, .. } if *failed == id),
+        );
+    }
+
+    pub(crate) fn clear_all(&self) {
+        self.marks.clear();
+    }
+}
+
+/// Test hooks in the creation path (the seeds' failpoints). Unset in production.
+#[derive(Default)]
+pub struct Failpoints {
+    /// When set, a creation waits for a permit of this semaphore before it starts.
+    pub hold_create: ArcSwapOption<Semaphore>,
+    /// When set, a creation fails with this reason.
+    pub fail_create: ArcSwapOption<String>,
+}
+
 /// Kind and display name of every live actor, for the tree dump; restart counts by
 /// display name, kept across incarnations.
 #[derive(Default)]
@@ -276,6 +352,9 @@ pub struct Shared {
     pub status_monitor: ArcSwapOption<ActorRef<StatusMsg>>,
     pub shape_log_collector: ArcSwapOption<Mailbox<SlcMsg>>,
     pub shape_cache: ArcSwapOption<Mailbox<ShapeCacheMsg>>,
+    /// Creations in progress or just failed; written only by ShapeCache.
+    pub creating: CreateLocks,
+    pub failpoints: Failpoints,
     pub consumer_supervisor: ArcSwapOption<ActorCell>,
     /// The persistent shape registry; written only through `shape_db_writer`.
     pub shape_db: ShapeDb,
@@ -306,6 +385,8 @@ impl Shared {
             status_monitor: ArcSwapOption::empty(),
             shape_log_collector: ArcSwapOption::empty(),
             shape_cache: ArcSwapOption::empty(),
+            creating: CreateLocks::default(),
+            failpoints: Failpoints::default(),
             consumer_supervisor: ArcSwapOption::empty(),
             shape_db,
             shape_db_writer: ArcSwapOption::empty(),

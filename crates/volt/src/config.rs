@@ -109,6 +109,24 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_OUT_OF_BOUNDS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub out_of_bounds_timeout: Duration,
 
+    /// Admission buckets, Electric's JSON: requests creating or validating shapes
+    /// (`initial`) and requests for known shapes (`existing`) held at once.
+    #[arg(long, env = "ELECTRIC_MAX_CONCURRENT_REQUESTS", default_value = r#"{"initial":300,"existing":10000}"#, value_parser = parse_limits)]
+    pub max_concurrent_requests: volt_http::admission::Limits,
+
+    /// Shape creation requests are refused (503) while this many wait for ShapeCache.
+    #[arg(
+        long,
+        env = "ELECTRIC_TWEAKS_SHAPE_CACHE_MAX_MAILBOX",
+        default_value_t = 1000
+    )]
+    pub shape_cache_max_mailbox: usize,
+
+    /// Requests for a shape being created wait for that creation instead of queueing
+    /// their own (turn off only to measure the difference).
+    #[arg(long, env = "ELECTRIC_TWEAKS_COALESCE_SHAPE_CREATION", value_parser = BoolishValueParser::new(), default_value_t = true)]
+    pub coalesce_shape_creation: bool,
+
     /// Port for Prometheus metrics at /metrics (off when unset).
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT")]
     pub prometheus_port: Option<u16>,
@@ -230,6 +248,15 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         return Err("size must be positive".into());
     }
     Ok(n.saturating_mul(mult))
+}
+
+fn parse_limits(text: &str) -> Result<volt_http::admission::Limits, String> {
+    let limits: volt_http::admission::Limits = serde_json::from_str(text)
+        .map_err(|e| format!("expected JSON like {{\"initial\":300,\"existing\":10000}} ({e})"))?;
+    if limits.initial == 0 || limits.existing == 0 {
+        return Err("both limits must be at least 1".into());
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]

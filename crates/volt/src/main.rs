@@ -123,6 +123,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         reconcile_period: settings.schema_reconciler_period,
         flush_stall_grace: settings.flush_stall_grace_period,
         max_shapes: settings.max_shapes,
+        max_shape_cache_mailbox: settings.shape_cache_max_mailbox,
+        coalesce_creates: settings.coalesce_shape_creation,
     };
     let slot = stack_config.slot_name();
     let publication = stack_config.publication_name();
@@ -138,6 +140,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             out_of_bounds_wait: settings.out_of_bounds_timeout,
             sse_duration: settings.sse_timeout,
             sse_keepalive: settings.sse_keepalive_interval,
+            max_concurrent: settings.max_concurrent_requests,
             ..HttpConfig::default()
         },
     );

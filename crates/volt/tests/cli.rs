@@ -59,6 +59,12 @@ fn invalid_values_are_rejected() {
         ("ELECTRIC_LONG_POLL_TIMEOUT", "soon", "soon"),
         ("ELECTRIC_SSE_TIMEOUT", "0", "ELECTRIC_SSE_TIMEOUT"),
         ("ELECTRIC_OUT_OF_BOUNDS_TIMEOUT", "later", "later"),
+        (
+            "ELECTRIC_MAX_CONCURRENT_REQUESTS",
+            "{\"initial\":0}",
+            "at least 1",
+        ),
+        ("ELECTRIC_MAX_CONCURRENT_REQUESTS", "lots", "expected JSON"),
         ("ELECTRIC_LOG_LEVEL", "loud", "ELECTRIC_LOG_LEVEL"),
         ("ELECTRIC_INSECURE", "maybe", "maybe"),
     ] {
