@@ -8,6 +8,8 @@ fn col(name: &str, typname: &str) -> ColumnSchema {
         not_null: false,
         pk_index: None,
         dims: usize::from(typname.starts_with('_')),
+        type_mod: -1,
+        elem_typname: None,
     }
 }
 
