@@ -8,7 +8,10 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::support::{Follower, TestVolt, fetch};
+use volt_stack::actors::publication_manager::PublicationMsg;
+use volt_storage::ShapeDbOp;
+
+use crate::support::{DEADLINE, Follower, TestVolt, eventually, fetch};
 
 /// The table and its rows, shared with the JS suite (tests/js/test/types.test.js).
 const EVERY_TYPE: &str = include_str!("../fixtures/every_type.sql");
@@ -393,6 +396,85 @@ async fn values_of_every_type_match_postgres_text_in_snapshot_and_stream() -> an
         let id = got.get("id").cloned().flatten().context("row without id")?;
         assert_same(&format!("materialised row {id}"), &got, &after_delete[&id]);
     }
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shapes_stored_before_type_modifiers_stay_valid_after_a_restart() -> anyhow::Result<()> {
+    let mut volt = TestVolt::start("types_legacy_shapes").await?;
+    volt.db
+        .execute(
+            "CREATE TABLE legacy (id int PRIMARY KEY, name varchar(10), tags varchar(3)[]); \
+             INSERT INTO legacy VALUES (1, 'one', '{a}')",
+        )
+        .await?;
+    let mut f = Follower::new("table=legacy");
+    f.catch_up(&volt).await?;
+    let handle = f.handle.clone();
+
+    // Rewrite the stored definitions the way a volt from before modifiers and element
+    // types were recorded wrote them.
+    let db = &volt.shared().shape_db;
+    let stored = handle.clone().context("no handle")?;
+    // The registry is written behind the request that created the shape.
+    eventually("the shape is in the registry", || async {
+        Ok(db.load_all().await?.iter().any(|(h, _)| *h == stored))
+    })
+    .await?;
+    let mut ops = Vec::new();
+    for (handle, definition) in db.load_all().await? {
+        let mut def: Value = serde_json::from_str(&definition)?;
+        let columns = def["table"]["columns"]
+            .as_array_mut()
+            .context("stored definition has no columns")?;
+        for column in columns {
+            let column = column.as_object_mut().context("column is not an object")?;
+            column.remove("type_mod").context("type_mod is stored")?;
+            column
+                .remove("elem_typname")
+                .context("elem_typname is stored")?;
+        }
+        ops.push(ShapeDbOp::Add {
+            handle,
+            definition: def.to_string(),
+        });
+    }
+    db.apply(&ops).await?;
+    volt.restart().await?;
+
+    // The reconciler compares the restored shape with the live table, whose modifiers it
+    // now reads: that alone must not count as a schema change.
+    let pm = volt
+        .shared()
+        .publication_manager
+        .load_full()
+        .context("no publication manager")?;
+    pm.call(
+        |reply| PublicationMsg::Reconcile(Some(reply)),
+        Some(DEADLINE),
+    )
+    .await?;
+    volt.db
+        .execute("INSERT INTO legacy VALUES (2, 'two', '{b,c}')")
+        .await?;
+    f.until(&volt, "the insert after the restart", |f| f.rows.len() == 2)
+        .await?;
+    assert_eq!(f.refetches, 0, "the stored shape stayed valid");
+    assert_eq!(f.handle, handle);
+
+    // A known shape is served from what was stored: its header stays the one its
+    // clients already have (they keep the first they saw) until the shape is replaced.
+    let res = fetch(&volt, "table=legacy&offset=-1").await?;
+    assert_eq!(res.handle, handle);
+    assert_eq!(
+        res.schema,
+        Some(json!({
+            "id": {"type": "int4", "pk_index": 0, "not_null": true},
+            "name": {"type": "varchar"},
+            "tags": {"type": "varchar", "dims": 1},
+        }))
+    );
     volt.stop().await;
     Ok(())
 }

@@ -201,7 +201,7 @@ pub async fn load_table(
                 not_null: r.get(4),
                 pk_index: pk.and_then(|p| usize::try_from(p).ok()),
                 dims: usize::try_from(dims).unwrap_or(0),
-                type_mod: r.get(7),
+                type_mod: Some(r.get(7)),
                 elem_typname: r.get(8),
             }
         })

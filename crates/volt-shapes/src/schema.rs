@@ -15,17 +15,13 @@ pub struct ColumnSchema {
     /// Array dimensions (`attndims`), 0 for scalars.
     pub dims: usize,
     /// `pg_attribute.atttypmod`: -1 when the type takes no modifier or none was given.
-    /// Shapes stored before volt recorded it read as -1 (no modifier keys in the header).
-    #[serde(default = "no_type_mod")]
-    pub type_mod: i32,
+    /// `None` in shapes stored before volt recorded it: their header has no modifier keys.
+    #[serde(default)]
+    pub type_mod: Option<i32>,
     /// `typname` of the array's element type (`pg_type.typelem`), for array columns.
     /// Absent in shapes stored before volt recorded it; `describe` then strips the `_`.
     #[serde(default)]
     pub elem_typname: Option<String>,
-}
-
-fn no_type_mod() -> i32 {
-    -1
 }
 
 /// A table and its columns in attribute order.
@@ -38,6 +34,21 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
+    /// Whether `live`, just read from Postgres, still describes the table this schema was
+    /// taken from. Details a stored schema predates (recorded as absent) are not compared:
+    /// shapes stored by an older volt stay valid instead of all being refetched at once.
+    pub fn still_describes(&self, live: &TableSchema) -> bool {
+        self.oid == live.oid
+            && self.schema == live.schema
+            && self.name == live.name
+            && self.columns.len() == live.columns.len()
+            && self
+                .columns
+                .iter()
+                .zip(&live.columns)
+                .all(|(stored, live)| stored.still_describes(live))
+    }
+
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }
@@ -111,7 +122,24 @@ const INTERVAL_FULL_RANGE: i32 = 0x7fff;
 /// Postgres' varlena header size, added to character and numeric modifiers.
 const VARHDRSZ: i32 = 4;
 
+/// A detail recorded in a stored schema must match; one the schema predates (`None`)
+/// matches anything.
+fn recorded_same<T: PartialEq>(stored: &Option<T>, live: &Option<T>) -> bool {
+    stored.is_none() || stored == live
+}
+
 impl ColumnSchema {
+    fn still_describes(&self, live: &ColumnSchema) -> bool {
+        self.name == live.name
+            && self.type_oid == live.type_oid
+            && self.typname == live.typname
+            && self.not_null == live.not_null
+            && self.pk_index == live.pk_index
+            && self.dims == live.dims
+            && recorded_same(&self.type_mod, &live.type_mod)
+            && recorded_same(&self.elem_typname, &live.elem_typname)
+    }
+
     pub fn describe(&self) -> ColumnDescription {
         // Electric reports arrays by element type plus `dims`; an array column whose
         // attndims is 0 keeps its array typname and no dims.
@@ -135,7 +163,7 @@ impl ColumnSchema {
             not_null: self.not_null,
             ..ColumnDescription::default()
         };
-        add_modifier(&mut d, self.type_mod);
+        add_modifier(&mut d, self.type_mod.unwrap_or(-1));
         d
     }
 }
@@ -200,7 +228,7 @@ mod tests {
             not_null: false,
             pk_index: None,
             dims,
-            type_mod,
+            type_mod: Some(type_mod),
             elem_typname: typname.strip_prefix('_').map(str::to_string),
         }
     }
@@ -315,10 +343,36 @@ mod tests {
     fn columns_stored_without_modifier_or_element_type_still_load() {
         let stored = r#"{"name":"c","type_oid":1015,"typname":"_varchar","not_null":true,"pk_index":0,"dims":1}"#;
         let c: ColumnSchema = serde_json::from_str(stored).unwrap();
-        assert_eq!((c.type_mod, c.elem_typname.as_deref()), (-1, None));
+        assert_eq!((c.type_mod, c.elem_typname.as_deref()), (None, None));
         assert_eq!(
             header(&c),
             serde_json::json!({"type": "varchar", "dims": 1, "pk_index": 0, "not_null": true})
         );
+    }
+
+    #[test]
+    fn a_stored_schema_without_modifiers_still_describes_the_live_table() {
+        let table = |columns| TableSchema {
+            oid: 7,
+            schema: "public".into(),
+            name: "t".into(),
+            columns,
+        };
+        let stored: ColumnSchema = serde_json::from_str(
+            r#"{"name":"c","type_oid":0,"typname":"_varchar","not_null":false,"pk_index":null,"dims":1}"#,
+        )
+        .unwrap();
+        let live = col("_varchar", 14, 1);
+        assert!(table(vec![stored.clone()]).still_describes(&table(vec![live.clone()])));
+
+        // A recorded modifier must match: varchar(10)[] became varchar(20)[].
+        let recorded = live.clone();
+        let widened = col("_varchar", 24, 1);
+        assert!(!table(vec![recorded]).still_describes(&table(vec![widened])));
+
+        // Anything else still counts.
+        let mut retyped = live;
+        retyped.typname = "_text".into();
+        assert!(!table(vec![stored]).still_describes(&table(vec![retyped])));
     }
 }

@@ -8,7 +8,7 @@ fn col(name: &str, typname: &str) -> ColumnSchema {
         not_null: false,
         pk_index: None,
         dims: usize::from(typname.starts_with('_')),
-        type_mod: -1,
+        type_mod: None,
         elem_typname: None,
     }
 }
