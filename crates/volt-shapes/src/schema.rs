@@ -317,6 +317,10 @@ mod tests {
             serde_json::json!({"type": "timestamptz", "precision": 3})
         );
         assert_eq!(
+            header(&col("timetz", 2, 0)),
+            serde_json::json!({"type": "timetz", "precision": 2})
+        );
+        assert_eq!(
             header(&col("timestamp", 0, 0)),
             serde_json::json!({"type": "timestamp", "type_mod": 0})
         );
