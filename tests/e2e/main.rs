@@ -10,3 +10,4 @@ mod durability;
 mod protocol;
 mod replication;
 mod supervision;
+mod types;

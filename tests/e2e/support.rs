@@ -182,6 +182,8 @@ pub struct ShapeResponse {
     pub handle: Option<String>,
     pub offset: Option<String>,
     pub up_to_date: bool,
+    /// The `electric-schema` header, parsed.
+    pub schema: Option<Value>,
     pub body: Value,
 }
 
@@ -217,6 +219,10 @@ pub async fn fetch(server: &impl Server, query: &str) -> anyhow::Result<ShapeRes
     let handle = header("electric-handle");
     let offset = header("electric-offset");
     let up_to_date = res.headers().contains_key("electric-up-to-date");
+    let schema = header("electric-schema")
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .context("electric-schema is not JSON")?;
     let text = res.text().await?;
     let body = serde_json::from_str(&text).with_context(|| format!("body is not JSON: {text}"))?;
     Ok(ShapeResponse {
@@ -224,6 +230,7 @@ pub async fn fetch(server: &impl Server, query: &str) -> anyhow::Result<ShapeRes
         handle,
         offset,
         up_to_date,
+        schema,
         body,
     })
 }

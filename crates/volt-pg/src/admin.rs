@@ -179,7 +179,9 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), PgError> {
     Ok(())
 }
 
-/// Read a table's columns, types and primary key; `None` if there is no such table.
+/// Read a table's columns, types (with their modifiers and, for arrays, element types,
+/// which the `electric-schema` header reports) and primary key; `None` if there is no
+/// such table.
 pub async fn load_table(
     client: &Client,
     schema: &str,
@@ -190,11 +192,13 @@ pub async fn load_table(
             "SELECT c.oid::int8, a.attname::text, a.atttypid::int8, t.typname::text, a.attnotnull, \
                     a.attndims::int4, \
                     (SELECT array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) FROM pg_index i \
-                      WHERE i.indrelid = c.oid AND i.indisprimary)::int4 AS pk_index \
+                      WHERE i.indrelid = c.oid AND i.indisprimary)::int4 AS pk_index, \
+                    a.atttypmod::int4, e.typname::text AS elem_typname \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
              JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type e ON e.oid = t.typelem \
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
              ORDER BY a.attnum",
             &[&schema, &table],
@@ -217,6 +221,8 @@ pub async fn load_table(
                 not_null: r.get(4),
                 pk_index: pk.and_then(|p| usize::try_from(p).ok()),
                 dims: usize::try_from(dims).unwrap_or(0),
+                type_mod: Some(r.get(7)),
+                elem_typname: r.get(8),
             }
         })
         .collect();

@@ -236,6 +236,8 @@ mod tests {
             not_null: pk.is_some(),
             pk_index: pk,
             dims: 0,
+            type_mod: None,
+            elem_typname: None,
         };
         let table = TableSchema {
             oid: 1,

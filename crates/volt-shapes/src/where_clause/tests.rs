@@ -8,6 +8,8 @@ fn col(name: &str, typname: &str) -> ColumnSchema {
         not_null: false,
         pk_index: None,
         dims: usize::from(typname.starts_with('_')),
+        type_mod: None,
+        elem_typname: None,
     }
 }
 

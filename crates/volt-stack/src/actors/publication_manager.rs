@@ -57,7 +57,7 @@ async fn reconcile(shared: &Arc<Shared>) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let changed = match &live {
             None => Some("the table was dropped"),
-            Some(t) if shapes_on.iter().any(|(_, s)| *s.table != *t) => {
+            Some(t) if shapes_on.iter().any(|(_, s)| !s.table.still_describes(t)) => {
                 Some("the table's schema changed")
             }
             Some(_) => None,
