@@ -7,6 +7,7 @@ mod support;
 mod big_transaction;
 mod crash;
 mod durability;
+mod herd;
 mod protocol;
 mod replication;
 mod supervision;

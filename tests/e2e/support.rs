@@ -27,6 +27,8 @@ pub struct TestVolt {
     server: JoinHandle<()>,
     tweaks: Tweaks,
     pub storage: tempfile::TempDir,
+    /// The admission counters of the HTTP server.
+    pub admission: Arc<volt_http::admission::Admission>,
 }
 
 /// Settings a test may change.
@@ -36,6 +38,10 @@ pub struct Tweaks {
     pub max_shapes: Option<usize>,
     /// Storage somewhere else than a fresh temporary directory.
     pub storage: Option<std::path::PathBuf>,
+    /// Admission buckets (default: Electric's 300 / 10,000).
+    pub max_concurrent: Option<volt_http::admission::Limits>,
+    /// Long-poll timeout (default 1.5 s).
+    pub long_poll: Option<Duration>,
 }
 
 impl TestVolt {
@@ -61,9 +67,10 @@ impl TestVolt {
             .storage
             .clone()
             .unwrap_or_else(|| storage.path().to_path_buf());
-        let (stack, base, server) = Self::launch(&db, &dir, tweaks.clone()).await?;
+        let (stack, base, server, admission) = Self::launch(&db, &dir, tweaks.clone()).await?;
         let volt = TestVolt {
             db,
+            admission,
             stack: Some(stack),
             base,
             http: reqwest::Client::new(),
@@ -79,7 +86,12 @@ impl TestVolt {
         db: &TestDb,
         storage: &std::path::Path,
         tweaks: Tweaks,
-    ) -> anyhow::Result<(Stack, String, JoinHandle<()>)> {
+    ) -> anyhow::Result<(
+        Stack,
+        String,
+        JoinHandle<()>,
+        Arc<volt_http::admission::Admission>,
+    )> {
         let stack = Stack::start(StackConfig {
             pg: PgConfig::parse(&db.url())?,
             stream_id: db.stream_id().to_string(),
@@ -93,11 +105,14 @@ impl TestVolt {
             coalesce_creates: true,
         })
         .await?;
-        let app = volt_http::router(
+        let admission = Arc::new(volt_http::admission::Admission::new(
+            tweaks.max_concurrent.unwrap_or_default(),
+        ));
+        let app = volt_http::router_with_admission(
             Arc::clone(&stack.shared),
             HttpConfig {
                 secret: tweaks.secret,
-                long_poll_timeout: Duration::from_millis(1500),
+                long_poll_timeout: tweaks.long_poll.unwrap_or(Duration::from_millis(1500)),
                 stack_ready_timeout: Duration::from_secs(1),
                 allow_delete: true,
                 out_of_bounds_wait: Duration::from_millis(300),
@@ -105,13 +120,14 @@ impl TestVolt {
                 sse_keepalive: Duration::from_millis(300),
                 ..HttpConfig::default()
             },
+            admission.clone(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok((stack, base, server))
+        Ok((stack, base, server, admission))
     }
 
     /// Stop the stack cleanly and start a new one on the same storage and database, as
@@ -121,7 +137,7 @@ impl TestVolt {
         if let Some(stack) = self.stack.take() {
             stack.stop().await;
         }
-        let (stack, base, server) = Self::launch(
+        let (stack, base, server, admission) = Self::launch(
             &self.db,
             &self
                 .tweaks
@@ -134,6 +150,7 @@ impl TestVolt {
         self.stack = Some(stack);
         self.base = base;
         self.server = server;
+        self.admission = admission;
         self.wait_active().await
     }
 

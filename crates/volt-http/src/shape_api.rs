@@ -495,9 +495,13 @@ async fn create_shape(
                 1 + rand::random::<u32>() % 5,
             ),
             CreateError::Timeout => unavailable("Timed out waiting for the shape to be created", 5),
+            // Every request that waited for this creation gets the same answer.
             CreateError::Failed(reason) => {
                 tracing::warn!(%reason, "shape creation failed");
-                unavailable("Failed to create shape, please retry", 1)
+                unavailable(
+                    &format!("Failed to create shape: {reason}; please retry"),
+                    1,
+                )
             }
         })
 }

@@ -1,0 +1,327 @@
+//! Thundering herds: admission control and coalesced shape creation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use volt_http::admission::Limits;
+
+use crate::support::{Server, TestVolt, Tweaks, eventually, snapshot_queries};
+
+const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text);
+     INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g;";
+
+async fn herd_volt(name: &str, limits: Option<Limits>) -> anyhow::Result<TestVolt> {
+    let volt = TestVolt::start_tweaked(
+        name,
+        Tweaks {
+            max_concurrent: limits,
+            ..Tweaks::default()
+        },
+    )
+    .await?;
+    volt.db.execute(ITEMS).await?;
+    Ok(volt)
+}
+
+fn raised() -> Option<Limits> {
+    Some(Limits {
+        initial: 5_000,
+        existing: 20_000,
+    })
+}
+
+struct Answer {
+    status: u16,
+    handle: Option<String>,
+    retry_after: bool,
+    body: String,
+}
+
+/// `n` concurrent GETs of `path`, all in flight at once.
+async fn herd(volt: &TestVolt, n: usize, path: &str) -> Vec<tokio::task::JoinHandle<Answer>> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
+    (0..n)
+        .map(|_| {
+            let (http, url) = (http.clone(), format!("{}{path}", volt.base()));
+            tokio::spawn(async move {
+                match http.get(url).timeout(Duration::from_secs(60)).send().await {
+                    Ok(res) => Answer {
+                        status: res.status().as_u16(),
+                        handle: res
+                            .headers()
+                            .get("electric-handle")
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_string),
+                        retry_after: res.headers().contains_key("retry-after"),
+                        body: res.text().await.unwrap_or_default(),
+                    },
+                    Err(e) => Answer {
+                        status: 0,
+                        handle: None,
+                        retry_after: false,
+                        body: e.to_string(),
+                    },
+                }
+            })
+        })
+        .collect()
+}
+
+async fn answers(tasks: Vec<tokio::task::JoinHandle<Answer>>) -> anyhow::Result<Vec<Answer>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await?);
+    }
+    Ok(out)
+}
+
+fn messages_sent_to_shape_cache(volt: &TestVolt) -> u64 {
+    volt.shared()
+        .shape_cache
+        .load_full()
+        .map(|m| m.depth().total_sent())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_requests_for_one_new_shape_make_one_snapshot_and_one_handle()
+-> anyhow::Result<()> {
+    let volt = herd_volt("herd_one_shape", raised()).await?;
+    let tasks = herd(
+        &volt,
+        1000,
+        "/v1/shape?table=items&offset=-1&where=id%20%3E%2010",
+    )
+    .await;
+    let all = answers(tasks).await?;
+    for a in &all {
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let handles: std::collections::HashSet<_> = all.iter().map(|a| a.handle.clone()).collect();
+    assert_eq!(handles.len(), 1, "{handles:?}");
+    assert_eq!(snapshot_queries(&volt, "items").await?, 1);
+    let stats = volt.admission.stats();
+    assert_eq!((stats.initial_in_use, stats.existing_in_use), (0, 0));
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn followers_of_a_held_creation_send_shape_cache_nothing_and_get_the_leaders_handle()
+-> anyhow::Result<()> {
+    let volt = herd_volt("herd_held_leader", raised()).await?;
+    let gate = Arc::new(Semaphore::new(0));
+    volt.shared()
+        .failpoints
+        .hold_create
+        .store(Some(gate.clone()));
+    let path = "/v1/shape?table=items&offset=-1&where=id%20%3C%2020";
+    let leader = herd(&volt, 1, path).await;
+    eventually("the leader is inside the creation", || async {
+        Ok(volt.shared().creating.len() == 1)
+    })
+    .await?;
+    let sent = messages_sent_to_shape_cache(&volt);
+    let followers = herd(&volt, 300, path).await;
+    eventually("every follower is admitted and waiting", || async {
+        Ok(volt.admission.stats().initial_in_use == 301)
+    })
+    .await?;
+    // Followers poll the shared state: ShapeCache got nothing from them.
+    assert_eq!(messages_sent_to_shape_cache(&volt), sent);
+    let cache = volt.shared().shape_cache.load_full().expect("shape cache");
+    assert_eq!(cache.depth().depth(), 0);
+
+    gate.add_permits(1);
+    let leader = answers(leader).await?.remove(0);
+    assert_eq!(leader.status, 200, "{}", leader.body);
+    for f in answers(followers).await? {
+        assert_eq!(f.status, 200, "{}", f.body);
+        assert_eq!(f.handle, leader.handle);
+    }
+    assert_eq!(snapshot_queries(&volt, "items").await?, 1);
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_creation_fails_every_waiter_fast_with_the_same_error_and_is_swept()
+-> anyhow::Result<()> {
+    let volt = herd_volt("herd_failed_create", raised()).await?;
+    let shared = volt.shared().clone();
+    let gate = Arc::new(Semaphore::new(0));
+    shared.failpoints.hold_create.store(Some(gate.clone()));
+    shared
+        .failpoints
+        .fail_create
+        .store(Some(Arc::new("injected creation failure".into())));
+    let path = "/v1/shape?table=items&offset=-1&where=id%20%3C%2030";
+    let tasks = herd(&volt, 100, path).await;
+    eventually("every request is admitted", || async {
+        Ok(volt.admission.stats().initial_in_use == 100)
+    })
+    .await?;
+    gate.add_permits(1);
+    let all = answers(tasks).await?;
+    for a in &all {
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(a.retry_after);
+        assert_eq!(a.body, all[0].body);
+    }
+    assert!(
+        all[0].body.contains("injected creation failure"),
+        "{}",
+        all[0].body
+    );
+    // The published failure is swept after its grace, and the next request creates.
+    eventually("the failed entry is swept", || async {
+        Ok(shared.creating.is_empty())
+    })
+    .await?;
+    shared.failpoints.hold_create.store(None);
+    shared.failpoints.fail_create.store(None);
+    let again = answers(herd(&volt, 1, path).await).await?;
+    assert_eq!(again[0].status, 200, "{}", again[0].body);
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_default_caps_the_overflow_gets_only_503s_with_retry_after_and_permits_return_to_zero()
+-> anyhow::Result<()> {
+    let volt = herd_volt("herd_default_caps", None).await?;
+    let gate = Arc::new(Semaphore::new(0));
+    volt.shared()
+        .failpoints
+        .hold_create
+        .store(Some(gate.clone()));
+    let tasks = herd(
+        &volt,
+        400,
+        "/v1/shape?table=items&offset=-1&where=id%20%3E%2040",
+    )
+    .await;
+    eventually(
+        "the initial bucket is full and the rest rejected",
+        || async {
+            let s = volt.admission.stats();
+            Ok(s.initial_in_use == 300 && s.initial_rejects == 100)
+        },
+    )
+    .await?;
+    gate.add_permits(1);
+    let all = answers(tasks).await?;
+    let (ok, shed): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.status == 200);
+    assert_eq!(ok.len(), 300);
+    for a in &shed {
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(a.retry_after);
+        assert!(
+            a.body.contains("concurrent_request_limit_exceeded"),
+            "{}",
+            a.body
+        );
+    }
+    let s = volt.admission.stats();
+    assert_eq!((s.initial_in_use, s.existing_in_use), (0, 0));
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn permits_are_released_when_clients_go_away_mid_request() -> anyhow::Result<()> {
+    // Long polls that would hold their permits for a minute: only the disconnects can
+    // bring the counts back to zero within the test's deadline.
+    let volt = TestVolt::start_tweaked(
+        "herd_disconnects",
+        Tweaks {
+            long_poll: Some(Duration::from_secs(120)),
+            ..Tweaks::default()
+        },
+    )
+    .await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = crate::support::Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let handle = f.handle.clone().unwrap_or_default();
+    let live = format!(
+        "/v1/shape?table=items&live=true&handle={handle}&offset={}",
+        f.offset
+    );
+    let sse = format!("{live}&live_sse=true");
+    let mut tasks = herd(&volt, 40, &live).await;
+    tasks.extend(herd(&volt, 10, &sse).await);
+    eventually("every request holds an existing permit", || async {
+        Ok(volt.admission.stats().existing_in_use == 50)
+    })
+    .await?;
+    for t in &tasks {
+        t.abort();
+    }
+    eventually("permits return to zero after the disconnects", || async {
+        let s = volt.admission.stats();
+        Ok(s.existing_in_use == 0 && s.initial_in_use == 0)
+    })
+    .await?;
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_shape_cache_starts_with_an_empty_lock_table_and_waiters_carry_on()
+-> anyhow::Result<()> {
+    let volt = herd_volt("herd_cache_restart", raised()).await?;
+    let shared = volt.shared().clone();
+    let gate = Arc::new(Semaphore::new(0));
+    shared.failpoints.hold_create.store(Some(gate.clone()));
+    let path = "/v1/shape?table=items&offset=-1&where=id%20%3C%2015";
+    let leader = herd(&volt, 1, path).await;
+    eventually("the leader is inside the creation", || async {
+        Ok(shared.creating.len() == 1)
+    })
+    .await?;
+    let followers = herd(&volt, 50, path).await;
+    eventually("the followers are waiting", || async {
+        Ok(volt.admission.stats().initial_in_use == 51)
+    })
+    .await?;
+    let old = shared.find_actor("ShapeCache").expect("shape cache");
+    old.kill();
+    // The new ShapeCache owns no creation: its table starts empty (the killed one's
+    // creation was aborted with it), and a waiter's next request creates the shape.
+    eventually("a new ShapeCache runs", || async {
+        Ok(shared
+            .find_actor("ShapeCache")
+            .is_some_and(|c| c.get_id() != old.get_id()))
+    })
+    .await?;
+    gate.add_permits(1000);
+    let leader = answers(leader).await?.remove(0);
+    assert!(
+        leader.status == 200 || (leader.status == 503 && leader.retry_after),
+        "{} {}",
+        leader.status,
+        leader.body
+    );
+    let followers = answers(followers).await?;
+    let handles: std::collections::HashSet<_> = followers
+        .iter()
+        .filter(|f| f.status == 200)
+        .map(|f| f.handle.clone())
+        .collect();
+    assert_eq!(handles.len(), 1, "{handles:?}");
+    for f in &followers {
+        assert!(
+            f.status == 200 || (f.status == 503 && f.retry_after),
+            "{}",
+            f.body
+        );
+    }
+    assert_eq!(snapshot_queries(&volt, "items").await?, 1);
+    volt.stop().await;
+    Ok(())
+}
