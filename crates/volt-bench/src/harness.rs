@@ -17,11 +17,14 @@ pub struct BenchEnv {
 impl BenchEnv {
     pub fn start(quick: bool) -> anyhow::Result<BenchEnv> {
         let dir = tempfile::tempdir()?;
-        let cluster = LocalCluster::start(
-            ClusterOptions::new(dir.path().join("pg"))
-                .setting("max_connections", "300")
-                .setting("shared_buffers", "256MB"),
-        )?;
+        let mut options = ClusterOptions::new(dir.path().join("pg"))
+            .setting("max_connections", "300")
+            .setting("shared_buffers", "256MB");
+        // Counting the snapshot queries a scenario caused needs it; optional.
+        if volt_pg::cluster::PgBinaries::find()?.has_library("pg_stat_statements") {
+            options = options.setting("shared_preload_libraries", "pg_stat_statements");
+        }
+        let cluster = LocalCluster::start(options)?;
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| {
@@ -77,14 +80,34 @@ impl Volt {
         storage: &Path,
         port: u16,
     ) -> anyhow::Result<(Volt, Duration)> {
+        Self::start_with(env, db_url, storage, port, &[]).await
+    }
+
+    /// `start` with extra settings (environment variables).
+    pub async fn start_with(
+        env: &BenchEnv,
+        db_url: &str,
+        storage: &Path,
+        port: u16,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<(Volt, Duration)> {
         let started = Instant::now();
+        // Slots are cluster-wide: one per scenario database.
+        let stream_id = db_url
+            .rsplit('/')
+            .next()
+            .and_then(|s| s.split('?').next())
+            .unwrap_or("default")
+            .to_ascii_lowercase();
         let child = tokio::process::Command::new(&env.volt_bin)
+            .env("ELECTRIC_REPLICATION_STREAM_ID", &stream_id)
             .env("DATABASE_URL", db_url)
             .env("ELECTRIC_PORT", port.to_string())
             .env("ELECTRIC_STORAGE_DIR", storage)
             .env("ELECTRIC_INSECURE", "true")
             .env("ELECTRIC_LOG_LEVEL", "warning")
             .env("ELECTRIC_DB_POOL_SIZE", "16")
+            .envs(settings.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -3,6 +3,7 @@
 //! each scenario also measures a baseline in the same run and prints the ratio.
 
 mod harness;
+mod herd;
 mod idle_shapes;
 
 use clap::{Parser, ValueEnum};
@@ -11,6 +12,8 @@ use clap::{Parser, ValueEnum};
 enum Scenario {
     /// Idle shapes: RAM and disk per shape, restart time to serving (S6).
     IdleShapes,
+    /// Thundering herd: coalescing on/off, distinct new shapes, existing reads (issue 7).
+    Herd,
     All,
 }
 
@@ -43,6 +46,9 @@ fn main() -> anyhow::Result<()> {
             for n in counts {
                 idle_shapes::run(&env, n).await?;
             }
+        }
+        if matches!(args.scenario, Scenario::Herd | Scenario::All) {
+            herd::run(&env).await?;
         }
         anyhow::Ok(())
     })

@@ -324,6 +324,8 @@ pub struct TreeNode {
     pub uptime_ms: u64,
     /// Messages waiting in its mailbox, for the actors that count them.
     pub mailbox: Option<u64>,
+    /// Messages sent to this incarnation so far, for the same actors.
+    pub messages: Option<u64>,
     pub children: Vec<TreeNode>,
 }
 
@@ -539,6 +541,7 @@ impl Shared {
             restarts: self.actors.restarts(&name),
             uptime_ms,
             mailbox: self.actors.mailbox_depth(id),
+            messages: self.actors.mailboxes.get(&id).map(|d| d.total_sent()),
             id: id_text,
             name,
             kind,
