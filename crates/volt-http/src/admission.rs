@@ -101,6 +101,7 @@ impl Admission {
             metrics::counter!("volt_admission_rejects_total", "kind" => kind.as_str()).increment(1);
             return Err(overloaded(kind, cap));
         }
+        in_use_gauge(kind).increment(1.0);
         Ok(Permit {
             admission: self.clone(),
             kind,
@@ -148,6 +149,8 @@ impl Permit {
             return false;
         }
         a.initial.in_use.fetch_sub(1, Ordering::AcqRel);
+        in_use_gauge(Kind::Initial).decrement(1.0);
+        in_use_gauge(Kind::Existing).increment(1.0);
         self.kind = Kind::Existing;
         true
     }
@@ -157,7 +160,12 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let (bucket, _) = self.admission.bucket(self.kind);
         bucket.in_use.fetch_sub(1, Ordering::AcqRel);
+        in_use_gauge(self.kind).decrement(1.0);
     }
+}
+
+fn in_use_gauge(kind: Kind) -> metrics::Gauge {
+    metrics::gauge!("volt_admission_permits_in_use", "kind" => kind.as_str())
 }
 
 fn overloaded(kind: Kind, cap: usize) -> Response {

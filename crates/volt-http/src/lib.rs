@@ -3,6 +3,7 @@
 mod admin;
 pub mod admission;
 mod auth;
+mod chunk_cache;
 mod cors;
 mod response;
 mod shape_api;
@@ -69,6 +70,7 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     pub admission: Arc<admission::Admission>,
     pub schema_loads: Arc<shape_api::SchemaLoads>,
+    pub chunk_cache: Arc<chunk_cache::ChunkCache>,
 }
 
 pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
@@ -87,6 +89,7 @@ pub fn router_with_admission(
         config: Arc::new(config),
         admission,
         schema_loads: Arc::default(),
+        chunk_cache: Arc::new(chunk_cache::ChunkCache::new(64 * 1024 * 1024)),
     };
     let mut guarded = Router::new()
         .route(
@@ -105,13 +108,85 @@ pub fn router_with_admission(
         state.clone(),
         auth::require_secret,
     ));
-    Router::new()
+    let routes = Router::new()
         .route("/", get(|| async { StatusCode::OK }))
         .route("/v1/health", get(health))
         .merge(guarded)
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not found") })
         .layer(middleware::from_fn(cors::headers))
-        .with_state(state)
+        .with_state(state);
+    // Paths are normalised before routing (and so before auth), as Electric's are:
+    // `/v1/shape/`, `/v1//shape` and `/v1/%73hape` are all `/v1/shape`.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::map_request(normalize_path))
+        .layer(middleware::from_fn(request_id))
+}
+
+async fn normalize_path(mut req: axum::extract::Request) -> axum::extract::Request {
+    let path = req.uri().path();
+    let normal = normal_path(path);
+    if normal != path {
+        let rebuilt = match req.uri().query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        if let Ok(pq) = rebuilt.parse::<axum::http::uri::PathAndQuery>() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
+/// Percent-decode unreserved characters, collapse repeated slashes, drop a trailing one.
+fn normal_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(c) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c))
+        {
+            decoded.push(c as char);
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i] as char);
+        i += 1;
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for part in decoded.split('/').filter(|p| !p.is_empty()) {
+        out.push('/');
+        out.push_str(part);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// `x-request-id` on every response: the client's own, or a new one.
+async fn request_id(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .filter(|v| v.len() <= 200)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
+                .unwrap_or(HeaderValue::from_static("unknown"))
+        });
+    let mut res = next.run(req).await;
+    res.headers_mut().insert("x-request-id", id);
+    res
 }
 
 async fn health(State(app): State<AppState>) -> Response {
@@ -141,4 +216,26 @@ async fn health(State(app): State<AppState>) -> Response {
         HeaderValue::from_static("no-cache, no-store, must-revalidate"),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normal_path;
+
+    #[test]
+    fn path_variants_normalise_to_one_route() {
+        for p in [
+            "/v1/shape",
+            "/v1/shape/",
+            "/v1//shape",
+            "/v1/%73hape",
+            "//v1/shape//",
+        ] {
+            assert_eq!(normal_path(p), "/v1/shape", "{p}");
+        }
+        assert_eq!(normal_path("/"), "/");
+        assert_eq!(normal_path(""), "/");
+        // Only unreserved characters are decoded: an encoded slash stays encoded.
+        assert_eq!(normal_path("/v1%2Fshape"), "/v1%2Fshape");
+    }
 }

@@ -527,17 +527,22 @@ async fn serve_snapshot(
         return None;
     }
     let log = entry.log.clone();
-    let lines = match tokio::task::spawn_blocking(move || log.read_snapshot_chunk(k)).await {
-        Ok(Ok(lines)) => lines,
-        Ok(Err(e)) => return Some(storage_error(app, entry, &e)),
-        Err(_) => {
-            return Some(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": "Internal server error"}),
-            ));
-        }
+    let body = match app.chunk_cache.get(&entry.handle, k) {
+        Some(body) => body,
+        None => match tokio::task::spawn_blocking(move || log.read_snapshot_body(k)).await {
+            Ok(Ok(body)) => {
+                app.chunk_cache.insert(&entry.handle, k, body.clone());
+                body
+            }
+            Ok(Err(e)) => return Some(storage_error(app, entry, &e)),
+            Err(_) => {
+                return Some(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "Internal server error"}),
+                ));
+            }
+        },
     };
-    let body = format!("[{}]", lines.join(","));
     let offset = LogOffset::new(0, u64::from(k));
     let cache = if k == 0 {
         CacheKind::Initial
@@ -783,10 +788,10 @@ pub(crate) enum CacheKind {
 pub(crate) fn ok_response(
     entry: &ShapeEntry,
     offset: LogOffset,
-    body: String,
+    body: impl Into<axum::body::Body>,
     cache: CacheKind,
 ) -> Response {
-    let mut res = (StatusCode::OK, body).into_response();
+    let mut res = (StatusCode::OK, body.into()).into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -11,25 +11,44 @@ use ractor::{ActorId, ActorRef, MessagingErr, RpcReplyPort};
 
 use crate::shared::OwnedBy;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MailboxDepth {
     sent: AtomicU64,
     received: AtomicU64,
+    /// `volt_mailbox_depth{actor=...}`.
+    gauge: metrics::Gauge,
+}
+
+impl Default for MailboxDepth {
+    fn default() -> Self {
+        MailboxDepth::new("unnamed")
+    }
 }
 
 impl MailboxDepth {
+    pub fn new(actor: &'static str) -> MailboxDepth {
+        MailboxDepth {
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            gauge: metrics::gauge!("volt_mailbox_depth", "actor" => actor),
+        }
+    }
+
     pub fn sent(&self) {
         self.sent.fetch_add(1, Ordering::Relaxed);
+        self.gauge.set(self.depth() as f64);
     }
 
     /// A send that failed (the actor is gone): it never reached the queue.
     fn unsent(&self) {
         self.sent.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.set(self.depth() as f64);
     }
 
     /// Called by the actor as it starts handling a message.
     pub fn received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+        self.gauge.set(self.depth() as f64);
     }
 
     /// Messages sent so far (including those already handled).

@@ -288,8 +288,8 @@ impl ActorDirectory {
 
     /// Start counting an actor's mailbox: returns the counter the actor's handler bumps
     /// and its senders' [`Mailbox`] shares.
-    pub(crate) fn track_mailbox(&self, id: ActorId) -> Arc<MailboxDepth> {
-        let depth = Arc::new(MailboxDepth::default());
+    pub(crate) fn track_mailbox(&self, id: ActorId, actor: &'static str) -> Arc<MailboxDepth> {
+        let depth = Arc::new(MailboxDepth::new(actor));
         self.mailboxes.insert(id, depth.clone());
         depth
     }

@@ -634,10 +634,18 @@ impl ShapeLog {
     }
 
     /// The items of complete snapshot chunk `k`.
-    pub fn read_snapshot_chunk(&self, k: u32) -> Result<Vec<String>, StorageError> {
+    /// Snapshot chunk `k` as the JSON array a response sends, built in one pass over
+    /// the file: items are one per line and JSON never holds a raw newline, so the line
+    /// breaks become the commas.
+    pub fn read_snapshot_body(&self, k: u32) -> Result<bytes::Bytes, StorageError> {
         let path = self.dir.join(snapshot_file(k));
-        let text = fs::read_to_string(&path).map_err(|e| StorageError::io(&path, e))?;
-        Ok(text.lines().map(str::to_string).collect())
+        let text = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
+        let mut body = Vec::with_capacity(text.len() + 2);
+        body.push(b'[');
+        let content = text.strip_suffix(b"\n").unwrap_or(&text);
+        body.extend(content.iter().map(|&b| if b == b'\n' { b',' } else { b }));
+        body.push(b']');
+        Ok(body.into())
     }
 
     /// Committed changes after `after`, up to the end of the chunk holding the first of
@@ -920,7 +928,12 @@ mod tests {
             panic!("snapshot not done");
         };
         let total: usize = (0..chunks)
-            .map(|k| log.read_snapshot_chunk(k).unwrap().len())
+            .map(|k| {
+                let body = log.read_snapshot_body(k).unwrap();
+                serde_json::from_slice::<Vec<serde_json::Value>>(&body)
+                    .unwrap()
+                    .len()
+            })
             .sum();
         assert_eq!(total, 5);
         assert!(chunks >= 2);

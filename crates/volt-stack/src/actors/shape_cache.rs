@@ -184,7 +184,7 @@ impl Actor for ShapeCache {
         myself: ActorRef<Self::Msg>,
         shared: Arc<Shared>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mailbox = shared.actors.track_mailbox(myself.get_id());
+        let mailbox = shared.actors.track_mailbox(myself.get_id(), "ShapeCache");
         let me = Mailbox::new(myself, mailbox.clone());
         // A new ShapeCache owns no creation: the marks of its predecessor's (aborted
         // with it) would strand their waiters.

@@ -279,7 +279,9 @@ impl Actor for ShapeLogCollector {
         // subsystem) only once this returns, so restoring shapes here would make the
         // two subsystems start one after the other. Messages sent to the collector
         // meanwhile wait in its mailbox until post_start has restored the shapes.
-        let mailbox = shared.actors.track_mailbox(myself.get_id());
+        let mailbox = shared
+            .actors
+            .track_mailbox(myself.get_id(), "ShapeLogCollector");
         shared
             .shape_log_collector
             .store(Some(Arc::new(Mailbox::new(myself, mailbox.clone()))));
