@@ -158,6 +158,16 @@ impl ShapeRegistry {
         self.by_handle.iter().map(|e| e.key().clone()).collect()
     }
 
+    /// The shape whose registered consumer is the actor `id`. A consumer's exit is matched
+    /// by its actor id: its directory entry may already be gone (it is dropped with the
+    /// actor's state), and a shape restored under the same handle has a new consumer.
+    pub fn handle_of_consumer(&self, id: ActorId) -> Option<String> {
+        self.by_handle
+            .iter()
+            .find(|e| e.value().consumer.get_id() == id)
+            .map(|e| e.key().clone())
+    }
+
     pub(crate) fn insert(&self, entry: Arc<ShapeEntry>) {
         self.by_def
             .insert(entry.shape.def.clone(), entry.handle.clone());

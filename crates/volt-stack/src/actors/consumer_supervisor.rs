@@ -40,13 +40,15 @@ impl Actor for ConsumerSupervisor {
             }
             _ => return Ok(()),
         };
-        let name = shared.actors.name_of(cell.get_id()).unwrap_or_default();
+        // By actor id, not by the directory's name: the dying consumer's state (and with
+        // it its directory entry) is dropped concurrently with this event, so the name may
+        // already be gone, which left the shape registered with a dead consumer (a killed
+        // Snapshotter's shape answered 503 forever).
+        let handle = shared.shapes.handle_of_consumer(cell.get_id());
         shared.actors.unregister(cell.get_id());
-        if let Some(handle) = name.strip_prefix("Consumer:")
-            && shared.shapes.get(handle).is_some()
-        {
+        if let Some(handle) = handle {
             tracing::warn!(%handle, reason = %why, "consumer exited; removing its shape");
-            shapes::invalidate(shared, handle);
+            shapes::invalidate(shared, &handle);
         }
         Ok(())
     }
