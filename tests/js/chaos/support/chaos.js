@@ -32,7 +32,7 @@ const BIG_ROWS = Number(process.env.CHAOS_BIG_ROWS ?? 100_000);
 /** The subscribers: distinct shapes, and two clients sharing one. */
 export const CLIENTS = [
   { name: 'accounts', params: { table: 'accounts' } },
-  { name: 'accounts#2', params: { table: 'accounts' } },
+  { name: 'accounts (2nd client)', params: { table: 'accounts' } },
   { name: 'accounts grp=1', params: { table: 'accounts', where: 'grp = 1' } },
   { name: 'orders grp in (0,2)', params: { table: 'orders', where: 'grp IN (0, 2)' } },
   { name: 'orders (id,version,t)', params: { table: 'orders', columns: ['id', 'version', 't'] } },
@@ -439,9 +439,11 @@ async function liveNodeOf(volt, kind) {
 function actorFault(kind, { restarted = true } = {}) {
   return {
     name: `kill ${kind}`,
-    async inject(env, rng) {
+    async inject(env, rng, { burst = false } = {}) {
       const mode = rng && rng.next() < 0.25 ? 'stop' : 'kill';
       const res = await killActor(env.volt, `kind=${kind}&mode=${mode}`);
+      // In a burst the previous fault may have taken this actor down already.
+      if (burst && res.status === 404) return undefined;
       assert.equal(res.status, 202, `kill ${kind}: ${res.status} ${JSON.stringify(res.body)}`);
       const killedId = res.body.id;
       return {
@@ -491,11 +493,12 @@ export const FAULTS = {
   ConsumerSupervisor: actorFault('ConsumerSupervisor'),
   Consumer: {
     name: 'kill Consumer',
-    async inject(env, rng) {
+    async inject(env, rng, { burst = false } = {}) {
       const candidates = env.subscribers.filter((s) => s.marker);
       const victim = rng ? rng.pick(candidates) : candidates[2];
       const handle = victim.handle;
       const res = await killActor(env.volt, `kind=Consumer&shape=${encodeURIComponent(handle)}`);
+      if (burst && res.status === 404) return undefined;
       assert.equal(res.status, 202, `kill Consumer:${handle}: ${res.status} ${JSON.stringify(res.body)}`);
       const sharing = env.subscribers.filter((s) => s.handle === handle);
       return {
@@ -511,6 +514,8 @@ export const FAULTS = {
   Snapshotter: {
     name: 'kill Snapshotter mid-snapshot',
     needsBig: true,
+    // It creates a shape and waits for its snapshot to start: not for bursts.
+    noBurst: true,
     async inject(env) {
       env.bigSeq = (env.bigSeq ?? 0) + 1;
       // A where clause no other shape has: a new shape, so a new snapshot.
@@ -540,7 +545,7 @@ export const FAULTS = {
   },
   walsender: {
     name: 'terminate walsender',
-    async inject(env) {
+    async inject(env, _rng, { burst = false } = {}) {
       const recovered = await replicationRestarted(env);
       const { rows } = await env.adminSql.query(
         `SELECT pg_terminate_backend(a.pid) AS ok
@@ -548,6 +553,7 @@ export const FAULTS = {
           WHERE s.slot_name = $1 AND a.backend_type = 'walsender'`,
         [env.db.slotName],
       );
+      if (burst && rows.length === 0) return undefined;
       assert.equal(rows.length, 1, "volt's walsender was running");
       return { detail: 'pg_terminate_backend', refetchAllowed: new Set(), recovered };
     },
@@ -685,23 +691,47 @@ export class ChaosEnv {
    * the fault's own condition), `after` more transactions, then settle and check. Returns
    * the table row; throws (after recording it) if the checks fail.
    */
-  async runFault(fault, { rng, warmup = 20, after = 20, recoveryTimeout = 90_000 } = {}) {
+  async runFault(fault, opts = {}) {
+    return this.runFaults([fault], opts);
+  }
+
+  /**
+   * Several faults injected back to back (a burst: none waits for volt to recover from
+   * the one before; a fault whose actor is already gone is left out), then checked as one.
+   */
+  async runFaults(faults, { rng, warmup = 20, after = 20, recoveryTimeout = 90_000 } = {}) {
     const before = new Map(this.subscribers.map((s) => [s, { lost: s.checker.lost, dup: s.checker.dup, refetches: s.checker.refetches, problems: s.checker.problems.length }]));
     this.writer.start();
     await this.writer.waitCommits(warmup);
     const t0 = Date.now();
-    const injected = await fault.inject(this, rng);
-    await waitFor(injected.recovered, {
-      timeout: recoveryTimeout,
-      interval: 25,
-      failFast: () => this.failFast(),
-      label: `volt to recover from "${fault.name}" (${injected.detail})`,
-    });
+    const burst = faults.length > 1;
+    const injected = [];
+    const absent = [];
+    for (const fault of faults) {
+      const done = await fault.inject(this, rng, { burst });
+      if (done) injected.push({ fault, ...done });
+      else absent.push(fault.name);
+    }
+    const name = injected.map((i) => i.fault.name).join(' + ') || 'nothing';
+    const detail = [...injected.map((i) => i.detail), ...absent.map((n) => `not running: ${n}`)].join(', ');
+    const refetchAllowed = new Set(injected.flatMap((i) => [...i.refetchAllowed]));
+    await waitFor(
+      async () => {
+        for (const i of injected) if (!(await i.recovered())) return false;
+        return isActive(this.volt);
+      },
+      {
+        timeout: recoveryTimeout,
+        interval: 25,
+        failFast: () => this.failFast(),
+        label: `volt to recover from "${name}" (${detail})`,
+      },
+    );
     const activeMs = Date.now() - t0;
-    await this.writer.waitCommits(after, { label: `${after} writer transactions after "${fault.name}"` });
+    await this.writer.waitCommits(after, { label: `${after} writer transactions after "${name}"` });
     const caughtUpMs = await this.settle();
 
-    const row = { fault: fault.name, detail: injected.detail, activeMs, caughtUpMs, refetches: 0, lost: 0, dup: 0, unexpected: [], problems: [] };
+    const row = { fault: burst ? `burst: ${name}` : name, detail, activeMs, caughtUpMs, refetches: 0, lost: 0, dup: 0, unexpected: [], problems: [] };
     for (const s of this.subscribers) {
       const b = before.get(s) ?? { lost: 0, dup: 0, refetches: 0, problems: 0 };
       const c = s.checker;
@@ -709,11 +739,11 @@ export class ChaosEnv {
       row.dup += c.dup - b.dup;
       const refetches = c.refetches - b.refetches;
       row.refetches += refetches;
-      if (refetches > 0 && !injected.refetchAllowed.has(s.name)) row.unexpected.push(`${s.name} (${refetches})`);
+      if (refetches > 0 && !refetchAllowed.has(s.name)) row.unexpected.push(`${s.name} (${refetches})`);
       row.problems.push(...c.problems.slice(b.problems));
     }
     this.results.push(row);
-    for (const s of injected.temporary ?? []) {
+    for (const s of injected.flatMap((i) => i.temporary ?? [])) {
       s.close();
       this.subscribers.splice(this.subscribers.indexOf(s), 1);
     }
