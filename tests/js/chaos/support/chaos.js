@@ -1,6 +1,6 @@
 // Chaos harness: a volt under a steady write load, several real @electric-sql/client
-// subscribers, and faults injected one at a time (actor kills through the admin API, the
-// walsender terminated, Postgres restarted). After each fault the writer stops, a marker
+// subscribers, and faults injected one at a time or in bursts (actor kills through the
+// admin API, the walsender terminated, Postgres restarted). After each the writer stops, a marker
 // transaction is written, every client must see it, and what each client saw is checked:
 // its rows equal the SQL truth, and per row the `version` counter (incremented by every
 // update) never repeats or skips.
