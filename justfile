@@ -12,6 +12,15 @@ dev:
 test:
     ./scripts/test
 
+# Chaos tests (tests/js/chaos) on their own throwaway Postgres, which they restart: each
+# fault once, then random faults for CHAOS_DURATION_MS (default 120000); the seed is
+# printed, and `CHAOS_SEED=<seed> just chaos` replays the same faults.
+chaos:
+    cargo build -p volt -p volt-test-support --bins
+    cd tests/js && npm ci
+    t="${CARGO_TARGET_DIR:-target}"; case "$t" in /*) ;; *) t="$PWD/$t" ;; esac; \
+    "$t/debug/volt-test-cluster" -- env VOLT_BIN="$t/debug/volt" bash -c 'cd tests/js && npm run chaos'
+
 fmt:
     cargo fmt --all
 

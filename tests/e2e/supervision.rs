@@ -3,7 +3,7 @@
 use serde_json::Value;
 use volt_stack::{ServiceStatus, TreeNode};
 
-use crate::support::{Follower, TestVolt, eventually};
+use crate::support::{Follower, Server, TestVolt, eventually};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text);
      INSERT INTO items VALUES (1, 'one'), (2, 'two');";
@@ -182,6 +182,59 @@ async fn a_dead_consumer_invalidates_only_its_own_shape() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn a_killed_snapshotter_removes_its_shape_and_clients_get_a_new_one() -> anyhow::Result<()> {
+    let volt = TestVolt::start("snapshotter_death").await?;
+    volt.db
+        .execute(
+            "CREATE TABLE big (id int PRIMARY KEY, pad text);
+             INSERT INTO big SELECT i, repeat(md5(i::text), 3) FROM generate_series(1, 100000) i;",
+        )
+        .await?;
+    // The first request waits for the snapshot; kill its Snapshotter while it runs.
+    let first = {
+        let (base, http) = (volt.base().to_string(), volt.http().clone());
+        tokio::spawn(async move {
+            http.get(format!("{base}/v1/shape?table=big&offset=-1"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    // Polled as fast as the endpoint answers: the snapshot takes about a second.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let killed: Value = loop {
+        let res = volt
+            .post("/v1/admin/kill?kind=Snapshotter&mode=kill")
+            .await?;
+        if res.status() == 202 {
+            break res.json().await?;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no Snapshotter to kill within 30 s"
+        );
+    };
+    let name = killed["name"].as_str().unwrap_or_default().to_string();
+    let handle = name
+        .strip_prefix("Snapshotter:")
+        .expect("a shape's Snapshotter");
+    // The shape goes, even though no change ever reaches its dead consumer (it used to
+    // stay registered, answering 503 to every request, for good).
+    eventually("the shape is removed", || async {
+        Ok(volt.shared().shapes.get(handle).is_none())
+    })
+    .await?;
+    // Answered, however far the snapshot got: no hang, no 500.
+    assert!(matches!(first.await?, Ok(200 | 409 | 503)));
+    let mut f = Follower::new("table=big");
+    f.catch_up(&volt).await?;
+    assert_ne!(f.handle.as_deref(), Some(handle), "a new shape");
+    assert_eq!(f.rows.len(), 100_000);
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_restarted_shape_cache_keeps_existing_shapes() -> anyhow::Result<()> {
     let volt = TestVolt::start("shape_cache_restart").await?;
     volt.db.execute(ITEMS).await?;
@@ -324,7 +377,6 @@ async fn existing_shapes_keep_serving_while_the_database_is_unreachable() -> any
 
 #[tokio::test]
 async fn volt_tree_prints_the_live_tree_of_a_running_volt() -> anyhow::Result<()> {
-    use crate::support::Server;
     let volt = TestVolt::start("volt_tree_cli").await?;
     let out = tokio::process::Command::new(crate::support::volt_bin())
         .args(["tree", "--url", volt.base()])

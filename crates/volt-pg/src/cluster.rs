@@ -520,6 +520,15 @@ impl LocalCluster {
         &self.binaries
     }
 
+    /// The OS user the server runs as when it is not the current user (`postgres`, when we
+    /// run as root); `pg_ctl` must be run as that user.
+    pub fn server_os_user(&self) -> Option<&str> {
+        match self.run_as {
+            RunAs::CurrentUser => None,
+            RunAs::Postgres { .. } => Some("postgres"),
+        }
+    }
+
     /// Stops the server (`pg_ctl -m fast stop`). Stopping a stopped cluster is a no-op.
     pub fn stop(&mut self) -> Result<(), ClusterError> {
         if !self.running {

@@ -78,6 +78,9 @@ pub enum StorageError {
     Poisoned,
     #[error("shape storage at {path} is unusable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// This instance was fenced: a successor opened on the same directory owns its files.
+    #[error("shape log at {path} was reopened by a successor; this writer may not write")]
+    Fenced { path: PathBuf },
 }
 
 impl StorageError {
@@ -129,6 +132,8 @@ struct Writer {
     new_chunks: Vec<Chunk>,
     snapshot: Option<SnapshotWriter>,
     meta: Meta,
+    /// Set by `fence`: nothing may be written any more.
+    fenced: bool,
 }
 
 struct SnapshotWriter {
@@ -275,6 +280,7 @@ impl ShapeLog {
                 new_chunks: Vec::new(),
                 snapshot: Some(snapshot),
                 meta,
+                fenced: false,
             }),
             committed: watch::Sender::new(LogOffset::SNAPSHOT_END),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -399,6 +405,7 @@ impl ShapeLog {
                 new_chunks: Vec::new(),
                 snapshot: None,
                 meta,
+                fenced: false,
             }),
             committed: watch::Sender::new(latest.unwrap_or(LogOffset::SNAPSHOT_END)),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -458,6 +465,9 @@ impl ShapeLog {
     pub fn append_snapshot_line(&self, json: &str) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         let dir = self.dir.clone();
+        if w.fenced {
+            return Err(StorageError::Fenced { path: dir });
+        }
         let chunk_bytes = self.chunk_bytes;
         let s = w.snapshot.as_mut().ok_or_else(|| StorageError::Corrupt {
             path: dir.clone(),
@@ -492,6 +502,11 @@ impl ShapeLog {
     /// Make the snapshot durable and visible to readers.
     pub fn finish_snapshot(&self) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        if w.fenced {
+            return Err(StorageError::Fenced {
+                path: self.dir.clone(),
+            });
+        }
         let Some(mut s) = w.snapshot.take() else {
             return Ok(());
         };
@@ -535,6 +550,9 @@ impl ShapeLog {
 
     fn write_out(&self, w: &mut Writer, sync: bool) -> Result<(), StorageError> {
         let path = self.dir.join(LOG_FILE);
+        if w.fenced {
+            return Err(StorageError::Fenced { path });
+        }
         // Opened per write so that idle shapes hold no file descriptor.
         let mut f = OpenOptions::new()
             .append(true)
@@ -605,6 +623,11 @@ impl ShapeLog {
         w.buffer.clear();
         w.new_chunks.clear();
         w.chunk_len = w.committed_chunk_len;
+        if w.fenced {
+            return Err(StorageError::Fenced {
+                path: self.dir.join(LOG_FILE),
+            });
+        }
         if w.end_pos != committed_pos {
             let path = self.dir.join(LOG_FILE);
             let f = OpenOptions::new()
@@ -616,6 +639,20 @@ impl ShapeLog {
             w.end_pos = committed_pos;
         }
         Ok(())
+    }
+
+    /// Stop this instance from ever writing again, after the write in progress (if any)
+    /// finishes. Called on the log of a shape's previous incarnation before its directory
+    /// is reopened: a killed consumer's commit may still be running on the blocking pool,
+    /// and bytes it appended after the reopen would shift every later record of the new
+    /// writer (readers then find an unreadable record at the end of the log, for good).
+    pub fn fence(&self) {
+        let mut w = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.fenced = true;
+        w.buffer = Vec::new();
     }
 
     // ---- reader side (HTTP requests) ----
@@ -830,6 +867,32 @@ mod tests {
         log.commit(LogOffset::new(6, 0)).unwrap();
         let log2 = reopen(&d, 1 << 20);
         assert_eq!(log2.read_after(LogOffset::new(5, 2)).unwrap().items, ["c"]);
+    }
+
+    #[test]
+    fn a_fenced_log_never_writes_behind_its_reopened_successor() {
+        let (d, old) = log(1 << 20);
+        old.append(LogOffset::new(5, 0), "kept", true).unwrap();
+        old.commit(LogOffset::new(5, 0)).unwrap();
+        // A killed consumer's transaction, still to be committed on the blocking pool
+        // when the shape subsystem restarts and reopens the directory.
+        old.append(LogOffset::new(6, 0), "late", true).unwrap();
+        old.fence();
+        let new = reopen(&d, 1 << 20);
+        assert!(matches!(
+            old.commit(LogOffset::new(6, 0)),
+            Err(StorageError::Fenced { .. })
+        ));
+        assert!(matches!(old.rollback(), Err(StorageError::Fenced { .. })));
+        // The stream resends the transaction to the new writer; every record reads back.
+        new.append(LogOffset::new(6, 0), "resent", true).unwrap();
+        new.commit(LogOffset::new(6, 0)).unwrap();
+        new.append(LogOffset::new(7, 0), "next", true).unwrap();
+        new.commit(LogOffset::new(7, 0)).unwrap();
+        assert_eq!(
+            new.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            ["kept", "resent", "next"]
+        );
     }
 
     #[test]

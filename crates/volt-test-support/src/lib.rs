@@ -23,6 +23,15 @@ use tokio_postgres::{Client, NoTls};
 /// The environment variable holding the URL of the throwaway cluster's `postgres` database.
 pub const DATABASE_URL_ENV: &str = "VOLT_TEST_DATABASE_URL";
 
+/// Set by `volt-test-cluster` for tests that restart the cluster (chaos tests): its data dir.
+pub const PG_DATA_DIR_ENV: &str = "VOLT_TEST_PG_DATA_DIR";
+/// The `pg_ctl` binary of the cluster.
+pub const PG_CTL_ENV: &str = "VOLT_TEST_PG_CTL";
+/// The server log (`pg_ctl start -l` appends to it).
+pub const PG_LOG_FILE_ENV: &str = "VOLT_TEST_PG_LOG_FILE";
+/// The OS user `pg_ctl` must run as, when it is not the current user (`postgres` under root).
+pub const PG_OS_USER_ENV: &str = "VOLT_TEST_PG_OS_USER";
+
 /// Postgres identifiers are at most 63 bytes.
 const MAX_IDENTIFIER: usize = 63;
 const DB_SUFFIX_LEN: usize = 8;

@@ -62,6 +62,7 @@ const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * A predicate that throws counts as "not yet"; its last error is reported.
  * `failFast`, if given, is called on every round and may return an Error (or
  * message) that aborts the wait at once (e.g. an error seen by a ShapeStream).
+ * `label` may be a function, called for the message when the wait fails.
  */
 export async function waitFor(predicate, { timeout = 10_000, interval = 25, label = 'condition', failFast } = {}) {
   const deadline = Date.now() + timeout;
@@ -70,7 +71,7 @@ export async function waitFor(predicate, { timeout = 10_000, interval = 25, labe
     const fatal = failFast?.();
     if (fatal) {
       const err = fatal instanceof Error ? fatal : new Error(String(fatal));
-      err.message = `while waiting for ${label}: ${err.message}`;
+      err.message = `while waiting for ${describe(label)}: ${err.message}`;
       throw err;
     }
     try {
@@ -82,11 +83,13 @@ export async function waitFor(predicate, { timeout = 10_000, interval = 25, labe
     }
     if (Date.now() >= deadline) {
       const why = lastError ? ` (last error: ${lastError.message ?? lastError})` : '';
-      throw new Error(`timed out after ${timeout} ms waiting for ${label}${why}`);
+      throw new Error(`timed out after ${timeout} ms waiting for ${describe(label)}${why}`);
     }
     await pause(interval);
   }
 }
+
+const describe = (label) => (typeof label === 'function' ? label() : label);
 
 /** Rejects if `promise` does not settle within `timeout` ms. */
 export async function withTimeout(promise, timeout, label) {

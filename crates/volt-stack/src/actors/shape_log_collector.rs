@@ -184,7 +184,20 @@ async fn restore(
         .ok_or("the consumer supervisor is not running")?;
     let dir = shared.config.shapes_dir();
     let chunk_bytes = shared.config.chunk_bytes;
+    // The logs of the previous shape subsystem's shapes: their consumers were killed, but a
+    // commit of theirs may still be running on the blocking pool. Fenced (waiting for such a
+    // write) before their directories are reopened, so that nothing writes behind the new
+    // writers' backs.
+    let previous: Vec<Arc<ShapeLog>> = shared
+        .shapes
+        .handles()
+        .iter()
+        .filter_map(|h| shared.shapes.get(h).map(|e| e.log.clone()))
+        .collect();
     let opened = tokio::task::spawn_blocking(move || {
+        for log in &previous {
+            log.fence();
+        }
         // One TableSchema per table, shared by its shapes.
         let mut tables: HashMap<u32, Vec<Arc<volt_shapes::TableSchema>>> = HashMap::new();
         rows.into_iter()

@@ -1,7 +1,9 @@
 //! `volt-test-cluster [--] <command> [args...]`
 //!
 //! Starts one throwaway Postgres cluster in a fresh tempdir, runs the command with
-//! `VOLT_TEST_DATABASE_URL` pointing at the cluster's `postgres` database, stops the cluster
+//! `VOLT_TEST_DATABASE_URL` pointing at the cluster's `postgres` database (and, for tests that
+//! restart the server, `VOLT_TEST_PG_DATA_DIR`, `VOLT_TEST_PG_CTL`, `VOLT_TEST_PG_LOG_FILE` and,
+//! when the server runs as another OS user, `VOLT_TEST_PG_OS_USER`), stops the cluster
 //! (also when the command fails or we get SIGINT/SIGTERM/SIGHUP, which are forwarded to the
 //! command first), removes the tempdir, and exits with the command's exit code.
 
@@ -11,7 +13,9 @@ use std::process::{ExitCode, ExitStatus};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use volt_pg::cluster::{ClusterOptions, LocalCluster, PgBinaries};
-use volt_test_support::DATABASE_URL_ENV;
+use volt_test_support::{
+    DATABASE_URL_ENV, PG_CTL_ENV, PG_DATA_DIR_ENV, PG_LOG_FILE_ENV, PG_OS_USER_ENV,
+};
 
 const NAME: &str = "volt-test-cluster";
 /// After this many forwarded signals the command is killed outright.
@@ -81,7 +85,16 @@ fn run(program: &OsString, args: &[OsString]) -> anyhow::Result<u8> {
         cluster.data_dir().display()
     );
 
-    let status = runtime.block_on(run_command(program, args, &url, signals));
+    let mut env = vec![
+        (DATABASE_URL_ENV, OsString::from(&url)),
+        (PG_DATA_DIR_ENV, cluster.data_dir().into()),
+        (PG_CTL_ENV, cluster.binaries().pg_ctl.clone().into()),
+        (PG_LOG_FILE_ENV, cluster.log_file().into()),
+    ];
+    if let Some(user) = cluster.server_os_user() {
+        env.push((PG_OS_USER_ENV, user.into()));
+    }
+    let status = runtime.block_on(run_command(program, args, &env, signals));
 
     if let Err(e) = cluster.stop() {
         eprintln!("{NAME}: stopping Postgres: {e}");
@@ -96,12 +109,12 @@ fn run(program: &OsString, args: &[OsString]) -> anyhow::Result<u8> {
 async fn run_command(
     program: &OsString,
     args: &[OsString],
-    url: &str,
+    env: &[(&str, OsString)],
     mut signals: Signals,
 ) -> anyhow::Result<ExitStatus> {
     let mut child = tokio::process::Command::new(program)
         .args(args)
-        .env(DATABASE_URL_ENV, url)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn()
         .with_context(|| format!("starting {}", program.to_string_lossy()))?;
     let mut forwarded = 0;
