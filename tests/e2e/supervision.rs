@@ -494,3 +494,53 @@ async fn a_snapshot_cut_off_by_the_database_is_a_503_to_retry_not_a_409() -> any
     volt.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_live_request_parked_across_a_replication_reconnect_gets_the_change() -> anyhow::Result<()>
+{
+    use crate::support::{Server, Tweaks};
+    let volt = TestVolt::start_tweaked(
+        "parked_across_reconnect",
+        Tweaks {
+            long_poll: Some(std::time::Duration::from_secs(60)),
+            ..Tweaks::default()
+        },
+    )
+    .await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let url = format!(
+        "{}/v1/shape?table=items&live=true&handle={}&offset={}",
+        volt.base(),
+        f.handle.as_deref().unwrap_or_default(),
+        f.offset
+    );
+    let parked = tokio::spawn(async move { reqwest::get(url).await?.text().await });
+    eventually("the live request is parked", || async {
+        Ok(volt.admission.stats().existing_in_use == 1)
+    })
+    .await?;
+
+    // The stream goes away and comes back while the request waits.
+    let admin = volt.db.client().await?;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&volt.db.slot_name()],
+        )
+        .await?;
+    eventually("the connection manager restarted", || async {
+        Ok(volt.shared().actors.restarts("ConnectionManager") >= 1)
+    })
+    .await?;
+    volt.wait_active().await?;
+    volt.db
+        .execute("INSERT INTO items VALUES (3, 'after')")
+        .await?;
+    let body = parked.await??;
+    assert!(body.contains("\"after\""), "{body}");
+    volt.stop().await;
+    Ok(())
+}
