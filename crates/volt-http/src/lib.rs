@@ -119,8 +119,29 @@ pub fn router_with_admission(
     // `/v1/shape/`, `/v1//shape` and `/v1/%73hape` are all `/v1/shape`.
     Router::new()
         .fallback_service(routes)
+        .layer(middleware::from_fn(count_request))
         .layer(middleware::map_request(normalize_path))
         .layer(middleware::from_fn(request_id))
+}
+
+/// `volt_http_requests_total{route,method,status}` and the time to the response head.
+async fn count_request(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let route = match req.uri().path() {
+        "/v1/shape" => "/v1/shape",
+        "/v1/health" => "/v1/health",
+        "/" => "/",
+        p if p.starts_with("/v1/admin/") => "/v1/admin",
+        _ => "other",
+    };
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("volt_http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("volt_http_response_head_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    res
 }
 
 async fn normalize_path(mut req: axum::extract::Request) -> axum::extract::Request {

@@ -16,6 +16,7 @@ pub mod actors {
 pub mod mailbox;
 pub mod shapes;
 pub mod shared;
+pub mod stats;
 pub mod status;
 pub mod subset;
 pub mod task;

@@ -223,6 +223,12 @@ impl CreateLocks {
         self.marks.len()
     }
 
+    pub fn for_each(&self, mut f: impl FnMut(&CreateMark)) {
+        for m in self.marks.iter() {
+            f(m.value());
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.marks.is_empty()
     }

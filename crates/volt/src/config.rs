@@ -131,6 +131,10 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT")]
     pub prometheus_port: Option<u16>,
 
+    /// Log format: `human` (default) or `json` (one JSON object per line).
+    #[arg(long, env = "ELECTRIC_LOG_FORMAT", default_value = "human")]
+    pub log_format: String,
+
     /// Log level: error, warning, info or debug (RUST_LOG, if set, wins).
     #[arg(long, env = "ELECTRIC_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -183,6 +187,12 @@ impl Settings {
             return Err(ConfigError(format!(
                 "ELECTRIC_LOG_LEVEL must be error, warning, info or debug (got {:?})",
                 self.log_level
+            )));
+        }
+        if !["human", "json"].contains(&self.log_format.as_str()) {
+            return Err(ConfigError(format!(
+                "ELECTRIC_LOG_FORMAT must be human or json (got {:?})",
+                self.log_format
             )));
         }
         if self.schema_reconciler_period.is_zero() || self.flush_stall_grace_period.is_zero() {

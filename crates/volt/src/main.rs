@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         eprintln!("volt: {}", e.0);
         return ExitCode::from(2);
     }
-    init_tracing(&cli.settings.log_level);
+    init_tracing(&cli.settings.log_level, &cli.settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,11 +58,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str, format: &str) {
     let level = if level == "warning" { "warn" } else { level };
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},ractor=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        fmt.json().with_current_span(true).init();
+    } else {
+        fmt.init();
+    }
 }
 
 async fn run_dev(mut settings: Settings) -> anyhow::Result<()> {
@@ -129,6 +134,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let slot = stack_config.slot_name();
     let publication = stack_config.publication_name();
     let mut stack = Stack::start(stack_config).await?;
+    // Held until serve returns; dropping it stops the sampling.
+    let _stats = settings.prometheus_port.map(|_| {
+        volt_stack::stats::sampler(stack.shared.clone(), std::time::Duration::from_secs(1))
+    });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let app = volt_http::router(
         Arc::clone(&stack.shared),

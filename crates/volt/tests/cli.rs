@@ -59,6 +59,7 @@ fn invalid_values_are_rejected() {
         ("ELECTRIC_LONG_POLL_TIMEOUT", "soon", "soon"),
         ("ELECTRIC_SSE_TIMEOUT", "0", "ELECTRIC_SSE_TIMEOUT"),
         ("ELECTRIC_OUT_OF_BOUNDS_TIMEOUT", "later", "later"),
+        ("ELECTRIC_LOG_FORMAT", "xml", "ELECTRIC_LOG_FORMAT"),
         (
             "ELECTRIC_MAX_CONCURRENT_REQUESTS",
             "{\"initial\":0}",

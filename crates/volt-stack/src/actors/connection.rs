@@ -300,6 +300,7 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
                 // Acknowledged only now: every shape has stored the transaction.
                 if let Some(end) = end {
                     stream.acknowledge(end);
+                    metrics::gauge!("volt_replication_acknowledged_lsn").set(end as f64);
                 }
             }
             Some(StreamItem::KeepAlive { wal_end }) => {

@@ -68,6 +68,7 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
             _ => return Err("the publication manager did not answer".into()),
         }
     }
+    let started = std::time::Instant::now();
     let tx = SnapshotTx::begin(&shared.config.pg)
         .await
         .map_err(|e| e.to_string())?;
@@ -105,7 +106,9 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     args.log
         .append_snapshot_line(&end.to_string())
         .map_err(|e| e.to_string())?;
-    args.log.finish_snapshot().map_err(|e| e.to_string())
+    args.log.finish_snapshot().map_err(|e| e.to_string())?;
+    metrics::histogram!("volt_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 impl Actor for Snapshotter {
