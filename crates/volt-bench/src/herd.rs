@@ -113,6 +113,24 @@ async fn shape_cache_messages(volt: &Volt) -> anyhow::Result<u64> {
     find(&tree).context("no ShapeCache in the tree")
 }
 
+/// A fresh database with `items(id, grp, title)`: `rows` rows in `groups` groups.
+async fn items_db(
+    env: &BenchEnv,
+    name: &str,
+    groups: usize,
+    rows: usize,
+) -> anyhow::Result<(String, tokio_postgres::Client)> {
+    let db_url = env.database(name).await?;
+    let client = env.client(name).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text);
+             INSERT INTO items SELECT g, g % {groups}, 'item ' || g FROM generate_series(1, {rows}) g;"
+        ))
+        .await?;
+    Ok((db_url, client))
+}
+
 pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let n = if env.quick { 100 } else { 2_000 };
     let rows = if env.quick { 100 } else { 20_000 };
@@ -122,15 +140,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     println!("| coalescing | snapshot queries | ShapeCache messages | p50 ms | p99 ms | non-200 |");
     println!("|---|---|---|---|---|---|");
     for coalesce in ["true", "false"] {
-        let name = format!("herd_a_{coalesce}");
-        let db_url = env.database(&name).await?;
-        let client = env.client(&name).await?;
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text);
-                 INSERT INTO items SELECT g, g % 1000, 'item ' || g FROM generate_series(1, {rows}) g;"
-            ))
-            .await?;
+        let (db_url, client) = items_db(env, &format!("herd_a_{coalesce}"), 1000, rows).await?;
         let storage = tempfile::tempdir()?;
         let (volt, _) = Volt::start_with(
             env,
@@ -171,14 +181,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     }
 
     // (b) and (c) on one volt with the default caps.
-    let db_url = env.database("herd_b").await?;
-    let client = env.client("herd_b").await?;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text);
-             INSERT INTO items SELECT g, g % {n}, 'item ' || g FROM generate_series(1, {rows}) g;"
-        ))
-        .await?;
+    let (db_url, _client) = items_db(env, "herd_b", n, rows).await?;
     let storage = tempfile::tempdir()?;
     let (volt, _) = Volt::start_with(
         env,

@@ -23,7 +23,10 @@ fn main() -> ExitCode {
         let url = url
             .clone()
             .unwrap_or_else(|| format!("http://localhost:{}", cli.settings.port));
-        return tree::print(&url, cli.settings.secret.as_deref());
+        return match runtime() {
+            Ok(rt) => rt.block_on(tree::print(&url, cli.settings.secret.as_deref())),
+            Err(code) => code,
+        };
     }
     let dev = matches!(cli.command, Some(Command::Dev));
     if let Err(e) = cli.settings.validate(dev) {
@@ -31,15 +34,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_tracing(&cli.settings.log_level, &cli.settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("volt: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         if dev {
@@ -56,6 +53,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("volt: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn init_tracing(level: &str, format: &str) {

@@ -5,18 +5,8 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-pub fn print(base_url: &str, secret: Option<&str>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("volt: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(fetch(base_url, secret)) {
+pub async fn print(base_url: &str, secret: Option<&str>) -> ExitCode {
+    match fetch(base_url, secret).await {
         Ok(tree) => {
             print!("{}", render(&tree));
             ExitCode::SUCCESS

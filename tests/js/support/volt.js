@@ -403,6 +403,31 @@ export class Cleanup {
 }
 
 /**
+ * Runs a test body with the checks every volt test shares: a volt that died during
+ * the body fails it; `cleanup` runs however the body ends; the volt's logs are printed
+ * when it failed (or always with VOLT_TEST_LOGS=1). `getVolt` returns the volt (it may
+ * be started inside the body).
+ */
+export async function guarded(name, cleanup, getVolt, body) {
+  let failed = false;
+  try {
+    await body();
+    const exited = getVolt()?.exited;
+    if (exited) throw new Error(`volt exited during the test (code ${exited.code}, signal ${exited.signal})`);
+  } catch (err) {
+    failed = true;
+    throw err;
+  } finally {
+    try {
+      await cleanup.run();
+    } finally {
+      const volt = getVolt();
+      if (volt && (failed || SHOW_LOGS)) volt.printLogs(failed ? `logs of failed test "${name}"` : 'logs');
+    }
+  }
+}
+
+/**
  * Declares a `node:test` test that gets its own database and volt:
  *
  *   voltTest('name of the behaviour', { setup: 'CREATE TABLE ...' }, async ({ db, volt, cleanup }) => { ... })
@@ -420,25 +445,13 @@ export function voltTest(name, opts, fn) {
     voltBin();
     const cleanup = new Cleanup();
     let volt;
-    let failed = false;
-    try {
+    await guarded(name, cleanup, () => volt, async () => {
       const db = await createTestDb(name.split(/\s+/).slice(0, 4).join('_'));
       cleanup.defer(() => db.drop());
       if (opts.setup) await db.client.query(opts.setup);
       volt = await startVolt({ databaseUrl: db.url, streamId: db.streamId, secret: opts.secret, env: opts.env });
       cleanup.defer(() => volt.stop());
       await fn({ t, db, volt, cleanup });
-      const exited = volt.exited;
-      if (exited) throw new Error(`volt exited during the test (code ${exited.code}, signal ${exited.signal})`);
-    } catch (err) {
-      failed = true;
-      throw err;
-    } finally {
-      try {
-        await cleanup.run();
-      } finally {
-        if (volt && (failed || SHOW_LOGS)) volt.printLogs(failed ? `logs of failed test "${name}"` : 'logs');
-      }
-    }
+    });
   });
 }

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import { byId, keyOf, openShape, request, shapePath, trace } from '../support/shape.js';
-import { Cleanup, createTestDb, freePort, startVolt, waitFor } from '../support/volt.js';
+import { Cleanup, createTestDb, freePort, guarded, startVolt, waitFor } from '../support/volt.js';
 
 const LONG_POLL_MS = 2000;
 const SSE_MS = 1500;
@@ -130,20 +130,7 @@ function item(n, title, fn, { timeout = 30_000 } = {}) {
   const name = `checklist ${String(n).padStart(2, '0')}: ${title}`;
   test(name, { timeout }, async (t) => {
     const cleanup = new Cleanup();
-    let failed = false;
-    try {
-      await fn({ t, cleanup });
-      if (volt.exited) throw new Error(`volt exited (code ${volt.exited.code}, signal ${volt.exited.signal})`);
-    } catch (err) {
-      failed = true;
-      throw err;
-    } finally {
-      try {
-        await cleanup.run();
-      } finally {
-        if (failed) volt?.printLogs(`logs (failed: ${name})`);
-      }
-    }
+    await guarded(name, cleanup, () => volt, () => fn({ t, cleanup }));
   });
 }
 

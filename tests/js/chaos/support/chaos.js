@@ -18,7 +18,7 @@ import { promisify } from 'node:util';
 import { isChangeMessage, isControlMessage, Shape, ShapeStream } from '@electric-sql/client';
 import pg from 'pg';
 
-import { Cleanup, createTestDb, databaseUrl, startVolt, voltBin, waitFor } from '../../support/volt.js';
+import { Cleanup, createTestDb, databaseUrl, guarded, startVolt, voltBin, waitFor } from '../../support/volt.js';
 
 const execFileP = promisify(execFile);
 
@@ -798,8 +798,7 @@ export function chaosTest(name, { big = false, timeout = 300_000, skip, todo, se
     voltBin();
     const cleanup = new Cleanup();
     let volt;
-    let failed = false;
-    try {
+    await guarded(`chaos: ${name}`, cleanup, () => volt, async () => {
       const db = await createTestDb(`chaos_${name}`);
       // The test's own connection dies with a Postgres restart: nothing to report.
       db.client.on('error', () => {});
@@ -824,16 +823,6 @@ export function chaosTest(name, { big = false, timeout = 300_000, skip, todo, se
       await env.settle();
       for (const s of env.subscribers) assert.deepEqual(s.checker.problems, [], 'the initial sync is clean');
       await fn(env);
-      if (volt.exited) throw new Error(`volt exited during the test (code ${volt.exited.code}, signal ${volt.exited.signal})`);
-    } catch (err) {
-      failed = true;
-      throw err;
-    } finally {
-      try {
-        await cleanup.run();
-      } finally {
-        if (volt && (failed || process.env.VOLT_TEST_LOGS === '1')) volt.printLogs(failed ? `logs of failed chaos test "${name}"` : 'logs');
-      }
-    }
+    });
   });
 }
