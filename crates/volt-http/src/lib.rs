@@ -205,7 +205,15 @@ async fn request_id(req: axum::extract::Request, next: middleware::Next) -> Resp
             HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
                 .unwrap_or(HeaderValue::from_static("unknown"))
         });
-    let mut res = next.run(req).await;
+    // Every log line of the request carries its id, and its shape's handle once known.
+    let span = tracing::info_span!(
+        "request",
+        id = id.to_str().unwrap_or("?"),
+        method = %req.method(),
+        path = req.uri().path(),
+        handle = tracing::field::Empty,
+    );
+    let mut res = tracing::Instrument::instrument(next.run(req), span).await;
     res.headers_mut().insert("x-request-id", id);
     res
 }

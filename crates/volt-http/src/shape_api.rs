@@ -295,6 +295,7 @@ async fn serve_request(
         return must_refetch(Some(&entry.handle));
     }
     entry.touch();
+    tracing::Span::current().record("handle", entry.handle.as_str());
 
     // A request that may have created the shape holds an `initial` permit until the
     // shape's snapshot has started: until then it contends for creation and for the
