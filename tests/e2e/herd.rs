@@ -325,3 +325,71 @@ async fn a_restarted_shape_cache_starts_with_an_empty_lock_table_and_waiters_car
     volt.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn creation_requests_are_shed_with_503_while_shape_cache_has_a_backlog() -> anyhow::Result<()>
+{
+    // Without coalescing, creation runs inside ShapeCache's handler: holding one creation
+    // there makes the next requests queue in its mailbox, up to the limit.
+    let volt = TestVolt::start_tweaked(
+        "herd_mailbox_shed",
+        Tweaks {
+            max_shape_cache_mailbox: Some(3),
+            coalesce_creates: Some(false),
+            ..Tweaks::default()
+        },
+    )
+    .await?;
+    volt.db.execute(ITEMS).await?;
+    let shared = volt.shared().clone();
+    let gate = Arc::new(Semaphore::new(0));
+    shared.failpoints.hold_create.store(Some(gate.clone()));
+    let leader = herd(
+        &volt,
+        1,
+        "/v1/shape?table=items&offset=-1&where=id%20%3D%201",
+    )
+    .await;
+    eventually("the leader's creation holds the handler", || async {
+        Ok(shared
+            .shape_cache
+            .load_full()
+            .is_some_and(|c| c.depth().total_sent() == 1 && c.depth().depth() == 0))
+    })
+    .await?;
+    let mut others = Vec::new();
+    for id in 2..12 {
+        others.extend(
+            herd(
+                &volt,
+                1,
+                &format!("/v1/shape?table=items&offset=-1&where=id%20%3D%20{id}"),
+            )
+            .await,
+        );
+    }
+    eventually("the backlog is full and the rest were shed", || async {
+        let queued = shared
+            .shape_cache
+            .load_full()
+            .map_or(0, |c| c.depth().depth());
+        Ok(queued == 3 && volt.admission.stats().initial_in_use == 4)
+    })
+    .await?;
+    gate.add_permits(100);
+    assert_eq!(answers(leader).await?[0].status, 200);
+    let others = answers(others).await?;
+    let shed: Vec<_> = others.iter().filter(|a| a.status == 503).collect();
+    assert_eq!(shed.len(), 7, "10 requests, 3 queued");
+    for a in &shed {
+        assert!(a.retry_after);
+        assert!(
+            a.body.contains("Too many shapes are being created"),
+            "{}",
+            a.body
+        );
+    }
+    assert_eq!(others.iter().filter(|a| a.status == 200).count(), 3);
+    volt.stop().await;
+    Ok(())
+}

@@ -42,6 +42,10 @@ pub struct Tweaks {
     pub max_concurrent: Option<volt_http::admission::Limits>,
     /// Long-poll timeout (default 1.5 s).
     pub long_poll: Option<Duration>,
+    /// `ELECTRIC_TWEAKS_SHAPE_CACHE_MAX_MAILBOX` (default: high enough never to shed).
+    pub max_shape_cache_mailbox: Option<usize>,
+    /// `ELECTRIC_TWEAKS_COALESCE_SHAPE_CREATION` (default on).
+    pub coalesce_creates: Option<bool>,
 }
 
 impl TestVolt {
@@ -101,8 +105,8 @@ impl TestVolt {
             reconcile_period: Duration::from_millis(500),
             flush_stall_grace: Duration::from_secs(60),
             max_shapes: tweaks.max_shapes,
-            max_shape_cache_mailbox: 100_000,
-            coalesce_creates: true,
+            max_shape_cache_mailbox: tweaks.max_shape_cache_mailbox.unwrap_or(100_000),
+            coalesce_creates: tweaks.coalesce_creates.unwrap_or(true),
         })
         .await?;
         let admission = Arc::new(volt_http::admission::Admission::new(

@@ -108,6 +108,30 @@ impl<M: ractor::Message> Mailbox<M> {
     }
 }
 
+impl<M: ractor::Message> Mailbox<M> {
+    /// `call`, unless `max_depth` messages already wait: then `Ok(None)` (shed). The
+    /// send is counted before the check, so racing callers never exceed the bound.
+    pub async fn call_bounded<T: Send + 'static>(
+        &self,
+        max_depth: u64,
+        msg: impl FnOnce(RpcReplyPort<T>) -> M,
+        timeout: Option<Duration>,
+    ) -> Result<Option<CallResult<T>>, MessagingErr<M>> {
+        let received = self.depth.received.load(Ordering::Relaxed);
+        let sent = self.depth.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        if sent.saturating_sub(received) > max_depth {
+            self.depth.unsent();
+            return Ok(None);
+        }
+        self.depth.gauge.set(self.depth.depth() as f64);
+        let res = self.actor.call(msg, timeout).await;
+        if matches!(res, Err(MessagingErr::SendErr(_))) {
+            self.depth.unsent();
+        }
+        res.map(Some)
+    }
+}
+
 impl<M: ractor::Message> Clone for Mailbox<M> {
     fn clone(&self) -> Self {
         Mailbox {

@@ -156,21 +156,27 @@ pub async fn get_or_create(
                     .shape_cache
                     .load_full()
                     .ok_or_else(|| CreateError::Failed("the shape cache is restarting".into()))?;
-                if cache.depth().depth() >= shared.config.max_shape_cache_mailbox as u64 {
-                    metrics::counter!("volt_shape_cache_shed_total").increment(1);
-                    return Err(CreateError::Overloaded);
-                }
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match cache
-                    .call(|r| ShapeCacheMsg::GetOrCreate(shape.clone(), r), Some(left))
+                    .call_bounded(
+                        shared.config.max_shape_cache_mailbox as u64,
+                        |r| ShapeCacheMsg::GetOrCreate(shape.clone(), r),
+                        Some(left),
+                    )
                     .await
                 {
-                    Ok(CallResult::Success(Ok(CreateReply::Created(entry)))) => return Ok(entry),
-                    Ok(CallResult::Success(Ok(CreateReply::InProgress))) => {}
-                    Ok(CallResult::Success(Err(reason))) => {
+                    Ok(None) => {
+                        metrics::counter!("volt_shape_cache_shed_total").increment(1);
+                        return Err(CreateError::Overloaded);
+                    }
+                    Ok(Some(CallResult::Success(Ok(CreateReply::Created(entry))))) => {
+                        return Ok(entry);
+                    }
+                    Ok(Some(CallResult::Success(Ok(CreateReply::InProgress)))) => {}
+                    Ok(Some(CallResult::Success(Err(reason)))) => {
                         return Err(CreateError::Failed(reason));
                     }
-                    Ok(CallResult::Timeout) => return Err(CreateError::Timeout),
+                    Ok(Some(CallResult::Timeout)) => return Err(CreateError::Timeout),
                     _ => {
                         return Err(CreateError::Failed(
                             "the shape cache stopped before answering".into(),
