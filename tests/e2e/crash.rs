@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use volt_test_support::TestDb;
 
-use crate::support::{DEADLINE, Follower, VoltProcess, free_port, snapshot_queries_in};
+use crate::support::{DEADLINE, Follower, Server, VoltProcess, free_port, snapshot_queries_in};
 
 /// Follow a shape until told to stop, surviving the server's absence.
 async fn follow(
@@ -216,5 +216,42 @@ async fn kill_9_under_write_load_loses_and_duplicates_nothing() -> anyhow::Resul
         volt.kill_9().await?;
     }
     db.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_answers_parked_requests_and_exits_zero() -> anyhow::Result<()> {
+    let db = TestDb::new("sigterm").await?;
+    db.execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1);")
+        .await?;
+    let storage = tempfile::tempdir()?;
+    let mut volt = VoltProcess::start(&db, storage.path(), free_port()?).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    // A long-poll parked when the signal arrives is answered, not cut off.
+    let url = format!(
+        "{}/v1/shape?table=items&live=true&handle={}&offset={}",
+        volt.base(),
+        f.handle.as_deref().unwrap_or_default(),
+        f.offset
+    );
+    let parked = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
+    let admission = format!("{}/v1/admin/admission", volt.base());
+    crate::support::eventually("the long-poll is parked", || async {
+        let stats: Value = reqwest::get(&admission).await?.json().await?;
+        Ok(stats["existing_in_use"] == 1)
+    })
+    .await?;
+    let pid = volt.child.id().expect("volt is running").to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await?;
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), volt.child.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("volt did not exit after SIGTERM"))??;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(parked.await??.as_u16(), 200);
     Ok(())
 }

@@ -127,6 +127,10 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_TWEAKS_COALESCE_SHAPE_CREATION", value_parser = BoolishValueParser::new(), default_value_t = true)]
     pub coalesce_shape_creation: bool,
 
+    /// How long a graceful shutdown (SIGTERM/SIGINT) may take before volt exits anyway.
+    #[arg(long, env = "ELECTRIC_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Port for Prometheus metrics at /metrics (off when unset).
     #[arg(long, env = "ELECTRIC_PROMETHEUS_PORT")]
     pub prometheus_port: Option<u16>,

@@ -173,11 +173,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "volt listening on http://{}",
         listener.local_addr().unwrap_or(addr)
     );
+    let mut signalled = shutdown_tx.subscribe();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested: answering parked requests, then stopping");
         // Parked long-polls answer now instead of holding the shutdown.
         shutdown_tx.send_replace(true);
+    });
+    // Once a shutdown starts, it is bounded: a second signal or the timeout ends the
+    // process at once (what was acknowledged to Postgres is on disk either way).
+    let timeout = settings.shutdown_timeout;
+    let _guard = volt_stack::task::OwnedTask::spawn(async move {
+        let _ = signalled.wait_for(|s| *s).await;
+        tokio::select! {
+            () = shutdown_signal() => {
+                eprintln!("volt: second signal: exiting at once");
+                std::process::exit(130);
+            }
+            () = tokio::time::sleep(timeout) => {
+                eprintln!("volt: shutdown took longer than {timeout:?}: exiting");
+                std::process::exit(1);
+            }
+        }
     });
     tokio::select! {
         res = server => res.context("HTTP server failed")?,
@@ -185,6 +202,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     stack.stop().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
