@@ -133,6 +133,8 @@ pub fn serve(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=59"),
     );
+    // Proxies that buffer responses (nginx) pass events through as they come.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(v) = HeaderValue::from_str(&entry.handle) {
         h.insert("electric-handle", v);
     }
