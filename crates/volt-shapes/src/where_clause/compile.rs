@@ -3,15 +3,16 @@
 //! query and the in-process evaluator agree.
 
 use sqlparser::ast::{
-    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, InTarget, ObjectNamePart, TypedString, UnaryOperator,
-    Value as SqlValue,
+    AccessExpr, Array as SqlArray, BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg,
+    FunctionArgExpr, FunctionArguments, Ident, InTarget, Interval as SqlInterval, ObjectNamePart,
+    Query, SetExpr, Subscript, TypedString, UnaryOperator, Value as SqlValue,
 };
 use sqlparser::tokenizer::Location;
 
 use super::WhereError;
+use super::array::Containment;
 use super::eval;
-use super::ir::{ArithOp, CmpOp, Func, Kind, Node, Truth};
+use super::ir::{ArithOp, Call, CmpOp, Func, Kind, Node, Sub, Truth, UnaryOp};
 use super::like::{DANGLING_ESCAPE, LikePattern, escape_char};
 use super::numeric::Numeric;
 use super::types::{
@@ -116,6 +117,28 @@ impl<'a> Compiler<'a> {
                 negated,
                 global: false,
             } => self.in_list(expr, list, *negated),
+            Expr::In {
+                target: InTarget::Subquery(q),
+                ..
+            }
+            | Expr::Subquery(q)
+            | Expr::Exists { subquery: q, .. } => Err(self.subquery(q)),
+            Expr::AnyOp {
+                left,
+                compare_op,
+                right,
+                ..
+            } => self.any_all(left, compare_op, right, false),
+            Expr::AllOp {
+                left,
+                compare_op,
+                right,
+            } => self.any_all(left, compare_op, right, true),
+            Expr::Array(arr) => self.array_ctor(arr),
+            Expr::CompoundFieldAccess { root, access_chain } => {
+                self.subscript(e, root, access_chain)
+            }
+            Expr::Interval(iv) => self.interval_literal(e, iv),
             Expr::Between {
                 expr,
                 negated,
@@ -312,6 +335,20 @@ impl<'a> Compiler<'a> {
     }
 
     fn cast_expr(&mut self, inner: &Expr, data_type: &DataType) -> Result<Node, WhereError> {
+        // `ARRAY[]` has no type of its own; only a cast right on it gives it one.
+        if let Expr::Array(SqlArray { elem, named: true }) = inner
+            && elem.is_empty()
+        {
+            let loc = self.offset(start_of(inner));
+            let target = cast_target(data_type).map_err(|r| WhereError::new(loc, r))?;
+            if target.ty.is_array() {
+                let empty = Value::Array(Box::new(super::array::Array {
+                    dims: Vec::new(),
+                    items: Vec::new(),
+                }));
+                return Ok(Node::new(Kind::Const(Some(empty)), target.ty, loc));
+            }
+        }
         let node = self.expr(inner)?;
         let loc = node.loc;
         let target = cast_target(data_type).map_err(|r| WhereError::new(loc, r))?;
@@ -395,11 +432,7 @@ impl<'a> Compiler<'a> {
         if !implicit_cast_exists(from, to) {
             return Err(WhereError::new(node.loc, OVERLOAD));
         }
-        let same_representation = (from.is_int() && to.is_int())
-            || (from == SqlType::Float4 && to == SqlType::Float8)
-            || (from.is_string() && to.is_string() && from != SqlType::Bpchar)
-            || (from == SqlType::Timestamp && to == SqlType::Timestamptz);
-        if same_representation {
+        if same_representation(from, to) {
             return Ok(node);
         }
         let loc = node.loc;
@@ -486,6 +519,9 @@ impl<'a> Compiler<'a> {
                     loc,
                 )))
             }
+            UnaryOperator::PGSquareRoot => self.prefix(inner, UnaryOp::Sqrt),
+            UnaryOperator::PGAbs => self.prefix(inner, UnaryOp::Abs),
+            UnaryOperator::BitwiseNot => self.prefix(inner, UnaryOp::BitNot),
             other => Err(WhereError::new(
                 self.offset(start_of(inner)),
                 format!("unknown or unsupported operator {other}"),
@@ -556,6 +592,13 @@ impl<'a> Compiler<'a> {
             BinaryOperator::Multiply => self.arith(l, ArithOp::Mul, r),
             BinaryOperator::Divide => self.arith(l, ArithOp::Div, r),
             BinaryOperator::StringConcat => self.concat(l, r),
+            BinaryOperator::AtArrow => self.contain(l, Containment::Contains, r),
+            BinaryOperator::ArrowAt => self.contain(l, Containment::ContainedBy, r),
+            BinaryOperator::PGOverlap => self.contain(l, Containment::Overlaps, r),
+            BinaryOperator::PGExp => self.arith(l, ArithOp::Pow, r),
+            BinaryOperator::BitwiseAnd => self.arith(l, ArithOp::BitAnd, r),
+            BinaryOperator::BitwiseOr => self.arith(l, ArithOp::BitOr, r),
+            BinaryOperator::PGBitwiseXor => self.arith(l, ArithOp::BitXor, r),
             BinaryOperator::PGLikeMatch => self.like(l, r, None, false, false),
             BinaryOperator::PGNotLikeMatch => self.like(l, r, None, false, true),
             BinaryOperator::PGILikeMatch => self.like(l, r, None, true, false),
@@ -601,8 +644,35 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
-        let ty =
-            arithmetic_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+        if let Some((lt, rt, ty)) = datetime_arith_types(op, left.ty, right.ty) {
+            let left = self.coerce(left, lt)?;
+            let right = self.coerce(right, rt)?;
+            return Ok(fold_null_args(Node::new(
+                Kind::Arith {
+                    op,
+                    left: Box::new(left),
+                    right: Box::new(right),
+                },
+                ty,
+                loc,
+            )));
+        }
+        let ty = match op {
+            ArithOp::Add | ArithOp::Sub | ArithOp::Mul | ArithOp::Div => {
+                arithmetic_type(left.ty, right.ty)
+            }
+            ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor => {
+                arithmetic_type(left.ty, right.ty).filter(|t| t.is_int())
+            }
+            ArithOp::Pow => match arithmetic_type(left.ty, right.ty) {
+                Some(SqlType::Numeric) => {
+                    return Err(WhereError::new(loc, "^ on numeric is not supported yet"));
+                }
+                Some(_) => Some(SqlType::Float8),
+                None => None,
+            },
+        };
+        let ty = ty.ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
         let left = self.coerce(left, ty)?;
         let right = self.coerce(right, ty)?;
         Ok(fold_null_args(Node::new(
@@ -629,6 +699,17 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
+        if left.ty.is_array() || right.ty.is_array() {
+            let func = match (left.ty.is_array(), right.ty) {
+                (true, SqlType::Unknown) => Call::ArrayCat,
+                (_, t) if t.is_array() && (left.ty.is_array() || left.ty == SqlType::Unknown) => {
+                    Call::ArrayCat
+                }
+                (true, _) => Call::ArrayAppend,
+                (false, _) => Call::ArrayPrepend,
+            };
+            return self.array_pair(func, left, right, loc);
+        }
         let left = self.text_operand(left)?;
         let right = self.text_operand(right)?;
         Ok(fold_null_args(Node::new(
@@ -768,6 +849,9 @@ impl<'a> Compiler<'a> {
             || !f.within_group.is_empty()
             || f.null_treatment.is_some()
             || !matches!(f.parameters, FunctionArguments::None);
+        if !decorated && let Some(node) = self.known_call(&name, args, loc)? {
+            return Ok(node);
+        }
         let func = match (name.as_str(), args.len()) {
             ("lower", 1) => Some(Func::Lower),
             ("upper", 1) => Some(Func::Upper),
@@ -797,6 +881,469 @@ impl<'a> Compiler<'a> {
             loc,
         )))
     }
+}
+
+/// Arrays, subqueries, prefix operators and the functions of more than one argument.
+impl Compiler<'_> {
+    #[inline(never)]
+    fn subquery(&self, q: &Query) -> WhereError {
+        let loc = match q.body.as_ref() {
+            SetExpr::Select(select) => self.offset(select.select_token.0.span.start),
+            _ => 0,
+        };
+        WhereError::new(loc, "subqueries are not supported yet")
+    }
+
+    fn any_all(
+        &mut self,
+        l: &Expr,
+        op: &BinaryOperator,
+        r: &Expr,
+        all: bool,
+    ) -> Result<Node, WhereError> {
+        if let Expr::Subquery(q) = r {
+            return Err(self.subquery(q));
+        }
+        let cmp = match op {
+            BinaryOperator::Eq => CmpOp::Eq,
+            BinaryOperator::NotEq => CmpOp::NotEq,
+            BinaryOperator::Lt => CmpOp::Lt,
+            BinaryOperator::LtEq => CmpOp::LtEq,
+            BinaryOperator::Gt => CmpOp::Gt,
+            BinaryOperator::GtEq => CmpOp::GtEq,
+            other => return Err(self.unsupported_operator(l, other)),
+        };
+        let left = self.expr(l)?;
+        let right = self.expr(r)?;
+        let loc = left.loc;
+        let elem = match right.ty {
+            SqlType::Array(elem) => *elem,
+            // An untyped literal on the right is an array of the left operand's type.
+            SqlType::Unknown if left.ty == SqlType::Unknown => SqlType::Text,
+            SqlType::Unknown => left.ty,
+            _ => {
+                return Err(WhereError::new(
+                    right.loc,
+                    "op ANY/ALL (array) requires array on right side",
+                ));
+            }
+        };
+        let cmp_type =
+            comparison_type(left.ty, elem).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+        let array_type = cmp_type
+            .array_of()
+            .ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+        let left = self.coerce(left, cmp_type)?;
+        let right = self.coerce(right, array_type)?;
+        Ok(Node::new(
+            Kind::AnyAll {
+                op: cmp,
+                left: Box::new(left),
+                right: Box::new(right),
+                all,
+                cmp_type,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn contain(&mut self, l: &Expr, op: Containment, r: &Expr) -> Result<Node, WhereError> {
+        let left = self.expr(l)?;
+        let right = self.expr(r)?;
+        let loc = left.loc;
+        // anyarray operators: both sides of the same array type, an untyped literal taking it.
+        let ty = match (left.ty, right.ty) {
+            (a, b) if a.is_array() && (a == b || b == SqlType::Unknown) => a,
+            (SqlType::Unknown, b) if b.is_array() => b,
+            _ => return Err(WhereError::new(loc, OVERLOAD)),
+        };
+        let left = self.coerce(left, ty)?;
+        let right = self.coerce(right, ty)?;
+        Ok(fold_null_args(Node::new(
+            Kind::Contain {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            SqlType::Bool,
+            loc,
+        )))
+    }
+
+    /// `array_cat`, `array_append`, `array_prepend` (and `||` on arrays): anycompatible
+    /// functions, so the element types meet at their common type.
+    fn array_pair(
+        &self,
+        func: Call,
+        left: Node,
+        right: Node,
+        loc: usize,
+    ) -> Result<Node, WhereError> {
+        let overload = || WhereError::new(loc, OVERLOAD);
+        let elem_of = |n: &Node, want_array: bool| match (n.ty, want_array) {
+            (SqlType::Unknown, _) => Ok(None),
+            (SqlType::Array(e), true) => Ok(Some(*e)),
+            (t, false) if !t.is_array() && t != SqlType::Other => Ok(Some(t)),
+            _ => Err(overload()),
+        };
+        let (l_array, r_array) = match func {
+            Call::ArrayCat => (true, true),
+            Call::ArrayAppend => (true, false),
+            _ => (false, true),
+        };
+        let elem = match (elem_of(&left, l_array)?, elem_of(&right, r_array)?) {
+            (Some(a), Some(b)) => comparison_type(a, b).ok_or_else(overload)?,
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => SqlType::Text,
+        };
+        let array = elem.array_of().ok_or_else(overload)?;
+        let target = |is_array: bool| if is_array { array } else { elem };
+        let left = self.coerce(left, target(l_array))?;
+        let right = self.coerce(right, target(r_array))?;
+        Ok(Node::new(
+            Kind::Call {
+                func,
+                args: vec![left, right],
+                cmp_type: elem,
+            },
+            array,
+            loc,
+        ))
+    }
+
+    fn array_ctor(&mut self, arr: &SqlArray) -> Result<Node, WhereError> {
+        let loc = arr.elem.first().map_or(0, |e| self.offset(start_of(e)));
+        if !arr.named {
+            return Err(WhereError::new(
+                loc,
+                "A_ArrayExpr is not supported in this context",
+            ));
+        }
+        if arr.elem.is_empty() {
+            return Err(WhereError::new(loc, "cannot determine type of empty array"));
+        }
+        let items = arr
+            .elem
+            .iter()
+            .map(|e| self.expr(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nested = items.iter().any(|n| n.ty.is_array());
+        let (common, items) = if nested {
+            // Sub-arrays: every item must be an array of one type (untyped ones take it).
+            let ty = items
+                .iter()
+                .map(|n| n.ty)
+                .find(|t| t.is_array())
+                .ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+            let items = items
+                .into_iter()
+                .map(|n| {
+                    if n.ty == ty || n.ty == SqlType::Unknown {
+                        self.coerce(n, ty)
+                    } else {
+                        Err(WhereError::new(n.loc, OVERLOAD))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (ty, items)
+        } else {
+            let (elem, items) = self.unify(items, loc)?;
+            let ty = elem
+                .array_of()
+                .ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+            (ty, items)
+        };
+        Ok(Node::new(Kind::ArrayCtor(items), common, loc))
+    }
+
+    fn array_subscript(&mut self, e: &Expr) -> Result<Node, WhereError> {
+        let node = self.expr(e)?;
+        if node.ty == SqlType::Unknown || node.ty.is_int() {
+            return self.coerce(node, SqlType::Int8);
+        }
+        Err(WhereError::new(
+            node.loc,
+            "array subscript must have type integer",
+        ))
+    }
+
+    fn subscript(
+        &mut self,
+        whole: &Expr,
+        root: &Expr,
+        chain: &[AccessExpr],
+    ) -> Result<Node, WhereError> {
+        let base = self.expr(root)?;
+        let loc = base.loc;
+        let Some(elem) = base.ty.element() else {
+            return Err(WhereError::new(
+                loc,
+                format!(
+                    "cannot subscript type {} because it does not support subscripting",
+                    self.type_label(&base)
+                ),
+            ));
+        };
+        let mut subs = Vec::with_capacity(chain.len());
+        let mut slice = false;
+        for access in chain {
+            match access {
+                AccessExpr::Subscript(Subscript::Index { index }) => {
+                    subs.push(Sub::Index(self.array_subscript(index)?));
+                }
+                AccessExpr::Subscript(Subscript::Slice {
+                    lower_bound,
+                    upper_bound,
+                    stride: None,
+                }) => {
+                    slice = true;
+                    let lo = lower_bound
+                        .as_ref()
+                        .map(|e| self.array_subscript(e))
+                        .transpose()?;
+                    let hi = upper_bound
+                        .as_ref()
+                        .map(|e| self.array_subscript(e))
+                        .transpose()?;
+                    subs.push(Sub::Slice(lo, hi));
+                }
+                _ => return Err(self.unsupported(whole)),
+            }
+        }
+        if subs.len() > 6 {
+            return Err(WhereError::new(
+                loc,
+                "number of array dimensions (7) exceeds the maximum allowed (6)",
+            ));
+        }
+        let ty = if slice { base.ty } else { elem };
+        Ok(Node::new(
+            Kind::Subscript {
+                expr: Box::new(base),
+                subs,
+                slice,
+            },
+            ty,
+            loc,
+        ))
+    }
+
+    fn interval_literal(&self, whole: &Expr, iv: &SqlInterval) -> Result<Node, WhereError> {
+        let plain = iv.leading_field.is_none()
+            && iv.leading_precision.is_none()
+            && iv.last_field.is_none()
+            && iv.fractional_seconds_precision.is_none();
+        let (true, Expr::Value(v)) = (plain, iv.value.as_ref()) else {
+            return Err(self.unsupported(whole));
+        };
+        let loc = self.offset(v.span.start);
+        let Some(text) = string_literal(&v.value) else {
+            return Err(self.unsupported(whole));
+        };
+        let node = Node::new(Kind::Untyped(Some(text)), SqlType::Unknown, loc);
+        self.explicit_cast(node, CastTarget::plain(SqlType::Interval), loc)
+    }
+
+    fn prefix(&mut self, inner: &Expr, op: UnaryOp) -> Result<Node, WhereError> {
+        let node = self.expr(inner)?;
+        let loc = node.loc;
+        let node = match op {
+            UnaryOp::Sqrt if node.ty.is_number() || node.ty == SqlType::Unknown => {
+                if node.ty == SqlType::Numeric {
+                    return Err(WhereError::new(loc, "|/ on numeric is not supported yet"));
+                }
+                self.coerce(node, SqlType::Float8)?
+            }
+            UnaryOp::Abs if node.ty.is_number() => node,
+            UnaryOp::BitNot if node.ty.is_int() => node,
+            _ => return Err(WhereError::new(loc, OVERLOAD)),
+        };
+        let ty = node.ty;
+        Ok(fold_null_args(Node::new(
+            Kind::Unary {
+                op,
+                arg: Box::new(node),
+            },
+            ty,
+            loc,
+        )))
+    }
+
+    /// The functions beyond lower/upper; None if `name` is not one of them.
+    fn known_call(
+        &mut self,
+        name: &str,
+        args: &[FunctionArg],
+        loc: usize,
+    ) -> Result<Option<Node>, WhereError> {
+        let arity_error = || {
+            WhereError::new(
+                loc,
+                format!("unknown or unsupported function {name}/{}", args.len()),
+            )
+        };
+        let mut exprs = Vec::with_capacity(args.len());
+        for arg in args {
+            match arg {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => exprs.push(e),
+                _ => return Err(arity_error()),
+            }
+        }
+        let call = match name {
+            "coalesce" => Call::Coalesce,
+            "greatest" => Call::Greatest,
+            "least" => Call::Least,
+            "concat" => Call::Concat,
+            "array_cat" => Call::ArrayCat,
+            "array_append" => Call::ArrayAppend,
+            "array_prepend" => Call::ArrayPrepend,
+            "array_ndims" => Call::ArrayNdims,
+            "justify_days" => Call::JustifyDays,
+            "justify_hours" => Call::JustifyHours,
+            "justify_interval" => Call::JustifyInterval,
+            "like" | "ilike" => {
+                let [subject, pattern] = exprs.as_slice() else {
+                    return Err(arity_error());
+                };
+                return self
+                    .like(subject, pattern, None, name == "ilike", false)
+                    .map(Some);
+            }
+            _ => {
+                // `int4('1')` and friends: a function-style cast.
+                let Some(ty) = SqlType::from_name(name) else {
+                    return Ok(None);
+                };
+                let [arg] = exprs.as_slice() else {
+                    return Err(arity_error());
+                };
+                let node = self.expr(arg)?;
+                return self
+                    .explicit_cast(node, CastTarget::plain(ty), loc)
+                    .map(Some);
+            }
+        };
+        let nodes = exprs
+            .iter()
+            .map(|e| self.expr(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let node = match (call, nodes.len()) {
+            (Call::Coalesce | Call::Greatest | Call::Least, 1..) => {
+                let (ty, args) = self.unify(nodes, loc)?;
+                Node::new(
+                    Kind::Call {
+                        func: call,
+                        args,
+                        cmp_type: ty,
+                    },
+                    ty,
+                    loc,
+                )
+            }
+            (Call::Concat, 1..) => {
+                let args = nodes
+                    .into_iter()
+                    .map(|n| self.settle(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Node::new(
+                    Kind::Call {
+                        func: call,
+                        args,
+                        cmp_type: SqlType::Text,
+                    },
+                    SqlType::Text,
+                    loc,
+                )
+            }
+            (Call::ArrayCat | Call::ArrayAppend | Call::ArrayPrepend, 2) => {
+                let mut nodes = nodes;
+                let right = pop(&mut nodes, loc)?;
+                let left = pop(&mut nodes, loc)?;
+                return self.array_pair(call, left, right, loc).map(Some);
+            }
+            (Call::ArrayNdims, 1) => {
+                let mut nodes = nodes;
+                let arg = pop(&mut nodes, loc)?;
+                if !arg.ty.is_array() {
+                    return Err(WhereError::new(arg.loc, OVERLOAD));
+                }
+                let ty = arg.ty;
+                Node::new(
+                    Kind::Call {
+                        func: call,
+                        args: vec![arg],
+                        cmp_type: ty,
+                    },
+                    SqlType::Int4,
+                    loc,
+                )
+            }
+            (Call::JustifyDays | Call::JustifyHours | Call::JustifyInterval, 1) => {
+                let mut nodes = nodes;
+                let arg = pop(&mut nodes, loc)?;
+                let arg = self.coerce(arg, SqlType::Interval)?;
+                Node::new(
+                    Kind::Call {
+                        func: call,
+                        args: vec![arg],
+                        cmp_type: SqlType::Interval,
+                    },
+                    SqlType::Interval,
+                    loc,
+                )
+            }
+            _ => return Err(arity_error()),
+        };
+        Ok(Some(node))
+    }
+}
+
+/// Whether values of `from` can stand for values of `to` without conversion.
+fn same_representation(from: SqlType, to: SqlType) -> bool {
+    match (from, to) {
+        (SqlType::Array(a), SqlType::Array(b)) => same_representation(*a, *b),
+        _ => {
+            (from.is_int() && to.is_int())
+                || (from == SqlType::Float4 && to == SqlType::Float8)
+                || (from.is_string() && to.is_string() && from != SqlType::Bpchar)
+                || (from == SqlType::Timestamp && to == SqlType::Timestamptz)
+        }
+    }
+}
+
+/// Operand and result types of `+`/`-` involving dates, timestamps and intervals (the
+/// built-in operators, including which ones an untyped literal can select), or None when
+/// neither operand is of those types.
+fn datetime_arith_types(
+    op: ArithOp,
+    l: SqlType,
+    r: SqlType,
+) -> Option<(SqlType, SqlType, SqlType)> {
+    use SqlType::*;
+    let is_ts = |t: SqlType| matches!(t, Timestamp | Timestamptz);
+    let small_int = |t: SqlType| matches!(t, Int2 | Int4);
+    Some(match (op, l, r) {
+        (ArithOp::Add | ArithOp::Sub, Date, i) if small_int(i) => (Date, Int4, Date),
+        (ArithOp::Add, i, Date) if small_int(i) => (Int4, Date, Date),
+        (ArithOp::Sub, Date, Date | Unknown) | (ArithOp::Sub, Unknown, Date) => (Date, Date, Int4),
+        (ArithOp::Add | ArithOp::Sub, Date, Interval) => (Timestamp, Interval, Timestamp),
+        (ArithOp::Add, Interval, Date) => (Interval, Timestamp, Timestamp),
+        (ArithOp::Add | ArithOp::Sub, t, Interval) if is_ts(t) => (t, Interval, t),
+        (ArithOp::Add, t, Unknown) if is_ts(t) => (t, Interval, t),
+        (ArithOp::Add, Interval | Unknown, t) if is_ts(t) => (Interval, t, t),
+        (ArithOp::Sub, t, Unknown) | (ArithOp::Sub, Unknown, t) if is_ts(t) => (t, t, Interval),
+        (ArithOp::Sub, a, b)
+            if matches!(a, Date | Timestamp | Timestamptz)
+                && matches!(b, Date | Timestamp | Timestamptz) =>
+        {
+            let c = comparison_type(a, b)?;
+            (c, c, Interval)
+        }
+        (ArithOp::Add | ArithOp::Sub, Interval, Interval | Unknown)
+        | (ArithOp::Add | ArithOp::Sub, Unknown, Interval) => (Interval, Interval, Interval),
+        _ => return None,
+    })
 }
 
 /// Whether a string value carries the "C" collation: values of type name do, and functions,
@@ -845,7 +1392,10 @@ fn fold_null_args(node: Node) -> Node {
         Kind::Compare { left, right, .. }
         | Kind::Arith { left, right, .. }
         | Kind::Concat { left, right } => is_null(left) || is_null(right),
-        Kind::Neg(arg) | Kind::Func { arg, .. } | Kind::Not(arg) => is_null(arg),
+        Kind::Neg(arg) | Kind::Func { arg, .. } | Kind::Not(arg) | Kind::Unary { arg, .. } => {
+            is_null(arg)
+        }
+        Kind::Contain { left, right, .. } => is_null(left) || is_null(right),
         Kind::In { expr, .. } => is_null(expr),
         Kind::Like {
             expr,

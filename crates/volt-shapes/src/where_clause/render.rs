@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::ir::{Kind, Node, Truth};
+use super::ir::{Call, Kind, Node, Sub, Truth};
 use super::types::SqlType;
 use super::value::{self, Value};
 
@@ -52,7 +52,8 @@ fn write_const(out: &mut String, ty: SqlType, v: Option<&Value>) {
 /// already byte equality, and adding one would stop Postgres from using an index on the column.
 fn write_collated(out: &mut String, node: &Node, ordering: bool, cmp_type: SqlType) {
     write_node(out, node);
-    if ordering && cmp_type.is_string() {
+    let textual = cmp_type.is_string() || cmp_type.element().is_some_and(SqlType::is_string);
+    if ordering && textual {
         out.push_str(" COLLATE \"C\"");
     }
 }
@@ -198,6 +199,79 @@ fn write_node(out: &mut String, node: &Node) {
             out.push('(');
             write_node(out, arg);
             out.push(')');
+        }
+        Kind::Unary { op, arg } => {
+            let _ = write!(out, "({} ", op.sql());
+            write_node(out, arg);
+            out.push(')');
+        }
+        Kind::Call {
+            func,
+            args,
+            cmp_type,
+        } => {
+            out.push_str(func.sql());
+            out.push('(');
+            for (i, arg) in args.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                // GREATEST/LEAST order text; one explicit collation decides for all arguments.
+                let ordering = i == 0 && matches!(func, Call::Greatest | Call::Least);
+                write_collated(out, arg, ordering, *cmp_type);
+            }
+            out.push(')');
+        }
+        Kind::AnyAll {
+            op,
+            left,
+            right,
+            all,
+            cmp_type,
+        } => {
+            out.push('(');
+            write_collated(out, left, !op.is_equality(), *cmp_type);
+            let _ = write!(out, " {} {} (", op.sql(), if *all { "ALL" } else { "ANY" });
+            write_node(out, right);
+            out.push_str("))");
+        }
+        Kind::Contain { op, left, right } => {
+            out.push('(');
+            write_node(out, left);
+            let _ = write!(out, " {} ", op.sql());
+            write_node(out, right);
+            out.push(')');
+        }
+        Kind::ArrayCtor(items) => {
+            out.push_str("ARRAY[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_node(out, item);
+            }
+            out.push(']');
+        }
+        Kind::Subscript { expr, subs, .. } => {
+            out.push('(');
+            write_node(out, expr);
+            out.push(')');
+            for sub in subs {
+                out.push('[');
+                match sub {
+                    Sub::Index(i) => write_node(out, i),
+                    Sub::Slice(lo, hi) => {
+                        if let Some(lo) = lo {
+                            write_node(out, lo);
+                        }
+                        out.push(':');
+                        if let Some(hi) = hi {
+                            write_node(out, hi);
+                        }
+                    }
+                }
+                out.push(']');
+            }
         }
     }
 }
