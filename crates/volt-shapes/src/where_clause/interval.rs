@@ -201,9 +201,12 @@ fn number(s: &str) -> Option<f64> {
 }
 
 /// `interval_in` for the forms people write: `[@] N unit [N unit ...] [HH:MM[:SS]] [ago]`,
-/// a bare number of seconds. Err(None) is a syntax error, Err(Some) another reason.
+/// a bare number of seconds, and ISO 8601 `P1DT2H`. Err(None) is a syntax error, Err(Some) another reason.
 pub(crate) fn parse(input: &str) -> Result<Interval, Option<String>> {
     let lowered = input.to_ascii_lowercase();
+    if let Some(parts) = parse_iso(lowered.trim()) {
+        return finish(parts, 1.0, input);
+    }
     let mut tokens: Vec<&str> = lowered.split_ascii_whitespace().collect();
     if tokens.first() == Some(&"@") {
         tokens.remove(0);
@@ -250,7 +253,10 @@ pub(crate) fn parse(input: &str) -> Result<Interval, Option<String>> {
             }
         }
     }
-    let sign = if ago { -1.0 } else { 1.0 };
+    finish(parts, if ago { -1.0 } else { 1.0 }, input)
+}
+
+fn finish(parts: Parts, sign: f64, input: &str) -> Result<Interval, Option<String>> {
     let fits = |v: f64, max: f64| v.is_finite() && v.abs() <= max;
     let (months, days, micros) = (
         (parts.months * sign).trunc(),
@@ -272,63 +278,76 @@ pub(crate) fn parse(input: &str) -> Result<Interval, Option<String>> {
     })
 }
 
-fn part(out: &mut String, value: i64, unit: &str, is_zero: &mut bool, is_before: &mut bool) {
-    if value == 0 {
-        return;
+fn iso_part(out: &mut String, value: i64, unit: char) {
+    if value != 0 {
+        out.push_str(&format!("{value}{unit}"));
     }
-    if !*is_zero {
-        out.push(' ');
-    }
-    if *is_before && value > 0 {
-        out.push('+');
-    }
-    out.push_str(&format!(
-        "{value} {unit}{}",
-        if value != 1 { "s" } else { "" }
-    ));
-    *is_before = value < 0;
-    *is_zero = false;
 }
 
-/// `interval_out` with `IntervalStyle = postgres`, e.g. `1 year 2 mons -3 days +04:05:06.5`.
+/// `interval_out` with `IntervalStyle = iso_8601`, the style volt's sessions (like
+/// Electric's) use, so replicated values and `::text` in the snapshot query print this way:
+/// `P1Y2M-3DT4H5M6.5S`, `PT0S` for zero.
 pub(crate) fn format(i: &Interval) -> String {
-    let mut out = String::new();
-    let mut is_zero = true;
-    let mut is_before = false;
+    let t = i.micros;
+    let (hours, minutes) = (t / USECS_PER_HOUR, t / USECS_PER_MINUTE % 60);
+    let (secs, frac) = (t / USECS_PER_SEC % 60, t % USECS_PER_SEC);
     let months = i64::from(i.months);
-    part(&mut out, months / 12, "year", &mut is_zero, &mut is_before);
-    part(&mut out, months % 12, "mon", &mut is_zero, &mut is_before);
-    part(
-        &mut out,
-        i64::from(i.days),
-        "day",
-        &mut is_zero,
-        &mut is_before,
-    );
-    if is_zero || i.micros != 0 {
-        let t = i.micros;
-        let abs = t.unsigned_abs();
-        let hours = abs / USECS_PER_HOUR as u64;
-        let minutes = abs / USECS_PER_MINUTE as u64 % 60;
-        let secs = abs / USECS_PER_SEC as u64 % 60;
-        let frac = abs % USECS_PER_SEC as u64;
-        if !is_zero {
-            out.push(' ');
+    if months == 0 && i.days == 0 && t == 0 {
+        return "PT0S".into();
+    }
+    let mut out = String::from("P");
+    iso_part(&mut out, months / 12, 'Y');
+    iso_part(&mut out, months % 12, 'M');
+    iso_part(&mut out, i64::from(i.days), 'D');
+    if t != 0 {
+        out.push('T');
+    }
+    iso_part(&mut out, hours, 'H');
+    iso_part(&mut out, minutes, 'M');
+    if secs != 0 || frac != 0 {
+        if secs < 0 || frac < 0 {
+            out.push('-');
         }
-        out.push_str(if t < 0 {
-            "-"
-        } else if is_before {
-            "+"
-        } else {
-            ""
-        });
-        out.push_str(&format!("{hours:02}:{minutes:02}:{secs:02}"));
+        out.push_str(&secs.unsigned_abs().to_string());
         if frac != 0 {
-            let f = format!(".{frac:06}");
+            let f = format!(".{:06}", frac.unsigned_abs());
             out.push_str(f.trim_end_matches('0'));
         }
+        out.push('S');
     }
     out
+}
+
+/// The ISO 8601 "format with designators": `P[nY][nM][nW][nD][T[nH][nM][nS]]`, each number
+/// signed and possibly fractional.
+fn parse_iso(s: &str) -> Option<Parts> {
+    let body = s.strip_prefix('p')?;
+    let mut parts = Parts::default();
+    let mut in_time = false;
+    let mut num = String::new();
+    let mut any = false;
+    for c in body.chars() {
+        match c {
+            't' if num.is_empty() && !in_time => in_time = true,
+            '0'..='9' | '.' | '-' | '+' => num.push(c),
+            unit => {
+                let v = number(&num)?;
+                num.clear();
+                any = true;
+                match (in_time, unit) {
+                    (false, 'y') => parts.months += (v * 12.0).round_ties_even(),
+                    (false, 'm') => parts.add_months(v),
+                    (false, 'w') => parts.add_days(v * 7.0),
+                    (false, 'd') => parts.add_days(v),
+                    (true, 'h') => parts.micros += v * USECS_PER_HOUR as f64,
+                    (true, 'm') => parts.micros += v * USECS_PER_MINUTE as f64,
+                    (true, 's') => parts.micros += v * USECS_PER_SEC as f64,
+                    _ => return None,
+                }
+            }
+        }
+    }
+    (num.is_empty() && any).then_some(parts)
 }
 
 #[cfg(test)]
@@ -345,28 +364,36 @@ mod tests {
     #[test]
     fn intervals_read_and_print_like_postgres() {
         for (input, want) in [
-            ("1 day", "1 day"),
-            ("2 days", "2 days"),
-            ("-1 day", "-1 days"),
-            (
-                "1 year 2 months 3 days 04:05:06.5",
-                "1 year 2 mons 3 days 04:05:06.5",
-            ),
-            ("1.5 days", "1 day 12:00:00"),
-            ("1.5 months", "1 mon 15 days"),
-            ("1.5 years", "1 year 6 mons"),
-            ("@ 1 hour ago", "-01:00:00"),
-            ("-1 day +02:00", "-1 days +02:00:00"),
-            ("90 minutes", "01:30:00"),
-            ("10", "00:00:10"),
-            ("0 days", "00:00:00"),
-            ("100 hours", "100:00:00"),
-            ("2 weeks", "14 days"),
-            ("1 mon -1 day", "1 mon -1 days"),
+            ("1 day", "P1D"),
+            ("-1 day", "P-1D"),
+            ("1 year 2 months 3 days 04:05:06.5", "P1Y2M3DT4H5M6.5S"),
+            ("1.5 days", "P1DT12H"),
+            ("1.5 months", "P1M15D"),
+            ("1.5 years", "P1Y6M"),
+            ("@ 1 hour ago", "PT-1H"),
+            ("-1 day +02:00", "P-1DT2H"),
+            ("90 minutes", "PT1H30M"),
+            ("10", "PT10S"),
+            ("0 days", "PT0S"),
+            ("-1.5 seconds", "PT-1.5S"),
+            ("2 weeks", "P14D"),
+            ("P1Y2M-3DT4H5M6.5S", "P1Y2M-3DT4H5M6.5S"),
+            ("PT-1M-0.25S", "PT-1M-0.25S"),
+            ("pt0s", "PT0S"),
         ] {
             assert_eq!(show(input), want, "{input}");
         }
-        for bad in ["", "day", "1 fortnight", "1:2:3:4", "ago"] {
+        for bad in [
+            "",
+            "day",
+            "1 fortnight",
+            "1:2:3:4",
+            "ago",
+            "P",
+            "P1",
+            "PT1D",
+            "P1X",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
@@ -389,8 +416,8 @@ mod tests {
             Ok(i) => f(&i).map(|r| format(&r)).unwrap_or_else(|e| e),
             Err(_) => "bad".into(),
         };
-        assert_eq!(show(justify_hours, "27 hours"), "1 day 03:00:00");
-        assert_eq!(show(justify_days, "35 days"), "1 mon 5 days");
-        assert_eq!(show(justify_interval, "1 mon -1 hour"), "29 days 23:00:00");
+        assert_eq!(show(justify_hours, "27 hours"), "P1DT3H");
+        assert_eq!(show(justify_days, "35 days"), "P1M5D");
+        assert_eq!(show(justify_interval, "1 mon -1 hour"), "P29DT23H");
     }
 }
