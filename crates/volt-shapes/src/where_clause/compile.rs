@@ -40,6 +40,10 @@ pub(crate) struct Compiler<'a> {
     columns: &'a [ColumnSchema],
     params: &'a [String],
     depth: usize,
+    /// Above zero while compiling operands Postgres's planner never simplifies (those after a
+    /// deciding constant in AND/OR, after a non-NULL constant in COALESCE): a constant there
+    /// that fails is left for evaluation instead of being an error now.
+    lenient: usize,
 }
 
 impl<'a> Compiler<'a> {
@@ -49,6 +53,7 @@ impl<'a> Compiler<'a> {
             columns,
             params,
             depth: 0,
+            lenient: 0,
         }
     }
 
@@ -66,6 +71,16 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// Postgres computes constant subexpressions while planning, so one that fails fails the
+    /// whole query, even where evaluation would have skipped it; so does the clause here.
+    fn fold(&self, node: Node) -> Result<Node, WhereError> {
+        match fold_constant(node) {
+            (node, None) => Ok(node),
+            (node, Some(_)) if self.lenient > 0 => Ok(node),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
     fn offset(&self, loc: Location) -> usize {
         super::byte_offset(self.sql, loc)
     }
@@ -80,7 +95,7 @@ impl<'a> Compiler<'a> {
         self.depth += 1;
         let out = self.expr_inner(e);
         self.depth -= 1;
-        out.map(fold_constant)
+        out.and_then(|n| self.fold(n))
     }
 
     /// Dispatch only: each construct is handled in its own function so this frame, which
@@ -222,26 +237,56 @@ impl<'a> Compiler<'a> {
         ))
     }
 
+    /// Postgres's `transformAExprIn`: items without column references, when there are two or
+    /// more, become one `x = ANY (ARRAY[...])` in their common type with `x`; every other item
+    /// is its own `x = item`, in order, all OR-ed (`<>` and AND for NOT IN). The planner then
+    /// folds that list like any other, which decides evaluation order and errors.
     fn in_list(&mut self, expr: &Expr, list: &[Expr], negated: bool) -> Result<Node, WhereError> {
-        let mut nodes = Vec::with_capacity(list.len() + 1);
-        nodes.push(self.expr(expr)?);
+        let needle = self.expr(expr)?;
+        let loc = needle.loc;
+        let mut items = Vec::with_capacity(list.len());
         for item in list {
-            nodes.push(self.expr(item)?);
+            items.push(self.expr(item)?);
         }
-        let loc = nodes.first().map_or(0, |n| n.loc);
-        let (cmp_type, mut nodes) = self.unify(nodes, loc)?;
-        let list = nodes.split_off(1);
-        let expr = pop(&mut nodes, loc)?;
-        Ok(fold_null_args(Node::new(
-            Kind::In {
-                expr: Box::new(expr),
-                list,
-                negated,
-                cmp_type,
-            },
-            SqlType::Bool,
-            loc,
-        )))
+        let references_columns = |n: &Node| {
+            let mut cols = Vec::new();
+            n.collect_columns(&mut cols);
+            !cols.is_empty()
+        };
+        let constant_items = items.iter().filter(|n| !references_columns(n)).count();
+        // Too few for an array: every item, in the order written, is compared alone.
+        let (consts, vars): (Vec<Node>, Vec<Node>) = if constant_items > 1 {
+            items.into_iter().partition(|n| !references_columns(n))
+        } else {
+            (Vec::new(), items)
+        };
+        let mut parts = Vec::new();
+        if !consts.is_empty() {
+            let mut nodes = Vec::with_capacity(consts.len() + 1);
+            nodes.push(needle.clone());
+            nodes.extend(consts);
+            let (cmp_type, mut nodes) = self.unify(nodes, loc)?;
+            let list = nodes.split_off(1);
+            let expr = pop(&mut nodes, loc)?;
+            let node = fold_null_args(Node::new(
+                Kind::In {
+                    expr: Box::new(expr),
+                    list,
+                    negated,
+                    cmp_type,
+                },
+                SqlType::Bool,
+                loc,
+            ));
+            parts.push(self.fold(node)?);
+        }
+        let op = if negated { CmpOp::NotEq } else { CmpOp::Eq };
+        for item in vars {
+            let cmp = self.make_compare(needle.clone(), op, item)?;
+            parts.push(self.fold(cmp)?);
+        }
+        let which = if negated { BoolOp::And } else { BoolOp::Or };
+        Ok(fold_bool_list(parts, which, loc))
     }
 
     /// Postgres rewrites `x BETWEEN a AND b` to `x >= a AND x <= b` (and NOT BETWEEN to
@@ -262,8 +307,10 @@ impl<'a> Compiler<'a> {
         } else {
             (CmpOp::GtEq, CmpOp::LtEq, BoolOp::And)
         };
-        let above = fold_constant(self.make_compare(x.clone(), op_low, low)?);
-        let below = fold_constant(self.make_compare(x, op_high, high)?);
+        let above = self.make_compare(x.clone(), op_low, low)?;
+        let above = self.fold(above)?;
+        let below = self.make_compare(x, op_high, high)?;
+        let below = self.fold(below)?;
         Ok(fold_bool_list(vec![above, below], which, loc))
     }
 
@@ -396,7 +443,11 @@ impl<'a> Compiler<'a> {
 
     /// A cast node, folded right away when its operand is a constant.
     fn make_cast(&self, node: Node, target: CastTarget, loc: usize) -> Result<Node, WhereError> {
-        if let Kind::Const(v) = &node.kind {
+        // A NULL folds whatever the cast: it is strict, which the planner honours even for
+        // the casts it otherwise leaves to execution.
+        if let Kind::Const(v) = &node.kind
+            && (v.is_none() || !stable_cast(node.ty, target.ty))
+        {
             let folded = match v {
                 None => None,
                 Some(v) => value::cast(v.clone(), node.ty, target)
@@ -432,7 +483,10 @@ impl<'a> Compiler<'a> {
         if !implicit_cast_exists(from, to) {
             return Err(WhereError::new(node.loc, OVERLOAD));
         }
-        if same_representation(from, to) {
+        // A constant timestamp read as timestamptz keeps its cast: that cast is STABLE, so the
+        // planner does not fold what uses it, and neither may this.
+        let stable_const = matches!(node.kind, Kind::Const(Some(_))) && stable_cast(from, to);
+        if same_representation(from, to) && !stable_const {
             return Ok(node);
         }
         let loc = node.loc;
@@ -556,9 +610,22 @@ impl<'a> Compiler<'a> {
             BoolOp::Or => "OR",
         };
         let mut items = Vec::with_capacity(rights.len() + 1);
+        let decisive = matches!(which, BoolOp::Or);
+        let lenient_before = self.lenient;
         for operand in std::iter::once(cur).chain(rights.into_iter().rev()) {
-            let node = self.expr(operand)?;
-            let node = self.boolean(node, what)?;
+            let node = self.expr(operand);
+            let node = node.and_then(|n| self.boolean(n, what));
+            let node = match node {
+                Ok(node) => node,
+                Err(e) => {
+                    self.lenient = lenient_before;
+                    return Err(e);
+                }
+            };
+            // The planner stops simplifying at a deciding constant.
+            if matches!(node.kind, Kind::Const(Some(Value::Bool(b))) if b == decisive) {
+                self.lenient = lenient_before + 1;
+            }
             // Nested lists of the same operator (from parentheses) merge into this one.
             match (node.kind, which) {
                 (Kind::And(inner), BoolOp::And) | (Kind::Or(inner), BoolOp::Or) => {
@@ -567,6 +634,7 @@ impl<'a> Compiler<'a> {
                 (kind, _) => items.push(Node::new(kind, node.ty, node.loc)),
             }
         }
+        self.lenient = lenient_before;
         let loc = items.first().map_or(0, |n| n.loc);
         Ok(fold_bool_list(items, which, loc))
     }
@@ -730,10 +798,24 @@ impl<'a> Compiler<'a> {
         case_insensitive: bool,
         negated: bool,
     ) -> Result<Node, WhereError> {
+        self.like_with(expr, pattern, escape, case_insensitive, negated, false)
+    }
+
+    /// `as_function`: `like(a, b)` takes text, so a bpchar subject loses its padding, unlike
+    /// with the operator.
+    fn like_with(
+        &mut self,
+        expr: &Expr,
+        pattern: &Expr,
+        escape: Option<&Expr>,
+        case_insensitive: bool,
+        negated: bool,
+        as_function: bool,
+    ) -> Result<Node, WhereError> {
         let subject = self.expr(expr)?;
         let loc = subject.loc;
         // bpchar keeps its padding here: trailing spaces count in pattern matching.
-        let subject = if subject.ty.is_string() {
+        let subject = if subject.ty.is_string() && !as_function {
             subject
         } else {
             self.text_operand(subject)?
@@ -1059,8 +1141,13 @@ impl Compiler<'_> {
 
     fn array_subscript(&mut self, e: &Expr) -> Result<Node, WhereError> {
         let node = self.expr(e)?;
-        if node.ty == SqlType::Unknown || node.ty.is_int() {
-            return self.coerce(node, SqlType::Int8);
+        // Subscripts are int4 (an int8 one is converted as in an assignment, range-checked).
+        if node.ty == SqlType::Unknown || matches!(node.ty, SqlType::Int2 | SqlType::Int4) {
+            return self.coerce(node, SqlType::Int4);
+        }
+        if node.ty == SqlType::Int8 {
+            let loc = node.loc;
+            return self.make_cast(node, CastTarget::plain(SqlType::Int4), loc);
         }
         Err(WhereError::new(
             node.loc,
@@ -1207,7 +1294,7 @@ impl Compiler<'_> {
                     return Err(arity_error());
                 };
                 return self
-                    .like(subject, pattern, None, name == "ilike", false)
+                    .like_with(subject, pattern, None, name == "ilike", false, true)
                     .map(Some);
             }
             _ => {
@@ -1224,12 +1311,58 @@ impl Compiler<'_> {
                     .map(Some);
             }
         };
-        let nodes = exprs
-            .iter()
-            .map(|e| self.expr(e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let lenient_before = self.lenient;
+        let mut nodes = Vec::with_capacity(exprs.len());
+        for e in &exprs {
+            let node = self.expr(e);
+            let node = match node {
+                Ok(node) => node,
+                Err(e) => {
+                    self.lenient = lenient_before;
+                    return Err(e);
+                }
+            };
+            // The planner drops COALESCE arguments after a non-NULL constant unsimplified.
+            if call == Call::Coalesce && matches!(node.kind, Kind::Const(Some(_))) {
+                self.lenient = lenient_before + 1;
+            }
+            nodes.push(node);
+        }
+        self.lenient = lenient_before;
         let node = match (call, nodes.len()) {
-            (Call::Coalesce | Call::Greatest | Call::Least, 1..) => {
+            (Call::Coalesce, 1..) => {
+                let (ty, args) = self.unify(nodes, loc)?;
+                // As the planner simplifies COALESCE: NULL constants go, and a non-NULL
+                // constant ends the list (alone, it is the result).
+                let mut kept = Vec::with_capacity(args.len());
+                for arg in args {
+                    match arg.kind {
+                        Kind::Const(None) => {}
+                        Kind::Const(Some(_)) => {
+                            kept.push(arg);
+                            break;
+                        }
+                        _ => kept.push(arg),
+                    }
+                }
+                match kept.len() {
+                    0 => Node::new(Kind::Const(None), ty, loc),
+                    1 if matches!(kept[0].kind, Kind::Const(_)) => {
+                        let only = pop(&mut kept, loc)?;
+                        Node::new(only.kind, ty, loc)
+                    }
+                    _ => Node::new(
+                        Kind::Call {
+                            func: call,
+                            args: kept,
+                            cmp_type: ty,
+                        },
+                        ty,
+                        loc,
+                    ),
+                }
+            }
+            (Call::Greatest | Call::Least, 1..) => {
                 let (ty, args) = self.unify(nodes, loc)?;
                 Node::new(
                     Kind::Call {
@@ -1362,26 +1495,76 @@ fn c_collated(node: &Node) -> bool {
 }
 
 /// Postgres evaluates operators whose operands are all constants when planning; doing the
-/// same keeps runtime errors and short-circuits in step with the snapshot query. A constant
-/// expression that fails is left for evaluation time (where it fails on every row).
-fn fold_constant(node: Node) -> Node {
+/// same keeps runtime errors and short-circuits in step with the snapshot query. A node that
+/// fails comes back unchanged with the error its evaluation raised.
+fn fold_constant(node: Node) -> (Node, Option<WhereError>) {
     if matches!(
         node.kind,
         Kind::Const(_) | Kind::Untyped(_) | Kind::Column { .. }
     ) {
-        return node;
+        return (node, None);
     }
     let all_const = node
         .children()
         .iter()
         .all(|c| matches!(c.kind, Kind::Const(_)));
-    if !all_const {
-        return node;
+    if !all_const || is_stable(&node) {
+        return (node, None);
     }
     match eval::eval(&node, &[]) {
-        Ok(v) => Node::new(Kind::Const(v), node.ty, node.loc),
-        Err(_) => node,
+        Ok(v) => (Node::new(Kind::Const(v), node.ty, node.loc), None),
+        Err(e) => (node, Some(e)),
     }
+}
+
+/// Whether Postgres marks what this node computes STABLE rather than IMMUTABLE (it reads
+/// DateStyle, IntervalStyle or TimeZone, or prints arbitrary types): the planner leaves those
+/// for execution, so an error in one is a row's error and the AND/OR around it is not
+/// simplified at planning. Literals are not concerned: their input runs when parsing.
+fn is_stable(node: &Node) -> bool {
+    use SqlType::*;
+    match &node.kind {
+        Kind::Cast { expr, target } => stable_cast(expr.ty, target.ty),
+        Kind::Call {
+            func: Call::Concat, ..
+        } => true,
+        Kind::Arith { left, right, .. } => {
+            matches!(
+                (left.ty, right.ty),
+                (Timestamptz, Interval) | (Interval, Timestamptz)
+            )
+        }
+        Kind::Compare { left, right, .. } | Kind::Distinct { left, right, .. } => {
+            let (l, r) = (left.ty, right.ty);
+            l != r
+                && (matches!(
+                    (l, r),
+                    (Date, Timestamptz)
+                        | (Timestamptz, Date)
+                        | (Timestamp, Timestamptz)
+                        | (Timestamptz, Timestamp)
+                ))
+        }
+        _ => false,
+    }
+}
+
+/// Casts through a datetime type's text form or an array's, and between the zone-aware and
+/// naive datetime types.
+fn stable_cast(from: SqlType, to: SqlType) -> bool {
+    use SqlType::*;
+    let datetime = |t: SqlType| {
+        let t = t.element().unwrap_or(t);
+        matches!(t, Date | Time | Timestamp | Timestamptz | Interval)
+    };
+    (from.is_array() && to.is_string())
+        || (to.is_array() && from.is_string())
+        || (datetime(from) && to.is_string())
+        || (from.is_string() && datetime(to))
+        || matches!(
+            (from, to),
+            (Timestamp, Timestamptz) | (Timestamptz, Timestamp | Date | Time) | (Date, Timestamptz)
+        )
 }
 
 /// Postgres folds a strict operator or function with a NULL constant argument to NULL when

@@ -465,6 +465,8 @@ fn distinct(
     Ok(Some(Value::Bool(distinct != negated)))
 }
 
+/// `x = ANY (ARRAY[...])` over constant items (compilation rewrites the rest of an IN list
+/// into comparisons, as Postgres does).
 fn in_list(
     node: &Node,
     expr: &Node,
@@ -473,17 +475,16 @@ fn in_list(
     cmp_type: SqlType,
     row: &[Option<&str>],
 ) -> Eval {
-    let Some(needle) = eval(expr, row)? else {
-        return Ok(None);
-    };
+    let needle = eval(expr, row)?;
     let mut saw_null = false;
     for item in list {
-        match eval(item, row)? {
-            None => saw_null = true,
-            Some(v) if compare(node, cmp_type, &needle, &v)? == Ordering::Equal => {
+        let v = eval(item, row)?;
+        match (&needle, v) {
+            (Some(n), Some(v)) if compare(node, cmp_type, n, &v)? == Ordering::Equal => {
                 return Ok(Some(Value::Bool(!negated)));
             }
-            Some(_) => {}
+            (Some(_), Some(_)) => {}
+            _ => saw_null = true,
         }
     }
     Ok((!saw_null).then_some(Value::Bool(negated)))
@@ -502,22 +503,30 @@ fn like(node: &Node, row: &[Option<&str>]) -> Eval {
     else {
         return Err(internal(node));
     };
-    let Some(subject) = eval_text(expr, row)? else {
+    // A strict operator: every operand is evaluated before a NULL decides.
+    let subject = eval_text(expr, row)?;
+    let pat = match compiled {
+        Some(_) => None,
+        None => Some(eval_text(pattern, row)?),
+    };
+    let esc = match (compiled, escape) {
+        (None, Some(e)) => Some(eval_text(e, row)?),
+        _ => None,
+    };
+    let Some(subject) = subject else {
         return Ok(None);
     };
     let built;
     let matcher = match compiled {
         Some(p) => p,
         None => {
-            let Some(pat) = eval_text(pattern, row)? else {
+            let Some(Some(pat)) = pat else {
                 return Ok(None);
             };
-            let esc = match escape {
-                None => Some('\\'),
-                Some(e) => match eval_text(e, row)? {
-                    None => return Ok(None),
-                    Some(e) => escape_char(&e).map_err(|r| fail(node, r))?,
-                },
+            let esc = match (escape, esc) {
+                (None, _) => Some('\\'),
+                (Some(_), Some(Some(e))) => escape_char(&e).map_err(|r| fail(node, r))?,
+                (Some(_), _) => return Ok(None),
             };
             let pat = if *case_insensitive {
                 value::change_case(&pat, false, *c_collation)

@@ -48,7 +48,8 @@ fn write_const(out: &mut String, ty: SqlType, v: Option<&Value>) {
 }
 
 /// Postgres would otherwise compare text in the column's collation; "C" is byte order, which
-/// is what the evaluator uses. Equality needs no collation: in deterministic collations it is
+/// is what the evaluator uses. Every operand of an ordering gets it: an explicit collation
+/// inside one (GREATEST's "default") must not meet a different explicit one beside it. Equality needs no collation: in deterministic collations it is
 /// already byte equality, and adding one would stop Postgres from using an index on the column.
 fn write_collated(out: &mut String, node: &Node, ordering: bool, cmp_type: SqlType) {
     write_node(out, node);
@@ -121,7 +122,7 @@ fn write_node(out: &mut String, node: &Node) {
             out.push('(');
             write_collated(out, left, !op.is_equality(), *cmp_type);
             let _ = write!(out, " {} ", op.sql());
-            write_node(out, right);
+            write_collated(out, right, !op.is_equality(), *cmp_type);
             out.push(')');
         }
         Kind::Distinct {
@@ -210,17 +211,25 @@ fn write_node(out: &mut String, node: &Node) {
             args,
             cmp_type,
         } => {
+            // GREATEST/LEAST compare in "C", but their result must keep the default collation
+            // for what uses it (ILIKE, lower/upper fold letters by the collation).
+            let recollate = matches!(func, Call::Greatest | Call::Least) && cmp_type.is_string();
+            if recollate {
+                out.push('(');
+            }
             out.push_str(func.sql());
             out.push('(');
             for (i, arg) in args.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                // GREATEST/LEAST order text; one explicit collation decides for all arguments.
-                let ordering = i == 0 && matches!(func, Call::Greatest | Call::Least);
+                let ordering = matches!(func, Call::Greatest | Call::Least);
                 write_collated(out, arg, ordering, *cmp_type);
             }
             out.push(')');
+            if recollate {
+                out.push_str(" COLLATE \"default\")");
+            }
         }
         Kind::AnyAll {
             op,
@@ -232,7 +241,7 @@ fn write_node(out: &mut String, node: &Node) {
             out.push('(');
             write_collated(out, left, !op.is_equality(), *cmp_type);
             let _ = write!(out, " {} {} (", op.sql(), if *all { "ALL" } else { "ANY" });
-            write_node(out, right);
+            write_collated(out, right, !op.is_equality(), *cmp_type);
             out.push_str("))");
         }
         Kind::Contain { op, left, right } => {

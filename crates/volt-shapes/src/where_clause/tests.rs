@@ -236,9 +236,25 @@ fn constants_fold_like_postgres_so_errors_agree() {
         eval("NULL BETWEEN name::int4 AND 1", &[("name", "abc")]),
         None
     );
-    // A constant expression that fails is left to fail at evaluation, as it would in Postgres.
+    // A constant expression that fails fails the clause, as Postgres fails it while planning,
+    // unless the planner never gets to it: after a deciding constant or a non-NULL COALESCE
+    // argument.
+    assert_eq!(parse_err("id = 1 OR 1 / 0 = 1").reason, "division by zero");
     assert_eq!(
-        eval_err("1 / 0 = 1 OR id = 1", &[]).reason,
+        parse_err("nums[2147483647 + 1] = 1").reason,
+        "integer out of range"
+    );
+    assert_eq!(parse("false AND 1 / 0 = 1").to_sql(), "false");
+    assert_eq!(eval("coalesce(id, 1, 1 / 0) = 1", &[]), Some(true));
+    // IN tests its constant items first, as Postgres's = ANY (ARRAY[...]) does.
+    assert_eq!(eval("1 IN (1 / id, 1, 2)", &[("id", "0")]), Some(true));
+    assert_eq!(eval("1 IN (1 / id, 1)", &[("id", "0")]), Some(true));
+    assert_eq!(
+        eval_err("1 IN (1 / id, 2)", &[("id", "0")]).reason,
+        "division by zero"
+    );
+    assert_eq!(
+        eval_err("id IN (1 / small, 1)", &[("small", "0")]).reason,
         "division by zero"
     );
     // Constant FALSE decides an AND, constant TRUE an OR; the neutral constants drop out.
@@ -511,8 +527,13 @@ fn text_compared_with_number_has_no_operator() {
         "Could not select an operator overload"
     );
     assert_eq!(
-        parse_err("id IN (1, 'a', name)").reason,
+        parse_err("id IN (1, name)").reason,
         "Could not select an operator overload"
+    );
+    // The constant items meet the left operand's type first, as in Postgres.
+    assert_eq!(
+        parse_err("id IN (1, 'a', name)").reason,
+        "invalid syntax for type int4: a"
     );
 }
 
@@ -846,12 +867,12 @@ fn deeply_nested_arithmetic_is_rejected_not_a_crash() {
 fn to_sql_orders_text_bytewise_but_leaves_equality_indexable() {
     assert_eq!(
         parse("name < 'b'").to_sql(),
-        "(\"name\" COLLATE \"C\" < 'b'::text)"
+        "(\"name\" COLLATE \"C\" < 'b'::text COLLATE \"C\")"
     );
     assert_eq!(parse("name = 'b'").to_sql(), "(\"name\" = 'b'::text)");
     assert_eq!(
         parse("name BETWEEN 'a' AND 'c'").to_sql(),
-        "((\"name\" COLLATE \"C\" >= 'a'::text) AND (\"name\" COLLATE \"C\" <= 'c'::text))"
+        "((\"name\" COLLATE \"C\" >= 'a'::text COLLATE \"C\") AND (\"name\" COLLATE \"C\" <= 'c'::text COLLATE \"C\"))"
     );
     assert_eq!(parse("id < 3").to_sql(), "(\"id\" < '3'::int4)");
 }
@@ -874,7 +895,11 @@ fn to_sql_renders_every_construct() {
             "name IS NULL OR id IN (1, 2)",
             "((\"name\" IS NULL) OR (\"id\" IN ('1'::int4, '2'::int4)))",
         ),
-        ("id NOT IN (1)", "(\"id\" NOT IN ('1'::int4))"),
+        ("id NOT IN (1)", "(\"id\" <> '1'::int4)"),
+        (
+            "id IN (qty, 1, 2)",
+            "((\"id\" IN ('1'::int4, '2'::int4)) OR (\"id\" = \"qty\"))",
+        ),
         (
             "id IS DISTINCT FROM NULL",
             "(\"id\" IS DISTINCT FROM NULL::int4)",
@@ -1281,7 +1306,7 @@ fn array_ordering_puts_null_elements_last_and_text_bytewise() {
     assert_eq!(eval("tags < '{a}'", &[("tags", "{B}")]), Some(true));
     assert_eq!(
         parse("tags < '{a}'").to_sql(),
-        "(\"tags\" COLLATE \"C\" < '{a}'::text[])"
+        "(\"tags\" COLLATE \"C\" < '{a}'::text[] COLLATE \"C\")"
     );
 }
 
@@ -1328,7 +1353,7 @@ fn any_and_all_follow_scalar_array_op_null_rules() {
     );
     assert_eq!(
         parse("name < ANY(tags)").to_sql(),
-        "(\"name\" COLLATE \"C\" < ANY (\"tags\"))"
+        "(\"name\" COLLATE \"C\" < ANY (\"tags\" COLLATE \"C\"))"
     );
     assert_eq!(
         parse_err("id = ANY(id)").reason,
@@ -1449,7 +1474,7 @@ fn coalesce_greatest_least_skip_nulls() {
     );
     assert_eq!(
         parse("greatest(name, 'a') = 'a'").to_sql(),
-        "(GREATEST(\"name\" COLLATE \"C\", 'a'::text) = 'a'::text)"
+        "((GREATEST(\"name\" COLLATE \"C\", 'a'::text COLLATE \"C\") COLLATE \"default\") = 'a'::text)"
     );
     assert_eq!(
         parse("coalesce(id, 1.5) > 1").to_sql(),
