@@ -759,8 +759,9 @@ fn timestamp_plus(t: i64, i: &Interval) -> Result<Value, String> {
             .and_then(|v| v.checked_add(time))
             .ok_or(TIMESTAMP_OUT_OF_RANGE)?;
     }
-    let t = t
-        .checked_add(i64::from(i.days) * datetime::USECS_PER_DAY)
+    let t = i64::from(i.days)
+        .checked_mul(datetime::USECS_PER_DAY)
+        .and_then(|d| t.checked_add(d))
         .and_then(|v| v.checked_add(i.micros))
         .filter(|v| datetime::timestamp_in_range(*v))
         .ok_or(TIMESTAMP_OUT_OF_RANGE)?;

@@ -1618,3 +1618,24 @@ fn intervals_and_date_arithmetic() {
         "((\"at\" + 'P1D'::interval) > \"at\")"
     );
 }
+
+#[test]
+fn datetime_arithmetic_out_of_range_is_an_error_not_an_overflow() {
+    let r = [("at", "2024-01-01 00:00:00"), ("born", "2024-01-01")];
+    assert_eq!(
+        eval_err("at + interval '2147483647 days' > at", &r).reason,
+        "timestamp out of range"
+    );
+    assert_eq!(
+        eval_err("at - interval '2147483647 months' > at", &r).reason,
+        "timestamp out of range"
+    );
+    assert_eq!(
+        eval_err("born + 2147483647 > born", &r).reason,
+        "date out of range"
+    );
+    assert_eq!(
+        eval("at + interval '1 day' = 'infinity'", &[("at", "infinity")]),
+        Some(true)
+    );
+}
