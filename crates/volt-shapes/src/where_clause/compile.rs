@@ -16,8 +16,8 @@ use super::ir::{ArithOp, Call, CmpOp, Func, Kind, Node, Sub, Truth, UnaryOp};
 use super::like::{DANGLING_ESCAPE, LikePattern, escape_char};
 use super::numeric::Numeric;
 use super::types::{
-    CastTarget, SqlType, arithmetic_type, cast_target, comparison_type, explicit_cast_exists,
-    implicit_cast_exists,
+    CastTarget, SqlType, arithmetic_type, cast_target, common_type, comparison_type,
+    explicit_cast_exists, implicit_cast_exists,
 };
 use super::value::{self, Value};
 use crate::schema::ColumnSchema;
@@ -222,7 +222,7 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
-        let (cmp_type, mut ops) = self.unify(vec![left, right], loc)?;
+        let (cmp_type, mut ops) = self.unify_with(vec![left, right], loc, comparison_type)?;
         let right = pop(&mut ops, loc)?;
         let left = pop(&mut ops, loc)?;
         Ok(Node::new(
@@ -519,6 +519,17 @@ impl<'a> Compiler<'a> {
     /// Pick the common type of comparison operands (Postgres's `select_common_type`:
     /// untyped literals take the type of the others, or text) and coerce them all to it.
     fn unify(&self, nodes: Vec<Node>, loc: usize) -> Result<(SqlType, Vec<Node>), WhereError> {
+        self.unify_with(nodes, loc, common_type)
+    }
+
+    /// `unify` with the rule for a pair of types: `common_type` for value lists (IN, ARRAY,
+    /// COALESCE, GREATEST), `comparison_type` for an operator's two operands.
+    fn unify_with(
+        &self,
+        nodes: Vec<Node>,
+        loc: usize,
+        pick: fn(SqlType, SqlType) -> Option<SqlType>,
+    ) -> Result<(SqlType, Vec<Node>), WhereError> {
         let mut common: Option<SqlType> = None;
         for n in nodes.iter().filter(|n| n.ty != SqlType::Unknown) {
             common = match common {
@@ -526,9 +537,7 @@ impl<'a> Compiler<'a> {
                     return Err(WhereError::new(n.loc, OVERLOAD));
                 }
                 None => Some(n.ty),
-                Some(c) => {
-                    Some(comparison_type(c, n.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?)
-                }
+                Some(c) => Some(pick(c, n.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?),
             };
         }
         let common = common.unwrap_or(SqlType::Text);

@@ -1639,3 +1639,16 @@ fn datetime_arithmetic_out_of_range_is_an_error_not_an_overflow() {
         Some(true)
     );
 }
+
+#[test]
+fn value_lists_take_the_first_string_type_and_widen_numbers_like_postgres() {
+    let r = [("title", "é"), ("code", "a  ")];
+    // varchar first: the bpchar loses its padding.
+    assert_eq!(eval("least(title, code) LIKE '_'", &r), Some(true));
+    // bpchar first: it keeps it.
+    assert_eq!(eval("least(code, title) LIKE '_'", &r), Some(false));
+    assert_eq!(
+        parse("greatest(ratio, price) > 1").to_sql(),
+        "(GREATEST(\"ratio\", CAST(\"price\" AS float4)) > '1'::float8)"
+    );
+}

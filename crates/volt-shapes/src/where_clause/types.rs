@@ -307,6 +307,30 @@ pub(crate) fn comparison_type(l: SqlType, r: SqlType) -> Option<SqlType> {
     }
 }
 
+/// Postgres's `select_common_type` for a list of values (IN, ARRAY[], COALESCE, GREATEST):
+/// numbers widen along their implicit casts (numeric to float4 to float8), and among string
+/// types, which all convert to each other implicitly, the first one stays.
+pub(crate) fn common_type(l: SqlType, r: SqlType) -> Option<SqlType> {
+    use SqlType::*;
+    let number_rank = |t: SqlType| match t {
+        Int2 => 0,
+        Int4 => 1,
+        Int8 => 2,
+        Numeric => 3,
+        Float4 => 4,
+        _ => 5,
+    };
+    match (l, r) {
+        (a, b) if a.is_number() && b.is_number() => Some(if number_rank(a) >= number_rank(b) {
+            a
+        } else {
+            b
+        }),
+        (a, b) if a.is_string() && b.is_string() => Some(a),
+        _ => comparison_type(l, r),
+    }
+}
+
 /// Result type of `+ - * /` on two operands, None if Postgres has no such operator.
 pub(crate) fn arithmetic_type(l: SqlType, r: SqlType) -> Option<SqlType> {
     use SqlType::*;
