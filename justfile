@@ -21,6 +21,11 @@ chaos:
     t="${CARGO_TARGET_DIR:-target}"; case "$t" in /*) ;; *) t="$PWD/$t" ;; esac; \
     "$t/debug/volt-test-cluster" -- env VOLT_BIN="$t/debug/volt" bash -c 'cd tests/js && npm run chaos'
 
+# Fuzz a target (where_clause, shape_query) for N seconds: `just fuzz where_clause 60`.
+# libFuzzer needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain build it.
+fuzz target="where_clause" seconds="60":
+    RUSTC_BOOTSTRAP=1 cargo fuzz run {{target}} -- -max_total_time={{seconds}}
+
 fmt:
     cargo fmt --all
 

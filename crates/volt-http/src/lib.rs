@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use volt_stack::{ServiceStatus, Shared};
 
 pub use response::json_response;
+pub use shape_api::parse_shape_query;
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {

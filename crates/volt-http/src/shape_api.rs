@@ -928,6 +928,12 @@ fn must_refetch(new_handle: Option<&str>) -> Response {
     res
 }
 
+/// The shape definition a raw `/v1/shape` query string asks for, or the 400 that says why
+/// not: the request's parameter parsing alone, without a database (fuzzed in `fuzz/`).
+pub fn parse_shape_query(query: &str) -> Result<ShapeDef, ParamError> {
+    Params::parse(query).shape_def()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,20 +3,21 @@
 //! query and the in-process evaluator agree.
 
 use sqlparser::ast::{
-    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, InTarget, ObjectNamePart, TypedString, UnaryOperator,
-    Value as SqlValue,
+    AccessExpr, Array as SqlArray, BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg,
+    FunctionArgExpr, FunctionArguments, Ident, InTarget, Interval as SqlInterval, ObjectNamePart,
+    Query, SetExpr, Subscript, TypedString, UnaryOperator, Value as SqlValue,
 };
 use sqlparser::tokenizer::Location;
 
 use super::WhereError;
+use super::array::Containment;
 use super::eval;
-use super::ir::{ArithOp, CmpOp, Func, Kind, Node, Truth};
+use super::ir::{ArithOp, Call, CmpOp, Func, Kind, Node, Sub, Truth, UnaryOp};
 use super::like::{DANGLING_ESCAPE, LikePattern, escape_char};
 use super::numeric::Numeric;
 use super::types::{
-    CastTarget, SqlType, arithmetic_type, cast_target, comparison_type, explicit_cast_exists,
-    implicit_cast_exists,
+    CastTarget, SqlType, arithmetic_type, cast_target, common_type, comparison_type,
+    explicit_cast_exists, implicit_cast_exists,
 };
 use super::value::{self, Value};
 use crate::schema::ColumnSchema;
@@ -39,6 +40,10 @@ pub(crate) struct Compiler<'a> {
     columns: &'a [ColumnSchema],
     params: &'a [String],
     depth: usize,
+    /// Above zero while compiling operands Postgres's planner never simplifies (those after a
+    /// deciding constant in AND/OR, after a non-NULL constant in COALESCE): a constant there
+    /// that fails is left for evaluation instead of being an error now.
+    lenient: usize,
 }
 
 impl<'a> Compiler<'a> {
@@ -48,6 +53,7 @@ impl<'a> Compiler<'a> {
             columns,
             params,
             depth: 0,
+            lenient: 0,
         }
     }
 
@@ -65,6 +71,16 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// Postgres computes constant subexpressions while planning, so one that fails fails the
+    /// whole query, even where evaluation would have skipped it; so does the clause here.
+    fn fold(&self, node: Node) -> Result<Node, WhereError> {
+        match fold_constant(node) {
+            (node, None) => Ok(node),
+            (node, Some(_)) if self.lenient > 0 => Ok(node),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
     fn offset(&self, loc: Location) -> usize {
         super::byte_offset(self.sql, loc)
     }
@@ -79,7 +95,7 @@ impl<'a> Compiler<'a> {
         self.depth += 1;
         let out = self.expr_inner(e);
         self.depth -= 1;
-        out.map(fold_constant)
+        out.and_then(|n| self.fold(n))
     }
 
     /// Dispatch only: each construct is handled in its own function so this frame, which
@@ -116,6 +132,28 @@ impl<'a> Compiler<'a> {
                 negated,
                 global: false,
             } => self.in_list(expr, list, *negated),
+            Expr::In {
+                target: InTarget::Subquery(q),
+                ..
+            }
+            | Expr::Subquery(q)
+            | Expr::Exists { subquery: q, .. } => Err(self.subquery(q)),
+            Expr::AnyOp {
+                left,
+                compare_op,
+                right,
+                ..
+            } => self.any_all(left, compare_op, right, false),
+            Expr::AllOp {
+                left,
+                compare_op,
+                right,
+            } => self.any_all(left, compare_op, right, true),
+            Expr::Array(arr) => self.array_ctor(arr),
+            Expr::CompoundFieldAccess { root, access_chain } => {
+                self.subscript(e, root, access_chain)
+            }
+            Expr::Interval(iv) => self.interval_literal(e, iv),
             Expr::Between {
                 expr,
                 negated,
@@ -184,7 +222,7 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
-        let (cmp_type, mut ops) = self.unify(vec![left, right], loc)?;
+        let (cmp_type, mut ops) = self.unify_with(vec![left, right], loc, comparison_type)?;
         let right = pop(&mut ops, loc)?;
         let left = pop(&mut ops, loc)?;
         Ok(Node::new(
@@ -199,26 +237,56 @@ impl<'a> Compiler<'a> {
         ))
     }
 
+    /// Postgres's `transformAExprIn`: items without column references, when there are two or
+    /// more, become one `x = ANY (ARRAY[...])` in their common type with `x`; every other item
+    /// is its own `x = item`, in order, all OR-ed (`<>` and AND for NOT IN). The planner then
+    /// folds that list like any other, which decides evaluation order and errors.
     fn in_list(&mut self, expr: &Expr, list: &[Expr], negated: bool) -> Result<Node, WhereError> {
-        let mut nodes = Vec::with_capacity(list.len() + 1);
-        nodes.push(self.expr(expr)?);
+        let needle = self.expr(expr)?;
+        let loc = needle.loc;
+        let mut items = Vec::with_capacity(list.len());
         for item in list {
-            nodes.push(self.expr(item)?);
+            items.push(self.expr(item)?);
         }
-        let loc = nodes.first().map_or(0, |n| n.loc);
-        let (cmp_type, mut nodes) = self.unify(nodes, loc)?;
-        let list = nodes.split_off(1);
-        let expr = pop(&mut nodes, loc)?;
-        Ok(fold_null_args(Node::new(
-            Kind::In {
-                expr: Box::new(expr),
-                list,
-                negated,
-                cmp_type,
-            },
-            SqlType::Bool,
-            loc,
-        )))
+        let references_columns = |n: &Node| {
+            let mut cols = Vec::new();
+            n.collect_columns(&mut cols);
+            !cols.is_empty()
+        };
+        let constant_items = items.iter().filter(|n| !references_columns(n)).count();
+        // Too few for an array: every item, in the order written, is compared alone.
+        let (consts, vars): (Vec<Node>, Vec<Node>) = if constant_items > 1 {
+            items.into_iter().partition(|n| !references_columns(n))
+        } else {
+            (Vec::new(), items)
+        };
+        let mut parts = Vec::new();
+        if !consts.is_empty() {
+            let mut nodes = Vec::with_capacity(consts.len() + 1);
+            nodes.push(needle.clone());
+            nodes.extend(consts);
+            let (cmp_type, mut nodes) = self.unify(nodes, loc)?;
+            let list = nodes.split_off(1);
+            let expr = pop(&mut nodes, loc)?;
+            let node = fold_null_args(Node::new(
+                Kind::In {
+                    expr: Box::new(expr),
+                    list,
+                    negated,
+                    cmp_type,
+                },
+                SqlType::Bool,
+                loc,
+            ));
+            parts.push(self.fold(node)?);
+        }
+        let op = if negated { CmpOp::NotEq } else { CmpOp::Eq };
+        for item in vars {
+            let cmp = self.make_compare(needle.clone(), op, item)?;
+            parts.push(self.fold(cmp)?);
+        }
+        let which = if negated { BoolOp::And } else { BoolOp::Or };
+        Ok(fold_bool_list(parts, which, loc))
     }
 
     /// Postgres rewrites `x BETWEEN a AND b` to `x >= a AND x <= b` (and NOT BETWEEN to
@@ -239,8 +307,10 @@ impl<'a> Compiler<'a> {
         } else {
             (CmpOp::GtEq, CmpOp::LtEq, BoolOp::And)
         };
-        let above = fold_constant(self.make_compare(x.clone(), op_low, low)?);
-        let below = fold_constant(self.make_compare(x, op_high, high)?);
+        let above = self.make_compare(x.clone(), op_low, low)?;
+        let above = self.fold(above)?;
+        let below = self.make_compare(x, op_high, high)?;
+        let below = self.fold(below)?;
         Ok(fold_bool_list(vec![above, below], which, loc))
     }
 
@@ -312,6 +382,20 @@ impl<'a> Compiler<'a> {
     }
 
     fn cast_expr(&mut self, inner: &Expr, data_type: &DataType) -> Result<Node, WhereError> {
+        // `ARRAY[]` has no type of its own; only a cast right on it gives it one.
+        if let Expr::Array(SqlArray { elem, named: true }) = inner
+            && elem.is_empty()
+        {
+            let loc = self.offset(start_of(inner));
+            let target = cast_target(data_type).map_err(|r| WhereError::new(loc, r))?;
+            if target.ty.is_array() {
+                let empty = Value::Array(Box::new(super::array::Array {
+                    dims: Vec::new(),
+                    items: Vec::new(),
+                }));
+                return Ok(Node::new(Kind::Const(Some(empty)), target.ty, loc));
+            }
+        }
         let node = self.expr(inner)?;
         let loc = node.loc;
         let target = cast_target(data_type).map_err(|r| WhereError::new(loc, r))?;
@@ -359,7 +443,11 @@ impl<'a> Compiler<'a> {
 
     /// A cast node, folded right away when its operand is a constant.
     fn make_cast(&self, node: Node, target: CastTarget, loc: usize) -> Result<Node, WhereError> {
-        if let Kind::Const(v) = &node.kind {
+        // A NULL folds whatever the cast: it is strict, which the planner honours even for
+        // the casts it otherwise leaves to execution.
+        if let Kind::Const(v) = &node.kind
+            && (v.is_none() || !stable_cast(node.ty, target.ty))
+        {
             let folded = match v {
                 None => None,
                 Some(v) => value::cast(v.clone(), node.ty, target)
@@ -395,11 +483,10 @@ impl<'a> Compiler<'a> {
         if !implicit_cast_exists(from, to) {
             return Err(WhereError::new(node.loc, OVERLOAD));
         }
-        let same_representation = (from.is_int() && to.is_int())
-            || (from == SqlType::Float4 && to == SqlType::Float8)
-            || (from.is_string() && to.is_string() && from != SqlType::Bpchar)
-            || (from == SqlType::Timestamp && to == SqlType::Timestamptz);
-        if same_representation {
+        // A constant timestamp read as timestamptz keeps its cast: that cast is STABLE, so the
+        // planner does not fold what uses it, and neither may this.
+        let stable_const = matches!(node.kind, Kind::Const(Some(_))) && stable_cast(from, to);
+        if same_representation(from, to) && !stable_const {
             return Ok(node);
         }
         let loc = node.loc;
@@ -432,6 +519,17 @@ impl<'a> Compiler<'a> {
     /// Pick the common type of comparison operands (Postgres's `select_common_type`:
     /// untyped literals take the type of the others, or text) and coerce them all to it.
     fn unify(&self, nodes: Vec<Node>, loc: usize) -> Result<(SqlType, Vec<Node>), WhereError> {
+        self.unify_with(nodes, loc, common_type)
+    }
+
+    /// `unify` with the rule for a pair of types: `common_type` for value lists (IN, ARRAY,
+    /// COALESCE, GREATEST), `comparison_type` for an operator's two operands.
+    fn unify_with(
+        &self,
+        nodes: Vec<Node>,
+        loc: usize,
+        pick: fn(SqlType, SqlType) -> Option<SqlType>,
+    ) -> Result<(SqlType, Vec<Node>), WhereError> {
         let mut common: Option<SqlType> = None;
         for n in nodes.iter().filter(|n| n.ty != SqlType::Unknown) {
             common = match common {
@@ -439,9 +537,7 @@ impl<'a> Compiler<'a> {
                     return Err(WhereError::new(n.loc, OVERLOAD));
                 }
                 None => Some(n.ty),
-                Some(c) => {
-                    Some(comparison_type(c, n.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?)
-                }
+                Some(c) => Some(pick(c, n.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?),
             };
         }
         let common = common.unwrap_or(SqlType::Text);
@@ -486,6 +582,9 @@ impl<'a> Compiler<'a> {
                     loc,
                 )))
             }
+            UnaryOperator::PGSquareRoot => self.prefix(inner, UnaryOp::Sqrt),
+            UnaryOperator::PGAbs => self.prefix(inner, UnaryOp::Abs),
+            UnaryOperator::BitwiseNot => self.prefix(inner, UnaryOp::BitNot),
             other => Err(WhereError::new(
                 self.offset(start_of(inner)),
                 format!("unknown or unsupported operator {other}"),
@@ -520,9 +619,22 @@ impl<'a> Compiler<'a> {
             BoolOp::Or => "OR",
         };
         let mut items = Vec::with_capacity(rights.len() + 1);
+        let decisive = matches!(which, BoolOp::Or);
+        let lenient_before = self.lenient;
         for operand in std::iter::once(cur).chain(rights.into_iter().rev()) {
-            let node = self.expr(operand)?;
-            let node = self.boolean(node, what)?;
+            let node = self.expr(operand);
+            let node = node.and_then(|n| self.boolean(n, what));
+            let node = match node {
+                Ok(node) => node,
+                Err(e) => {
+                    self.lenient = lenient_before;
+                    return Err(e);
+                }
+            };
+            // The planner stops simplifying at a deciding constant.
+            if matches!(node.kind, Kind::Const(Some(Value::Bool(b))) if b == decisive) {
+                self.lenient = lenient_before + 1;
+            }
             // Nested lists of the same operator (from parentheses) merge into this one.
             match (node.kind, which) {
                 (Kind::And(inner), BoolOp::And) | (Kind::Or(inner), BoolOp::Or) => {
@@ -531,6 +643,7 @@ impl<'a> Compiler<'a> {
                 (kind, _) => items.push(Node::new(kind, node.ty, node.loc)),
             }
         }
+        self.lenient = lenient_before;
         let loc = items.first().map_or(0, |n| n.loc);
         Ok(fold_bool_list(items, which, loc))
     }
@@ -556,6 +669,13 @@ impl<'a> Compiler<'a> {
             BinaryOperator::Multiply => self.arith(l, ArithOp::Mul, r),
             BinaryOperator::Divide => self.arith(l, ArithOp::Div, r),
             BinaryOperator::StringConcat => self.concat(l, r),
+            BinaryOperator::AtArrow => self.contain(l, Containment::Contains, r),
+            BinaryOperator::ArrowAt => self.contain(l, Containment::ContainedBy, r),
+            BinaryOperator::PGOverlap => self.contain(l, Containment::Overlaps, r),
+            BinaryOperator::PGExp => self.arith(l, ArithOp::Pow, r),
+            BinaryOperator::BitwiseAnd => self.arith(l, ArithOp::BitAnd, r),
+            BinaryOperator::BitwiseOr => self.arith(l, ArithOp::BitOr, r),
+            BinaryOperator::PGBitwiseXor => self.arith(l, ArithOp::BitXor, r),
             BinaryOperator::PGLikeMatch => self.like(l, r, None, false, false),
             BinaryOperator::PGNotLikeMatch => self.like(l, r, None, false, true),
             BinaryOperator::PGILikeMatch => self.like(l, r, None, true, false),
@@ -601,8 +721,35 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
-        let ty =
-            arithmetic_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+        if let Some((lt, rt, ty)) = datetime_arith_types(op, left.ty, right.ty) {
+            let left = self.coerce(left, lt)?;
+            let right = self.coerce(right, rt)?;
+            return Ok(fold_null_args(Node::new(
+                Kind::Arith {
+                    op,
+                    left: Box::new(left),
+                    right: Box::new(right),
+                },
+                ty,
+                loc,
+            )));
+        }
+        let ty = match op {
+            ArithOp::Add | ArithOp::Sub | ArithOp::Mul | ArithOp::Div => {
+                arithmetic_type(left.ty, right.ty)
+            }
+            ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor => {
+                arithmetic_type(left.ty, right.ty).filter(|t| t.is_int())
+            }
+            ArithOp::Pow => match arithmetic_type(left.ty, right.ty) {
+                Some(SqlType::Numeric) => {
+                    return Err(WhereError::new(loc, "^ on numeric is not supported yet"));
+                }
+                Some(_) => Some(SqlType::Float8),
+                None => None,
+            },
+        };
+        let ty = ty.ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
         let left = self.coerce(left, ty)?;
         let right = self.coerce(right, ty)?;
         Ok(fold_null_args(Node::new(
@@ -629,6 +776,17 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
+        if left.ty.is_array() || right.ty.is_array() {
+            let func = match (left.ty.is_array(), right.ty) {
+                (true, SqlType::Unknown) => Call::ArrayCat,
+                (_, t) if t.is_array() && (left.ty.is_array() || left.ty == SqlType::Unknown) => {
+                    Call::ArrayCat
+                }
+                (true, _) => Call::ArrayAppend,
+                (false, _) => Call::ArrayPrepend,
+            };
+            return self.array_pair(func, left, right, loc);
+        }
         let left = self.text_operand(left)?;
         let right = self.text_operand(right)?;
         Ok(fold_null_args(Node::new(
@@ -649,10 +807,24 @@ impl<'a> Compiler<'a> {
         case_insensitive: bool,
         negated: bool,
     ) -> Result<Node, WhereError> {
+        self.like_with(expr, pattern, escape, case_insensitive, negated, false)
+    }
+
+    /// `as_function`: `like(a, b)` takes text, so a bpchar subject loses its padding, unlike
+    /// with the operator.
+    fn like_with(
+        &mut self,
+        expr: &Expr,
+        pattern: &Expr,
+        escape: Option<&Expr>,
+        case_insensitive: bool,
+        negated: bool,
+        as_function: bool,
+    ) -> Result<Node, WhereError> {
         let subject = self.expr(expr)?;
         let loc = subject.loc;
         // bpchar keeps its padding here: trailing spaces count in pattern matching.
-        let subject = if subject.ty.is_string() {
+        let subject = if subject.ty.is_string() && !as_function {
             subject
         } else {
             self.text_operand(subject)?
@@ -768,6 +940,9 @@ impl<'a> Compiler<'a> {
             || !f.within_group.is_empty()
             || f.null_treatment.is_some()
             || !matches!(f.parameters, FunctionArguments::None);
+        if !decorated && let Some(node) = self.known_call(&name, args, loc)? {
+            return Ok(node);
+        }
         let func = match (name.as_str(), args.len()) {
             ("lower", 1) => Some(Func::Lower),
             ("upper", 1) => Some(Func::Upper),
@@ -799,6 +974,520 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// Arrays, subqueries, prefix operators and the functions of more than one argument.
+impl Compiler<'_> {
+    #[inline(never)]
+    fn subquery(&self, q: &Query) -> WhereError {
+        let loc = match q.body.as_ref() {
+            SetExpr::Select(select) => self.offset(select.select_token.0.span.start),
+            _ => 0,
+        };
+        WhereError::new(loc, "subqueries are not supported yet")
+    }
+
+    fn any_all(
+        &mut self,
+        l: &Expr,
+        op: &BinaryOperator,
+        r: &Expr,
+        all: bool,
+    ) -> Result<Node, WhereError> {
+        if let Expr::Subquery(q) = r {
+            return Err(self.subquery(q));
+        }
+        let cmp = match op {
+            BinaryOperator::Eq => CmpOp::Eq,
+            BinaryOperator::NotEq => CmpOp::NotEq,
+            BinaryOperator::Lt => CmpOp::Lt,
+            BinaryOperator::LtEq => CmpOp::LtEq,
+            BinaryOperator::Gt => CmpOp::Gt,
+            BinaryOperator::GtEq => CmpOp::GtEq,
+            other => return Err(self.unsupported_operator(l, other)),
+        };
+        let left = self.expr(l)?;
+        let right = self.expr(r)?;
+        let loc = left.loc;
+        let elem = match right.ty {
+            SqlType::Array(elem) => *elem,
+            // An untyped literal on the right is an array of the left operand's type.
+            SqlType::Unknown if left.ty == SqlType::Unknown => SqlType::Text,
+            SqlType::Unknown => left.ty,
+            _ => {
+                return Err(WhereError::new(
+                    right.loc,
+                    "op ANY/ALL (array) requires array on right side",
+                ));
+            }
+        };
+        let cmp_type =
+            comparison_type(left.ty, elem).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+        let array_type = cmp_type
+            .array_of()
+            .ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+        let left = self.coerce(left, cmp_type)?;
+        let right = self.coerce(right, array_type)?;
+        Ok(Node::new(
+            Kind::AnyAll {
+                op: cmp,
+                left: Box::new(left),
+                right: Box::new(right),
+                all,
+                cmp_type,
+            },
+            SqlType::Bool,
+            loc,
+        ))
+    }
+
+    fn contain(&mut self, l: &Expr, op: Containment, r: &Expr) -> Result<Node, WhereError> {
+        let left = self.expr(l)?;
+        let right = self.expr(r)?;
+        let loc = left.loc;
+        // anyarray operators: both sides of the same array type, an untyped literal taking it.
+        let ty = match (left.ty, right.ty) {
+            (a, b) if a.is_array() && (a == b || b == SqlType::Unknown) => a,
+            (SqlType::Unknown, b) if b.is_array() => b,
+            _ => return Err(WhereError::new(loc, OVERLOAD)),
+        };
+        let left = self.coerce(left, ty)?;
+        let right = self.coerce(right, ty)?;
+        Ok(fold_null_args(Node::new(
+            Kind::Contain {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            SqlType::Bool,
+            loc,
+        )))
+    }
+
+    /// `array_cat`, `array_append`, `array_prepend` (and `||` on arrays): anycompatible
+    /// functions, so the element types meet at their common type.
+    fn array_pair(
+        &self,
+        func: Call,
+        left: Node,
+        right: Node,
+        loc: usize,
+    ) -> Result<Node, WhereError> {
+        let overload = || WhereError::new(loc, OVERLOAD);
+        let elem_of = |n: &Node, want_array: bool| match (n.ty, want_array) {
+            (SqlType::Unknown, _) => Ok(None),
+            (SqlType::Array(e), true) => Ok(Some(*e)),
+            (t, false) if !t.is_array() && t != SqlType::Other => Ok(Some(t)),
+            _ => Err(overload()),
+        };
+        let (l_array, r_array) = match func {
+            Call::ArrayCat => (true, true),
+            Call::ArrayAppend => (true, false),
+            _ => (false, true),
+        };
+        let elem = match (elem_of(&left, l_array)?, elem_of(&right, r_array)?) {
+            (Some(a), Some(b)) => comparison_type(a, b).ok_or_else(overload)?,
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => SqlType::Text,
+        };
+        let array = elem.array_of().ok_or_else(overload)?;
+        let target = |is_array: bool| if is_array { array } else { elem };
+        let left = self.coerce(left, target(l_array))?;
+        let right = self.coerce(right, target(r_array))?;
+        Ok(Node::new(
+            Kind::Call {
+                func,
+                args: vec![left, right],
+                cmp_type: elem,
+            },
+            array,
+            loc,
+        ))
+    }
+
+    fn array_ctor(&mut self, arr: &SqlArray) -> Result<Node, WhereError> {
+        let loc = arr.elem.first().map_or(0, |e| self.offset(start_of(e)));
+        if !arr.named {
+            return Err(WhereError::new(
+                loc,
+                "A_ArrayExpr is not supported in this context",
+            ));
+        }
+        if arr.elem.is_empty() {
+            return Err(WhereError::new(loc, "cannot determine type of empty array"));
+        }
+        let items = arr
+            .elem
+            .iter()
+            .map(|e| self.expr(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nested = items.iter().any(|n| n.ty.is_array());
+        let (common, items) = if nested {
+            // Sub-arrays: every item must be an array of one type (untyped ones take it).
+            let ty = items
+                .iter()
+                .map(|n| n.ty)
+                .find(|t| t.is_array())
+                .ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+            let items = items
+                .into_iter()
+                .map(|n| {
+                    if n.ty == ty || n.ty == SqlType::Unknown {
+                        self.coerce(n, ty)
+                    } else {
+                        Err(WhereError::new(n.loc, OVERLOAD))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (ty, items)
+        } else {
+            let (elem, items) = self.unify(items, loc)?;
+            let ty = elem
+                .array_of()
+                .ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+            (ty, items)
+        };
+        Ok(Node::new(Kind::ArrayCtor(items), common, loc))
+    }
+
+    fn array_subscript(&mut self, e: &Expr) -> Result<Node, WhereError> {
+        let node = self.expr(e)?;
+        // Subscripts are int4 (an int8 one is converted as in an assignment, range-checked).
+        if node.ty == SqlType::Unknown || matches!(node.ty, SqlType::Int2 | SqlType::Int4) {
+            return self.coerce(node, SqlType::Int4);
+        }
+        if node.ty == SqlType::Int8 {
+            let loc = node.loc;
+            return self.make_cast(node, CastTarget::plain(SqlType::Int4), loc);
+        }
+        Err(WhereError::new(
+            node.loc,
+            "array subscript must have type integer",
+        ))
+    }
+
+    fn subscript(
+        &mut self,
+        whole: &Expr,
+        root: &Expr,
+        chain: &[AccessExpr],
+    ) -> Result<Node, WhereError> {
+        let base = self.expr(root)?;
+        let loc = base.loc;
+        let Some(elem) = base.ty.element() else {
+            return Err(WhereError::new(
+                loc,
+                format!(
+                    "cannot subscript type {} because it does not support subscripting",
+                    self.type_label(&base)
+                ),
+            ));
+        };
+        let mut subs = Vec::with_capacity(chain.len());
+        let mut slice = false;
+        for access in chain {
+            match access {
+                AccessExpr::Subscript(Subscript::Index { index }) => {
+                    subs.push(Sub::Index(self.array_subscript(index)?));
+                }
+                AccessExpr::Subscript(Subscript::Slice {
+                    lower_bound,
+                    upper_bound,
+                    stride: None,
+                }) => {
+                    slice = true;
+                    let lo = lower_bound
+                        .as_ref()
+                        .map(|e| self.array_subscript(e))
+                        .transpose()?;
+                    let hi = upper_bound
+                        .as_ref()
+                        .map(|e| self.array_subscript(e))
+                        .transpose()?;
+                    subs.push(Sub::Slice(lo, hi));
+                }
+                _ => return Err(self.unsupported(whole)),
+            }
+        }
+        if subs.len() > 6 {
+            return Err(WhereError::new(
+                loc,
+                "number of array dimensions (7) exceeds the maximum allowed (6)",
+            ));
+        }
+        let ty = if slice { base.ty } else { elem };
+        Ok(Node::new(
+            Kind::Subscript {
+                expr: Box::new(base),
+                subs,
+                slice,
+            },
+            ty,
+            loc,
+        ))
+    }
+
+    fn interval_literal(&self, whole: &Expr, iv: &SqlInterval) -> Result<Node, WhereError> {
+        let plain = iv.leading_field.is_none()
+            && iv.leading_precision.is_none()
+            && iv.last_field.is_none()
+            && iv.fractional_seconds_precision.is_none();
+        let (true, Expr::Value(v)) = (plain, iv.value.as_ref()) else {
+            return Err(self.unsupported(whole));
+        };
+        let loc = self.offset(v.span.start);
+        let Some(text) = string_literal(&v.value) else {
+            return Err(self.unsupported(whole));
+        };
+        let node = Node::new(Kind::Untyped(Some(text)), SqlType::Unknown, loc);
+        self.explicit_cast(node, CastTarget::plain(SqlType::Interval), loc)
+    }
+
+    fn prefix(&mut self, inner: &Expr, op: UnaryOp) -> Result<Node, WhereError> {
+        let node = self.expr(inner)?;
+        let loc = node.loc;
+        let node = match op {
+            UnaryOp::Sqrt if node.ty.is_number() || node.ty == SqlType::Unknown => {
+                if node.ty == SqlType::Numeric {
+                    return Err(WhereError::new(loc, "|/ on numeric is not supported yet"));
+                }
+                self.coerce(node, SqlType::Float8)?
+            }
+            UnaryOp::Abs if node.ty.is_number() => node,
+            UnaryOp::BitNot if node.ty.is_int() => node,
+            _ => return Err(WhereError::new(loc, OVERLOAD)),
+        };
+        let ty = node.ty;
+        Ok(fold_null_args(Node::new(
+            Kind::Unary {
+                op,
+                arg: Box::new(node),
+            },
+            ty,
+            loc,
+        )))
+    }
+
+    /// The functions beyond lower/upper; None if `name` is not one of them.
+    fn known_call(
+        &mut self,
+        name: &str,
+        args: &[FunctionArg],
+        loc: usize,
+    ) -> Result<Option<Node>, WhereError> {
+        let arity_error = || {
+            WhereError::new(
+                loc,
+                format!("unknown or unsupported function {name}/{}", args.len()),
+            )
+        };
+        let mut exprs = Vec::with_capacity(args.len());
+        for arg in args {
+            match arg {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => exprs.push(e),
+                _ => return Err(arity_error()),
+            }
+        }
+        let call = match name {
+            "coalesce" => Call::Coalesce,
+            "greatest" => Call::Greatest,
+            "least" => Call::Least,
+            "concat" => Call::Concat,
+            "array_cat" => Call::ArrayCat,
+            "array_append" => Call::ArrayAppend,
+            "array_prepend" => Call::ArrayPrepend,
+            "array_ndims" => Call::ArrayNdims,
+            "justify_days" => Call::JustifyDays,
+            "justify_hours" => Call::JustifyHours,
+            "justify_interval" => Call::JustifyInterval,
+            "like" | "ilike" => {
+                let [subject, pattern] = exprs.as_slice() else {
+                    return Err(arity_error());
+                };
+                return self
+                    .like_with(subject, pattern, None, name == "ilike", false, true)
+                    .map(Some);
+            }
+            _ => {
+                // `int4('1')` and friends: a function-style cast.
+                let Some(ty) = SqlType::from_name(name) else {
+                    return Ok(None);
+                };
+                let [arg] = exprs.as_slice() else {
+                    return Err(arity_error());
+                };
+                let node = self.expr(arg)?;
+                return self
+                    .explicit_cast(node, CastTarget::plain(ty), loc)
+                    .map(Some);
+            }
+        };
+        let lenient_before = self.lenient;
+        let mut nodes = Vec::with_capacity(exprs.len());
+        for e in &exprs {
+            let node = self.expr(e);
+            let node = match node {
+                Ok(node) => node,
+                Err(e) => {
+                    self.lenient = lenient_before;
+                    return Err(e);
+                }
+            };
+            // The planner drops COALESCE arguments after a non-NULL constant unsimplified.
+            if call == Call::Coalesce && matches!(node.kind, Kind::Const(Some(_))) {
+                self.lenient = lenient_before + 1;
+            }
+            nodes.push(node);
+        }
+        self.lenient = lenient_before;
+        let node = match (call, nodes.len()) {
+            (Call::Coalesce, 1..) => {
+                let (ty, args) = self.unify(nodes, loc)?;
+                // As the planner simplifies COALESCE: NULL constants go, and a non-NULL
+                // constant ends the list (alone, it is the result).
+                let mut kept = Vec::with_capacity(args.len());
+                for arg in args {
+                    match arg.kind {
+                        Kind::Const(None) => {}
+                        Kind::Const(Some(_)) => {
+                            kept.push(arg);
+                            break;
+                        }
+                        _ => kept.push(arg),
+                    }
+                }
+                match kept.len() {
+                    0 => Node::new(Kind::Const(None), ty, loc),
+                    1 if matches!(kept[0].kind, Kind::Const(_)) => {
+                        let only = pop(&mut kept, loc)?;
+                        Node::new(only.kind, ty, loc)
+                    }
+                    _ => Node::new(
+                        Kind::Call {
+                            func: call,
+                            args: kept,
+                            cmp_type: ty,
+                        },
+                        ty,
+                        loc,
+                    ),
+                }
+            }
+            (Call::Greatest | Call::Least, 1..) => {
+                let (ty, args) = self.unify(nodes, loc)?;
+                Node::new(
+                    Kind::Call {
+                        func: call,
+                        args,
+                        cmp_type: ty,
+                    },
+                    ty,
+                    loc,
+                )
+            }
+            (Call::Concat, 1..) => {
+                let args = nodes
+                    .into_iter()
+                    .map(|n| self.settle(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Node::new(
+                    Kind::Call {
+                        func: call,
+                        args,
+                        cmp_type: SqlType::Text,
+                    },
+                    SqlType::Text,
+                    loc,
+                )
+            }
+            (Call::ArrayCat | Call::ArrayAppend | Call::ArrayPrepend, 2) => {
+                let mut nodes = nodes;
+                let right = pop(&mut nodes, loc)?;
+                let left = pop(&mut nodes, loc)?;
+                return self.array_pair(call, left, right, loc).map(Some);
+            }
+            (Call::ArrayNdims, 1) => {
+                let mut nodes = nodes;
+                let arg = pop(&mut nodes, loc)?;
+                if !arg.ty.is_array() {
+                    return Err(WhereError::new(arg.loc, OVERLOAD));
+                }
+                let ty = arg.ty;
+                Node::new(
+                    Kind::Call {
+                        func: call,
+                        args: vec![arg],
+                        cmp_type: ty,
+                    },
+                    SqlType::Int4,
+                    loc,
+                )
+            }
+            (Call::JustifyDays | Call::JustifyHours | Call::JustifyInterval, 1) => {
+                let mut nodes = nodes;
+                let arg = pop(&mut nodes, loc)?;
+                let arg = self.coerce(arg, SqlType::Interval)?;
+                Node::new(
+                    Kind::Call {
+                        func: call,
+                        args: vec![arg],
+                        cmp_type: SqlType::Interval,
+                    },
+                    SqlType::Interval,
+                    loc,
+                )
+            }
+            _ => return Err(arity_error()),
+        };
+        Ok(Some(node))
+    }
+}
+
+/// Whether values of `from` can stand for values of `to` without conversion.
+fn same_representation(from: SqlType, to: SqlType) -> bool {
+    match (from, to) {
+        (SqlType::Array(a), SqlType::Array(b)) => same_representation(*a, *b),
+        _ => {
+            (from.is_int() && to.is_int())
+                || (from == SqlType::Float4 && to == SqlType::Float8)
+                || (from.is_string() && to.is_string() && from != SqlType::Bpchar)
+                || (from == SqlType::Timestamp && to == SqlType::Timestamptz)
+        }
+    }
+}
+
+/// Operand and result types of `+`/`-` involving dates, timestamps and intervals (the
+/// built-in operators, including which ones an untyped literal can select), or None when
+/// neither operand is of those types.
+fn datetime_arith_types(
+    op: ArithOp,
+    l: SqlType,
+    r: SqlType,
+) -> Option<(SqlType, SqlType, SqlType)> {
+    use SqlType::*;
+    let is_ts = |t: SqlType| matches!(t, Timestamp | Timestamptz);
+    let small_int = |t: SqlType| matches!(t, Int2 | Int4);
+    Some(match (op, l, r) {
+        (ArithOp::Add | ArithOp::Sub, Date, i) if small_int(i) => (Date, Int4, Date),
+        (ArithOp::Add, i, Date) if small_int(i) => (Int4, Date, Date),
+        (ArithOp::Sub, Date, Date | Unknown) | (ArithOp::Sub, Unknown, Date) => (Date, Date, Int4),
+        (ArithOp::Add | ArithOp::Sub, Date, Interval) => (Timestamp, Interval, Timestamp),
+        (ArithOp::Add, Interval, Date) => (Interval, Timestamp, Timestamp),
+        (ArithOp::Add | ArithOp::Sub, t, Interval) if is_ts(t) => (t, Interval, t),
+        (ArithOp::Add, t, Unknown) if is_ts(t) => (t, Interval, t),
+        (ArithOp::Add, Interval | Unknown, t) if is_ts(t) => (Interval, t, t),
+        (ArithOp::Sub, t, Unknown) | (ArithOp::Sub, Unknown, t) if is_ts(t) => (t, t, Interval),
+        (ArithOp::Sub, a, b)
+            if matches!(a, Date | Timestamp | Timestamptz)
+                && matches!(b, Date | Timestamp | Timestamptz) =>
+        {
+            let c = comparison_type(a, b)?;
+            (c, c, Interval)
+        }
+        (ArithOp::Add | ArithOp::Sub, Interval, Interval | Unknown)
+        | (ArithOp::Add | ArithOp::Sub, Unknown, Interval) => (Interval, Interval, Interval),
+        _ => return None,
+    })
+}
+
 /// Whether a string value carries the "C" collation: values of type name do, and functions,
 /// casts and concatenations pass it on from their operands (Postgres's collation derivation,
 /// in which an implicit non-default collation beats the default one).
@@ -815,26 +1504,76 @@ fn c_collated(node: &Node) -> bool {
 }
 
 /// Postgres evaluates operators whose operands are all constants when planning; doing the
-/// same keeps runtime errors and short-circuits in step with the snapshot query. A constant
-/// expression that fails is left for evaluation time (where it fails on every row).
-fn fold_constant(node: Node) -> Node {
+/// same keeps runtime errors and short-circuits in step with the snapshot query. A node that
+/// fails comes back unchanged with the error its evaluation raised.
+fn fold_constant(node: Node) -> (Node, Option<WhereError>) {
     if matches!(
         node.kind,
         Kind::Const(_) | Kind::Untyped(_) | Kind::Column { .. }
     ) {
-        return node;
+        return (node, None);
     }
     let all_const = node
         .children()
         .iter()
         .all(|c| matches!(c.kind, Kind::Const(_)));
-    if !all_const {
-        return node;
+    if !all_const || is_stable(&node) {
+        return (node, None);
     }
     match eval::eval(&node, &[]) {
-        Ok(v) => Node::new(Kind::Const(v), node.ty, node.loc),
-        Err(_) => node,
+        Ok(v) => (Node::new(Kind::Const(v), node.ty, node.loc), None),
+        Err(e) => (node, Some(e)),
     }
+}
+
+/// Whether Postgres marks what this node computes STABLE rather than IMMUTABLE (it reads
+/// DateStyle, IntervalStyle or TimeZone, or prints arbitrary types): the planner leaves those
+/// for execution, so an error in one is a row's error and the AND/OR around it is not
+/// simplified at planning. Literals are not concerned: their input runs when parsing.
+fn is_stable(node: &Node) -> bool {
+    use SqlType::*;
+    match &node.kind {
+        Kind::Cast { expr, target } => stable_cast(expr.ty, target.ty),
+        Kind::Call {
+            func: Call::Concat, ..
+        } => true,
+        Kind::Arith { left, right, .. } => {
+            matches!(
+                (left.ty, right.ty),
+                (Timestamptz, Interval) | (Interval, Timestamptz)
+            )
+        }
+        Kind::Compare { left, right, .. } | Kind::Distinct { left, right, .. } => {
+            let (l, r) = (left.ty, right.ty);
+            l != r
+                && (matches!(
+                    (l, r),
+                    (Date, Timestamptz)
+                        | (Timestamptz, Date)
+                        | (Timestamp, Timestamptz)
+                        | (Timestamptz, Timestamp)
+                ))
+        }
+        _ => false,
+    }
+}
+
+/// Casts through a datetime type's text form or an array's, and between the zone-aware and
+/// naive datetime types.
+fn stable_cast(from: SqlType, to: SqlType) -> bool {
+    use SqlType::*;
+    let datetime = |t: SqlType| {
+        let t = t.element().unwrap_or(t);
+        matches!(t, Date | Time | Timestamp | Timestamptz | Interval)
+    };
+    (from.is_array() && to.is_string())
+        || (to.is_array() && from.is_string())
+        || (datetime(from) && to.is_string())
+        || (from.is_string() && datetime(to))
+        || matches!(
+            (from, to),
+            (Timestamp, Timestamptz) | (Timestamptz, Timestamp | Date | Time) | (Date, Timestamptz)
+        )
 }
 
 /// Postgres folds a strict operator or function with a NULL constant argument to NULL when
@@ -845,7 +1584,10 @@ fn fold_null_args(node: Node) -> Node {
         Kind::Compare { left, right, .. }
         | Kind::Arith { left, right, .. }
         | Kind::Concat { left, right } => is_null(left) || is_null(right),
-        Kind::Neg(arg) | Kind::Func { arg, .. } | Kind::Not(arg) => is_null(arg),
+        Kind::Neg(arg) | Kind::Func { arg, .. } | Kind::Not(arg) | Kind::Unary { arg, .. } => {
+            is_null(arg)
+        }
+        Kind::Contain { left, right, .. } => is_null(left) || is_null(right),
         Kind::In { expr, .. } => is_null(expr),
         Kind::Like {
             expr,

@@ -18,7 +18,7 @@ const MIN_YEAR: i64 = -4712;
 const MAX_DATE_YEAR: i64 = 5_874_897;
 const MAX_TIMESTAMP_YEAR: i64 = 294_276;
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -28,7 +28,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -41,7 +41,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
+pub(crate) fn days_in_month(y: i64, m: i64) -> i64 {
     match m {
         4 | 6 | 9 | 11 => 30,
         2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
@@ -371,6 +371,27 @@ pub(crate) fn timestamp_to_date(ts: i64) -> Option<i32> {
         TS_NEG_INF => Some(DATE_NEG_INF),
         t => i32::try_from(t.div_euclid(USECS_PER_DAY)).ok(),
     }
+}
+
+pub(crate) fn date_is_infinite(d: i32) -> bool {
+    d == DATE_NEG_INF || d == DATE_POS_INF
+}
+
+pub(crate) fn timestamp_is_infinite(t: i64) -> bool {
+    t == TS_NEG_INF || t == TS_POS_INF
+}
+
+/// 4714-11-24 BC to 5874897-12-31, Postgres's date range.
+pub(crate) fn date_in_range(d: i32) -> bool {
+    let d = i64::from(d);
+    d >= days_from_civil(MIN_YEAR - 1, 11, 24) && d <= days_from_civil(MAX_DATE_YEAR, 12, 31)
+}
+
+/// From 4714-11-24 BC to the end of the year 294276, as far as i64 microseconds since 1970 reach.
+pub(crate) fn timestamp_in_range(t: i64) -> bool {
+    let min = days_from_civil(MIN_YEAR - 1, 11, 24) * USECS_PER_DAY;
+    let max = days_from_civil(MAX_TIMESTAMP_YEAR + 1, 1, 1).saturating_mul(USECS_PER_DAY);
+    t >= min && t < max && !timestamp_is_infinite(t)
 }
 
 /// Infinity sentinels sit at the integer extremes, so plain integer order is Postgres's order.

@@ -1,5 +1,6 @@
 //! The type-checked form of a where clause, shared by the evaluator and the SQL renderer.
 
+use super::array::Containment;
 use super::like::LikePattern;
 use super::types::{CastTarget, SqlType};
 use super::value::Value;
@@ -48,6 +49,10 @@ pub(crate) enum ArithOp {
     Sub,
     Mul,
     Div,
+    Pow,
+    BitAnd,
+    BitOr,
+    BitXor,
 }
 
 impl ArithOp {
@@ -57,8 +62,71 @@ impl ArithOp {
             ArithOp::Sub => "-",
             ArithOp::Mul => "*",
             ArithOp::Div => "/",
+            ArithOp::Pow => "^",
+            ArithOp::BitAnd => "&",
+            ArithOp::BitOr => "|",
+            ArithOp::BitXor => "#",
         }
     }
+}
+
+/// Prefix operators other than minus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnaryOp {
+    Sqrt,
+    Abs,
+    BitNot,
+}
+
+impl UnaryOp {
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            UnaryOp::Sqrt => "|/",
+            UnaryOp::Abs => "@",
+            UnaryOp::BitNot => "~",
+        }
+    }
+}
+
+/// Functions of any number of arguments; none of these is strict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    Coalesce,
+    Greatest,
+    Least,
+    Concat,
+    ArrayCat,
+    ArrayAppend,
+    ArrayPrepend,
+    ArrayNdims,
+    JustifyDays,
+    JustifyHours,
+    JustifyInterval,
+}
+
+impl Call {
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            Call::Coalesce => "COALESCE",
+            Call::Greatest => "GREATEST",
+            Call::Least => "LEAST",
+            Call::Concat => "concat",
+            Call::ArrayCat => "array_cat",
+            Call::ArrayAppend => "array_append",
+            Call::ArrayPrepend => "array_prepend",
+            Call::ArrayNdims => "array_ndims",
+            Call::JustifyDays => "justify_days",
+            Call::JustifyHours => "justify_hours",
+            Call::JustifyInterval => "justify_interval",
+        }
+    }
+}
+
+/// One bracketed subscript of an array.
+#[derive(Debug, Clone)]
+pub(crate) enum Sub {
+    Index(Node),
+    Slice(Option<Node>, Option<Node>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +224,37 @@ pub(crate) enum Kind {
         arg: Box<Node>,
         c_collation: bool,
     },
+    Unary {
+        op: UnaryOp,
+        arg: Box<Node>,
+    },
+    Call {
+        func: Call,
+        args: Vec<Node>,
+        /// The type arguments are compared in (GREATEST/LEAST).
+        cmp_type: SqlType,
+    },
+    /// `left op ANY/ALL (right)`; `cmp_type` is the element type the comparison runs in.
+    AnyAll {
+        op: CmpOp,
+        left: Box<Node>,
+        right: Box<Node>,
+        all: bool,
+        cmp_type: SqlType,
+    },
+    Contain {
+        op: Containment,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
+    /// `ARRAY[...]`: scalar items, or sub-arrays for a multidimensional array.
+    ArrayCtor(Vec<Node>),
+    /// `expr[i][j]` (an element) or, if `slice`, `expr[a:b]...` (an array).
+    Subscript {
+        expr: Box<Node>,
+        subs: Vec<Sub>,
+        slice: bool,
+    },
 }
 
 impl Node {
@@ -172,7 +271,22 @@ impl Node {
             | Kind::Neg(expr)
             | Kind::IsNull { expr, .. }
             | Kind::IsTruth { expr, .. }
-            | Kind::Func { arg: expr, .. } => vec![expr],
+            | Kind::Func { arg: expr, .. }
+            | Kind::Unary { arg: expr, .. } => vec![expr],
+            Kind::Call { args, .. } | Kind::ArrayCtor(args) => args.iter().collect(),
+            Kind::AnyAll { left, right, .. } | Kind::Contain { left, right, .. } => {
+                vec![left, right]
+            }
+            Kind::Subscript { expr, subs, .. } => {
+                let mut out = vec![expr.as_ref()];
+                for sub in subs {
+                    match sub {
+                        Sub::Index(i) => out.push(i),
+                        Sub::Slice(lo, hi) => out.extend(lo.iter().chain(hi.iter())),
+                    }
+                }
+                out
+            }
             Kind::And(items) | Kind::Or(items) => items.iter().collect(),
             Kind::Compare { left, right, .. }
             | Kind::Distinct { left, right, .. }

@@ -2,9 +2,11 @@
 //! the table's columns, evaluated in-process on replicated rows, and rendered back to SQL for
 //! the snapshot query so that both sides select the same rows.
 
+mod array;
 mod compile;
 mod datetime;
 mod eval;
+mod interval;
 mod ir;
 mod like;
 mod numeric;

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::ir::{Kind, Node, Truth};
+use super::ir::{Call, Kind, Node, Sub, Truth};
 use super::types::SqlType;
 use super::value::{self, Value};
 
@@ -48,11 +48,13 @@ fn write_const(out: &mut String, ty: SqlType, v: Option<&Value>) {
 }
 
 /// Postgres would otherwise compare text in the column's collation; "C" is byte order, which
-/// is what the evaluator uses. Equality needs no collation: in deterministic collations it is
+/// is what the evaluator uses. Every operand of an ordering gets it: an explicit collation
+/// inside one (GREATEST's "default") must not meet a different explicit one beside it. Equality needs no collation: in deterministic collations it is
 /// already byte equality, and adding one would stop Postgres from using an index on the column.
 fn write_collated(out: &mut String, node: &Node, ordering: bool, cmp_type: SqlType) {
     write_node(out, node);
-    if ordering && cmp_type.is_string() {
+    let textual = cmp_type.is_string() || cmp_type.element().is_some_and(SqlType::is_string);
+    if ordering && textual {
         out.push_str(" COLLATE \"C\"");
     }
 }
@@ -120,7 +122,7 @@ fn write_node(out: &mut String, node: &Node) {
             out.push('(');
             write_collated(out, left, !op.is_equality(), *cmp_type);
             let _ = write!(out, " {} ", op.sql());
-            write_node(out, right);
+            write_collated(out, right, !op.is_equality(), *cmp_type);
             out.push(')');
         }
         Kind::Distinct {
@@ -198,6 +200,87 @@ fn write_node(out: &mut String, node: &Node) {
             out.push('(');
             write_node(out, arg);
             out.push(')');
+        }
+        Kind::Unary { op, arg } => {
+            let _ = write!(out, "({} ", op.sql());
+            write_node(out, arg);
+            out.push(')');
+        }
+        Kind::Call {
+            func,
+            args,
+            cmp_type,
+        } => {
+            // GREATEST/LEAST compare in "C", but their result must keep the default collation
+            // for what uses it (ILIKE, lower/upper fold letters by the collation).
+            let recollate = matches!(func, Call::Greatest | Call::Least) && cmp_type.is_string();
+            if recollate {
+                out.push('(');
+            }
+            out.push_str(func.sql());
+            out.push('(');
+            for (i, arg) in args.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                let ordering = matches!(func, Call::Greatest | Call::Least);
+                write_collated(out, arg, ordering, *cmp_type);
+            }
+            out.push(')');
+            if recollate {
+                out.push_str(" COLLATE \"default\")");
+            }
+        }
+        Kind::AnyAll {
+            op,
+            left,
+            right,
+            all,
+            cmp_type,
+        } => {
+            out.push('(');
+            write_collated(out, left, !op.is_equality(), *cmp_type);
+            let _ = write!(out, " {} {} (", op.sql(), if *all { "ALL" } else { "ANY" });
+            write_collated(out, right, !op.is_equality(), *cmp_type);
+            out.push_str("))");
+        }
+        Kind::Contain { op, left, right } => {
+            out.push('(');
+            write_node(out, left);
+            let _ = write!(out, " {} ", op.sql());
+            write_node(out, right);
+            out.push(')');
+        }
+        Kind::ArrayCtor(items) => {
+            out.push_str("ARRAY[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_node(out, item);
+            }
+            out.push(']');
+        }
+        Kind::Subscript { expr, subs, .. } => {
+            out.push('(');
+            write_node(out, expr);
+            out.push(')');
+            for sub in subs {
+                out.push('[');
+                match sub {
+                    Sub::Index(i) => write_node(out, i),
+                    Sub::Slice(lo, hi) => {
+                        if let Some(lo) = lo {
+                            write_node(out, lo);
+                        }
+                        out.push(':');
+                        if let Some(hi) = hi {
+                            write_node(out, hi);
+                        }
+                    }
+                }
+                out.push(']');
+            }
         }
     }
 }

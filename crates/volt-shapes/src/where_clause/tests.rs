@@ -33,6 +33,8 @@ fn columns() -> Vec<ColumnSchema> {
         col("at", "timestamp"),
         col("status", "mood"),
         col("tags", "_text"),
+        col("nums", "_int4"),
+        col("span", "interval"),
     ]
 }
 
@@ -236,9 +238,25 @@ fn constants_fold_like_postgres_so_errors_agree() {
         eval("NULL BETWEEN name::int4 AND 1", &[("name", "abc")]),
         None
     );
-    // A constant expression that fails is left to fail at evaluation, as it would in Postgres.
+    // A constant expression that fails fails the clause, as Postgres fails it while planning,
+    // unless the planner never gets to it: after a deciding constant or a non-NULL COALESCE
+    // argument.
+    assert_eq!(parse_err("id = 1 OR 1 / 0 = 1").reason, "division by zero");
     assert_eq!(
-        eval_err("1 / 0 = 1 OR id = 1", &[]).reason,
+        parse_err("nums[2147483647 + 1] = 1").reason,
+        "integer out of range"
+    );
+    assert_eq!(parse("false AND 1 / 0 = 1").to_sql(), "false");
+    assert_eq!(eval("coalesce(id, 1, 1 / 0) = 1", &[]), Some(true));
+    // IN tests its constant items first, as Postgres's = ANY (ARRAY[...]) does.
+    assert_eq!(eval("1 IN (1 / id, 1, 2)", &[("id", "0")]), Some(true));
+    assert_eq!(eval("1 IN (1 / id, 1)", &[("id", "0")]), Some(true));
+    assert_eq!(
+        eval_err("1 IN (1 / id, 2)", &[("id", "0")]).reason,
+        "division by zero"
+    );
+    assert_eq!(
+        eval_err("id IN (1 / small, 1)", &[("small", "0")]).reason,
         "division by zero"
     );
     // Constant FALSE decides an AND, constant TRUE an OR; the neutral constants drop out.
@@ -511,8 +529,13 @@ fn text_compared_with_number_has_no_operator() {
         "Could not select an operator overload"
     );
     assert_eq!(
-        parse_err("id IN (1, 'a', name)").reason,
+        parse_err("id IN (1, name)").reason,
         "Could not select an operator overload"
+    );
+    // The constant items meet the left operand's type first, as in Postgres.
+    assert_eq!(
+        parse_err("id IN (1, 'a', name)").reason,
+        "invalid syntax for type int4: a"
     );
 }
 
@@ -771,13 +794,24 @@ fn non_boolean_clause_is_rejected() {
 
 #[test]
 fn subqueries_case_and_aggregates_are_not_supported() {
+    let e = parse_err("id IN (SELECT id FROM other)");
     assert_eq!(
-        parse_err("id IN (SELECT id FROM other)").reason,
-        "SubLink is not supported in this context"
+        (e.location, e.reason.as_str()),
+        (7, "subqueries are not supported yet")
+    );
+    let e = parse_err("EXISTS (SELECT 1)");
+    assert_eq!(
+        (e.location, e.reason.as_str()),
+        (8, "subqueries are not supported yet")
+    );
+    let e = parse_err("id = ANY (SELECT 1)");
+    assert_eq!(
+        (e.location, e.reason.as_str()),
+        (10, "subqueries are not supported yet")
     );
     assert_eq!(
-        parse_err("EXISTS (SELECT 1)").reason,
-        "SubLink is not supported in this context"
+        parse_err("id = (SELECT 1)").to_string(),
+        "At location 6: subqueries are not supported yet"
     );
     assert_eq!(
         parse_err("CASE WHEN id = 1 THEN true ELSE false END").reason,
@@ -805,7 +839,7 @@ fn subqueries_case_and_aggregates_are_not_supported() {
     );
     assert_eq!(
         parse_err("id::int4[] IS NULL").reason,
-        "unknown or unsupported type INT4[]"
+        "cannot cast type int4 to int4[]"
     );
 }
 
@@ -835,12 +869,12 @@ fn deeply_nested_arithmetic_is_rejected_not_a_crash() {
 fn to_sql_orders_text_bytewise_but_leaves_equality_indexable() {
     assert_eq!(
         parse("name < 'b'").to_sql(),
-        "(\"name\" COLLATE \"C\" < 'b'::text)"
+        "(\"name\" COLLATE \"C\" < 'b'::text COLLATE \"C\")"
     );
     assert_eq!(parse("name = 'b'").to_sql(), "(\"name\" = 'b'::text)");
     assert_eq!(
         parse("name BETWEEN 'a' AND 'c'").to_sql(),
-        "((\"name\" COLLATE \"C\" >= 'a'::text) AND (\"name\" COLLATE \"C\" <= 'c'::text))"
+        "((\"name\" COLLATE \"C\" >= 'a'::text COLLATE \"C\") AND (\"name\" COLLATE \"C\" <= 'c'::text COLLATE \"C\"))"
     );
     assert_eq!(parse("id < 3").to_sql(), "(\"id\" < '3'::int4)");
 }
@@ -863,7 +897,11 @@ fn to_sql_renders_every_construct() {
             "name IS NULL OR id IN (1, 2)",
             "((\"name\" IS NULL) OR (\"id\" IN ('1'::int4, '2'::int4)))",
         ),
-        ("id NOT IN (1)", "(\"id\" NOT IN ('1'::int4))"),
+        ("id NOT IN (1)", "(\"id\" <> '1'::int4)"),
+        (
+            "id IN (qty, 1, 2)",
+            "((\"id\" IN ('1'::int4, '2'::int4)) OR (\"id\" = \"qty\"))",
+        ),
         (
             "id IS DISTINCT FROM NULL",
             "(\"id\" IS DISTINCT FROM NULL::int4)",
@@ -1229,4 +1267,390 @@ fn random_well_formed_clauses_never_panic() {
         }
     }
     assert!(parsed > 500, "only {parsed} clauses parsed");
+}
+
+// --- arrays ---
+
+#[test]
+fn array_columns_read_postgres_array_text() {
+    assert_eq!(
+        eval("nums = '{1,2,NULL}'", &[("nums", "{1,2,NULL}")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval(
+            "tags = ARRAY['a b', 'c\"d', '']",
+            &[("tags", r#"{"a b","c\"d",""}"#)]
+        ),
+        Some(true)
+    );
+    assert_eq!(
+        eval("nums = '{{1,2},{3,4}}'", &[("nums", "{{1,2},{3,4}}")]),
+        Some(true)
+    );
+    // Same elements, different lower bound: not equal, as in Postgres.
+    assert_eq!(
+        eval("nums = '{1,2}'", &[("nums", "[0:1]={1,2}")]),
+        Some(false)
+    );
+    assert_eq!(eval("nums <> '{1}'", &[("nums", "{1}")]), Some(false));
+    assert!(
+        eval_err("nums = '{1}'", &[("nums", "{x}")])
+            .reason
+            .contains("int4")
+    );
+}
+
+#[test]
+fn array_ordering_puts_null_elements_last_and_text_bytewise() {
+    assert_eq!(eval("nums < '{1,2,0}'", &[("nums", "{1,2}")]), Some(true));
+    assert_eq!(eval("nums < '{1}'", &[("nums", "{NULL}")]), Some(false));
+    assert_eq!(eval("tags < '{a}'", &[("tags", "{B}")]), Some(true));
+    assert_eq!(
+        parse("tags < '{a}'").to_sql(),
+        "(\"tags\" COLLATE \"C\" < '{a}'::text[] COLLATE \"C\")"
+    );
+}
+
+#[test]
+fn containment_and_overlap_ignore_dimensions_and_never_match_null() {
+    let r = [("nums", "{1,2,NULL}")];
+    assert_eq!(eval("nums @> '{1}'", &r), Some(true));
+    assert_eq!(eval("nums @> '{{1},{2}}'", &r), Some(true));
+    assert_eq!(eval("nums @> '{NULL}'", &r), Some(false));
+    assert_eq!(eval("nums <@ '{1,2,3}'", &r), Some(false));
+    assert_eq!(eval("'{}' <@ nums", &r), Some(true));
+    assert_eq!(eval("nums && ARRAY[3, 2]", &r), Some(true));
+    assert_eq!(eval("nums && '{}'", &r), Some(false));
+    assert_eq!(eval("nums @> '{1}'", &[]), None);
+    assert_eq!(
+        parse_with("tags @> $1", &["{b}"]).eval(&row(&[("tags", "{a,b}")])),
+        Ok(Some(true))
+    );
+    assert_eq!(parse_err("nums @> tags").reason, OVERLOAD_MSG);
+}
+
+const OVERLOAD_MSG: &str = "Could not select an operator overload";
+
+#[test]
+fn any_and_all_follow_scalar_array_op_null_rules() {
+    let r = [("id", "1"), ("nums", "{1,NULL}")];
+    assert_eq!(eval("id = ANY(nums)", &r), Some(true));
+    assert_eq!(eval("2 = ANY(nums)", &r), None);
+    assert_eq!(eval("2 <> ALL(nums)", &r), None);
+    assert_eq!(eval("0 < ALL('{1,2}')", &r), Some(true));
+    assert_eq!(eval("5 = ANY(nums)", &[("nums", "{1,2}")]), Some(false));
+    // An empty array decides even for a NULL left operand; a NULL array never does.
+    assert_eq!(eval("id = ANY('{}')", &[]), Some(false));
+    assert_eq!(eval("id = ALL('{}')", &[]), Some(true));
+    assert_eq!(eval("1 = ANY(nums)", &[]), None);
+    assert_eq!(
+        parse_with("name = ANY($1)", &["{a,b}"]).eval(&row(&[("name", "b")])),
+        Ok(Some(true))
+    );
+    assert_eq!(eval("1.5 = ANY(nums)", &[("nums", "{1,2}")]), Some(false));
+    assert_eq!(
+        parse("1.5 = ANY(nums)").to_sql(),
+        "('1.5'::numeric = ANY (CAST(\"nums\" AS numeric[])))"
+    );
+    assert_eq!(
+        parse("name < ANY(tags)").to_sql(),
+        "(\"name\" COLLATE \"C\" < ANY (\"tags\" COLLATE \"C\"))"
+    );
+    assert_eq!(
+        parse_err("id = ANY(id)").reason,
+        "op ANY/ALL (array) requires array on right side"
+    );
+}
+
+#[test]
+fn array_concatenation_picks_cat_append_or_prepend() {
+    let r = [("nums", "{1,2}"), ("id", "3")];
+    assert_eq!(eval("nums || id = '{1,2,3}'", &r), Some(true));
+    assert_eq!(eval("id || nums = '{3,1,2}'", &r), Some(true));
+    assert_eq!(eval("nums || nums = '{1,2,1,2}'", &r), Some(true));
+    assert_eq!(eval("nums || '{{3,4}}' = '{{1,2},{3,4}}'", &r), Some(true));
+    assert_eq!(eval("nums || NULL = nums", &r), Some(true));
+    assert_eq!(eval("nums || 3::int8 = '{1,2,3}'::int8[]", &r), Some(true));
+    assert_eq!(
+        eval("array_append(nums, NULL) = '{1,2,NULL}'", &r),
+        Some(true)
+    );
+    assert_eq!(eval("array_prepend(0, nums) = '{0,1,2}'", &r), Some(true));
+    assert_eq!(
+        eval("array_cat(nums, ARRAY[7]) = '{1,2,7}'", &r),
+        Some(true)
+    );
+    assert_eq!(eval("array_append(nums, 1) = '{1}'", &[]), Some(true));
+    assert!(
+        eval_err("nums || '{{1,2,3}}' IS NULL", &[("nums", "{{1,2}}")])
+            .reason
+            .starts_with("cannot concatenate incompatible arrays")
+    );
+    // As in Postgres, an untyped literal after an array is read as an array.
+    assert!(
+        parse_err("tags || 'b' IS NULL")
+            .reason
+            .starts_with("malformed array literal")
+    );
+}
+
+#[test]
+fn subscripts_and_slices_follow_array_bounds() {
+    let r = [("nums", "{10,20,30}"), ("id", "2")];
+    assert_eq!(eval("nums[1] = 10", &r), Some(true));
+    assert_eq!(eval("nums[id] = 20", &r), Some(true));
+    assert_eq!(eval("nums[4] IS NULL", &r), Some(true));
+    assert_eq!(eval("nums[NULL] IS NULL", &r), Some(true));
+    assert_eq!(eval("nums[2:] = '{20,30}'", &r), Some(true));
+    assert_eq!(eval("nums[:1] = '{10}'", &r), Some(true));
+    assert_eq!(eval("nums[3:1] = '{}'", &r), Some(true));
+    let grid = [("nums", "{{1,2},{3,4}}")];
+    assert_eq!(eval("nums[2][1] = 3", &grid), Some(true));
+    assert_eq!(eval("nums[2] IS NULL", &grid), Some(true));
+    assert_eq!(eval("nums[1:2][2] = nums", &grid), Some(true));
+    assert_eq!(eval("nums[2:2] = '{{3,4}}'", &grid), Some(true));
+    assert_eq!(eval("array_ndims(nums) = 2", &grid), Some(true));
+    assert_eq!(eval("array_ndims('{}'::int[]) IS NULL", &[]), Some(true));
+    assert_eq!(
+        parse("nums[1:2] IS NULL").to_sql(),
+        "((\"nums\")['1'::int4:'2'::int4] IS NULL)"
+    );
+    assert_eq!(
+        parse_err("id[1] = 1").reason,
+        "cannot subscript type int4 because it does not support subscripting"
+    );
+}
+
+#[test]
+fn array_literals_and_constructors() {
+    assert_eq!(
+        eval("ARRAY[1, 2.5] = '{1,2.5}'::numeric[]", &[]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("ARRAY[ARRAY[1], ARRAY[2]] = '{{1},{2}}'::int[]", &[]),
+        Some(true)
+    );
+    assert_eq!(eval("ARRAY[]::int[] = '{}'", &[]), Some(true));
+    assert_eq!(eval("'{a,b}'::varchar(1)[] = '{a,b}'", &[]), Some(true));
+    assert_eq!(
+        eval("tags::text = '{\"a b\"}'", &[("tags", "{\"a b\"}")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("nums = '{1,2}'::_int4", &[("nums", "{1,2}")]),
+        Some(true)
+    );
+    assert_eq!(
+        parse_err("ARRAY[] IS NULL").reason,
+        "cannot determine type of empty array"
+    );
+    assert!(
+        parse_err("nums = '{1,,2}'")
+            .reason
+            .starts_with("malformed array literal")
+    );
+    assert_eq!(
+        parse("nums = ARRAY[1, id]").to_sql(),
+        "(\"nums\" = ARRAY['1'::int4, \"id\"])"
+    );
+}
+
+// --- functions and operators ---
+
+#[test]
+fn coalesce_greatest_least_skip_nulls() {
+    assert_eq!(eval("coalesce(id, 5) = 5", &[]), Some(true));
+    assert_eq!(eval("coalesce(id, 5) = 1", &[("id", "1")]), Some(true));
+    assert_eq!(eval("coalesce(NULL, name) IS NULL", &[]), Some(true));
+    assert_eq!(
+        eval("greatest(id, 3, NULL) = 3", &[("id", "1")]),
+        Some(true)
+    );
+    assert_eq!(eval("least(id, 3) = 1", &[("id", "1")]), Some(true));
+    assert_eq!(eval("greatest(id, NULL) IS NULL", &[]), Some(true));
+    assert_eq!(
+        eval("greatest(name, 'a') = 'a'", &[("name", "B")]),
+        Some(true)
+    );
+    assert_eq!(
+        parse("greatest(name, 'a') = 'a'").to_sql(),
+        "((GREATEST(\"name\" COLLATE \"C\", 'a'::text COLLATE \"C\") COLLATE \"default\") = 'a'::text)"
+    );
+    assert_eq!(
+        parse("coalesce(id, 1.5) > 1").to_sql(),
+        "(COALESCE(CAST(\"id\" AS numeric), '1.5'::numeric) > '1'::numeric)"
+    );
+}
+
+#[test]
+fn concat_prints_values_and_skips_nulls() {
+    assert_eq!(
+        eval(
+            "concat(name, active, id, price, nums) = 'at11.50{1}'",
+            &[
+                ("name", "a"),
+                ("active", "t"),
+                ("id", "1"),
+                ("price", "1.50"),
+                ("nums", "{1}"),
+            ]
+        ),
+        Some(true)
+    );
+    assert_eq!(eval("concat(name, 'x') = 'x'", &[]), Some(true));
+}
+
+#[test]
+fn like_and_ilike_functions_match_the_operators() {
+    assert_eq!(eval("like(name, 'a%')", &[("name", "abc")]), Some(true));
+    assert_eq!(eval("ilike(name, 'A%')", &[("name", "abc")]), Some(true));
+    assert_eq!(eval("like(name, 'A%')", &[("name", "abc")]), Some(false));
+    assert_eq!(
+        parse("like(name, 'a%')").to_sql(),
+        "(\"name\" LIKE 'a%'::text)"
+    );
+}
+
+#[test]
+fn power_root_abs_and_bitwise_operators() {
+    assert_eq!(eval("2 ^ 10 = 1024", &[]), Some(true));
+    assert_eq!(eval("|/ 16 = 4", &[]), Some(true));
+    assert_eq!(eval("@ id = 3", &[("id", "-3")]), Some(true));
+    assert_eq!(eval("@ price = 1.5", &[("price", "-1.5")]), Some(true));
+    assert_eq!(eval("(id & 6) = 2", &[("id", "3")]), Some(true));
+    assert_eq!(eval("(id | 4) = 7", &[("id", "3")]), Some(true));
+    assert_eq!(eval("(id # 1) = 2", &[("id", "3")]), Some(true));
+    assert_eq!(eval("~ id = -4", &[("id", "3")]), Some(true));
+    assert_eq!(
+        eval_err("@ small = 0", &[("small", "-32768")]).reason,
+        "smallint out of range"
+    );
+    assert_eq!(
+        eval_err("0 ^ score > 0", &[("score", "-1")]).reason,
+        "zero raised to a negative power is undefined"
+    );
+    assert_eq!(
+        eval_err("|/ score > 0", &[("score", "-1")]).reason,
+        "cannot take square root of a negative number"
+    );
+    assert_eq!(parse_err("price & 1 = 1").reason, OVERLOAD_MSG);
+}
+
+#[test]
+fn text_input_functions_cast() {
+    assert_eq!(eval("int4('12') = 12", &[]), Some(true));
+    assert_eq!(eval("int8(name) = 3", &[("name", "3")]), Some(true));
+    assert_eq!(
+        eval("date('2024-01-02') = born", &[("born", "2024-01-02")]),
+        Some(true)
+    );
+    assert_eq!(
+        parse_err("int4('x') = 1").reason,
+        "invalid syntax for type int4: x"
+    );
+}
+
+#[test]
+fn intervals_and_date_arithmetic() {
+    assert_eq!(
+        eval("born + 1 = '2024-03-01'", &[("born", "2024-02-29")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("born - 1 = '2024-02-28'", &[("born", "2024-02-29")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("born - '2024-01-01' = 59", &[("born", "2024-02-29")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval(
+            "at + interval '1 month' = '2024-02-29 00:00:00'",
+            &[("at", "2024-01-31 00:00:00")]
+        ),
+        Some(true)
+    );
+    assert_eq!(
+        eval(
+            "created - at::timestamptz = interval '1 day 02:00:00'",
+            &[
+                ("created", "2024-01-02 02:00:00+00"),
+                ("at", "2024-01-01 00:00:00")
+            ]
+        ),
+        Some(true)
+    );
+    assert_eq!(
+        eval(
+            "created + '1 hour' > '2024-01-01 00:30:00+00'",
+            &[("created", "2024-01-01 00:00:00+00")]
+        ),
+        Some(true)
+    );
+    assert_eq!(eval("span = '30 days'", &[("span", "P1M")]), Some(true));
+    assert_eq!(
+        eval("justify_days(span) = '1 mon'", &[("span", "P30D")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("justify_hours(span)::text = 'P1DT3H'", &[("span", "PT27H")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval("span + span = '2 days'", &[("span", "P1D")]),
+        Some(true)
+    );
+    assert_eq!(
+        eval(
+            "born + span = '2024-01-02 00:00:00'",
+            &[("born", "2024-01-01"), ("span", "P1D")]
+        ),
+        Some(true)
+    );
+    assert_eq!(parse_err("born + '1' IS NULL").reason, OVERLOAD_MSG);
+    assert_eq!(
+        eval_err("born - born = 0", &[("born", "infinity")]).reason,
+        "cannot subtract infinite dates"
+    );
+    assert_eq!(
+        parse("at + interval '1 day' > at").to_sql(),
+        "((\"at\" + 'P1D'::interval) > \"at\")"
+    );
+}
+
+#[test]
+fn datetime_arithmetic_out_of_range_is_an_error_not_an_overflow() {
+    let r = [("at", "2024-01-01 00:00:00"), ("born", "2024-01-01")];
+    assert_eq!(
+        eval_err("at + interval '2147483647 days' > at", &r).reason,
+        "timestamp out of range"
+    );
+    assert_eq!(
+        eval_err("at - interval '2147483647 months' > at", &r).reason,
+        "timestamp out of range"
+    );
+    assert_eq!(
+        eval_err("born + 2147483647 > born", &r).reason,
+        "date out of range"
+    );
+    assert_eq!(
+        eval("at + interval '1 day' = 'infinity'", &[("at", "infinity")]),
+        Some(true)
+    );
+}
+
+#[test]
+fn value_lists_take_the_first_string_type_and_widen_numbers_like_postgres() {
+    let r = [("title", "é"), ("code", "a  ")];
+    // varchar first: the bpchar loses its padding.
+    assert_eq!(eval("least(title, code) LIKE '_'", &r), Some(true));
+    // bpchar first: it keeps it.
+    assert_eq!(eval("least(code, title) LIKE '_'", &r), Some(false));
+    assert_eq!(
+        parse("greatest(ratio, price) > 1").to_sql(),
+        "(GREATEST(\"ratio\", CAST(\"price\" AS float4)) > '1'::float8)"
+    );
 }

@@ -1,7 +1,8 @@
 //! The Postgres types the where-clause evaluator understands and how they mix.
 
 use sqlparser::ast::{
-    CharacterLength, DataType, ExactNumberInfo, ObjectNamePart, TimezoneInfo, TypeModifier,
+    ArrayElemTypeDef, CharacterLength, DataType, ExactNumberInfo, ObjectNamePart, TimezoneInfo,
+    TypeModifier,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +23,15 @@ pub(crate) enum SqlType {
     Time,
     Timestamp,
     Timestamptz,
+    Interval,
     /// An untyped string literal, `NULL` or `$n` whose type comes from its context.
     Unknown,
-    /// A column of a type the evaluator cannot interpret (enums, json, arrays...): it can only be
-    /// tested for NULL or cast to a string type, whose value is Postgres's text output.
+    /// A column of a type the evaluator cannot interpret (enums, json, arrays of those...): it
+    /// can only be tested for NULL or cast to a string type, whose value is Postgres's text output.
     Other,
+    /// An array of a scalar type above. Postgres has one array type per element type whatever
+    /// the number of dimensions, so neither does this.
+    Array(&'static SqlType),
 }
 
 /// A length or precision attached to a cast target, e.g. `varchar(3)` or `numeric(10,2)`.
@@ -53,10 +58,27 @@ impl CastTarget {
 
     /// The type as written in SQL, with its modifier.
     pub(crate) fn sql_name(&self) -> String {
+        let (base, brackets) = match self.ty {
+            SqlType::Array(elem) => (elem.name(), "[]"),
+            ty => (ty.name(), ""),
+        };
         match self.typmod {
             Typmod::None => self.ty.name().to_string(),
-            Typmod::Length(n) => format!("{}({n})", self.ty.name()),
-            Typmod::Numeric { precision, scale } => format!("numeric({precision},{scale})"),
+            Typmod::Length(n) => format!("{base}({n}){brackets}"),
+            Typmod::Numeric { precision, scale } => {
+                format!("numeric({precision},{scale}){brackets}")
+            }
+        }
+    }
+
+    /// The target for each element when this casts to an array type.
+    pub(crate) fn element(&self) -> Option<CastTarget> {
+        match self.ty {
+            SqlType::Array(elem) => Some(CastTarget {
+                ty: *elem,
+                typmod: self.typmod,
+            }),
+            _ => None,
         }
     }
 }
@@ -67,10 +89,62 @@ const MAX_CHAR_LENGTH: u64 = 10_485_760;
 impl SqlType {
     /// The evaluator's type for a column, from `pg_type.typname` and its array dimensions.
     pub(crate) fn from_column(typname: &str, dims: usize) -> SqlType {
-        if dims > 0 || typname.starts_with('_') {
+        // An array type's typname is its element's with a leading underscore.
+        if let Some(elem) = typname.strip_prefix('_') {
+            return SqlType::from_typname(elem)
+                .and_then(SqlType::array_of)
+                .unwrap_or(SqlType::Other);
+        }
+        if dims > 0 {
             return SqlType::Other;
         }
         SqlType::from_typname(typname).unwrap_or(SqlType::Other)
+    }
+
+    /// The array type whose elements are of this type; None for types without one here.
+    pub(crate) fn array_of(self) -> Option<SqlType> {
+        use SqlType::*;
+        // Each arm borrows a promoted constant, so the element lives for 'static.
+        Some(Array(match self {
+            Bool => &Bool,
+            Int2 => &Int2,
+            Int4 => &Int4,
+            Int8 => &Int8,
+            Float4 => &Float4,
+            Float8 => &Float8,
+            Numeric => &Numeric,
+            Text => &Text,
+            Varchar => &Varchar,
+            Bpchar => &Bpchar,
+            Name => &Name,
+            Uuid => &Uuid,
+            Date => &Date,
+            Time => &Time,
+            Timestamp => &Timestamp,
+            Timestamptz => &Timestamptz,
+            Interval => &Interval,
+            Unknown | Other | Array(_) => return None,
+        }))
+    }
+
+    /// The element type of an array type.
+    pub(crate) fn element(self) -> Option<SqlType> {
+        match self {
+            SqlType::Array(elem) => Some(*elem),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_array(self) -> bool {
+        matches!(self, SqlType::Array(_))
+    }
+
+    /// The type a function-style cast such as `int4('1')` names.
+    pub(crate) fn from_name(name: &str) -> Option<SqlType> {
+        match name {
+            "varchar" | "bpchar" | "name" => None,
+            other => SqlType::from_typname(other),
+        }
     }
 
     fn from_typname(name: &str) -> Option<SqlType> {
@@ -91,6 +165,7 @@ impl SqlType {
             "time" => SqlType::Time,
             "timestamp" => SqlType::Timestamp,
             "timestamptz" => SqlType::Timestamptz,
+            "interval" => SqlType::Interval,
             _ => return None,
         })
     }
@@ -114,8 +189,29 @@ impl SqlType {
             SqlType::Time => "time",
             SqlType::Timestamp => "timestamp",
             SqlType::Timestamptz => "timestamptz",
+            SqlType::Interval => "interval",
             SqlType::Unknown => "unknown",
             SqlType::Other => "other",
+            SqlType::Array(elem) => match elem {
+                SqlType::Bool => "bool[]",
+                SqlType::Int2 => "int2[]",
+                SqlType::Int4 => "int4[]",
+                SqlType::Int8 => "int8[]",
+                SqlType::Float4 => "float4[]",
+                SqlType::Float8 => "float8[]",
+                SqlType::Numeric => "numeric[]",
+                SqlType::Text => "text[]",
+                SqlType::Varchar => "varchar[]",
+                SqlType::Bpchar => "bpchar[]",
+                SqlType::Name => "name[]",
+                SqlType::Uuid => "uuid[]",
+                SqlType::Date => "date[]",
+                SqlType::Time => "time[]",
+                SqlType::Timestamp => "timestamp[]",
+                SqlType::Timestamptz => "timestamptz[]",
+                SqlType::Interval => "interval[]",
+                _ => "unknown[]",
+            },
         }
     }
 
@@ -211,6 +307,30 @@ pub(crate) fn comparison_type(l: SqlType, r: SqlType) -> Option<SqlType> {
     }
 }
 
+/// Postgres's `select_common_type` for a list of values (IN, ARRAY[], COALESCE, GREATEST):
+/// numbers widen along their implicit casts (numeric to float4 to float8), and among string
+/// types, which all convert to each other implicitly, the first one stays.
+pub(crate) fn common_type(l: SqlType, r: SqlType) -> Option<SqlType> {
+    use SqlType::*;
+    let number_rank = |t: SqlType| match t {
+        Int2 => 0,
+        Int4 => 1,
+        Int8 => 2,
+        Numeric => 3,
+        Float4 => 4,
+        _ => 5,
+    };
+    match (l, r) {
+        (a, b) if a.is_number() && b.is_number() => Some(if number_rank(a) >= number_rank(b) {
+            a
+        } else {
+            b
+        }),
+        (a, b) if a.is_string() && b.is_string() => Some(a),
+        _ => comparison_type(l, r),
+    }
+}
+
 /// Result type of `+ - * /` on two operands, None if Postgres has no such operator.
 pub(crate) fn arithmetic_type(l: SqlType, r: SqlType) -> Option<SqlType> {
     use SqlType::*;
@@ -230,6 +350,8 @@ pub(crate) fn implicit_cast_exists(from: SqlType, to: SqlType) -> bool {
         return true;
     }
     match (from, to) {
+        // Postgres coerces an array element by element when the elements coerce.
+        (Array(a), Array(b)) => implicit_cast_exists(*a, *b),
         (a, b) if a.is_int() && b.is_int() => a.int_rank() <= b.int_rank(),
         (a, Numeric) if a.is_int() => true,
         (a, b) if a.is_number() && b.is_float() => a != Float8,
@@ -248,6 +370,7 @@ pub(crate) fn explicit_cast_exists(from: SqlType, to: SqlType) -> bool {
     }
     match (from, to) {
         (Other, _) => false,
+        (Array(a), Array(b)) => explicit_cast_exists(*a, *b),
         (a, _) if a.is_string() => to != Other && to != Unknown,
         (a, b) if a.is_number() && b.is_number() => true,
         (Int4, Bool) | (Bool, Int4) => true,
@@ -297,6 +420,23 @@ pub(crate) fn cast_target(dt: &DataType) -> Result<CastTarget, String> {
     let plain = |ty| Ok(CastTarget::plain(ty));
     let unsupported = || Err(format!("unknown or unsupported type {dt}"));
     match dt {
+        DataType::Array(
+            ArrayElemTypeDef::SquareBracket(elem, _) | ArrayElemTypeDef::Qualified(elem, _),
+        ) => {
+            // `int[3]` and `int ARRAY` are all just int[]: Postgres ignores array sizes.
+            let elem = cast_target(elem)?;
+            match elem.ty.array_of() {
+                Some(ty) => Ok(CastTarget {
+                    ty,
+                    typmod: elem.typmod,
+                }),
+                None => unsupported(),
+            }
+        }
+        DataType::Interval {
+            fields: None,
+            precision: None,
+        } => plain(Interval),
         DataType::Int2(None) | DataType::SmallInt(None) => plain(Int2),
         DataType::Int4(None) | DataType::Int(None) | DataType::Integer(None) => plain(Int4),
         DataType::Int8(None) | DataType::BigInt(None) => plain(Int8),
@@ -347,7 +487,11 @@ pub(crate) fn cast_target(dt: &DataType) -> Result<CastTarget, String> {
             } else {
                 ident.value.to_ascii_lowercase()
             };
-            let Some(ty) = SqlType::from_typname(&folded) else {
+            let ty = match folded.strip_prefix('_') {
+                Some(elem) => SqlType::from_typname(elem).and_then(SqlType::array_of),
+                None => SqlType::from_typname(&folded),
+            };
+            let Some(ty) = ty else {
                 return unsupported();
             };
             let typmod = match (ty, modifiers.as_slice()) {

@@ -2,7 +2,9 @@
 
 use std::cmp::Ordering;
 
+use super::array::{self, Array};
 use super::datetime;
+use super::interval::{self, Interval};
 use super::numeric::{Numeric, NumericError};
 use super::types::{CastTarget, SqlType, Typmod};
 
@@ -23,6 +25,8 @@ pub(crate) enum Value {
     Time(i64),
     /// Microseconds since 1970-01-01 00:00 (UTC for timestamptz).
     Timestamp(i64),
+    Interval(Interval),
+    Array(Box<Array>),
 }
 
 fn syntax(ty: SqlType, input: &str) -> String {
@@ -139,6 +143,13 @@ pub(crate) fn parse_input(ty: SqlType, input: &str) -> Result<Value, String> {
         SqlType::Timestamptz => {
             Value::Timestamp(datetime::parse_timestamp(input, true).ok_or_else(bad)?)
         }
+        SqlType::Interval => Value::Interval(interval::parse(input).map_err(|e| match e {
+            Some(reason) => reason,
+            None => bad(),
+        })?),
+        SqlType::Array(elem) => {
+            Value::Array(Box::new(array::parse(input, |s| parse_input(*elem, s))?))
+        }
     })
 }
 
@@ -210,6 +221,11 @@ pub(crate) fn output(ty: SqlType, v: &Value) -> String {
         Value::Date(d) => datetime::format_date(*d),
         Value::Time(t) => datetime::format_time(*t),
         Value::Timestamp(t) => datetime::format_timestamp(*t, ty == SqlType::Timestamptz),
+        Value::Interval(i) => interval::format(i),
+        Value::Array(a) => {
+            let elem = ty.element().unwrap_or(SqlType::Text);
+            array::format(a, |v| output(elem, v))
+        }
     }
 }
 
@@ -244,6 +260,11 @@ pub(crate) fn compare(ty: SqlType, a: &Value, b: &Value) -> Option<Ordering> {
         (Value::Date(x), Value::Date(y)) => x.cmp(y),
         (Value::Time(x), Value::Time(y)) => x.cmp(y),
         (Value::Timestamp(x), Value::Timestamp(y)) => datetime::cmp_ts(*x, *y),
+        (Value::Interval(x), Value::Interval(y)) => interval::compare(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            let elem = ty.element()?;
+            array::compare(x, y, |a, b| compare(elem, a, b))?
+        }
         _ => return None,
     })
 }
@@ -299,6 +320,22 @@ fn float_to_int(v: f64, to: SqlType) -> Result<i64, String> {
 /// Convert `v` of type `from` as `CAST(v AS to)` does; None where Postgres yields NULL
 /// (an infinite timestamp cast to time). Err is the user-facing reason.
 pub(crate) fn cast(v: Value, from: SqlType, to: CastTarget) -> Result<Option<Value>, String> {
+    if let (Value::Array(arr), Some(from_elem), Some(to_elem)) = (&v, from.element(), to.element())
+    {
+        // Element by element, each through the element cast; a NULL stays NULL.
+        let items = arr
+            .items
+            .iter()
+            .map(|item| match item {
+                None => Ok(None),
+                Some(x) => cast(x.clone(), from_elem, to_elem),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Some(Value::Array(Box::new(Array {
+            dims: arr.dims.clone(),
+            items,
+        }))));
+    }
     if let (Value::Timestamp(t), SqlType::Time) = (&v, to.ty)
         && (*t == datetime::TS_POS_INF || *t == datetime::TS_NEG_INF)
     {
@@ -398,6 +435,17 @@ fn no_cast(from: SqlType, to: SqlType) -> String {
 fn apply_typmod(v: Value, to: CastTarget) -> Result<Value, String> {
     Ok(match (to.typmod, v) {
         (Typmod::None, v) => v,
+        (_, Value::Array(mut arr)) => {
+            let Some(elem) = to.element() else {
+                return Ok(Value::Array(arr));
+            };
+            for item in arr.items.iter_mut() {
+                if let Some(x) = item.take() {
+                    *item = Some(apply_typmod(x, elem)?);
+                }
+            }
+            Value::Array(arr)
+        }
         (Typmod::Length(n), Value::Text(s)) if to.ty == SqlType::Varchar => {
             Value::Text(truncate_chars(&s, n).to_string())
         }
