@@ -19,6 +19,42 @@ pub async fn tree(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
+/// `GET /admin`: the live tree page (one HTML file, no build step), polling the admin
+/// JSON endpoints with the secret it was opened with.
+pub async fn page() -> Response {
+    let mut res = (StatusCode::OK, include_str!("assets/admin.html")).into_response();
+    res.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+/// `GET /v1/admin/stats`: service status, shapes, creations, replication position and
+/// admission counters, for the admin page.
+pub async fn stats(State(app): State<AppState>) -> Response {
+    let (mut creating, mut failed) = (0, 0);
+    app.shared.creating.for_each(|m| match m {
+        volt_stack::shared::CreateMark::InProgress => creating += 1,
+        volt_stack::shared::CreateMark::Failed { .. } => failed += 1,
+    });
+    json_response(
+        StatusCode::OK,
+        json!({
+            "status": app.shared.status.status().as_str(),
+            "shapes": app.shared.shapes.len(),
+            "creating": creating,
+            "failed": failed,
+            "processed_lsn": app.shared.last_seen_lsn().to_string(),
+            "admission": app.admission.stats(),
+        }),
+    )
+}
+
 /// Admission permits in use and rejects per bucket.
 pub async fn admission(State(app): State<AppState>) -> Response {
     json_response(StatusCode::OK, json!(app.admission.stats()))

@@ -101,7 +101,9 @@ pub fn router_with_admission(
                 .options(cors::preflight),
         )
         .route("/v1/admin/tree", get(admin::tree))
-        .route("/v1/admin/admission", get(admin::admission));
+        .route("/v1/admin/admission", get(admin::admission))
+        .route("/v1/admin/stats", get(admin::stats))
+        .route("/admin", get(admin::page));
     if state.config.allow_delete {
         guarded = guarded.route("/v1/admin/kill", post(admin::kill));
     }
