@@ -404,3 +404,39 @@ async fn a_clean_shutdown_acknowledges_everything_stored_before_it_exits() -> an
     volt.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_slot_created_anew_purges_the_shapes_and_their_clients_refetch() -> anyhow::Result<()> {
+    let mut volt = TestVolt::start("slot_anew").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let old = f.handle.clone();
+    eventually("the shape is in ShapeDb", || async {
+        Ok(volt.shared().shape_db.load_all().await?.len() == 1)
+    })
+    .await?;
+
+    // While volt is down, its slot goes away: changes may have been missed, so the
+    // stored shapes cannot be trusted and are purged (not on a first start, which has
+    // nothing stored).
+    volt.stop_stack().await;
+    let admin = volt.db.client().await?;
+    admin
+        .execute(
+            "SELECT pg_drop_replication_slot($1)",
+            &[&volt.db.slot_name()],
+        )
+        .await?;
+    volt.start_stack().await?;
+    assert_eq!(volt.shared().shapes.len(), 0, "shapes purged");
+    volt.db
+        .execute("UPDATE items SET v = v + 1 WHERE id = 1")
+        .await?;
+    f.until(&volt, "a new handle after the refetch", |f| {
+        f.refetches == 1 && f.handle != old && f.rows.len() == 20
+    })
+    .await?;
+    volt.stop().await;
+    Ok(())
+}

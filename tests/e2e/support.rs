@@ -137,10 +137,20 @@ impl TestVolt {
     /// Stop the stack cleanly and start a new one on the same storage and database, as
     /// a restarted process would.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop_stack().await;
+        self.start_stack().await
+    }
+
+    /// Stop the stack and the HTTP server, keeping the database and storage.
+    pub async fn stop_stack(&mut self) {
         self.server.abort();
         if let Some(stack) = self.stack.take() {
             stack.stop().await;
         }
+    }
+
+    /// Start a stack again on the same database and storage, and wait until active.
+    pub async fn start_stack(&mut self) -> anyhow::Result<()> {
         let (stack, base, server, admission) = Self::launch(
             &self.db,
             &self
