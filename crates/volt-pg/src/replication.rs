@@ -35,6 +35,10 @@ pub struct ReplicationStream {
     client: ReplicationClient,
     parser: LogicalReplicationParser,
     builder: FragmentBuilder,
+    /// The server's WAL end, as last reported: how far behind the stream is.
+    wal_end: u64,
+    /// Commit time of the transaction last begun, in microseconds since 2000-01-01.
+    commit_time_micros: i64,
 }
 
 impl ReplicationStream {
@@ -71,6 +75,8 @@ impl ReplicationStream {
             client,
             parser: LogicalReplicationParser::with_protocol_version(1),
             builder: FragmentBuilder::new(MAX_FRAGMENT_CHANGES),
+            wal_end: 0,
+            commit_time_micros: 0,
         })
     }
 
@@ -82,11 +88,18 @@ impl ReplicationStream {
             };
             match event {
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    self.wal_end = self.wal_end.max(wal_end.as_u64());
                     return Ok(Some(StreamItem::KeepAlive {
                         wal_end: wal_end.as_u64(),
                     }));
                 }
-                ReplicationEvent::Begin { final_lsn, xid, .. } => {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
+                    self.wal_end = self.wal_end.max(final_lsn.as_u64());
+                    self.commit_time_micros = commit_time_micros;
                     self.builder.begin(xid, final_lsn.as_u64());
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
@@ -106,6 +119,19 @@ impl ReplicationStream {
                 ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
             }
         }
+    }
+
+    /// How far behind the server the transaction last begun is: WAL bytes between its
+    /// commit and the server's WAL end, and seconds since it committed.
+    pub fn lag_behind(&self, processed_lsn: u64) -> (u64, f64) {
+        let bytes = self.wal_end.saturating_sub(processed_lsn);
+        // Postgres timestamps count from 2000-01-01 (946,684,800 s after the Unix epoch).
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64 - 946_684_800_000_000)
+            .unwrap_or(0);
+        let secs = (now_micros - self.commit_time_micros).max(0) as f64 / 1e6;
+        (bytes, secs)
     }
 
     /// Whether a transaction has begun and not yet committed on the stream.

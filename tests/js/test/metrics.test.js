@@ -50,7 +50,9 @@ voltTest(
           sum(after, 'volt_transactions_total') >= sum(before, 'volt_transactions_total') + 20 &&
           sum(after, 'volt_changes_total') >= sum(before, 'volt_changes_total') + 20 &&
           sum(after, 'volt_http_requests_total') > sum(before, 'volt_http_requests_total') &&
-          sum(after, 'volt_replication_acknowledged_lsn') > sum(before, 'volt_replication_acknowledged_lsn')
+          sum(after, 'volt_replication_acknowledged_lsn') > sum(before, 'volt_replication_acknowledged_lsn') &&
+          after.has('volt_replication_lag_bytes') &&
+          after.has('volt_replication_lag_seconds')
         );
       },
       { label: 'counters moving with the load' },

@@ -301,6 +301,9 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
                 if let Some(end) = end {
                     stream.acknowledge(end);
                     metrics::gauge!("volt_replication_acknowledged_lsn").set(end as f64);
+                    let (bytes, secs) = stream.lag_behind(end);
+                    metrics::gauge!("volt_replication_lag_bytes").set(bytes as f64);
+                    metrics::gauge!("volt_replication_lag_seconds").set(secs);
                 }
             }
             Some(StreamItem::KeepAlive { wal_end }) => {
@@ -308,6 +311,9 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
                 // unrelated WAL go.
                 if !stream.in_transaction() {
                     stream.acknowledge(wal_end);
+                    // Caught up: nothing committed is waiting to be processed.
+                    metrics::gauge!("volt_replication_lag_bytes").set(0.0);
+                    metrics::gauge!("volt_replication_lag_seconds").set(0.0);
                 }
             }
         }
