@@ -525,6 +525,20 @@ impl VoltProcess {
         }
     }
 
+    /// SIGTERM, then wait (bounded) for the process to exit.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("volt is not running")?.to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("volt did not exit within 30 s of SIGTERM"))?
+            .map_err(Into::into)
+    }
+
     pub async fn kill_9(mut self) -> anyhow::Result<()> {
         self.child.start_kill()?;
         self.child.wait().await?;
