@@ -147,6 +147,11 @@ impl Volt {
         proc_status(self.pid(), "VmRSS:")
     }
 
+    /// Peak resident memory so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status(self.pid(), "VmHWM:")
+    }
+
     /// CPU seconds (user + system) used so far.
     pub fn cpu_secs(&self) -> f64 {
         let Some(pid) = self.pid() else { return 0.0 };

@@ -5,6 +5,7 @@
 mod harness;
 mod herd;
 mod idle_shapes;
+mod initial_sync;
 
 use clap::{Parser, ValueEnum};
 
@@ -14,6 +15,8 @@ enum Scenario {
     IdleShapes,
     /// Thundering herd: coalescing on/off, distinct new shapes, existing reads (issue 7).
     Herd,
+    /// Initial sync of a large shape against COPY, warm re-reads against a static server (S1).
+    InitialSync,
     All,
 }
 
@@ -46,6 +49,9 @@ fn main() -> anyhow::Result<()> {
             for n in counts {
                 idle_shapes::run(&env, n).await?;
             }
+        }
+        if matches!(args.scenario, Scenario::InitialSync | Scenario::All) {
+            initial_sync::run(&env).await?;
         }
         if matches!(args.scenario, Scenario::Herd | Scenario::All) {
             herd::run(&env).await?;
