@@ -132,23 +132,22 @@ pub async fn get_shape(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let query = query.as_deref().unwrap_or("");
-    let permit = match admit(&app, query) {
-        Ok(p) => p,
+    let p = Params::parse(query.as_deref().unwrap_or(""));
+    let permit = match admit(&app, &p) {
+        Ok(permit) => permit,
         Err(res) => return res,
     };
-    let p = Params::parse(query);
     shape_request(app, p, headers, permit).await
 }
 
-/// Admission before anything else: one registry lookup of the request's handle decides
-/// the bucket.
+/// Admission before any work beyond parsing the query: one registry lookup of the
+/// request's handle decides the bucket.
 #[allow(clippy::result_large_err)] // the rejection is the response itself
-fn admit(app: &AppState, query: &str) -> Result<Permit, Response> {
-    let known = url_params(query)
-        .into_iter()
-        .find(|(k, _)| k == "handle")
-        .is_some_and(|(_, h)| app.shared.shapes.get(&h).is_some());
+fn admit(app: &AppState, p: &Params) -> Result<Permit, Response> {
+    let known = p
+        .handle
+        .as_deref()
+        .is_some_and(|h| app.shared.shapes.get(h).is_some());
     let kind = if known {
         admission::Kind::Existing
     } else {
@@ -168,12 +167,11 @@ pub async fn post_shape(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let query = query.as_deref().unwrap_or("");
-    let permit = match admit(&app, query) {
-        Ok(p) => p,
+    let mut p = Params::parse(query.as_deref().unwrap_or(""));
+    let permit = match admit(&app, &p) {
+        Ok(permit) => permit,
         Err(res) => return res,
     };
-    let mut p = Params::parse(query);
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {

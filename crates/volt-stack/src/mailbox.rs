@@ -98,6 +98,15 @@ impl<M: ractor::Message> Mailbox<M> {
         timeout: Option<Duration>,
     ) -> Result<CallResult<T>, MessagingErr<M>> {
         self.depth.sent();
+        self.counted_call(msg, timeout).await
+    }
+
+    /// The call itself, its send already counted.
+    async fn counted_call<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(RpcReplyPort<T>) -> M,
+        timeout: Option<Duration>,
+    ) -> Result<CallResult<T>, MessagingErr<M>> {
         let res = self.actor.call(msg, timeout).await;
         // A call whose message never got into the queue failed with a send error; one
         // that timed out or lost its reply port was queued, and is received in time.
@@ -106,9 +115,7 @@ impl<M: ractor::Message> Mailbox<M> {
         }
         res
     }
-}
 
-impl<M: ractor::Message> Mailbox<M> {
     /// `call`, unless `max_depth` messages already wait: then `Ok(None)` (shed). The
     /// send is counted before the check, so racing callers never exceed the bound.
     pub async fn call_bounded<T: Send + 'static>(
@@ -124,11 +131,7 @@ impl<M: ractor::Message> Mailbox<M> {
             return Ok(None);
         }
         self.depth.gauge.set(self.depth.depth() as f64);
-        let res = self.actor.call(msg, timeout).await;
-        if matches!(res, Err(MessagingErr::SendErr(_))) {
-            self.depth.unsent();
-        }
-        res.map(Some)
+        self.counted_call(msg, timeout).await.map(Some)
     }
 }
 

@@ -43,12 +43,9 @@ impl Actor for ConsumerSupervisor {
         shared.actors.unregister(cell.get_id());
         // Found through the registry, not the actor directory: the directory listing
         // goes with the actor's state, which may be dropped before this event arrives.
-        if let Some(handle) = shared.shapes.handle_of_consumer(cell.get_id())
-            && shared
-                .shapes
-                .get(&handle)
-                .is_some_and(|e| e.consumer.get_id() == cell.get_id())
-        {
+        // The index only holds a shape's current consumer, so a predecessor replaced
+        // by a restore never removes its successor's shape.
+        if let Some(handle) = shared.shapes.handle_of_consumer(cell.get_id()) {
             tracing::warn!(%handle, reason = %why, "consumer exited; removing its shape");
             shapes::invalidate(shared, &handle);
         }
