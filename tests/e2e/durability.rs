@@ -28,6 +28,8 @@ async fn a_restarted_volt_resumes_shapes_without_a_new_snapshot() -> anyhow::Res
         Ok(volt.shared().shape_db.load_all().await?.len() == 2)
     })
     .await?;
+    let stats: serde_json::Value = volt.get("/v1/admin/stats").await?.json().await?;
+    assert_eq!(stats["registry_unwritten"], 0, "{stats}");
 
     volt.restart().await?;
     assert_eq!(volt.shared().shapes.len(), 2, "both shapes restored");

@@ -142,6 +142,27 @@ impl Volt {
         self.child.id()
     }
 
+    /// Poll `/v1/admin/stats` until every registry change is in ShapeDb.
+    pub async fn wait_registry_written(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stats: serde_json::Value = self
+                .http
+                .get(format!("{}/v1/admin/stats", self.base))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if stats["registry_unwritten"] == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the shape registry was not written within 60 s: {stats}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Resident memory now, in KiB.
     pub fn rss_kib(&self) -> u64 {
         proc_status(self.pid(), "VmRSS:")

@@ -106,11 +106,8 @@ pub async fn run(env: &BenchEnv, n: usize) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let create_secs = t.elapsed().as_secs_f64();
     let create_cpu = volt.cpu_secs() - cpu0;
-    // Let the registry write buffer flush before measuring and killing.
-    let flushed_by = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < flushed_by {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The registry write buffer must be on disk before the kill: volt says when.
+    volt.wait_registry_written().await?;
     let rss = volt.rss_kib();
     let disk = dir_bytes(storage.path());
     volt.kill_9().await?;

@@ -37,11 +37,7 @@ pub async fn page() -> Response {
 /// `GET /v1/admin/stats`: service status, shapes, creations, replication position and
 /// admission counters, for the admin page.
 pub async fn stats(State(app): State<AppState>) -> Response {
-    let (mut creating, mut failed) = (0, 0);
-    app.shared.creating.for_each(|m| match m {
-        volt_stack::shared::CreateMark::InProgress => creating += 1,
-        volt_stack::shared::CreateMark::Failed { .. } => failed += 1,
-    });
+    let (creating, failed) = app.shared.creating.counts();
     json_response(
         StatusCode::OK,
         json!({
@@ -50,6 +46,10 @@ pub async fn stats(State(app): State<AppState>) -> Response {
             "creating": creating,
             "failed": failed,
             "processed_lsn": app.shared.last_seen_lsn().to_string(),
+            "registry_unwritten": app
+                .shared
+                .registry_unwritten
+                .load(std::sync::atomic::Ordering::Acquire),
             "admission": app.admission.stats(),
         }),
     )

@@ -223,10 +223,14 @@ impl CreateLocks {
         self.marks.len()
     }
 
-    pub fn for_each(&self, mut f: impl FnMut(&CreateMark)) {
-        for m in self.marks.iter() {
-            f(m.value());
-        }
+    /// How many creations are in progress, and how many failures are published.
+    pub fn counts(&self) -> (usize, usize) {
+        self.marks
+            .iter()
+            .fold((0, 0), |(creating, failed), m| match m.value() {
+                CreateMark::InProgress => (creating + 1, failed),
+                CreateMark::Failed { .. } => (creating, failed + 1),
+            })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -367,6 +371,9 @@ pub struct Shared {
     /// The persistent shape registry; written only through `shape_db_writer`.
     pub shape_db: ShapeDb,
     pub shape_db_writer: ArcSwapOption<ActorRef<ShapeDbMsg>>,
+    /// Registry changes handed to the writer and not yet in ShapeDb: a shape created
+    /// while this is above zero would not survive a crash.
+    pub registry_unwritten: AtomicU64,
     pub publication_manager: ArcSwapOption<ActorRef<PublicationMsg>>,
     /// A shape could not write because the disk is full: health says so and new shapes
     /// are refused until a write succeeds again.
@@ -398,6 +405,7 @@ impl Shared {
             consumer_supervisor: ArcSwapOption::empty(),
             shape_db,
             shape_db_writer: ArcSwapOption::empty(),
+            registry_unwritten: AtomicU64::new(0),
             publication_manager: ArcSwapOption::empty(),
             storage_full: std::sync::atomic::AtomicBool::new(false),
             replication_shutdown: tokio::sync::watch::Sender::new(false),
@@ -485,7 +493,9 @@ impl Shared {
     pub fn record(&self, op: ShapeDbOp) {
         match self.shape_db_writer.load_full() {
             Some(w) => {
+                self.registry_unwritten.fetch_add(1, Ordering::AcqRel);
                 if w.cast(ShapeDbMsg::Op(op)).is_err() {
+                    self.registry_unwritten.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!(
                         "shape registry writer is down; a registry change was not recorded"
                     );

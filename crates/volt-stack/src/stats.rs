@@ -3,17 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::shared::{CreateMark, Shared};
+use crate::shared::Shared;
 use crate::task::OwnedTask;
 
 /// Set the sampled gauges once.
 pub fn sample(shared: &Shared) {
     metrics::gauge!("volt_shapes_active").set(shared.shapes.len() as f64);
-    let (mut creating, mut failed) = (0usize, 0usize);
-    shared.creating.for_each(|mark| match mark {
-        CreateMark::InProgress => creating += 1,
-        CreateMark::Failed { .. } => failed += 1,
-    });
+    let (creating, failed) = shared.creating.counts();
     metrics::gauge!("volt_shapes_creating").set(creating as f64);
     metrics::gauge!("volt_shapes_failed").set(failed as f64);
     metrics::gauge!("volt_replication_processed_lsn").set(shared.last_seen_lsn() as f64);

@@ -35,10 +35,17 @@ impl WriterState {
             return Ok(());
         }
         let ops = std::mem::take(&mut self.pending);
-        if let Err(e) = self.shared.shape_db.apply(&ops).await {
-            // Keep them for the next tick: a transient SQLite error must not lose shapes.
-            tracing::error!(error = %e, pending = ops.len(), "could not write the shape registry");
-            self.pending = ops;
+        match self.shared.shape_db.apply(&ops).await {
+            Ok(()) => {
+                self.shared
+                    .registry_unwritten
+                    .fetch_sub(ops.len() as u64, std::sync::atomic::Ordering::AcqRel);
+            }
+            Err(e) => {
+                // Keep them for the next tick: a transient SQLite error must not lose shapes.
+                tracing::error!(error = %e, pending = ops.len(), "could not write the shape registry");
+                self.pending = ops;
+            }
         }
         Ok(())
     }
@@ -54,6 +61,10 @@ impl Actor for ShapeDbWriter {
         myself: ActorRef<Self::Msg>,
         shared: Arc<Shared>,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // What a dead predecessor still held is lost with it: count from zero.
+        shared
+            .registry_unwritten
+            .store(0, std::sync::atomic::Ordering::Release);
         shared.shape_db_writer.store(Some(Arc::new(myself.clone())));
         myself.send_interval(FLUSH_EVERY, || ShapeDbMsg::Tick);
         Ok(WriterState {
