@@ -81,6 +81,9 @@ pub enum StorageError {
     /// This instance was fenced: a successor opened on the same directory owns its files.
     #[error("shape log at {path} was reopened by a successor; this writer may not write")]
     Fenced { path: PathBuf },
+    /// This instance follows a log that another process writes.
+    #[error("shape log at {path} is written by another instance; this one only reads it")]
+    ReadOnly { path: PathBuf },
 }
 
 impl StorageError {
@@ -134,6 +137,25 @@ struct Writer {
     meta: Meta,
     /// Set by `fence`: nothing may be written any more.
     fenced: bool,
+    /// Another process writes these files: this instance only reads them (`follow`)
+    /// until `promote`.
+    follower: bool,
+}
+
+impl Writer {
+    fn writable(&self, path: &Path) -> Result<(), StorageError> {
+        if self.fenced {
+            return Err(StorageError::Fenced {
+                path: path.to_path_buf(),
+            });
+        }
+        if self.follower {
+            return Err(StorageError::ReadOnly {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
 }
 
 struct SnapshotWriter {
@@ -218,6 +240,78 @@ fn index_entry(c: &Chunk) -> [u8; INDEX_ENTRY] {
     e
 }
 
+fn read_index(path: &Path) -> Result<Vec<Chunk>, StorageError> {
+    let bytes = fs::read(path).map_err(|e| StorageError::io(path, e))?;
+    Ok(bytes
+        .chunks_exact(INDEX_ENTRY)
+        .map(|e| Chunk {
+            first: LogOffset::new(
+                u64::from_be_bytes(e[0..8].try_into().unwrap_or_default()),
+                u64::from_be_bytes(e[8..16].try_into().unwrap_or_default()),
+            ),
+            pos: u64::from_be_bytes(e[16..24].try_into().unwrap_or_default()),
+        })
+        .collect())
+}
+
+/// Bytes `from..to` of a file.
+fn read_range(path: &Path, from: u64, to: u64) -> Result<Vec<u8>, StorageError> {
+    let mut file = File::open(path).map_err(|e| StorageError::io(path, e))?;
+    let mut buf = Vec::with_capacity(to.saturating_sub(from) as usize);
+    file.seek(SeekFrom::Start(from))
+        .and_then(|_| file.take(to.saturating_sub(from)).read_to_end(&mut buf))
+        .map_err(|e| StorageError::io(path, e))?;
+    Ok(buf)
+}
+
+/// What a scan of the change log found, counting complete transactions only.
+struct Scanned {
+    /// Chunks that start in the scanned range.
+    chunks: Vec<Chunk>,
+    /// End of the last complete transaction (the scan's start if there is none).
+    committed_pos: u64,
+    /// How far into its chunk `committed_pos` is.
+    chunk_len: u64,
+    latest: Option<LogOffset>,
+}
+
+/// Walk the records of `buf`, which starts at file position `base`, `chunk_len` bytes
+/// into its chunk. Chunks are cut by the writer's own rule (see `append`), so a reader
+/// finds the boundaries the writer chose even before they are indexed. `have_chunks`:
+/// whether a chunk already starts at or before `base`.
+fn scan(buf: &[u8], base: u64, chunk_len: u64, chunk_bytes: u64, have_chunks: bool) -> Scanned {
+    let mut out = Scanned {
+        chunks: Vec::new(),
+        committed_pos: base,
+        chunk_len,
+        latest: None,
+    };
+    let mut pending = Vec::new();
+    let mut len = chunk_len;
+    let mut started = have_chunks;
+    let mut pos = 0usize;
+    while let Some(rec) = decode(buf, pos) {
+        let record_len = (rec.end - pos) as u64;
+        if !started || (len > 0 && len + record_len > chunk_bytes) {
+            pending.push(Chunk {
+                first: rec.offset,
+                pos: base + pos as u64,
+            });
+            len = 0;
+            started = true;
+        }
+        len += record_len;
+        pos = rec.end;
+        if rec.txn_end {
+            out.chunks.append(&mut pending);
+            out.committed_pos = base + pos as u64;
+            out.chunk_len = len;
+            out.latest = Some(rec.offset);
+        }
+    }
+    out
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -281,6 +375,7 @@ impl ShapeLog {
                 snapshot: Some(snapshot),
                 meta,
                 fenced: false,
+                follower: false,
             }),
             committed: watch::Sender::new(LogOffset::SNAPSHOT_END),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -295,7 +390,27 @@ impl ShapeLog {
     /// unusable (`Corrupt`); a torn tail (a crash mid-write or mid-transaction) is cut
     /// back to the end of the last complete transaction.
     pub fn open(dir: impl Into<PathBuf>, chunk_bytes: u64) -> Result<ShapeLog, StorageError> {
-        let dir = dir.into();
+        let log = ShapeLog::load(dir.into(), chunk_bytes, false)?;
+        let mut w = log.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        log.recover(&mut w)?;
+        drop(w);
+        Ok(log)
+    }
+
+    /// Open a log that another process writes (the instance that holds the replication
+    /// slot, during a rolling deploy), to serve what it has stored without writing a
+    /// byte: `follow` picks up its later transactions, `promote` makes this instance the
+    /// writer once the other one is gone.
+    pub fn open_follower(
+        dir: impl Into<PathBuf>,
+        chunk_bytes: u64,
+    ) -> Result<ShapeLog, StorageError> {
+        ShapeLog::load(dir.into(), chunk_bytes, true)
+    }
+
+    /// Read what is on disk, up to the last complete transaction, changing nothing.
+    fn load(dir: PathBuf, chunk_bytes: u64, follower: bool) -> Result<ShapeLog, StorageError> {
+        let chunk_bytes = chunk_bytes.max(1);
         let corrupt = |reason: &str| StorageError::Corrupt {
             path: dir.clone(),
             reason: reason.to_string(),
@@ -314,100 +429,44 @@ impl ShapeLog {
         let Some(snapshot_chunks) = meta.snapshot_chunks else {
             return Err(corrupt("the initial snapshot never completed"));
         };
-
-        let index_path = dir.join(INDEX_FILE);
-        let index_bytes = fs::read(&index_path).map_err(|e| StorageError::io(&index_path, e))?;
-        let mut chunks: Vec<Chunk> = index_bytes
-            .chunks_exact(INDEX_ENTRY)
-            .map(|e| Chunk {
-                first: LogOffset::new(
-                    u64::from_be_bytes(e[0..8].try_into().unwrap_or_default()),
-                    u64::from_be_bytes(e[8..16].try_into().unwrap_or_default()),
-                ),
-                pos: u64::from_be_bytes(e[16..24].try_into().unwrap_or_default()),
-            })
-            .collect();
-
-        // Scan from the start of the last indexed chunk to find the last complete
-        // transaction; everything after it is a torn tail.
         let log_path = dir.join(LOG_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(|e| StorageError::io(&log_path, e))?;
-        let file_len = file
-            .metadata()
+        let file_len = fs::metadata(&log_path)
             .map_err(|e| StorageError::io(&log_path, e))?
             .len();
+        let mut chunks = read_index(&dir.join(INDEX_FILE))?;
         chunks.retain(|c| c.pos < file_len);
+
+        // Scan from the start of the last indexed chunk to find the last complete
+        // transaction; everything after it is a torn tail (or, for a follower, a
+        // transaction its writer has not finished).
         let scan_from = chunks.last().map_or(0, |c| c.pos);
-        let mut tail = Vec::new();
-        file.seek(SeekFrom::Start(scan_from))
-            .and_then(|_| file.read_to_end(&mut tail))
-            .map_err(|e| StorageError::io(&log_path, e))?;
-        let mut pos = 0usize;
-        let mut committed_end = 0usize;
-        let mut latest = None;
-        let mut chunk_len = 0u64;
-        let mut first = None;
-        while let Some(rec) = decode(&tail, pos) {
-            first.get_or_insert(rec.offset);
-            pos = rec.end;
-            if rec.txn_end {
-                committed_end = rec.end;
-                latest = Some(rec.offset);
-                chunk_len = committed_end as u64;
-            }
-        }
-        let committed_pos = scan_from + committed_end as u64;
-        if latest.is_none() && scan_from > 0 {
+        let tail = read_range(&log_path, scan_from, file_len)?;
+        let scanned = scan(&tail, scan_from, 0, chunk_bytes, !chunks.is_empty());
+        if scanned.latest.is_none() && scan_from > 0 {
             return Err(corrupt(
                 "the last indexed chunk holds no complete transaction",
             ));
         }
-        if committed_pos < file_len {
-            tracing::warn!(
-                dir = %dir.display(),
-                dropped = file_len - committed_pos,
-                "truncating a torn tail of the shape log"
-            );
-            file.set_len(committed_pos)
-                .and_then(|_| file.sync_all())
-                .map_err(|e| StorageError::io(&log_path, e))?;
-        }
-        // A crash between the data's fsync and the first index write leaves committed
-        // data with no chunk: index it now.
-        if chunks.is_empty()
-            && committed_end > 0
-            && let Some(first) = first
-        {
-            chunks.push(Chunk { first, pos: 0 });
-        }
-        let valid_index: Vec<u8> = chunks.iter().flat_map(index_entry).collect();
-        if valid_index != index_bytes {
-            fs::write(&index_path, &valid_index)
-                .and_then(|_| File::open(&index_path)?.sync_all())
-                .map_err(|e| StorageError::io(&index_path, e))?;
-        }
+        chunks.extend(scanned.chunks);
         Ok(ShapeLog {
             dir,
-            chunk_bytes: chunk_bytes.max(1),
+            chunk_bytes,
             visible: RwLock::new(Visible {
                 chunks,
-                committed_pos,
+                committed_pos: scanned.committed_pos,
             }),
             writer: Mutex::new(Writer {
-                end_pos: committed_pos,
-                chunk_len,
-                committed_chunk_len: chunk_len,
+                end_pos: scanned.committed_pos,
+                chunk_len: scanned.chunk_len,
+                committed_chunk_len: scanned.chunk_len,
                 buffer: Vec::new(),
                 new_chunks: Vec::new(),
                 snapshot: None,
                 meta,
                 fenced: false,
+                follower,
             }),
-            committed: watch::Sender::new(latest.unwrap_or(LogOffset::SNAPSHOT_END)),
+            committed: watch::Sender::new(scanned.latest.unwrap_or(LogOffset::SNAPSHOT_END)),
             snapshot: watch::Sender::new(SnapshotProgress {
                 state: SnapshotState::Done {
                     chunks: snapshot_chunks,
@@ -416,6 +475,124 @@ impl ShapeLog {
             }),
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// Make the files agree with what was loaded: cut the torn tail and index the chunks
+    /// found past the index (a crash between a commit's data and its index entry).
+    fn recover(&self, w: &mut Writer) -> Result<(), StorageError> {
+        let log_path = self.dir.join(LOG_FILE);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&log_path)
+            .map_err(|e| StorageError::io(&log_path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| StorageError::io(&log_path, e))?
+            .len();
+        if w.end_pos < file_len {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                dropped = file_len - w.end_pos,
+                "truncating a torn tail of the shape log"
+            );
+            file.set_len(w.end_pos)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| StorageError::io(&log_path, e))?;
+        }
+        let index_path = self.dir.join(INDEX_FILE);
+        let index_bytes = fs::read(&index_path).map_err(|e| StorageError::io(&index_path, e))?;
+        let valid_index: Vec<u8> = self
+            .visible
+            .read()
+            .map_err(|_| StorageError::Poisoned)?
+            .chunks
+            .iter()
+            .flat_map(index_entry)
+            .collect();
+        if valid_index != index_bytes {
+            fs::write(&index_path, &valid_index)
+                .and_then(|_| File::open(&index_path)?.sync_all())
+                .map_err(|e| StorageError::io(&index_path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether this instance only follows another process's writes.
+    pub fn is_follower(&self) -> bool {
+        self.writer.lock().is_ok_and(|w| w.follower)
+    }
+
+    /// A follower catches up with the transactions its writer completed since it last
+    /// looked, and wakes the readers waiting for them. A shape whose directory is gone
+    /// was removed by the writer: the log closes, so its readers refetch. Does nothing
+    /// for the writer's own log.
+    pub fn follow(&self) -> Result<(), StorageError> {
+        let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        if !w.follower || self.is_closed() {
+            return Ok(());
+        }
+        if !self.dir.join(META_FILE).exists() {
+            drop(w);
+            self.close();
+            return Ok(());
+        }
+        let log_path = self.dir.join(LOG_FILE);
+        let file_len = match fs::metadata(&log_path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                drop(w);
+                self.close();
+                return Ok(());
+            }
+            Err(e) => return Err(StorageError::io(&log_path, e)),
+        };
+        // Shorter only while the writer rolls back a transaction it will write again.
+        if file_len <= w.end_pos {
+            return Ok(());
+        }
+        let buf = read_range(&log_path, w.end_pos, file_len)?;
+        let have_chunks = !self
+            .visible
+            .read()
+            .map_err(|_| StorageError::Poisoned)?
+            .chunks
+            .is_empty();
+        let scanned = scan(&buf, w.end_pos, w.chunk_len, self.chunk_bytes, have_chunks);
+        let Some(latest) = scanned.latest else {
+            return Ok(());
+        };
+        w.end_pos = scanned.committed_pos;
+        w.chunk_len = scanned.chunk_len;
+        w.committed_chunk_len = scanned.chunk_len;
+        drop(w);
+        {
+            let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
+            v.chunks.extend(scanned.chunks);
+            v.committed_pos = scanned.committed_pos;
+        }
+        self.committed.send_if_modified(|cur| {
+            if latest > *cur {
+                *cur = latest;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(())
+    }
+
+    /// Become the writer of a followed log (the instance that wrote it is gone): take
+    /// what it completed, cut what it left unfinished, and write from there on. Readers
+    /// keep following the same log, so none of them has to refetch.
+    pub fn promote(&self) -> Result<(), StorageError> {
+        self.follow()?;
+        let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        if !w.follower {
+            return Ok(());
+        }
+        self.recover(&mut w)?;
+        w.follower = false;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -435,6 +612,7 @@ impl ShapeLog {
         pg_snapshot: serde_json::Value,
     ) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        w.writable(&self.dir)?;
         w.meta.pg_snapshot = Some(pg_snapshot);
         write_meta(&self.dir, &w.meta)?;
         drop(w);
@@ -465,9 +643,7 @@ impl ShapeLog {
     pub fn append_snapshot_line(&self, json: &str) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         let dir = self.dir.clone();
-        if w.fenced {
-            return Err(StorageError::Fenced { path: dir });
-        }
+        w.writable(&dir)?;
         let chunk_bytes = self.chunk_bytes;
         let s = w.snapshot.as_mut().ok_or_else(|| StorageError::Corrupt {
             path: dir.clone(),
@@ -502,11 +678,7 @@ impl ShapeLog {
     /// Make the snapshot durable and visible to readers.
     pub fn finish_snapshot(&self) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        if w.fenced {
-            return Err(StorageError::Fenced {
-                path: self.dir.clone(),
-            });
-        }
+        w.writable(&self.dir)?;
         let Some(mut s) = w.snapshot.take() else {
             return Ok(());
         };
@@ -530,6 +702,7 @@ impl ShapeLog {
     /// the shape's last change of its transaction.
     pub fn append(&self, offset: LogOffset, json: &str, txn_end: bool) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        w.writable(&self.dir)?;
         let record_len = (RECORD_HEADER + json.len() + RECORD_TRAILER) as u64;
         if w.end_pos == 0 || (w.chunk_len > 0 && w.chunk_len + record_len > self.chunk_bytes) {
             let chunk = Chunk {
@@ -550,9 +723,7 @@ impl ShapeLog {
 
     fn write_out(&self, w: &mut Writer, sync: bool) -> Result<(), StorageError> {
         let path = self.dir.join(LOG_FILE);
-        if w.fenced {
-            return Err(StorageError::Fenced { path });
-        }
+        w.writable(&path)?;
         // Opened per write so that idle shapes hold no file descriptor.
         let mut f = OpenOptions::new()
             .append(true)
@@ -623,11 +794,7 @@ impl ShapeLog {
         w.buffer.clear();
         w.new_chunks.clear();
         w.chunk_len = w.committed_chunk_len;
-        if w.fenced {
-            return Err(StorageError::Fenced {
-                path: self.dir.join(LOG_FILE),
-            });
-        }
+        w.writable(&self.dir.join(LOG_FILE))?;
         if w.end_pos != committed_pos {
             let path = self.dir.join(LOG_FILE);
             let f = OpenOptions::new()
@@ -1000,5 +1167,145 @@ mod tests {
             .sum();
         assert_eq!(total, 5);
         assert!(chunks >= 2);
+    }
+
+    /// Every response a reader can get, from every offset the log holds.
+    fn all_reads(log: &ShapeLog) -> Vec<(Vec<String>, Option<LogOffset>, bool)> {
+        let mut offsets = vec![LogOffset::SNAPSHOT_END];
+        let mut at = LogOffset::SNAPSHOT_END;
+        loop {
+            let r = log.read_after(at).unwrap();
+            let Some(last) = r.last else { break };
+            offsets.push(last);
+            at = last;
+        }
+        offsets
+            .iter()
+            .map(|o| {
+                let r = log.read_after(*o).unwrap();
+                (r.items, r.last, r.reached_end)
+            })
+            .collect()
+    }
+
+    fn dir_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn a_follower_answers_as_its_writer_does_at_the_same_chunk_boundaries() {
+        let (d, writer) = log(100);
+        let follower = ShapeLog::open_follower(d.path().join("shape"), 100).unwrap();
+        assert!(follower.is_follower());
+        let mut latest = follower.subscribe();
+        for tx in 1..=20u64 {
+            for op in 0..3u64 {
+                writer
+                    .append(
+                        LogOffset::new(tx, op),
+                        &format!("{{\"tx\":{tx},\"op\":{op}}}"),
+                        op == 2,
+                    )
+                    .unwrap();
+            }
+            writer.commit(LogOffset::new(tx, 2)).unwrap();
+            if tx % 7 == 0 {
+                follower.follow().unwrap();
+                assert!(
+                    latest.has_changed().unwrap(),
+                    "a follower wakes its readers"
+                );
+                latest.borrow_and_update();
+            }
+        }
+        follower.follow().unwrap();
+        assert_eq!(follower.latest_offset(), LogOffset::new(20, 2));
+        assert_eq!(all_reads(&follower), all_reads(&writer));
+        // A follower opened now, from the index, agrees too.
+        let late = ShapeLog::open_follower(d.path().join("shape"), 100).unwrap();
+        assert_eq!(all_reads(&late), all_reads(&writer));
+    }
+
+    #[test]
+    fn a_follower_never_shows_an_unfinished_transaction_nor_writes_a_byte() {
+        let (d, writer) = log(1 << 20);
+        writer.append(LogOffset::new(5, 0), "kept", true).unwrap();
+        writer.commit(LogOffset::new(5, 0)).unwrap();
+        // Written out (past the write buffer) but not finished by its writer.
+        let big = "x".repeat(WRITE_BUFFER);
+        writer.append(LogOffset::new(6, 0), &big, false).unwrap();
+        let before = dir_bytes(&d.path().join("shape"));
+        let follower = ShapeLog::open_follower(d.path().join("shape"), 1 << 20).unwrap();
+        follower.follow().unwrap();
+        assert_eq!(dir_bytes(&d.path().join("shape")), before);
+        assert_eq!(follower.latest_offset(), LogOffset::new(5, 0));
+        assert_eq!(
+            follower.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            ["kept"]
+        );
+        assert!(matches!(
+            follower
+                .append(LogOffset::new(7, 0), "no", true)
+                .and_then(|_| follower.commit(LogOffset::new(7, 0))),
+            Err(StorageError::ReadOnly { .. })
+        ));
+        // Once the writer finishes it, the follower shows it.
+        writer.append(LogOffset::new(6, 1), "end", true).unwrap();
+        writer.commit(LogOffset::new(6, 1)).unwrap();
+        follower.follow().unwrap();
+        assert_eq!(follower.latest_offset(), LogOffset::new(6, 1));
+    }
+
+    #[test]
+    fn a_promoted_follower_cuts_what_its_writer_left_unfinished_and_writes_on() {
+        let (d, writer) = log(1 << 20);
+        writer.append(LogOffset::new(5, 0), "kept", true).unwrap();
+        writer.commit(LogOffset::new(5, 0)).unwrap();
+        let big = "x".repeat(WRITE_BUFFER);
+        writer.append(LogOffset::new(6, 0), &big, false).unwrap();
+        let follower = ShapeLog::open_follower(d.path().join("shape"), 1 << 20).unwrap();
+        let mut latest = follower.subscribe();
+        latest.borrow_and_update();
+        // The writer dies; the follower takes over, and the stream resends tx 6.
+        drop(writer);
+        follower.promote().unwrap();
+        assert!(!follower.is_follower());
+        follower
+            .append(LogOffset::new(6, 0), "resent", true)
+            .unwrap();
+        follower.commit(LogOffset::new(6, 0)).unwrap();
+        assert!(
+            latest.has_changed().unwrap(),
+            "readers of the follower see the new writes"
+        );
+        assert_eq!(
+            follower.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            ["kept", "resent"]
+        );
+        let reopened = reopen(&d, 1 << 20);
+        assert_eq!(
+            reopened.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            ["kept", "resent"]
+        );
+    }
+
+    #[test]
+    fn a_follower_closes_when_its_writer_removes_the_shape() {
+        let (d, _writer) = log(1 << 20);
+        let follower = ShapeLog::open_follower(d.path().join("shape"), 1 << 20).unwrap();
+        fs::rename(d.path().join("shape"), d.path().join("trashed")).unwrap();
+        follower.follow().unwrap();
+        assert!(follower.is_closed());
     }
 }
