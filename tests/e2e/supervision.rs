@@ -439,6 +439,151 @@ async fn a_second_volt_on_the_same_slot_waits_for_the_lock_and_takes_over() -> a
     Ok(())
 }
 
+/// A rolling deploy with the storage directory shared: the next instance serves the
+/// stored shapes read-only while it waits for the slot's lock (following the first one's
+/// writes), then takes them over without a new snapshot; its clients never refetch.
+#[tokio::test]
+async fn a_rolling_deploy_on_shared_storage_serves_read_only_then_takes_over_without_a_snapshot()
+-> anyhow::Result<()> {
+    use crate::support::{VoltProcess, fetch, free_port, snapshot_queries_in};
+    use volt_test_support::TestDb;
+    let db = TestDb::new("rolling_shared").await?;
+    db.execute(ITEMS).await?;
+    let storage = tempfile::tempdir()?;
+    let a = VoltProcess::start(&db, storage.path(), free_port()?).await?;
+    let mut on_a = Follower::new("table=items");
+    on_a.catch_up(&a).await?;
+    let handle = on_a.handle.clone();
+    db.execute("INSERT INTO items VALUES (3, 'three')").await?;
+    on_a.until(&a, "row 3 on the first instance", |f| f.rows.len() == 3)
+        .await?;
+
+    let b = VoltProcess::spawn(&db, storage.path(), free_port()?)?;
+    b.wait_health("waiting", storage.path()).await?;
+    // The waiting instance serves the stored shape, same handle, from offset -1...
+    let mut on_b = Follower::new("table=items");
+    on_b.catch_up(&b).await?;
+    assert_eq!(on_b.handle, handle);
+    assert_eq!(on_b.column("title"), on_a.column("title"));
+    // ...and from where a client of the first one got to.
+    let mut moved = Follower {
+        rows: on_a.rows.clone(),
+        ..Follower::new("table=items")
+    };
+    moved.handle = on_a.handle.clone();
+    moved.offset = on_a.offset.clone();
+    moved.poll(&b, false).await?;
+    // It follows what the first instance writes, live.
+    db.execute("INSERT INTO items VALUES (4, 'four')").await?;
+    on_b.until(&b, "row 4 followed on the waiting instance", |f| {
+        f.rows.len() == 4
+    })
+    .await?;
+    // It creates nothing and removes nothing: those are the writer's.
+    let res = fetch(&b, "table=items&where=id>1&offset=-1").await?;
+    assert_eq!(res.status, 503, "{}", res.body);
+    let snapshots = snapshot_queries_in(&db, "items").await?;
+
+    // The first instance stops (SIGTERM, as a deploy does); the second takes over.
+    assert!(a.terminate().await?.success());
+    b.wait_health("active", storage.path()).await?;
+    db.execute("INSERT INTO items VALUES (5, 'five')").await?;
+    on_b.until(&b, "row 5 after the takeover", |f| f.rows.len() == 5)
+        .await?;
+    moved
+        .until(&b, "the moved client catches up", |f| f.rows.len() == 5)
+        .await?;
+    assert_eq!(on_b.handle, handle, "the shape kept its handle");
+    assert_eq!((on_b.refetches, moved.refetches), (0, 0));
+    assert_eq!(
+        snapshot_queries_in(&db, "items").await?,
+        snapshots,
+        "no new snapshot"
+    );
+    // Row 3 from the first instance's log, 4 followed, 5 after the takeover: once each.
+    let keys: Vec<&str> = on_b
+        .changes
+        .iter()
+        .filter_map(|c| c["key"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "\"public\".\"items\"/\"3\"",
+            "\"public\".\"items\"/\"4\"",
+            "\"public\".\"items\"/\"5\""
+        ]
+    );
+    b.kill_9().await?;
+    Ok(())
+}
+
+/// The writer loses the slot's lock (its session ends) to an instance sharing its storage,
+/// which then writes there; when the lock comes back, the first instance reloads the
+/// storage instead of writing on from its stale view, and its clients carry on.
+#[tokio::test]
+async fn an_instance_that_lost_the_lock_reloads_the_shared_storage_when_it_gets_it_back()
+-> anyhow::Result<()> {
+    use crate::support::{VoltProcess, free_port};
+    use volt_test_support::TestDb;
+    let db = TestDb::new("lock_lost_shared").await?;
+    db.execute(ITEMS).await?;
+    let storage = tempfile::tempdir()?;
+    let a = VoltProcess::start(&db, storage.path(), free_port()?).await?;
+    let mut on_a = Follower::new("table=items");
+    on_a.catch_up(&a).await?;
+    let b = VoltProcess::spawn(&db, storage.path(), free_port()?)?;
+    b.wait_health("waiting", storage.path()).await?;
+
+    // The first instance's lock-holding session ends; the second gets the lock.
+    let admin = db.client().await?;
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+        )
+        .await?;
+    b.wait_health("active", storage.path()).await?;
+    a.wait_health("waiting", storage.path()).await?;
+    db.execute("INSERT INTO items VALUES (3, 'three')").await?;
+    let mut on_b = Follower::new("table=items");
+    on_b.until(&b, "row 3 on the second instance", |f| f.rows.len() == 3)
+        .await?;
+
+    // The second one crashes; the first gets the lock back and sees what it wrote.
+    b.kill_9().await?;
+    a.wait_health("active", storage.path()).await?;
+    db.execute("INSERT INTO items VALUES (4, 'four')").await?;
+    on_a.until(&a, "rows 3 and 4 on the first instance", |f| {
+        f.rows.len() == 4
+    })
+    .await?;
+    assert_eq!(on_a.refetches, 0);
+    assert_eq!(on_a.handle, on_b.handle);
+    // It got there by reloading: its shape subsystem restarted once.
+    let tree: Value = reqwest::get(format!("{}/v1/admin/tree", a.base()))
+        .await?
+        .json()
+        .await?;
+    fn restarts_of(v: &Value, kind: &str) -> Option<u64> {
+        if v["kind"] == kind {
+            return v["restarts"].as_u64();
+        }
+        v["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|c| restarts_of(c, kind))
+    }
+    assert_eq!(
+        restarts_of(&tree, "ShapeSubsystemSupervisor"),
+        Some(1),
+        "{tree}"
+    );
+    a.kill_9().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_snapshot_cut_off_by_the_database_is_a_503_to_retry_not_a_409() -> anyhow::Result<()> {
     let volt = TestVolt::start("snapshot_cut_off").await?;

@@ -422,6 +422,13 @@ pub async fn delete_shape(State(app): State<AppState>, RawQuery(query): RawQuery
             json!({"message": "No existing shape found"}),
         );
     };
+    // The shape's files and registry row belong to the instance that writes them.
+    if app.shared.is_following() {
+        return unavailable(
+            "This instance serves stored shapes read-only while another instance holds the replication slot; retry later",
+            5,
+        );
+    }
     volt_stack::shapes::invalidate(&app.shared, &entry.handle);
     let mut res = StatusCode::ACCEPTED.into_response();
     res.headers_mut()
@@ -651,8 +658,14 @@ async fn serve_log(
             return must_refetch(current_handle(app, entry).as_deref());
         }
         changes.borrow_and_update();
-        let l = log.clone();
-        let read = match tokio::task::spawn_blocking(move || l.read_after(from)).await {
+        let (shared, e) = (app.shared.clone(), entry.clone());
+        let read = match tokio::task::spawn_blocking(move || {
+            // A shape another instance writes: catch up with it first.
+            volt_stack::shapes::follow(&shared, &e);
+            e.log.read_after(from)
+        })
+        .await
+        {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return storage_error(app, entry, &e),
             Err(_) => {
@@ -724,7 +737,11 @@ async fn serve_log(
             Woke::Closed => return must_refetch(None),
             // Without a replication stream, "up to date" could be false: changes may be
             // committed that this instance has not seen. The client retries instead.
-            Woke::TimedOut if !app.shared.status.is_set(Condition::ReplicationReady) => {
+            // A follower is as up to date as the instance it follows (which streams).
+            Woke::TimedOut
+                if !app.shared.status.is_set(Condition::ReplicationReady)
+                    && !app.shared.is_following() =>
+            {
                 return unavailable(
                     "Timeout waiting for the replication stream to be ready; retry later",
                     5,

@@ -15,7 +15,9 @@ pub fn invalidate(shared: &Arc<Shared>, handle: &str) {
         return;
     };
     entry.log.close();
-    entry.consumer.stop(Some("shape invalidated".into()));
+    if let Some(consumer) = &entry.consumer {
+        consumer.stop(Some("shape invalidated".into()));
+    }
     if let Some(slc) = shared.shape_log_collector.load_full() {
         // Gone already when the collector itself is stopping: nothing left to route.
         let _ = slc.cast(SlcMsg::RemoveShape(handle.to_string()));
@@ -27,6 +29,22 @@ pub fn invalidate(shared: &Arc<Shared>, handle: &str) {
     // later, off the request and replication paths.
     move_to_trash(shared, entry.log.dir());
     metrics::counter!("volt_shapes_removed_total").increment(1);
+}
+
+/// Bring a followed shape up to what its writer (another instance) has stored. A shape
+/// that instance removed leaves the registry here too (without touching its files or
+/// registry row, which are that instance's): its readers refetch. Blocking.
+pub fn follow(shared: &Shared, entry: &crate::shared::ShapeEntry) {
+    if let Err(e) = entry.log.follow() {
+        tracing::warn!(handle = %entry.handle, error = %e, "cannot follow a shape's log");
+    }
+    if entry.log.is_closed()
+        && let Some(current) = shared.shapes.get(&entry.handle)
+        && Arc::ptr_eq(&current.log, &entry.log)
+    {
+        tracing::info!(handle = %entry.handle, "a followed shape was removed by the instance writing it");
+        shared.shapes.remove(&entry.handle);
+    }
 }
 
 /// Drop every shape, its registry row and its files: the data they were built from is

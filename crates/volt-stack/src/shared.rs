@@ -92,7 +92,8 @@ pub struct ShapeEntry {
     pub handle: String,
     pub shape: Arc<Shape>,
     pub log: Arc<ShapeLog>,
-    pub consumer: ActorRef<ConsumerMsg>,
+    /// None while this instance only follows a log another instance writes.
+    pub consumer: Option<ActorRef<ConsumerMsg>>,
     /// When a client last read it, on a process-wide logical clock: eviction takes the
     /// oldest.
     pub last_read: AtomicU64,
@@ -103,7 +104,7 @@ impl ShapeEntry {
         handle: String,
         shape: Arc<Shape>,
         log: Arc<ShapeLog>,
-        consumer: ActorRef<ConsumerMsg>,
+        consumer: Option<ActorRef<ConsumerMsg>>,
     ) -> ShapeEntry {
         let entry = ShapeEntry {
             handle,
@@ -172,15 +173,18 @@ impl ShapeRegistry {
     }
 
     pub(crate) fn insert(&self, entry: Arc<ShapeEntry>) {
-        let consumer = entry.consumer.get_id();
+        let consumer = entry.consumer.as_ref().map(|c| c.get_id());
         self.by_def
             .insert(entry.shape.def.clone(), entry.handle.clone());
-        self.by_consumer.insert(consumer, entry.handle.clone());
+        if let Some(id) = consumer {
+            self.by_consumer.insert(id, entry.handle.clone());
+        }
         if let Some(old) = self.by_handle.insert(entry.handle.clone(), entry)
-            && old.consumer.get_id() != consumer
+            && let Some(old_id) = old.consumer.as_ref().map(|c| c.get_id())
+            && Some(old_id) != consumer
         {
             // A restored entry replaced its predecessor, whose Consumer is gone.
-            self.by_consumer.remove(&old.consumer.get_id());
+            self.by_consumer.remove(&old_id);
         }
     }
 
@@ -188,7 +192,9 @@ impl ShapeRegistry {
         let (_, entry) = self.by_handle.remove(handle)?;
         self.by_def
             .remove_if(&entry.shape.def, |_, h| h.as_str() == handle);
-        self.by_consumer.remove(&entry.consumer.get_id());
+        if let Some(c) = &entry.consumer {
+            self.by_consumer.remove(&c.get_id());
+        }
         Some(entry)
     }
 }
@@ -383,6 +389,11 @@ pub struct Shared {
     pub replication_shutdown: tokio::sync::watch::Sender<bool>,
     /// Commit LSN of the last transaction the ShapeLogCollector processed.
     pub last_seen_lsn: AtomicU64,
+    /// Whether this instance writes the shapes' storage. Until its connection holds the
+    /// replication slot's lock, another instance may be writing the same storage
+    /// directory (a rolling deploy): this one then only follows it, serving the shapes
+    /// stored there read-only.
+    pub writes_storage: std::sync::atomic::AtomicBool,
     handle_seq: AtomicU64,
 }
 
@@ -410,6 +421,7 @@ impl Shared {
             storage_full: std::sync::atomic::AtomicBool::new(false),
             replication_shutdown: tokio::sync::watch::Sender::new(false),
             last_seen_lsn: AtomicU64::new(0),
+            writes_storage: std::sync::atomic::AtomicBool::new(false),
             handle_seq: AtomicU64::new(0),
         })
     }
@@ -481,6 +493,11 @@ impl Shared {
     }
 
     /// Report a condition to the StatusMonitor (the board's only writer).
+    /// See `writes_storage`.
+    pub fn is_following(&self) -> bool {
+        !self.writes_storage.load(Ordering::Acquire)
+    }
+
     pub fn report(&self, cond: Condition, on: bool) {
         if let Some(monitor) = self.status_monitor.load_full()
             && monitor.cast(StatusMsg::Set(cond, on)).is_err()

@@ -18,6 +18,9 @@ pub enum Condition {
     /// Not a readiness condition: another instance holds the replication slot's advisory
     /// lock and the connection subsystem waits for it (health `waiting`).
     WaitingOnLock = 16,
+    /// Not a readiness condition: this instance's connection holds the replication slot's
+    /// advisory lock, so it may write the shapes' storage.
+    SlotLocked = 32,
 }
 
 const ALL: u8 = 1 | 2 | 4 | 8;
@@ -32,15 +35,19 @@ impl Condition {
             "ShapeCache" => &[ShapeCacheReady],
             "ShapeSubsystemSupervisor" => &[ShapeLogCollectorReady, ShapeCacheReady],
             "ReplicationClient" => &[ReplicationReady],
-            "ConnectionManager" | "ConnectionSubsystemSupervisor" => {
-                &[AdminConnectionReady, ReplicationReady, WaitingOnLock]
-            }
+            "ConnectionManager" | "ConnectionSubsystemSupervisor" => &[
+                AdminConnectionReady,
+                ReplicationReady,
+                WaitingOnLock,
+                SlotLocked,
+            ],
             "CoreSupervisor" | "MonitoredCoreSupervisor" | "StatusMonitor" => &[
                 AdminConnectionReady,
                 ShapeLogCollectorReady,
                 ShapeCacheReady,
                 ReplicationReady,
                 WaitingOnLock,
+                SlotLocked,
             ],
             _ => &[],
         }

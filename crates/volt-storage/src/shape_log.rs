@@ -833,6 +833,11 @@ impl ShapeLog {
         *self.committed.borrow()
     }
 
+    /// Whether any reader waits on (or is about to read) this log.
+    pub fn has_readers(&self) -> bool {
+        self.committed.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<LogOffset> {
         self.committed.subscribe()
     }

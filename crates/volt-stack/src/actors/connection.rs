@@ -70,6 +70,22 @@ async fn setup(shared: &Shared) -> Result<(PgConn, u64, Origin), volt_pg::PgErro
         shared.report(Condition::WaitingOnLock, false);
         locked?;
         tracing::info!(%slot, "acquired the lock on the replication slot");
+        shared.report(Condition::SlotLocked, true);
+        // Another instance held the slot since this one last wrote its shapes: if it
+        // shares the storage directory, it wrote there too. The shape subsystem restarts
+        // to read the storage afresh rather than write on from a stale view of it.
+        if shared
+            .writes_storage
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+            && let Some(slc) = shared.find_actor("ShapeLogCollector")
+        {
+            tracing::warn!(
+                "another instance held the replication slot meanwhile; restarting the shape subsystem to reload the storage"
+            );
+            slc.kill();
+        }
+    } else {
+        shared.report(Condition::SlotLocked, true);
     }
     // Publishing a table takes locks behind the application's transactions: give up
     // (and fail that shape's creation) rather than queue the application behind us.

@@ -209,7 +209,7 @@ async fn register(
         args.handle.clone(),
         args.shape.clone(),
         args.log.clone(),
-        myself.clone(),
+        Some(myself.clone()),
     )));
     shared.record(ShapeDbOp::Add {
         handle: args.handle.clone(),

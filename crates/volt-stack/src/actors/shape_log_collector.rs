@@ -18,6 +18,7 @@ use crate::shapes;
 use crate::shared::clear_if_mine;
 use crate::shared::{ShapeEntry, Shared};
 use crate::status::Condition;
+use crate::task::OwnedTask;
 
 pub struct ShapeLogCollector;
 
@@ -35,6 +36,9 @@ pub enum SlcMsg {
         reply: RpcReplyPort<()>,
     },
     RemoveShape(String),
+    /// This instance now holds the replication slot's lock: stop following the stored
+    /// shapes and write them.
+    TakeOver,
 }
 
 #[derive(Clone)]
@@ -51,6 +55,9 @@ pub struct SlcState {
     /// Shapes that received part of the transaction in progress.
     touched: HashSet<String>,
     mailbox: Arc<MailboxDepth>,
+    /// While following another instance's storage: the task keeping followed logs up to
+    /// date, and the one waiting for the slot's lock.
+    follower: Option<(OwnedTask, OwnedTask)>,
 }
 
 impl SlcState {
@@ -167,8 +174,124 @@ impl SlcState {
     }
 }
 
-/// Rebuild the shapes an earlier run left: definitions from ShapeDb, logs from disk. A
-/// shape whose definition or log cannot be read is dropped (its clients refetch).
+/// Shape definitions from ShapeDb rows, with one TableSchema per table shared by its
+/// shapes.
+fn decode_rows(rows: Vec<(String, String)>) -> Vec<(String, Result<Shape, String>)> {
+    let mut tables: HashMap<u32, Vec<Arc<volt_shapes::TableSchema>>> = HashMap::new();
+    rows.into_iter()
+        .map(|(handle, definition)| {
+            let shape = Shape::decode_definition(&definition).and_then(|(def, table)| {
+                let same = tables.entry(table.oid).or_default();
+                let table = match same.iter().find(|t| ***t == table) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = Arc::new(table);
+                        same.push(t.clone());
+                        t
+                    }
+                };
+                Shape::new(def, table).map_err(|e| e.to_string())
+            });
+            (handle, shape)
+        })
+        .collect()
+}
+
+/// The logs of the previous shape subsystem's shapes that it wrote: their consumers were
+/// killed, but a commit of theirs may still be running on the blocking pool. They are
+/// fenced (waiting for such a write) before their directories are reopened, so that
+/// nothing writes behind the new writers' backs.
+fn written_logs(shared: &Shared) -> Vec<Arc<ShapeLog>> {
+    shared
+        .shapes
+        .handles()
+        .iter()
+        .filter_map(|h| shared.shapes.get(h))
+        .filter(|e| e.consumer.is_some())
+        .map(|e| e.log.clone())
+        .collect()
+}
+
+/// Serve what another instance has stored while it holds the replication slot (a rolling
+/// deploy sharing the storage directory): every shape whose snapshot it finished, read
+/// only, following its writes. Nothing is written: not the logs, not ShapeDb, not the
+/// directory. Returns the handles followed.
+async fn follow_stored(shared: &Arc<Shared>) -> Result<HashSet<String>, ActorProcessingErr> {
+    let rows = shared
+        .shape_db
+        .load_all()
+        .await
+        .map_err(|e| format!("cannot read the shape registry: {e}"))?;
+    let dir = shared.config.shapes_dir();
+    let chunk_bytes = shared.config.chunk_bytes;
+    let previous = written_logs(shared);
+    let opened = tokio::task::spawn_blocking(move || {
+        for log in &previous {
+            log.fence();
+        }
+        decode_rows(rows)
+            .into_iter()
+            .map(|(handle, shape)| {
+                let log = ShapeLog::open_follower(dir.join(&handle), chunk_bytes);
+                (handle, shape, log)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| format!("shape restore panicked: {e}"))?;
+    let mut followed = HashSet::new();
+    for (handle, shape, log) in opened {
+        // Not finished yet by its writer (or unreadable): not ours to judge or remove.
+        let (Ok(shape), Ok(log)) = (shape, log) else {
+            continue;
+        };
+        shared.shapes.insert(Arc::new(ShapeEntry::new(
+            handle.clone(),
+            Arc::new(shape),
+            Arc::new(log),
+            None,
+        )));
+        followed.insert(handle);
+    }
+    tracing::info!(
+        shapes = followed.len(),
+        "serving the stored shapes read-only until this instance holds the replication slot"
+    );
+    Ok(followed)
+}
+
+/// Keep the followed logs that readers wait on up to date with their writer, until the
+/// returned task is dropped: another process's appends send no notification, so they are
+/// polled.
+fn follower_task(shared: Arc<Shared>) -> OwnedTask {
+    OwnedTask::spawn(async move {
+        let mut tick = tokio::time::interval(FOLLOW_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for handle in s.shapes.handles() {
+                    if let Some(entry) = s.shapes.get(&handle)
+                        && entry.consumer.is_none()
+                        && entry.log.has_readers()
+                    {
+                        shapes::follow(&s, &entry);
+                    }
+                }
+            })
+            .await;
+        }
+    })
+}
+
+/// How often a follower looks for its writer's new transactions while readers wait.
+const FOLLOW_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Rebuild the shapes an earlier run (or, for `followed` logs, the instance this one
+/// followed until now) left: definitions from ShapeDb, logs from disk. A followed log is
+/// promoted in place, so its readers carry on. A shape whose definition or log cannot be
+/// read is dropped (its clients refetch).
 async fn restore(
     shared: &Arc<Shared>,
     routes: &mut HashMap<u32, Vec<Route>>,
@@ -184,37 +307,26 @@ async fn restore(
         .ok_or("the consumer supervisor is not running")?;
     let dir = shared.config.shapes_dir();
     let chunk_bytes = shared.config.chunk_bytes;
-    // The logs of the previous shape subsystem's shapes: their consumers were killed, but a
-    // commit of theirs may still be running on the blocking pool. Fenced (waiting for such a
-    // write) before their directories are reopened, so that nothing writes behind the new
-    // writers' backs.
-    let previous: Vec<Arc<ShapeLog>> = shared
+    let previous = written_logs(shared);
+    let mut followed: HashMap<String, Arc<ShapeLog>> = shared
         .shapes
         .handles()
         .iter()
-        .filter_map(|h| shared.shapes.get(h).map(|e| e.log.clone()))
+        .filter_map(|h| shared.shapes.get(h))
+        .filter(|e| e.consumer.is_none())
+        .map(|e| (e.handle.clone(), e.log.clone()))
         .collect();
     let opened = tokio::task::spawn_blocking(move || {
         for log in &previous {
             log.fence();
         }
-        // One TableSchema per table, shared by its shapes.
-        let mut tables: HashMap<u32, Vec<Arc<volt_shapes::TableSchema>>> = HashMap::new();
-        rows.into_iter()
-            .map(|(handle, definition)| {
-                let shape = Shape::decode_definition(&definition).and_then(|(def, table)| {
-                    let same = tables.entry(table.oid).or_default();
-                    let table = match same.iter().find(|t| ***t == table) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t = Arc::new(table);
-                            same.push(t.clone());
-                            t
-                        }
-                    };
-                    Shape::new(def, table).map_err(|e| e.to_string())
-                });
-                let log = ShapeLog::open(dir.join(&handle), chunk_bytes);
+        decode_rows(rows)
+            .into_iter()
+            .map(|(handle, shape)| {
+                let log = match followed.remove(&handle) {
+                    Some(log) => log.promote().map(|()| log),
+                    None => ShapeLog::open(dir.join(&handle), chunk_bytes).map(Arc::new),
+                };
                 (handle, shape, log)
             })
             .collect::<Vec<_>>()
@@ -225,7 +337,7 @@ async fn restore(
     let (mut restored, mut dropped) = (0usize, 0usize);
     for (handle, shape, log) in opened {
         let (shape, log) = match (shape, log) {
-            (Ok(s), Ok(l)) => (Arc::new(s), Arc::new(l)),
+            (Ok(s), Ok(l)) => (Arc::new(s), l),
             (s, l) => {
                 let why = s.err().or_else(|| l.err().map(|e| e.to_string()));
                 tracing::warn!(%handle, reason = ?why, "dropping a shape that cannot be restored");
@@ -266,7 +378,7 @@ async fn restore(
             handle.clone(),
             shape,
             log,
-            consumer,
+            Some(consumer),
         )));
         kept.insert(handle);
         restored += 1;
@@ -276,6 +388,27 @@ async fn restore(
         tracing::info!(restored, dropped, "restored shapes from storage");
     }
     Ok(kept)
+}
+
+/// Become the writer of the shapes' storage: restore every shape (promoting the followed
+/// ones), then take transactions. The registry entries a previous shape subsystem (or
+/// the followed instance) left and that are not restored are gone: their readers are
+/// told to refetch.
+async fn take_over(state: &mut SlcState) -> Result<(), ActorProcessingErr> {
+    state.follower = None;
+    let shared = state.shared.clone();
+    let previous = shared.shapes.handles();
+    let kept = restore(&shared, &mut state.routes).await?;
+    for handle in previous {
+        if !kept.contains(&handle)
+            && let Some(entry) = shared.shapes.remove(&handle)
+        {
+            entry.log.close();
+        }
+    }
+    shared.writes_storage.store(true, Ordering::Release);
+    shared.report(Condition::ShapeLogCollectorReady, true);
+    Ok(())
 }
 
 impl Actor for ShapeLogCollector {
@@ -303,29 +436,43 @@ impl Actor for ShapeLogCollector {
             routes: HashMap::new(),
             touched: HashSet::new(),
             mailbox,
+            follower: None,
         })
     }
 
     async fn post_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // A new collector rebuilds the registry from storage: the entries a previous shape
-        // subsystem left point at dead consumers. Restored shapes replace theirs (readers
-        // parked on an old entry time out and come back to the new one); the others are
-        // gone, and their readers are told to refetch.
         let shared = state.shared.clone();
+        if shared.status.is_set(Condition::SlotLocked) {
+            return take_over(state).await;
+        }
+        // Another instance may be writing this storage: follow it until the slot's lock
+        // is ours (which is at once, unless another instance holds it).
+        shared.writes_storage.store(false, Ordering::Release);
         let previous = shared.shapes.handles();
-        let kept = restore(&shared, &mut state.routes).await?;
+        let followed = follow_stored(&shared).await?;
         for handle in previous {
-            if !kept.contains(&handle)
+            if !followed.contains(&handle)
                 && let Some(entry) = shared.shapes.remove(&handle)
             {
                 entry.log.close();
             }
         }
-        shared.report(Condition::ShapeLogCollectorReady, true);
+        let s = shared.clone();
+        state.follower = Some((
+            follower_task(shared),
+            OwnedTask::spawn(async move {
+                while !s
+                    .status
+                    .wait_for(Condition::SlotLocked, std::time::Duration::from_secs(3600))
+                    .await
+                {}
+                let _ = myself.cast(SlcMsg::TakeOver);
+            }),
+        ));
         Ok(())
     }
 
@@ -376,6 +523,14 @@ impl Actor for ShapeLogCollector {
                 let _ = reply.send(());
             }
             SlcMsg::RemoveShape(handle) => state.remove(&handle),
+            SlcMsg::TakeOver => {
+                if state.follower.is_some() {
+                    tracing::info!(
+                        "this instance holds the replication slot: taking over the stored shapes"
+                    );
+                    take_over(state).await?;
+                }
+            }
         }
         Ok(())
     }
