@@ -12,6 +12,8 @@ pub fn sample(shared: &Shared) {
     let (creating, failed) = shared.creating.counts();
     metrics::gauge!("volt_shapes_creating").set(creating as f64);
     metrics::gauge!("volt_shapes_failed").set(failed as f64);
+    metrics::gauge!("volt_storage_bytes")
+        .set((volt_storage::shape_log::stored_bytes() + shared.shape_db.bytes_on_disk()) as f64);
     metrics::gauge!("volt_replication_processed_lsn").set(shared.last_seen_lsn() as f64);
     metrics::gauge!("volt_service_active").set(
         if shared.status.status() == crate::status::ServiceStatus::Active {

@@ -35,6 +35,19 @@ pub struct ShapeDb {
 }
 
 impl ShapeDb {
+    /// Bytes of the database files on disk (with its write-ahead log).
+    pub fn bytes_on_disk(&self) -> u64 {
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                std::fs::metadata(p).ok()
+            })
+            .map(|m| m.len())
+            .sum()
+    }
+
     pub async fn open(dir: &Path) -> Result<ShapeDb, ShapeDbError> {
         let path = dir.join(FILE_NAME);
         let err = |source| ShapeDbError {

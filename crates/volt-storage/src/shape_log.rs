@@ -40,6 +40,15 @@ const FLAG_TXN_END: u8 = 1;
 /// transaction never sits in memory.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// Bytes of every open shape log of this process on disk (snapshot chunks, change log,
+/// chunk index), for the storage metric.
+static STORED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes the shape logs open in this process hold on disk.
+pub fn stored_bytes() -> u64 {
+    STORED_BYTES.load(Ordering::Relaxed)
+}
+
 fn snapshot_file(k: u32) -> String {
     format!("snapshot.{k}.jsonl")
 }
@@ -172,6 +181,14 @@ pub struct ShapeLog {
     committed: watch::Sender<LogOffset>,
     snapshot: watch::Sender<SnapshotProgress>,
     closed: AtomicBool,
+    /// This log's share of `STORED_BYTES`.
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for ShapeLog {
+    fn drop(&mut self) {
+        STORED_BYTES.fetch_sub(*self.bytes.get_mut(), Ordering::Relaxed);
+    }
 }
 
 /// What a read of the change log returned.
@@ -383,6 +400,7 @@ impl ShapeLog {
                 chunks_complete: 0,
             }),
             closed: AtomicBool::new(false),
+            bytes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -448,7 +466,12 @@ impl ShapeLog {
             ));
         }
         chunks.extend(scanned.chunks);
-        Ok(ShapeLog {
+        let snapshot_bytes: u64 = (0..snapshot_chunks)
+            .filter_map(|c| fs::metadata(dir.join(snapshot_file(c))).ok())
+            .map(|m| m.len())
+            .sum();
+        let on_disk = snapshot_bytes + scanned.committed_pos + (chunks.len() * INDEX_ENTRY) as u64;
+        let log = ShapeLog {
             dir,
             chunk_bytes,
             visible: RwLock::new(Visible {
@@ -474,7 +497,10 @@ impl ShapeLog {
                 chunks_complete: snapshot_chunks,
             }),
             closed: AtomicBool::new(false),
-        })
+            bytes: std::sync::atomic::AtomicU64::new(0),
+        };
+        log.account(on_disk);
+        Ok(log)
     }
 
     /// Make the files agree with what was loaded: cut the torn tail and index the chunks
@@ -515,6 +541,11 @@ impl ShapeLog {
                 .map_err(|e| StorageError::io(&index_path, e))?;
         }
         Ok(())
+    }
+
+    fn account(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        STORED_BYTES.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Whether this instance only follows another process's writes.
@@ -561,6 +592,9 @@ impl ShapeLog {
         let Some(latest) = scanned.latest else {
             return Ok(());
         };
+        self.account(
+            scanned.committed_pos - w.end_pos + (scanned.chunks.len() * INDEX_ENTRY) as u64,
+        );
         w.end_pos = scanned.committed_pos;
         w.chunk_len = scanned.chunk_len;
         w.committed_chunk_len = scanned.chunk_len;
@@ -672,6 +706,8 @@ impl ShapeLog {
             .and_then(|_| s.file.write_all(b"\n"))
             .map_err(|e| StorageError::io(&path, e))?;
         s.len += line_len;
+        drop(w);
+        self.account(line_len);
         Ok(())
     }
 
@@ -766,6 +802,12 @@ impl ShapeLog {
         let end_pos = w.end_pos;
         w.committed_chunk_len = w.chunk_len;
         drop(w);
+        let before = self
+            .visible
+            .read()
+            .map_err(|_| StorageError::Poisoned)?
+            .committed_pos;
+        self.account(end_pos.saturating_sub(before) + (new_chunks.len() * INDEX_ENTRY) as u64);
         {
             let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
             v.chunks.extend(new_chunks);
@@ -1312,5 +1354,34 @@ mod tests {
         fs::rename(d.path().join("shape"), d.path().join("trashed")).unwrap();
         follower.follow().unwrap();
         assert!(follower.is_closed());
+    }
+
+    #[test]
+    fn stored_bytes_count_what_each_log_holds_on_disk() {
+        fn on_disk(dir: &Path) -> u64 {
+            fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name() != META_FILE)
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = ShapeLog::create(dir.path().join("shape"), 64).unwrap();
+        for i in 0..10 {
+            log.append_snapshot_line(&format!("{{\"row\":{i}}}"))
+                .unwrap();
+        }
+        log.mark_snapshot_started(serde_json::json!({})).unwrap();
+        log.finish_snapshot().unwrap();
+        for tx in 1..=10u64 {
+            log.append(LogOffset::new(tx, 0), "{\"a\":\"change\"}", true)
+                .unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        let path = dir.path().join("shape");
+        assert_eq!(log.bytes.load(Ordering::Relaxed), on_disk(&path));
+        let reopened = ShapeLog::open(&path, 64).unwrap();
+        assert_eq!(reopened.bytes.load(Ordering::Relaxed), on_disk(&path));
     }
 }

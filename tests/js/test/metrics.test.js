@@ -38,6 +38,7 @@ voltTest(
       'volt_shapes_active',
       'volt_snapshot_duration_seconds_count',
       'volt_service_active',
+      'volt_storage_bytes',
     ]) {
       assert.ok([...before.keys()].some((k) => k.startsWith(name)), `${name} is exported`);
     }
@@ -52,6 +53,7 @@ voltTest(
           sum(after, 'volt_http_requests_total') > sum(before, 'volt_http_requests_total') &&
           sum(after, 'volt_replication_acknowledged_lsn') > sum(before, 'volt_replication_acknowledged_lsn') &&
           after.has('volt_replication_lag_bytes') &&
+          sum(after, 'volt_storage_bytes') > sum(before, 'volt_storage_bytes') &&
           after.has('volt_replication_lag_seconds')
         );
       },
