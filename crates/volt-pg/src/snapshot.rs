@@ -2,7 +2,7 @@
 //! tells which replicated transactions the snapshot already contains.
 
 use futures::{Stream, StreamExt};
-use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 use crate::conn::{PgConfig, PgConn, parse_lsn};
 use crate::error::PgError;
@@ -91,23 +91,27 @@ impl SnapshotTx {
     pub async fn rows(
         &self,
         sql: &str,
-    ) -> Result<impl Stream<Item = Result<Vec<Option<String>>, PgError>> + '_, PgError> {
+    ) -> Result<impl Stream<Item = Result<SnapshotRow, PgError>> + '_, PgError> {
         let stream = self.conn.simple_query_raw(sql).await?;
         Ok(stream.filter_map(|msg| async move {
             match msg {
-                Ok(SimpleQueryMessage::Row(row)) => Some(
-                    (0..row.len())
-                        .map(|i| {
-                            row.try_get(i)
-                                .map(|v| v.map(str::to_string))
-                                .map_err(PgError::from)
-                        })
-                        .collect(),
-                ),
+                Ok(SimpleQueryMessage::Row(row)) => Some(Ok(SnapshotRow(row))),
                 Ok(_) => None,
                 Err(e) => Some(Err(PgError::from(e))),
             }
         }))
+    }
+}
+
+/// One row of a snapshot query, its values still in the buffer they arrived in.
+pub struct SnapshotRow(SimpleQueryRow);
+
+impl SnapshotRow {
+    /// The values in column order, borrowed (NULL as `None`).
+    pub fn values(&self) -> Vec<Option<&str>> {
+        (0..self.0.len())
+            .map(|i| self.0.try_get(i).ok().flatten())
+            .collect()
     }
 }
 

@@ -60,7 +60,7 @@ pub async fn query_subset(
     futures::pin_mut!(rows);
     let mut items = Vec::new();
     while let Some(row) = rows.next().await {
-        items.push(shape.snapshot_item_marked(&row?, Some(mark)));
+        items.push(shape.snapshot_item_marked(&row?.values(), Some(mark)));
     }
     Ok(SubsetRows {
         snapshot: tx.snapshot.clone(),

@@ -675,6 +675,11 @@ impl ShapeLog {
 
     /// Append one snapshot item (a JSON object); chunks are cut at the threshold.
     pub fn append_snapshot_line(&self, json: &str) -> Result<(), StorageError> {
+        self.append_snapshot_bytes(json.as_bytes())
+    }
+
+    /// `append_snapshot_line` for an item already encoded as (UTF-8 JSON) bytes.
+    pub fn append_snapshot_bytes(&self, json: &[u8]) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         let dir = self.dir.clone();
         w.writable(&dir)?;
@@ -702,7 +707,7 @@ impl ShapeLog {
         }
         let path = dir.join(snapshot_file(s.chunk));
         s.file
-            .write_all(json.as_bytes())
+            .write_all(json)
             .and_then(|_| s.file.write_all(b"\n"))
             .map_err(|e| StorageError::io(&path, e))?;
         s.len += line_len;

@@ -87,13 +87,17 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         let sql = args.shape.snapshot_sql();
         let rows = tx.rows(&sql).await.map_err(|e| e.to_string())?;
         futures::pin_mut!(rows);
+        let mut encoder = args.shape.snapshot_encoder(None);
+        let mut line = Vec::new();
         while let Some(row) = rows.next().await {
             let row = row.map_err(|e| e.to_string())?;
             if args.log.is_closed() {
                 return Err("the shape was removed during its snapshot".into());
             }
+            line.clear();
+            encoder.encode(&mut line, &row.values());
             args.log
-                .append_snapshot_line(&args.shape.snapshot_item(&row))
+                .append_snapshot_bytes(&line)
                 .map_err(|e| e.to_string())?;
         }
     }
