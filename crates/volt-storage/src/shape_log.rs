@@ -171,6 +171,49 @@ struct SnapshotWriter {
     file: BufWriter<File>,
     chunk: u32,
     len: u64,
+    /// fsyncs of the closed chunks, running beside the writer: `finish_snapshot` waits
+    /// for them before the snapshot counts as complete.
+    syncing: Vec<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+/// Snapshot chunks are written in large blocks: a snapshot is hundreds of megabytes.
+const SNAPSHOT_WRITE_BUFFER: usize = 256 * 1024;
+
+impl SnapshotWriter {
+    fn new(path: &Path) -> Result<SnapshotWriter, StorageError> {
+        let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
+        Ok(SnapshotWriter {
+            file: BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER, file),
+            chunk: 0,
+            len: 0,
+            syncing: Vec::new(),
+        })
+    }
+
+    /// Close the current chunk: written out, its fsync started in the background.
+    fn close_chunk(&mut self, dir: &Path) -> Result<(), StorageError> {
+        let path = dir.join(snapshot_file(self.chunk));
+        self.file.flush().map_err(|e| StorageError::io(&path, e))?;
+        let file = self
+            .file
+            .get_ref()
+            .try_clone()
+            .map_err(|e| StorageError::io(&path, e))?;
+        self.syncing
+            .push(std::thread::spawn(move || file.sync_data()));
+        Ok(())
+    }
+
+    /// Wait for every closed chunk to be durable.
+    fn wait_synced(&mut self, dir: &Path) -> Result<(), StorageError> {
+        for handle in self.syncing.drain(..) {
+            handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
+                .map_err(|e| StorageError::io(dir, e))?;
+        }
+        Ok(())
+    }
 }
 
 pub struct ShapeLog {
@@ -368,14 +411,7 @@ impl ShapeLog {
             let path = dir.join(name);
             File::create(&path).map_err(|e| StorageError::io(&path, e))?;
         }
-        let snapshot_path = dir.join(snapshot_file(0));
-        let snapshot = File::create(&snapshot_path)
-            .map(|f| SnapshotWriter {
-                file: BufWriter::new(f),
-                chunk: 0,
-                len: 0,
-            })
-            .map_err(|e| StorageError::io(&snapshot_path, e))?;
+        let snapshot = SnapshotWriter::new(&dir.join(snapshot_file(0)))?;
         Ok(ShapeLog {
             dir,
             chunk_bytes: chunk_bytes.max(1),
@@ -690,17 +726,15 @@ impl ShapeLog {
         })?;
         let line_len = json.len() as u64 + 1;
         if s.len > 0 && s.len + line_len > chunk_bytes {
-            // Close this chunk: durable before readers may see it.
-            let path = dir.join(snapshot_file(s.chunk));
-            s.file
-                .flush()
-                .and_then(|_| s.file.get_ref().sync_data())
-                .map_err(|e| StorageError::io(&path, e))?;
+            // Readers may have a closed chunk at once; it is durable (fsynced in the
+            // background) before the snapshot counts as complete. Until then a crash
+            // discards the shape, so nothing served from a chunk lost in a crash can
+            // be served again.
+            s.close_chunk(&dir)?;
             let next = s.chunk + 1;
             let next_path = dir.join(snapshot_file(next));
-            s.file = File::create(&next_path)
-                .map(BufWriter::new)
-                .map_err(|e| StorageError::io(&next_path, e))?;
+            let file = File::create(&next_path).map_err(|e| StorageError::io(&next_path, e))?;
+            s.file = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER, file);
             s.chunk = next;
             s.len = 0;
             self.snapshot.send_modify(|p| p.chunks_complete = next);
@@ -723,11 +757,8 @@ impl ShapeLog {
         let Some(mut s) = w.snapshot.take() else {
             return Ok(());
         };
-        let path = self.dir.join(snapshot_file(s.chunk));
-        s.file
-            .flush()
-            .and_then(|_| s.file.get_ref().sync_data())
-            .map_err(|e| StorageError::io(&path, e))?;
+        s.close_chunk(&self.dir)?;
+        s.wait_synced(&self.dir)?;
         let chunks = s.chunk + 1;
         w.meta.snapshot_chunks = Some(chunks);
         write_meta(&self.dir, &w.meta)?;

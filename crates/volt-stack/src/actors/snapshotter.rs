@@ -7,7 +7,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
 use serde_json::json;
-use volt_pg::snapshot::SnapshotTx;
+use volt_pg::PgError;
+use volt_pg::snapshot::{CopyLines, SnapshotTx};
 use volt_shapes::{LogMode, Shape};
 use volt_storage::ShapeLog;
 
@@ -85,20 +86,28 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     // `log=changes_only`: the snapshot only fixes where the changes start.
     if args.shape.def.log == LogMode::Full {
         let sql = args.shape.snapshot_sql();
-        let rows = tx.rows(&sql).await.map_err(|e| e.to_string())?;
-        futures::pin_mut!(rows);
+        let data = tx.copy_rows(&sql).await.map_err(|e| e.to_string())?;
+        futures::pin_mut!(data);
+        let mut lines = CopyLines::default();
         let mut encoder = args.shape.snapshot_encoder(None);
         let mut line = Vec::new();
-        while let Some(row) = rows.next().await {
-            let row = row.map_err(|e| e.to_string())?;
+        while let Some(part) = data.next().await {
+            let part = part.map_err(|e| e.to_string())?;
             if args.log.is_closed() {
                 return Err("the shape was removed during its snapshot".into());
             }
-            line.clear();
-            encoder.encode(&mut line, &row.values());
-            args.log
-                .append_snapshot_bytes(&line)
+            lines
+                .feed(&part, |values| {
+                    line.clear();
+                    encoder.encode(&mut line, values);
+                    args.log
+                        .append_snapshot_bytes(&line)
+                        .map_err(|e| PgError::Protocol(e.to_string()))
+                })
                 .map_err(|e| e.to_string())?;
+        }
+        if !lines.is_complete() {
+            return Err("the snapshot query's output ended mid-row".into());
         }
     }
     let end = json!({"headers": {
