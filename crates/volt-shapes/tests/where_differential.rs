@@ -717,6 +717,7 @@ async fn evaluator_agrees_with_postgres_on_random_rows_and_clauses() -> anyhow::
             dims: usize::try_from(r.get::<_, i64>(3)).unwrap_or_default(),
             type_mod: None,
             elem_typname: None,
+            enum_labels: None,
         })
         .collect();
     assert_eq!(columns.len(), COLUMNS.len());

@@ -15,6 +15,7 @@ fn column(name: &str, typname: &str) -> ColumnSchema {
         dims: usize::from(typname.starts_with('_')),
         type_mod: None,
         elem_typname: None,
+        enum_labels: None,
     }
 }
 

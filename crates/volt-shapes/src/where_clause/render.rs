@@ -31,6 +31,15 @@ fn quote_literal(s: &str) -> String {
 }
 
 fn write_const(out: &mut String, ty: SqlType, v: Option<&Value>) {
+    // An enum type has no name here: its constants are left untyped, and Postgres reads them
+    // as the enum they are compared with (they only ever meet an enum column).
+    if let SqlType::Enum(_) = ty {
+        match v {
+            Some(v) => out.push_str(&quote_literal(&value::output(ty, v))),
+            None => out.push_str("NULL"),
+        }
+        return;
+    }
     match v {
         None => {
             let _ = write!(out, "NULL::{}", ty.name());

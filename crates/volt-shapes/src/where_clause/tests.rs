@@ -10,6 +10,7 @@ fn col(name: &str, typname: &str) -> ColumnSchema {
         dims: usize::from(typname.starts_with('_')),
         type_mod: None,
         elem_typname: None,
+        enum_labels: None,
     }
 }
 
@@ -35,6 +36,16 @@ fn columns() -> Vec<ColumnSchema> {
         col("tags", "_text"),
         col("nums", "_int4"),
         col("span", "interval"),
+        ColumnSchema {
+            type_oid: 9001,
+            enum_labels: Some(vec!["sad".into(), "ok".into(), "happy".into()]),
+            ..col("feeling", "mood")
+        },
+        ColumnSchema {
+            type_oid: 9002,
+            enum_labels: Some(vec!["ok".into()]),
+            ..col("other_feeling", "verdict")
+        },
     ]
 }
 
@@ -1652,5 +1663,55 @@ fn value_lists_take_the_first_string_type_and_widen_numbers_like_postgres() {
     assert_eq!(
         parse("greatest(ratio, price) > 1").to_sql(),
         "(GREATEST(\"ratio\", CAST(\"price\" AS float4)) > '1'::float8)"
+    );
+}
+
+#[test]
+fn enum_columns_compare_for_equality_with_their_labels() {
+    let r = [("feeling", "happy")];
+    assert_eq!(eval("feeling = 'happy'", &r), Some(true));
+    assert_eq!(eval("'ok' <> feeling", &r), Some(true));
+    assert_eq!(eval("feeling IN ('sad', 'happy')", &r), Some(true));
+    assert_eq!(eval("feeling NOT IN ('sad', 'ok')", &r), Some(true));
+    assert_eq!(eval("feeling IN ('sad', NULL)", &r), None);
+    assert_eq!(eval("feeling = 'happy'", &[]), None);
+    assert_eq!(eval("feeling IS NULL", &[]), Some(true));
+    assert_eq!(eval("feeling IS DISTINCT FROM 'ok'", &[]), Some(true));
+    assert_eq!(eval("feeling::text = 'happy'", &r), Some(true));
+    assert!(parse_with("feeling = $1", &["happy"]).matches(&row(&r)));
+    assert_eq!(
+        parse_with("feeling = $1", &["happy"]).to_sql(),
+        "(\"feeling\" = 'happy')"
+    );
+    assert_eq!(
+        parse("feeling IN ('sad', 'happy')").to_sql(),
+        "(\"feeling\" IN ('sad', 'happy'))"
+    );
+}
+
+#[test]
+fn enum_literals_must_be_labels_and_enums_are_not_ordered() {
+    let e = parse_err("feeling = 'glad'");
+    assert_eq!(e.reason, "invalid input value for enum mood: \"glad\"");
+    assert_eq!(e.location, 10);
+    assert_eq!(
+        parse_err_with("feeling = $1", &["glad"]).reason,
+        "invalid input value for enum mood: \"glad\""
+    );
+    assert!(parse_err("feeling < 'ok'").reason.contains("equality"));
+    assert!(parse_err("feeling BETWEEN 'sad' AND 'ok'").reason.contains("equality"));
+    assert!(parse_err("greatest(feeling, 'ok') = 'ok'").reason.contains("equality"));
+    // Different enum types have no operator between them, nor has an enum and text.
+    assert_eq!(
+        parse_err("feeling = other_feeling").reason,
+        "Could not select an operator overload"
+    );
+    assert_eq!(
+        parse_err("feeling = name").reason,
+        "Could not select an operator overload"
+    );
+    assert_eq!(
+        parse_err("feeling LIKE 'h%'").reason,
+        "Could not select an operator overload"
     );
 }

@@ -133,7 +133,8 @@ pub(crate) fn parse_input(ty: SqlType, input: &str) -> Result<Value, String> {
         | SqlType::Bpchar
         | SqlType::Name
         | SqlType::Unknown
-        | SqlType::Other => Value::Text(input.to_string()),
+        | SqlType::Other
+        | SqlType::Enum(_) => Value::Text(input.to_string()),
         SqlType::Uuid => Value::Uuid(parse_uuid(input).ok_or_else(bad)?),
         SqlType::Date => Value::Date(datetime::parse_date(input).ok_or_else(bad)?),
         SqlType::Time => Value::Time(datetime::parse_time(input).ok_or_else(bad)?),
