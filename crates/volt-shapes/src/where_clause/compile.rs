@@ -20,6 +20,7 @@ use super::types::{
     explicit_cast_exists, implicit_cast_exists,
 };
 use super::value::{self, Value};
+use super::zone;
 use crate::schema::ColumnSchema;
 
 /// Nesting allowed below the flattened AND/OR lists. sqlparser bounds parenthesised nesting
@@ -175,6 +176,10 @@ impl<'a> Compiler<'a> {
                 escape_char,
             } => self.like(expr, pattern, escape_char.as_deref(), true, *negated),
             Expr::Function(f) => self.function(f),
+            Expr::AtTimeZone {
+                timestamp,
+                time_zone,
+            } => self.at_time_zone(timestamp, time_zone),
             other => Err(self.unsupported(other)),
         }
     }
@@ -1269,6 +1274,41 @@ impl Compiler<'_> {
         self.explicit_cast(node, CastTarget::plain(SqlType::Interval), loc)
     }
 
+    /// `timezone(zone, ts)` (also written `ts AT TIME ZONE zone`): a timestamp without zone
+    /// becomes the instant the zone's clock shows it, an instant becomes the zone's clock
+    /// time. A literal `ts` or a date is read as timestamptz, Postgres's preferred type.
+    fn timezone(&self, zone: Node, ts: Node, loc: usize) -> Result<Node, WhereError> {
+        let zone = self.text_operand(zone)?;
+        if let Kind::Const(Some(Value::Text(name))) = &zone.kind {
+            zone::lookup(name).map_err(|r| WhereError::new(zone.loc, r))?;
+        }
+        let (ts, result) = match ts.ty {
+            SqlType::Timestamp => (ts, SqlType::Timestamptz),
+            SqlType::Timestamptz => (ts, SqlType::Timestamp),
+            SqlType::Unknown | SqlType::Date => {
+                (self.coerce(ts, SqlType::Timestamptz)?, SqlType::Timestamp)
+            }
+            _ => return Err(WhereError::new(ts.loc, OVERLOAD)),
+        };
+        let input = ts.ty;
+        Ok(Node::new(
+            Kind::Call {
+                func: Call::Timezone,
+                args: vec![zone, ts],
+                cmp_type: input,
+            },
+            result,
+            loc,
+        ))
+    }
+
+    fn at_time_zone(&mut self, ts: &Expr, zone: &Expr) -> Result<Node, WhereError> {
+        let ts = self.expr(ts)?;
+        let zone = self.expr(zone)?;
+        let loc = ts.loc;
+        self.timezone(zone, ts, loc)
+    }
+
     fn prefix(&mut self, inner: &Expr, op: UnaryOp) -> Result<Node, WhereError> {
         let node = self.expr(inner)?;
         let loc = node.loc;
@@ -1326,6 +1366,7 @@ impl Compiler<'_> {
             "justify_days" => Call::JustifyDays,
             "justify_hours" => Call::JustifyHours,
             "justify_interval" => Call::JustifyInterval,
+            "timezone" => Call::Timezone,
             "like" | "ilike" => {
                 let [subject, pattern] = exprs.as_slice() else {
                     return Err(arity_error());
@@ -1466,6 +1507,12 @@ impl Compiler<'_> {
                     loc,
                 )
             }
+            (Call::Timezone, 2) => {
+                let mut nodes = nodes;
+                let ts = pop(&mut nodes, loc)?;
+                let zone = pop(&mut nodes, loc)?;
+                return self.timezone(zone, ts, loc).map(Some);
+            }
             _ => return Err(arity_error()),
         };
         Ok(Some(node))
@@ -1522,6 +1569,14 @@ fn datetime_arith_types(
         }
         (ArithOp::Add | ArithOp::Sub, Interval, Interval | Unknown)
         | (ArithOp::Add | ArithOp::Sub, Unknown, Interval) => (Interval, Interval, Interval),
+        // `interval * float8`, `float8 * interval`, `interval / float8`: other numbers and
+        // literals convert to float8.
+        (ArithOp::Mul | ArithOp::Div, Interval, n) if n.is_number() || n == Unknown => {
+            (Interval, Float8, Interval)
+        }
+        (ArithOp::Mul, n, Interval) if n.is_number() || n == Unknown => {
+            (Float8, Interval, Interval)
+        }
         _ => return None,
     })
 }

@@ -11,6 +11,7 @@ use super::like::{LikePattern, escape_char};
 use super::numeric::Numeric;
 use super::types::{CastTarget, SqlType};
 use super::value::{self, Value, check_float, check_int_range, numeric_op_error};
+use super::zone;
 
 type Eval = Result<Option<Value>, WhereError>;
 
@@ -239,6 +240,25 @@ fn call(node: &Node, func: Call, args: &[Node], cmp_type: SqlType, row: &[Option
             Ok(eval_array(arg, row)?
                 .and_then(|a| array::ndims(&a))
                 .map(Value::Int))
+        }
+        Call::Timezone => {
+            let [zone, ts] = args else {
+                return Err(internal(node));
+            };
+            let Some(Value::Text(name)) = eval(zone, row)? else {
+                return Ok(None);
+            };
+            let Some(Value::Timestamp(t)) = eval(ts, row)? else {
+                return Ok(None);
+            };
+            let zone = zone::lookup(&name).map_err(|r| fail(node, r))?;
+            let r = if cmp_type == SqlType::Timestamptz {
+                zone::to_local(zone, t)
+            } else {
+                zone::to_utc(zone, t)
+            };
+            r.map(|t| Some(Value::Timestamp(t)))
+                .map_err(|r| fail(node, r))
         }
         Call::JustifyDays | Call::JustifyHours | Call::JustifyInterval => {
             let [arg] = args else {
@@ -723,6 +743,11 @@ fn datetime_arith(
         (Value::Timestamp(x), Value::Timestamp(y)) => timestamp_minus(*x, *y),
         (Value::Interval(x), Value::Interval(y)) => {
             if sub { x.sub(y) } else { x.add(y) }.map(Value::Interval)
+        }
+        (Value::Interval(i), Value::Float(f)) | (Value::Float(f), Value::Interval(i))
+            if matches!(op, ArithOp::Mul | ArithOp::Div) =>
+        {
+            interval::scale(i, *f, op == ArithOp::Div).map(Value::Interval)
         }
         _ => return None,
     };

@@ -102,6 +102,8 @@ pub(crate) enum Call {
     JustifyDays,
     JustifyHours,
     JustifyInterval,
+    /// `timezone(zone, ts)`; `cmp_type` is the type of `ts`, which decides the direction.
+    Timezone,
 }
 
 impl Call {
@@ -118,6 +120,7 @@ impl Call {
             Call::JustifyDays => "justify_days",
             Call::JustifyHours => "justify_hours",
             Call::JustifyInterval => "justify_interval",
+            Call::Timezone => "timezone",
         }
     }
 }

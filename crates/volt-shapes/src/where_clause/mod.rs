@@ -13,6 +13,7 @@ mod numeric;
 mod render;
 mod types;
 mod value;
+mod zone;
 
 #[cfg(test)]
 mod tests;
