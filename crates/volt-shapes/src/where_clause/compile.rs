@@ -1290,6 +1290,13 @@ impl Compiler<'_> {
             }
             _ => return Err(WhereError::new(ts.loc, OVERLOAD)),
         };
+        // Strict: the planner folds it to NULL with a NULL argument, leaving the rest unrun.
+        if [&zone, &ts]
+            .iter()
+            .any(|n| matches!(n.kind, Kind::Const(None)))
+        {
+            return Ok(Node::new(Kind::Const(None), result, loc));
+        }
         let input = ts.ty;
         Ok(Node::new(
             Kind::Call {

@@ -245,10 +245,9 @@ fn call(node: &Node, func: Call, args: &[Node], cmp_type: SqlType, row: &[Option
             let [zone, ts] = args else {
                 return Err(internal(node));
             };
-            let Some(Value::Text(name)) = eval(zone, row)? else {
-                return Ok(None);
-            };
-            let Some(Value::Timestamp(t)) = eval(ts, row)? else {
+            // Both arguments are computed (and can fail) before NULL makes the result NULL.
+            let (zone, ts) = (eval(zone, row)?, eval(ts, row)?);
+            let (Some(Value::Text(name)), Some(Value::Timestamp(t))) = (zone, ts) else {
                 return Ok(None);
             };
             let zone = zone::lookup(&name).map_err(|r| fail(node, r))?;
@@ -736,8 +735,17 @@ fn datetime_arith(
             }
         }
         (Value::Timestamp(t), Value::Interval(i)) => {
-            let i = if sub { i.neg() } else { Ok(*i) };
-            i.and_then(|i| timestamp_plus(*t, &i))
+            // `timestamp_mi_interval` negates each field unchecked (INT_MIN stays INT_MIN).
+            let i = if sub {
+                Interval {
+                    months: i.months.wrapping_neg(),
+                    days: i.days.wrapping_neg(),
+                    micros: i.micros.wrapping_neg(),
+                }
+            } else {
+                *i
+            };
+            timestamp_plus(*t, &i)
         }
         (Value::Interval(i), Value::Timestamp(t)) => timestamp_plus(*t, i),
         (Value::Timestamp(x), Value::Timestamp(y)) => timestamp_minus(*x, *y),

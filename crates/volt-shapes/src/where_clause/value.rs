@@ -414,7 +414,10 @@ fn convert(v: Value, from: SqlType, to: SqlType) -> Result<Value, String> {
         },
         Value::Bool(b) if to == T::Int4 => Value::Int(i64::from(b)),
         Value::Date(d) if matches!(to, T::Timestamp | T::Timestamptz) => {
-            Value::Timestamp(datetime::date_to_timestamp(d))
+            Value::Timestamp(
+                datetime::date_to_timestamp(d)
+                    .ok_or_else(|| "date out of range for timestamp".to_string())?,
+            )
         }
         Value::Timestamp(t) => match to {
             // Timestamps without a zone are read in the session zone, pinned to UTC.
