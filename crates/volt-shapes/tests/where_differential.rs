@@ -278,7 +278,22 @@ impl Gen<'_> {
             return self.leaf(LEAVES);
         }
         let (a, b) = (self.num(d - 1), self.num(d - 1));
-        match self.rng.below(6) {
+        match self.rng.below(8) {
+            6 | 7 => format!(
+                "({a} ^ {})",
+                self.rng.pick(&[
+                    "2",
+                    "3",
+                    "-1",
+                    "-2",
+                    "0",
+                    "10",
+                    "id",
+                    "'NaN'::numeric",
+                    "'-Infinity'::numeric",
+                    "7.0",
+                ])
+            ),
             0 => format!("({a} + {})", self.int(d - 1)),
             1 => format!("({a} * {b})"),
             2 => format!("({a} / {b})"),
@@ -310,7 +325,7 @@ impl Gen<'_> {
                 "({a} ^ {})",
                 self.rng.pick(&["2", "0.5::float8", "-1", "f8"])
             ),
-            4 => format!("(|/ {a})"),
+            4 => format!("({} {a})", self.rng.pick(&["|/", "||/", "@", "|/ @"])),
             _ => format!("({a} - {})", self.int(d - 1)),
         }
     }
@@ -338,7 +353,9 @@ impl Gen<'_> {
             return self.leaf(LEAVES);
         }
         let a = self.text(d - 1);
-        match self.rng.below(6) {
+        match self.rng.below(7) {
+            // The text output of a numeric shows its scale: 2 ^ 2 is 4.0000000000000000.
+            6 => format!("CAST({} AS text)", self.num(d - 1)),
             0 => format!("({a} || {})", self.text(d - 1)),
             1 => format!("{}({a})", self.rng.pick(&["lower", "upper"])),
             2 => format!("concat({a}, {}, {})", self.int(d - 1), self.any(d - 1)),
@@ -411,7 +428,17 @@ impl Gen<'_> {
             "interval '2 weeks 1.5 days ago'",
         ];
         const FACTORS: &[&str] = &[
-            "2", "0.5", "-3", "1.5::float8", "0.1", "f8", "f4", "num", "id", "1e-7", "0",
+            "2",
+            "0.5",
+            "-3",
+            "1.5::float8",
+            "0.1",
+            "f8",
+            "f4",
+            "num",
+            "id",
+            "1e-7",
+            "0",
         ];
         if d == 0 || self.rng.chance(2) {
             return self.leaf(LEAVES);
@@ -817,11 +844,8 @@ async fn evaluator_agrees_with_postgres_on_random_rows_and_clauses() -> anyhow::
         let rendered = w.to_sql();
         let via_to_sql = postgres_results(&client, &rendered).await;
         // Postgres has no `$1` outside a prepared statement; the rendered SQL inlines it.
-        let written = postgres_results(
-            &client,
-            &clause.replace("$1", "'2'").replace("$2", "'ok'"),
-        )
-        .await;
+        let written =
+            postgres_results(&client, &clause.replace("$1", "'2'").replace("$2", "'ok'")).await;
         let mut failed_rows = 0;
         for (k, row) in rows.iter().enumerate() {
             let cells: Vec<Option<&str>> = row.iter().map(|c| c.as_deref()).collect();

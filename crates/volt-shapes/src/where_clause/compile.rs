@@ -516,10 +516,7 @@ impl<'a> Compiler<'a> {
         }
         Err(WhereError::new(
             loc,
-            format!(
-                "invalid input value for enum {}: \"{label}\"",
-                col.typname
-            ),
+            format!("invalid input value for enum {}: \"{label}\"", col.typname),
         ))
     }
 
@@ -591,6 +588,20 @@ impl<'a> Compiler<'a> {
                 )))
             }
             UnaryOperator::Minus | UnaryOperator::Plus => {
+                // Postgres binds a sign tighter than `^` (`-2 ^ 2` is 4); sqlparser the other
+                // way round, so the sign moves onto the base.
+                if let Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::PGExp,
+                    right,
+                } = inner
+                {
+                    let signed = Expr::UnaryOp {
+                        op,
+                        expr: left.clone(),
+                    };
+                    return self.arith(&signed, ArithOp::Pow, right);
+                }
                 // Postgres folds a minus sign into a numeric literal, so `-2147483648` is int4.
                 if let Expr::Value(v) = inner
                     && matches!(v.value, SqlValue::Number(..))
@@ -613,6 +624,7 @@ impl<'a> Compiler<'a> {
                 )))
             }
             UnaryOperator::PGSquareRoot => self.prefix(inner, UnaryOp::Sqrt),
+            UnaryOperator::PGCubeRoot => self.prefix(inner, UnaryOp::Cbrt),
             UnaryOperator::PGAbs => self.prefix(inner, UnaryOp::Abs),
             UnaryOperator::BitwiseNot => self.prefix(inner, UnaryOp::BitNot),
             other => Err(WhereError::new(
@@ -776,7 +788,7 @@ impl<'a> Compiler<'a> {
             }
             ArithOp::Pow => match arithmetic_type(left.ty, right.ty) {
                 Some(SqlType::Numeric) => {
-                    return Err(WhereError::new(loc, "^ on numeric is not supported yet"));
+                    return self.numeric_power(left, right, loc);
                 }
                 Some(_) => Some(SqlType::Float8),
                 None => None,
@@ -792,6 +804,37 @@ impl<'a> Compiler<'a> {
                 right: Box::new(right),
             },
             ty,
+            loc,
+        )))
+    }
+
+    /// `numeric ^ numeric`. Postgres computes an integer power by multiplication and any
+    /// other through logarithms, which volt does not: the exponent must be an integer column
+    /// (int2, int4) or a constant integer.
+    fn numeric_power(&self, left: Node, right: Node, loc: usize) -> Result<Node, WhereError> {
+        let integer_column = matches!(right.ty, SqlType::Int2 | SqlType::Int4);
+        let left = self.coerce(left, SqlType::Numeric)?;
+        let right = self.coerce(right, SqlType::Numeric)?;
+        let supported = integer_column
+            || match &right.kind {
+                Kind::Const(None) => true,
+                Kind::Const(Some(Value::Numeric(n))) => n.is_int32_or_special(),
+                _ => false,
+            };
+        if !supported {
+            return Err(WhereError::new(
+                right.loc,
+                "numeric ^ is supported with an integer exponent (an int2/int4 value or an \
+                 integer constant); cast the operands to float8 for others",
+            ));
+        }
+        Ok(fold_null_args(Node::new(
+            Kind::Arith {
+                op: ArithOp::Pow,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            SqlType::Numeric,
             loc,
         )))
     }
@@ -1320,10 +1363,8 @@ impl Compiler<'_> {
         let node = self.expr(inner)?;
         let loc = node.loc;
         let node = match op {
-            UnaryOp::Sqrt if node.ty.is_number() || node.ty == SqlType::Unknown => {
-                if node.ty == SqlType::Numeric {
-                    return Err(WhereError::new(loc, "|/ on numeric is not supported yet"));
-                }
+            // Only float8 has these operators; other numbers convert to it.
+            UnaryOp::Sqrt | UnaryOp::Cbrt if node.ty.is_number() || node.ty == SqlType::Unknown => {
                 self.coerce(node, SqlType::Float8)?
             }
             UnaryOp::Abs if node.ty.is_number() => node,

@@ -144,6 +144,8 @@ fn unary(node: &Node, op: UnaryOp, v: Value) -> Result<Value, WhereError> {
             }
             Value::Float(f.sqrt())
         }
+        // cbrt() from libm, as Postgres's dcbrt calls it.
+        (UnaryOp::Cbrt, Value::Float(f)) => Value::Float(f.cbrt()),
         (UnaryOp::Abs, Value::Int(i)) => {
             let r = i.checked_abs().ok_or_else(out_of_range)?;
             Value::Int(check_int_range(node.ty, r).map_err(|r| fail(node, r))?)
@@ -629,6 +631,10 @@ fn arith(node: &Node, op: ArithOp, a: Value, b: Value) -> Result<Value, WhereErr
         (Value::Float(x), Value::Float(y)) if op == ArithOp::Pow => {
             pow(x, y).map(Value::Float).map_err(|r| fail(node, r))
         }
+        (Value::Numeric(x), Value::Numeric(y)) if op == ArithOp::Pow => x
+            .pow(&y)
+            .map(Value::Numeric)
+            .map_err(|e| fail(node, numeric_op_error(e))),
         (Value::Int(x), Value::Int(y)) => {
             let r = match op {
                 ArithOp::Add => x.checked_add(y),

@@ -82,8 +82,7 @@ pub(crate) fn scale(i: &Interval, factor: f64, divide: bool) -> Result<Interval,
     let days_f = apply(f64::from(i.days));
     let months = to_i32(months_f)?;
     let mut days = to_i32(days_f)?;
-    let month_remainder_days =
-        ts_round((months_f - f64::from(months)) * DAYS_PER_MONTH as f64);
+    let month_remainder_days = ts_round((months_f - f64::from(months)) * DAYS_PER_MONTH as f64);
     let whole_remainder_days = month_remainder_days.trunc();
     let mut sec_remainder = ts_round(
         (days_f - f64::from(days) + month_remainder_days - whole_remainder_days) * 86_400.0,
@@ -100,7 +99,8 @@ pub(crate) fn scale(i: &Interval, factor: f64, divide: bool) -> Result<Interval,
         .ok_or_else(|| OUT_OF_RANGE.to_string())?;
     let micros = (apply(i.micros as f64) + sec_remainder * USECS_PER_SEC as f64).round_ties_even();
     // FLOAT8_FITS_IN_INT64: [-2^63, 2^63).
-    if micros.is_nan() || !(-9.223_372_036_854_775_8e18..9.223_372_036_854_775_8e18).contains(&micros)
+    if micros.is_nan()
+        || !(-9.223_372_036_854_775_8e18..9.223_372_036_854_775_8e18).contains(&micros)
     {
         return Err(OUT_OF_RANGE.into());
     }

@@ -74,6 +74,7 @@ impl ArithOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UnaryOp {
     Sqrt,
+    Cbrt,
     Abs,
     BitNot,
 }
@@ -82,6 +83,7 @@ impl UnaryOp {
     pub(crate) fn sql(self) -> &'static str {
         match self {
             UnaryOp::Sqrt => "|/",
+            UnaryOp::Cbrt => "||/",
             UnaryOp::Abs => "@",
             UnaryOp::BitNot => "~",
         }

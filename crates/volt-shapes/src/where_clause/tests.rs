@@ -1699,8 +1699,16 @@ fn enum_literals_must_be_labels_and_enums_are_not_ordered() {
         "invalid input value for enum mood: \"glad\""
     );
     assert!(parse_err("feeling < 'ok'").reason.contains("equality"));
-    assert!(parse_err("feeling BETWEEN 'sad' AND 'ok'").reason.contains("equality"));
-    assert!(parse_err("greatest(feeling, 'ok') = 'ok'").reason.contains("equality"));
+    assert!(
+        parse_err("feeling BETWEEN 'sad' AND 'ok'")
+            .reason
+            .contains("equality")
+    );
+    assert!(
+        parse_err("greatest(feeling, 'ok') = 'ok'")
+            .reason
+            .contains("equality")
+    );
     // Different enum types have no operator between them, nor has an enum and text.
     assert_eq!(
         parse_err("feeling = other_feeling").reason,
@@ -1714,4 +1722,67 @@ fn enum_literals_must_be_labels_and_enums_are_not_ordered() {
         parse_err("feeling LIKE 'h%'").reason,
         "Could not select an operator overload"
     );
+}
+
+#[test]
+fn numeric_power_prints_like_postgres() {
+    // Outputs of Postgres 15 for the same expressions.
+    for (base, exp, want) in [
+        ("10", "3", "1000.0000000000000000"),
+        ("2", "2", "4.0000000000000000"),
+        ("1.5", "3", "3.3750000000000000"),
+        ("2", "-2", "0.2500000000000000"),
+        ("0", "0", "1.0000000000000000"),
+        ("2.0", "0", "1.0000000000000000"),
+        (
+            "12345678901234567890",
+            "2",
+            "152415787532388367501905199875019052100.0000000000000000",
+        ),
+        ("1.1", "10", "2.5937424601000000"),
+        ("-2", "3", "-8.0000000000000000"),
+        ("3", "-1", "0.3333333333333333"),
+        ("0.5", "60", "0.0000000000000000"),
+        ("NaN", "0", "1"),
+        ("1", "NaN", "1"),
+        ("Infinity", "-2", "0"),
+        ("-Infinity", "3", "-Infinity"),
+    ] {
+        let sql = format!("CAST(price ^ '{exp}'::numeric AS text) = '{want}'");
+        assert_eq!(eval(&sql, &[("price", base)]), Some(true), "{base} ^ {exp}");
+    }
+    assert_eq!(
+        eval_err("price ^ -1::numeric > 0", &[("price", "0")]).reason,
+        "zero raised to a negative power is undefined"
+    );
+    assert!(
+        parse_err("price ^ 0.5 > 1")
+            .reason
+            .contains("integer exponent")
+    );
+    assert!(
+        parse_err("price ^ price > 1")
+            .reason
+            .contains("integer exponent")
+    );
+    assert_eq!(
+        eval("price ^ id = 8", &[("price", "2"), ("id", "3")]),
+        Some(true)
+    );
+    // |/ and ||/ exist for float8 only: a numeric converts.
+    assert_eq!(
+        eval(
+            "CAST(|/ price AS text) = '1.4142135623730951'",
+            &[("price", "2")]
+        ),
+        Some(true)
+    );
+    assert_eq!(eval("||/ price = 3", &[("price", "27")]), Some(true));
+}
+
+#[test]
+fn a_sign_binds_tighter_than_power_as_in_postgres() {
+    assert_eq!(eval("-2 ^ 2 = 4", &[]), Some(true));
+    assert_eq!(eval("-price ^ 2 = 4", &[("price", "2")]), Some(true));
+    assert_eq!(eval("- 2 ^ 3 ^ 2 = 64", &[]), Some(true));
 }

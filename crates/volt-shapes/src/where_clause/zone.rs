@@ -99,7 +99,10 @@ fn naive(t: i64) -> Result<NaiveDateTime, String> {
 
 /// UTC offset in microseconds of `tz` at the UTC instant `utc`.
 fn offset_at_utc(tz: Tz, utc: NaiveDateTime) -> i64 {
-    let secs = tz.offset_from_utc_datetime(&listed(utc)).fix().local_minus_utc();
+    let secs = tz
+        .offset_from_utc_datetime(&listed(utc))
+        .fix()
+        .local_minus_utc();
     i64::from(secs) * 1_000_000
 }
 
