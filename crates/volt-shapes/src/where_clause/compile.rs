@@ -227,9 +227,18 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
-        let (cmp_type, mut ops) = self.unify_with(vec![left, right], loc, comparison_type)?;
-        let right = pop(&mut ops, loc)?;
-        let left = pop(&mut ops, loc)?;
+        let (cmp_type, left, right) = if is_date_vs_timestamp(left.ty, right.ty) {
+            let cmp_type =
+                comparison_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+            let left = self.comparison_operand(left, cmp_type)?;
+            let right = self.comparison_operand(right, cmp_type)?;
+            (cmp_type, left, right)
+        } else {
+            let (cmp_type, mut ops) = self.unify_with(vec![left, right], loc, comparison_type)?;
+            let right = pop(&mut ops, loc)?;
+            let left = pop(&mut ops, loc)?;
+            (cmp_type, left, right)
+        };
         Ok(Node::new(
             Kind::Distinct {
                 left: Box::new(left),
@@ -520,6 +529,25 @@ impl<'a> Compiler<'a> {
         ))
     }
 
+    /// An operand of a comparison operator brought to the type it compares in; a date
+    /// compared with a timestamp stays a date for Postgres's cross-type operators.
+    fn comparison_operand(&self, node: Node, cmp_type: SqlType) -> Result<Node, WhereError> {
+        if node.ty != SqlType::Date
+            || !matches!(cmp_type, SqlType::Timestamp | SqlType::Timestamptz)
+        {
+            return self.coerce(node, cmp_type);
+        }
+        let loc = node.loc;
+        if let Kind::Const(None) = node.kind {
+            return Ok(Node::new(Kind::Const(None), cmp_type, loc));
+        }
+        Ok(Node::new(
+            Kind::DateAsTimestamp(Box::new(node)),
+            cmp_type,
+            loc,
+        ))
+    }
+
     /// Untyped literals left where nothing gives them a type become text, as in Postgres.
     fn settle(&self, node: Node) -> Result<Node, WhereError> {
         if node.ty == SqlType::Unknown {
@@ -748,8 +776,8 @@ impl<'a> Compiler<'a> {
         if matches!(cmp_type, SqlType::Enum(_)) && !op.is_equality() {
             return Err(enum_order_error(loc));
         }
-        let left = self.coerce(left, cmp_type)?;
-        let right = self.coerce(right, cmp_type)?;
+        let left = self.comparison_operand(left, cmp_type)?;
+        let right = self.comparison_operand(right, cmp_type)?;
         Ok(fold_null_args(Node::new(
             Kind::Compare {
                 op,
@@ -1567,6 +1595,11 @@ impl Compiler<'_> {
     }
 }
 
+fn is_date_vs_timestamp(l: SqlType, r: SqlType) -> bool {
+    let ts = |t: SqlType| matches!(t, SqlType::Timestamp | SqlType::Timestamptz);
+    (l == SqlType::Date && ts(r)) || (ts(l) && r == SqlType::Date)
+}
+
 fn enum_order_error(loc: usize) -> WhereError {
     WhereError::new(
         loc,
@@ -1678,6 +1711,8 @@ fn is_stable(node: &Node) -> bool {
         Kind::Call {
             func: Call::Concat, ..
         } => true,
+        // Never folded: its value past the timestamp range has no text form to render.
+        Kind::DateAsTimestamp(_) => true,
         Kind::Arith { left, right, .. } => {
             matches!(
                 (left.ty, right.ty),

@@ -68,6 +68,14 @@ pub(crate) fn eval(node: &Node, row: &[Option<&str>]) -> Eval {
             arith(node, *op, a, b).map(Some)
         }
         Kind::Neg(inner) => negate(node, inner, row),
+        Kind::DateAsTimestamp(inner) => Ok(match eval(inner, row)? {
+            // Between every finite timestamp and infinity, as `date2timestamp_opt_overflow`.
+            Some(Value::Date(d)) => Some(Value::Timestamp(
+                datetime::date_to_timestamp(d).unwrap_or(datetime::TS_POS_INF - 1),
+            )),
+            None => None,
+            Some(_) => return Err(internal(node)),
+        }),
         Kind::Concat { left, right } => {
             let (Some(a), Some(b)) = (eval_text(left, row)?, eval_text(right, row)?) else {
                 return Ok(None);

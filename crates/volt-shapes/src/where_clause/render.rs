@@ -92,6 +92,7 @@ fn write_node(out: &mut String, node: &Node) {
             write_node(out, expr);
             let _ = write!(out, " AS {})", target.sql_name());
         }
+        Kind::DateAsTimestamp(inner) => write_node(out, inner),
         Kind::Not(inner) => {
             out.push_str("(NOT ");
             write_node(out, inner);
