@@ -99,9 +99,8 @@ pub(crate) fn scale(i: &Interval, factor: f64, divide: bool) -> Result<Interval,
         .ok_or_else(|| OUT_OF_RANGE.to_string())?;
     let micros = (apply(i.micros as f64) + sec_remainder * USECS_PER_SEC as f64).round_ties_even();
     // FLOAT8_FITS_IN_INT64: [-2^63, 2^63).
-    if micros.is_nan()
-        || !(-9.223_372_036_854_775_8e18..9.223_372_036_854_775_8e18).contains(&micros)
-    {
+    let limit = 2f64.powi(63);
+    if micros.is_nan() || !(-limit..limit).contains(&micros) {
         return Err(OUT_OF_RANGE.into());
     }
     Ok(Interval {
