@@ -103,7 +103,7 @@ impl Subset {
                 ));
             }
             Some(sql) => Some(
-                WhereClause::parse(sql, &shape.table.columns, &params)
+                WhereClause::parse_for_subset(sql, &shape.table.columns, &params)
                     .map_err(|e| SubsetError::new("where", e.to_string()))?,
             ),
         };

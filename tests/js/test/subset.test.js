@@ -212,14 +212,29 @@ voltTest(
       'rows moved by status changes',
     );
 
-    // A label the type does not have is a 400 naming its location, not a failed query.
+    // A label added after the shape was made works in a subset (Postgres judges labels
+    // there, as in Electric), and the live stream matches it as text.
+    await db.client.query(`ALTER TYPE ticket_status ADD VALUE 'new'`);
+    await db.client.query(`INSERT INTO tickets VALUES (6, 'new', 'six')`);
+    await s.waitRows((rows) => rows.some((r) => r.id === 6), 'row with the new label');
+    const { data: fresh } = await s.stream.fetchSnapshot({ where: `status = 'new'`, orderBy: 'id' });
+    assert.deepEqual(fresh.map((m) => m.value.id), [6]);
+
+    // A label the type does not have is a 400: from Postgres for a subset, and naming its
+    // location for a shape's where clause, never a failed snapshot.
     const bad = await request(
       volt,
       shapePath({ table: 'tickets', offset: '-1', subset__where: `status = 'gone'` }),
     );
     assert.equal(bad.status, 400, bad.text);
+    assert.match(bad.body.errors.subset.where[0], /invalid input value for enum ticket_status: "gone"/);
+    const badShape = await request(
+      volt,
+      shapePath({ table: 'tickets', offset: '-1', where: `status = 'gone'` }),
+    );
+    assert.equal(badShape.status, 400, badShape.text);
     assert.equal(
-      bad.body.errors.subset.where[0],
+      badShape.body.errors.where[0],
       'At location 9: invalid input value for enum ticket_status: "gone"',
     );
     const ordered = await request(

@@ -45,16 +45,24 @@ pub(crate) struct Compiler<'a> {
     /// deciding constant in AND/OR, after a non-NULL constant in COALESCE): a constant there
     /// that fails is left for evaluation instead of being an error now.
     lenient: usize,
+    /// Whether a literal read as an enum must be one of the labels the schema lists.
+    check_labels: bool,
 }
 
 impl<'a> Compiler<'a> {
-    pub(crate) fn new(sql: &'a str, columns: &'a [ColumnSchema], params: &'a [String]) -> Self {
+    pub(crate) fn new(
+        sql: &'a str,
+        columns: &'a [ColumnSchema],
+        params: &'a [String],
+        check_labels: bool,
+    ) -> Self {
         Compiler {
             sql,
             columns,
             params,
             depth: 0,
             lenient: 0,
+            check_labels,
         }
     }
 
@@ -520,7 +528,7 @@ impl<'a> Compiler<'a> {
         else {
             return Err(WhereError::new(loc, OVERLOAD));
         };
-        if col.enum_labels.iter().flatten().any(|l| l == label) {
+        if !self.check_labels || col.enum_labels.iter().flatten().any(|l| l == label) {
             return Ok(());
         }
         Err(WhereError::new(
