@@ -281,17 +281,20 @@ impl Gen<'_> {
         match self.rng.below(8) {
             6 | 7 => format!(
                 "({a} ^ {})",
+                // Exponents small enough that nested powers stay within the digits volt
+                // computes (MAX_POWER_DIGITS), integer columns included.
                 self.rng.pick(&[
                     "2",
                     "3",
                     "-1",
                     "-2",
                     "0",
-                    "10",
-                    "id",
+                    "5",
+                    "nums[1]",
+                    "array_ndims(nums)",
                     "'NaN'::numeric",
                     "'-Infinity'::numeric",
-                    "7.0",
+                    "4.0",
                 ])
             ),
             0 => format!("({a} + {})", self.int(d - 1)),

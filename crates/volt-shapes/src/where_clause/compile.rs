@@ -1504,6 +1504,19 @@ impl Compiler<'_> {
                             kept.push(arg);
                             break;
                         }
+                        // What is left must still have the list's type in SQL (`small` in
+                        // `coalesce(small, NULL::int4)` is int4, where int2 could overflow).
+                        _ if arg.ty != ty => {
+                            let loc = arg.loc;
+                            kept.push(Node::new(
+                                Kind::Cast {
+                                    expr: Box::new(arg),
+                                    target: CastTarget::plain(ty),
+                                },
+                                ty,
+                                loc,
+                            ));
+                        }
                         _ => kept.push(arg),
                     }
                 }

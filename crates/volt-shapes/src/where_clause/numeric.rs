@@ -17,7 +17,7 @@ const MAX_STORED_SCALE: u32 = 0x3FFF;
 /// Postgres accepts exponents up to this size in numeric input.
 const MAX_INPUT_EXPONENT: i64 = 1000;
 /// The most significant digits `pow_int` computes.
-const MAX_POWER_DIGITS: i64 = 4000;
+const MAX_POWER_DIGITS: i64 = 10_000;
 /// Postgres allows up to 131072 digits before the point and 16383 after.
 const MAX_DIGITS: usize = 131_072 + 16_383;
 

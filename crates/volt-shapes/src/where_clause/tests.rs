@@ -1802,3 +1802,18 @@ fn a_date_past_the_timestamp_range_compares_later_than_any_timestamp() {
             .contains("out of range")
     );
 }
+
+#[test]
+fn coalesce_keeps_its_type_when_null_constants_drop_out() {
+    assert_eq!(
+        parse("@ coalesce(small, NULL::int4) > 0").to_sql(),
+        "((@ COALESCE(CAST(\"small\" AS int4))) > '0'::int4)"
+    );
+    assert_eq!(
+        eval(
+            "@ coalesce(small, NULL::int4) = 32768",
+            &[("small", "-32768")]
+        ),
+        Some(true)
+    );
+}
