@@ -15,6 +15,9 @@ fn column(name: &str, typname: &str) -> ColumnSchema {
         not_null: false,
         pk_index: None,
         dims: usize::from(typname.starts_with('_')),
+        type_mod: None,
+        elem_typname: None,
+        enum_labels: (typname == "mood").then(|| vec!["sad".into(), "ok".into()]),
     }
 }
 
@@ -31,8 +34,11 @@ const ROWS: &[&[Option<&str>]] = &[
         Some("{{1,2},{3,4}}"),
         Some("P1DT2H"),
         Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        Some("ok"),
     ],
-    &[None, None, None, None, None, None, None, None, None, None, None],
+    &[
+        None, None, None, None, None, None, None, None, None, None, None, None,
+    ],
     &[
         Some("-2147483648"),
         Some(""),
@@ -45,6 +51,7 @@ const ROWS: &[&[Option<&str>]] = &[
         Some("[0:1]={5,6}"),
         Some("PT0S"),
         Some("00000000-0000-0000-0000-000000000000"),
+        Some("sad"),
     ],
 ];
 
@@ -64,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
         column("nums", "_int4"),
         column("span", "interval"),
         column("uid", "uuid"),
+        column("feel", "mood"),
     ];
     let params = ["1".to_string(), "{a}".to_string()];
     if let Ok(clause) = WhereClause::parse(sql, &columns, &params) {

@@ -180,8 +180,8 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), PgError> {
 }
 
 /// Read a table's columns, types (with their modifiers and, for arrays, element types,
-/// which the `electric-schema` header reports) and primary key; `None` if there is no
-/// such table.
+/// which the `electric-schema` header reports; for enums, their labels, which where clauses
+/// check literals against) and primary key; `None` if there is no such table.
 pub async fn load_table(
     client: &Client,
     schema: &str,
@@ -193,7 +193,9 @@ pub async fn load_table(
                     a.attndims::int4, \
                     (SELECT array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) FROM pg_index i \
                       WHERE i.indrelid = c.oid AND i.indisprimary)::int4 AS pk_index, \
-                    a.atttypmod::int4, e.typname::text AS elem_typname \
+                    a.atttypmod::int4, e.typname::text AS elem_typname, \
+                    CASE WHEN t.typtype = 'e' THEN ARRAY(SELECT l.enumlabel::text FROM pg_enum l \
+                      WHERE l.enumtypid = t.oid ORDER BY l.enumsortorder) END AS enum_labels \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -223,6 +225,7 @@ pub async fn load_table(
                 dims: usize::try_from(dims).unwrap_or(0),
                 type_mod: Some(r.get(7)),
                 elem_typname: r.get(8),
+                enum_labels: r.get(9),
             }
         })
         .collect();

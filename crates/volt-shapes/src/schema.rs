@@ -22,6 +22,11 @@ pub struct ColumnSchema {
     /// Absent in shapes stored before volt recorded it; `describe` then strips the `_`.
     #[serde(default)]
     pub elem_typname: Option<String>,
+    /// The labels of an enum column's type in their sort order; None for other types (and
+    /// in shapes stored before volt recorded it). Where clauses compare enum columns with
+    /// string literals only when they can check the literal is one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enum_labels: Option<Vec<String>>,
 }
 
 /// A table and its columns in attribute order.
@@ -230,6 +235,7 @@ mod tests {
             dims,
             type_mod: Some(type_mod),
             elem_typname: typname.strip_prefix('_').map(str::to_string),
+            enum_labels: None,
         }
     }
 

@@ -103,7 +103,7 @@ impl Subset {
                 ));
             }
             Some(sql) => Some(
-                WhereClause::parse(sql, &shape.table.columns, &params)
+                WhereClause::parse_for_subset(sql, &shape.table.columns, &params)
                     .map_err(|e| SubsetError::new("where", e.to_string()))?,
             ),
         };
@@ -238,6 +238,7 @@ mod tests {
             dims: 0,
             type_mod: None,
             elem_typname: None,
+            enum_labels: None,
         };
         let table = TableSchema {
             oid: 1,

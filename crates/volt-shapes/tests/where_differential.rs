@@ -112,6 +112,14 @@ const COLUMNS: &[(&str, &str, &[&str])] = &[
             "1970-01-01 00:00:00",
             "2024-02-29 23:59:59.5",
             "infinity",
+            // Daylight-saving gaps and overlaps in New York and Paris, and a year beyond
+            // the transitions chrono-tz lists.
+            "2024-03-10 02:30:00",
+            "2024-11-03 01:30:00",
+            "2024-03-31 02:30:00",
+            "2024-10-27 02:30:00",
+            "2150-07-01 12:00:00",
+            "1850-06-01 00:00:00",
         ],
     ),
     (
@@ -122,6 +130,11 @@ const COLUMNS: &[(&str, &str, &[&str])] = &[
             "2024-03-01 00:00:00+02",
             "-infinity",
             "2000-01-01 00:00:00+00",
+            "2024-03-10 07:30:00+00",
+            "2024-11-03 05:30:00+00",
+            "2024-11-03 06:30:00+00",
+            "2024-10-27 00:30:00+00",
+            "2150-01-01 12:00:00+00",
         ],
     ),
     ("active", "bool", &["t", "f"]),
@@ -160,9 +173,28 @@ const COLUMNS: &[(&str, &str, &[&str])] = &[
             "-1 hour",
             "1 year 2 mons 3 days 04:05:06.5",
             "0",
+            "1-2",
+            "-1-2 3 4:05:06",
+            "1 2:03:04",
+            "1.5 mons",
+        ],
+    ),
+    ("feel", "mood", &["sad", "ok", "happy"]),
+    (
+        "zone",
+        "text",
+        &[
+            "UTC",
+            "America/New_York",
+            "Europe/Paris",
+            "australia/sydney",
+            "Asia/Kolkata",
         ],
     ),
 ];
+
+/// Types the table's columns use, created first.
+const TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')";
 
 /// xorshift: deterministic, seeded, dependency-free.
 struct Rng(u64);
@@ -246,7 +278,25 @@ impl Gen<'_> {
             return self.leaf(LEAVES);
         }
         let (a, b) = (self.num(d - 1), self.num(d - 1));
-        match self.rng.below(6) {
+        match self.rng.below(8) {
+            6 | 7 => format!(
+                "({a} ^ {})",
+                // Exponents small enough that nested powers stay within the digits volt
+                // computes (MAX_POWER_DIGITS), integer columns included.
+                self.rng.pick(&[
+                    "2",
+                    "3",
+                    "-1",
+                    "-2",
+                    "0",
+                    "5",
+                    "nums[1]",
+                    "array_ndims(nums)",
+                    "'NaN'::numeric",
+                    "'-Infinity'::numeric",
+                    "4.0",
+                ])
+            ),
             0 => format!("({a} + {})", self.int(d - 1)),
             1 => format!("({a} * {b})"),
             2 => format!("({a} / {b})"),
@@ -278,7 +328,7 @@ impl Gen<'_> {
                 "({a} ^ {})",
                 self.rng.pick(&["2", "0.5::float8", "-1", "f8"])
             ),
-            4 => format!("(|/ {a})"),
+            4 => format!("({} {a})", self.rng.pick(&["|/", "||/", "@", "|/ @"])),
             _ => format!("({a} - {})", self.int(d - 1)),
         }
     }
@@ -306,7 +356,9 @@ impl Gen<'_> {
             return self.leaf(LEAVES);
         }
         let a = self.text(d - 1);
-        match self.rng.below(6) {
+        match self.rng.below(7) {
+            // The text output of a numeric shows its scale: 2 ^ 2 is 4.0000000000000000.
+            6 => format!("CAST({} AS text)", self.num(d - 1)),
             0 => format!("({a} || {})", self.text(d - 1)),
             1 => format!("{}({a})", self.rng.pick(&["lower", "upper"])),
             2 => format!("concat({a}, {}, {})", self.int(d - 1), self.any(d - 1)),
@@ -344,13 +396,23 @@ impl Gen<'_> {
             "'2024-02-29 12:00:00+00'::timestamptz",
             "born::timestamp",
         ];
+        const ZONES: &[&str] = &[
+            "'America/New_York'",
+            "'europe/paris'",
+            "'UTC'",
+            "zone",
+            "'Australia/Sydney'",
+            "NULL",
+        ];
         if d == 0 || self.rng.chance(2) {
             return self.leaf(LEAVES);
         }
         let i = self.interval(d - 1);
-        match self.rng.below(3) {
+        match self.rng.below(5) {
             0 => format!("({} + {i})", self.ts(d - 1)),
             1 => format!("({} - {i})", self.ts(d - 1)),
+            2 => format!("timezone({}, {})", self.rng.pick(ZONES), self.ts(d - 1)),
+            3 => format!("({} AT TIME ZONE {})", self.ts(d - 1), self.rng.pick(ZONES)),
             _ => format!("({} + {i})", self.date(d - 1)),
         }
     }
@@ -363,11 +425,31 @@ impl Gen<'_> {
             "'-2 hours'::interval",
             "interval '1.5 days'",
             "interval 'P1Y2M'",
+            "interval '1-2'",
+            "'-1-2 3 4:05:06'::interval",
+            "interval '1 2:03:04.5'",
+            "interval '2 weeks 1.5 days ago'",
+        ];
+        const FACTORS: &[&str] = &[
+            "2",
+            "0.5",
+            "-3",
+            "1.5::float8",
+            "0.1",
+            "f8",
+            "f4",
+            "num",
+            "id",
+            "1e-7",
+            "0",
         ];
         if d == 0 || self.rng.chance(2) {
             return self.leaf(LEAVES);
         }
-        match self.rng.below(4) {
+        match self.rng.below(7) {
+            4 => format!("({} * {})", self.interval(d - 1), self.rng.pick(FACTORS)),
+            5 => format!("({} * {})", self.rng.pick(FACTORS), self.interval(d - 1)),
+            6 => format!("({} / {})", self.interval(d - 1), self.rng.pick(FACTORS)),
             0 => format!("({} - {})", self.ts(d - 1), self.ts(d - 1)),
             1 => format!("({} + {})", self.interval(d - 1), self.interval(d - 1)),
             2 => format!(
@@ -451,7 +533,33 @@ impl Gen<'_> {
             return self.leaf(&["active", "true", "NULL::bool", "false"]);
         }
         let e = d - 1;
-        match self.rng.below(16) {
+        match self.rng.below(17) {
+            16 => {
+                const LABELS: &[&str] = &["'sad'", "'ok'", "'happy'", "NULL", "$2"];
+                match self.rng.below(4) {
+                    0 => format!(
+                        "(feel {} {})",
+                        self.rng.pick(&["=", "<>"]),
+                        self.rng.pick(LABELS)
+                    ),
+                    1 => format!(
+                        "(feel {}IN ({}, {}))",
+                        self.rng.pick(&["", "NOT "]),
+                        self.rng.pick(LABELS),
+                        self.rng.pick(LABELS)
+                    ),
+                    2 => format!(
+                        "(feel IS {}DISTINCT FROM {})",
+                        self.rng.pick(&["", "NOT "]),
+                        self.rng.pick(LABELS)
+                    ),
+                    _ => format!(
+                        "(feel::text {} {})",
+                        self.rng.pick(&["<", ">=", "="]),
+                        self.text(e)
+                    ),
+                }
+            }
             0 => format!(
                 "({} {} {})",
                 self.boolean(e),
@@ -656,6 +764,7 @@ async fn evaluator_agrees_with_postgres_on_random_rows_and_clauses() -> anyhow::
         "the comparison of the written clause with to_sql needs a C database"
     );
 
+    client.batch_execute(TYPES).await?;
     let mut ddl = String::from("CREATE TABLE t (k int PRIMARY KEY");
     for (name, ty, _) in COLUMNS {
         let _ = write!(ddl, ", {name} {ty}");
@@ -701,7 +810,9 @@ async fn evaluator_agrees_with_postgres_on_random_rows_and_clauses() -> anyhow::
 
     let columns: Vec<ColumnSchema> = client
         .query(
-            "SELECT a.attname::text, a.atttypid::int8, t.typname::text, a.attndims::int8 \
+            "SELECT a.attname::text, a.atttypid::int8, t.typname::text, a.attndims::int8, \
+                    CASE WHEN t.typtype = 'e' THEN ARRAY(SELECT l.enumlabel::text FROM pg_enum l \
+                      WHERE l.enumtypid = t.oid ORDER BY l.enumsortorder) END \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              WHERE a.attrelid = 't'::regclass AND a.attnum > 1 ORDER BY a.attnum",
             &[],
@@ -717,11 +828,12 @@ async fn evaluator_agrees_with_postgres_on_random_rows_and_clauses() -> anyhow::
             dims: usize::try_from(r.get::<_, i64>(3)).unwrap_or_default(),
             type_mod: None,
             elem_typname: None,
+            enum_labels: r.get(4),
         })
         .collect();
     assert_eq!(columns.len(), COLUMNS.len());
 
-    let params = vec!["2".to_string()];
+    let params = vec!["2".to_string(), "ok".to_string()];
     let (mut accepted, mut rejected, mut pg_errors) = (0u64, 0u64, 0u64);
     let mut failures = Vec::new();
     for case in 0..cases {
@@ -735,7 +847,8 @@ async fn evaluator_agrees_with_postgres_on_random_rows_and_clauses() -> anyhow::
         let rendered = w.to_sql();
         let via_to_sql = postgres_results(&client, &rendered).await;
         // Postgres has no `$1` outside a prepared statement; the rendered SQL inlines it.
-        let written = postgres_results(&client, &clause.replace("$1", "'2'")).await;
+        let written =
+            postgres_results(&client, &clause.replace("$1", "'2'").replace("$2", "'ok'")).await;
         let mut failed_rows = 0;
         for (k, row) in rows.iter().enumerate() {
             let cells: Vec<Option<&str>> = row.iter().map(|c| c.as_deref()).collect();

@@ -15,6 +15,7 @@ fn column(name: &str, typname: &str) -> ColumnSchema {
         dims: usize::from(typname.starts_with('_')),
         type_mod: None,
         elem_typname: None,
+        enum_labels: None,
     }
 }
 
@@ -30,6 +31,11 @@ fn columns() -> Vec<ColumnSchema> {
         column("tags", "_text"),
         column("nums", "_int4"),
         column("span", "interval"),
+        ColumnSchema {
+            type_oid: 9001,
+            enum_labels: Some(vec!["sad".into(), "ok".into()]),
+            ..column("feel", "mood")
+        },
     ]
 }
 
@@ -46,6 +52,16 @@ const TOKENS: &[&str] = &[
     "tags",
     "nums",
     "span",
+    "feel",
+    "'ok'",
+    "'1-2'",
+    "'-1-2 3 4:05:06'",
+    "AT TIME ZONE",
+    "timezone(",
+    "'America/New_York'",
+    "'CET'",
+    "||/",
+    "'2150-07-01 02:30'",
     "nope",
     "1",
     "0",
@@ -167,14 +183,14 @@ proptest! {
     #[test]
     fn token_sequences_never_panic(
         tokens in prop::collection::vec(prop::sample::select(TOKENS), 1..14),
-        row in prop::collection::vec(prop::sample::select(VALUES), 10),
+        row in prop::collection::vec(prop::sample::select(VALUES), 11),
     ) {
         check(&tokens.join(" "), &row);
     }
 
     #[test]
     fn arbitrary_strings_never_panic(sql in any::<String>()) {
-        check(&sql, &[Some("1"); 10]);
+        check(&sql, &[Some("1"); 11]);
     }
 
     #[test]
@@ -183,8 +199,10 @@ proptest! {
         sql in prop::sample::select(&[
             "nums @> '{1}'", "tags[1] = 'a'", "span > '1 day'", "nums[1:2] IS NULL",
             "created + span > born", "price > 1", "array_ndims(nums) = 1",
+            "feel = 'ok'", "timezone(name, created) > born", "price ^ id > 1",
+            "span * score > span", "(created AT TIME ZONE 'Europe/Paris') > born",
         ][..]),
     ) {
-        check(sql, &[Some(value.as_str()); 10]);
+        check(sql, &[Some(value.as_str()); 11]);
     }
 }

@@ -20,6 +20,7 @@ use super::types::{
     explicit_cast_exists, implicit_cast_exists,
 };
 use super::value::{self, Value};
+use super::zone;
 use crate::schema::ColumnSchema;
 
 /// Nesting allowed below the flattened AND/OR lists. sqlparser bounds parenthesised nesting
@@ -44,16 +45,24 @@ pub(crate) struct Compiler<'a> {
     /// deciding constant in AND/OR, after a non-NULL constant in COALESCE): a constant there
     /// that fails is left for evaluation instead of being an error now.
     lenient: usize,
+    /// Whether a literal read as an enum must be one of the labels the schema lists.
+    check_labels: bool,
 }
 
 impl<'a> Compiler<'a> {
-    pub(crate) fn new(sql: &'a str, columns: &'a [ColumnSchema], params: &'a [String]) -> Self {
+    pub(crate) fn new(
+        sql: &'a str,
+        columns: &'a [ColumnSchema],
+        params: &'a [String],
+        check_labels: bool,
+    ) -> Self {
         Compiler {
             sql,
             columns,
             params,
             depth: 0,
             lenient: 0,
+            check_labels,
         }
     }
 
@@ -175,6 +184,10 @@ impl<'a> Compiler<'a> {
                 escape_char,
             } => self.like(expr, pattern, escape_char.as_deref(), true, *negated),
             Expr::Function(f) => self.function(f),
+            Expr::AtTimeZone {
+                timestamp,
+                time_zone,
+            } => self.at_time_zone(timestamp, time_zone),
             other => Err(self.unsupported(other)),
         }
     }
@@ -222,9 +235,18 @@ impl<'a> Compiler<'a> {
         let left = self.expr(l)?;
         let right = self.expr(r)?;
         let loc = left.loc;
-        let (cmp_type, mut ops) = self.unify_with(vec![left, right], loc, comparison_type)?;
-        let right = pop(&mut ops, loc)?;
-        let left = pop(&mut ops, loc)?;
+        let (cmp_type, left, right) = if is_date_vs_timestamp(left.ty, right.ty) {
+            let cmp_type =
+                comparison_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
+            let left = self.comparison_operand(left, cmp_type)?;
+            let right = self.comparison_operand(right, cmp_type)?;
+            (cmp_type, left, right)
+        } else {
+            let (cmp_type, mut ops) = self.unify_with(vec![left, right], loc, comparison_type)?;
+            let right = pop(&mut ops, loc)?;
+            let left = pop(&mut ops, loc)?;
+            (cmp_type, left, right)
+        };
         Ok(Node::new(
             Kind::Distinct {
                 left: Box::new(left),
@@ -321,11 +343,11 @@ impl<'a> Compiler<'a> {
             return Err(WhereError::new(loc, format!("unknown reference {name}")));
         };
         let col = &self.columns[index];
-        Ok(Node::new(
-            Kind::Column { index, name },
-            SqlType::from_column(&col.typname, col.dims),
-            loc,
-        ))
+        let ty = match &col.enum_labels {
+            Some(_) if col.dims == 0 => SqlType::Enum(col.type_oid),
+            _ => SqlType::from_column(&col.typname, col.dims),
+        };
+        Ok(Node::new(Kind::Column { index, name }, ty, loc))
     }
 
     fn literal(&self, v: &SqlValue, loc: usize, negate: bool) -> Result<Node, WhereError> {
@@ -404,7 +426,7 @@ impl<'a> Compiler<'a> {
 
     fn type_label(&self, node: &Node) -> String {
         match (&node.kind, node.ty) {
-            (Kind::Column { index, .. }, SqlType::Other) => self
+            (Kind::Column { index, .. }, SqlType::Other | SqlType::Enum(_)) => self
                 .columns
                 .get(*index)
                 .map_or_else(|| "unknown".into(), |c| c.typname.clone()),
@@ -472,6 +494,9 @@ impl<'a> Compiler<'a> {
             return Ok(node);
         }
         if let Kind::Untyped(text) = &node.kind {
+            if let (SqlType::Enum(oid), Some(t)) = (to, text) {
+                self.check_enum_label(oid, t, node.loc)?;
+            }
             let value = match text {
                 None => None,
                 Some(t) => {
@@ -491,6 +516,44 @@ impl<'a> Compiler<'a> {
         }
         let loc = node.loc;
         self.make_cast(node, CastTarget::plain(to), loc)
+    }
+
+    /// A literal read as a value of enum type `oid` must be one of its labels, as `enum_in`
+    /// checks; checking here makes a bad label a 400 rather than a failed snapshot query.
+    fn check_enum_label(&self, oid: u32, label: &str, loc: usize) -> Result<(), WhereError> {
+        let Some(col) = self
+            .columns
+            .iter()
+            .find(|c| c.type_oid == oid && c.enum_labels.is_some())
+        else {
+            return Err(WhereError::new(loc, OVERLOAD));
+        };
+        if !self.check_labels || col.enum_labels.iter().flatten().any(|l| l == label) {
+            return Ok(());
+        }
+        Err(WhereError::new(
+            loc,
+            format!("invalid input value for enum {}: \"{label}\"", col.typname),
+        ))
+    }
+
+    /// An operand of a comparison operator brought to the type it compares in; a date
+    /// compared with a timestamp stays a date for Postgres's cross-type operators.
+    fn comparison_operand(&self, node: Node, cmp_type: SqlType) -> Result<Node, WhereError> {
+        if node.ty != SqlType::Date
+            || !matches!(cmp_type, SqlType::Timestamp | SqlType::Timestamptz)
+        {
+            return self.coerce(node, cmp_type);
+        }
+        let loc = node.loc;
+        if let Kind::Const(None) = node.kind {
+            return Ok(Node::new(Kind::Const(None), cmp_type, loc));
+        }
+        Ok(Node::new(
+            Kind::DateAsTimestamp(Box::new(node)),
+            cmp_type,
+            loc,
+        ))
     }
 
     /// Untyped literals left where nothing gives them a type become text, as in Postgres.
@@ -561,6 +624,20 @@ impl<'a> Compiler<'a> {
                 )))
             }
             UnaryOperator::Minus | UnaryOperator::Plus => {
+                // Postgres binds a sign tighter than `^` (`-2 ^ 2` is 4); sqlparser the other
+                // way round, so the sign moves onto the base.
+                if let Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::PGExp,
+                    right,
+                } = inner
+                {
+                    let signed = Expr::UnaryOp {
+                        op,
+                        expr: left.clone(),
+                    };
+                    return self.arith(&signed, ArithOp::Pow, right);
+                }
                 // Postgres folds a minus sign into a numeric literal, so `-2147483648` is int4.
                 if let Expr::Value(v) = inner
                     && matches!(v.value, SqlValue::Number(..))
@@ -583,6 +660,7 @@ impl<'a> Compiler<'a> {
                 )))
             }
             UnaryOperator::PGSquareRoot => self.prefix(inner, UnaryOp::Sqrt),
+            UnaryOperator::PGCubeRoot => self.prefix(inner, UnaryOp::Cbrt),
             UnaryOperator::PGAbs => self.prefix(inner, UnaryOp::Abs),
             UnaryOperator::BitwiseNot => self.prefix(inner, UnaryOp::BitNot),
             other => Err(WhereError::new(
@@ -703,8 +781,11 @@ impl<'a> Compiler<'a> {
         let loc = left.loc;
         let cmp_type =
             comparison_type(left.ty, right.ty).ok_or_else(|| WhereError::new(loc, OVERLOAD))?;
-        let left = self.coerce(left, cmp_type)?;
-        let right = self.coerce(right, cmp_type)?;
+        if matches!(cmp_type, SqlType::Enum(_)) && !op.is_equality() {
+            return Err(enum_order_error(loc));
+        }
+        let left = self.comparison_operand(left, cmp_type)?;
+        let right = self.comparison_operand(right, cmp_type)?;
         Ok(fold_null_args(Node::new(
             Kind::Compare {
                 op,
@@ -743,7 +824,7 @@ impl<'a> Compiler<'a> {
             }
             ArithOp::Pow => match arithmetic_type(left.ty, right.ty) {
                 Some(SqlType::Numeric) => {
-                    return Err(WhereError::new(loc, "^ on numeric is not supported yet"));
+                    return self.numeric_power(left, right, loc);
                 }
                 Some(_) => Some(SqlType::Float8),
                 None => None,
@@ -759,6 +840,37 @@ impl<'a> Compiler<'a> {
                 right: Box::new(right),
             },
             ty,
+            loc,
+        )))
+    }
+
+    /// `numeric ^ numeric`. Postgres computes an integer power by multiplication and any
+    /// other through logarithms, which volt does not: the exponent must be an integer column
+    /// (int2, int4) or a constant integer.
+    fn numeric_power(&self, left: Node, right: Node, loc: usize) -> Result<Node, WhereError> {
+        let integer_column = matches!(right.ty, SqlType::Int2 | SqlType::Int4);
+        let left = self.coerce(left, SqlType::Numeric)?;
+        let right = self.coerce(right, SqlType::Numeric)?;
+        let supported = integer_column
+            || match &right.kind {
+                Kind::Const(None) => true,
+                Kind::Const(Some(Value::Numeric(n))) => n.is_int32_or_special(),
+                _ => false,
+            };
+        if !supported {
+            return Err(WhereError::new(
+                right.loc,
+                "numeric ^ is supported with an integer exponent (an int2/int4 value or an \
+                 integer constant); cast the operands to float8 for others",
+            ));
+        }
+        Ok(fold_null_args(Node::new(
+            Kind::Arith {
+                op: ArithOp::Pow,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            SqlType::Numeric,
             loc,
         )))
     }
@@ -1241,14 +1353,54 @@ impl Compiler<'_> {
         self.explicit_cast(node, CastTarget::plain(SqlType::Interval), loc)
     }
 
+    /// `timezone(zone, ts)` (also written `ts AT TIME ZONE zone`): a timestamp without zone
+    /// becomes the instant the zone's clock shows it, an instant becomes the zone's clock
+    /// time. A literal `ts` or a date is read as timestamptz, Postgres's preferred type.
+    fn timezone(&self, zone: Node, ts: Node, loc: usize) -> Result<Node, WhereError> {
+        let zone = self.text_operand(zone)?;
+        if let Kind::Const(Some(Value::Text(name))) = &zone.kind {
+            zone::lookup(name).map_err(|r| WhereError::new(zone.loc, r))?;
+        }
+        let (ts, result) = match ts.ty {
+            SqlType::Timestamp => (ts, SqlType::Timestamptz),
+            SqlType::Timestamptz => (ts, SqlType::Timestamp),
+            SqlType::Unknown | SqlType::Date => {
+                (self.coerce(ts, SqlType::Timestamptz)?, SqlType::Timestamp)
+            }
+            _ => return Err(WhereError::new(ts.loc, OVERLOAD)),
+        };
+        // Strict: the planner folds it to NULL with a NULL argument, leaving the rest unrun.
+        if [&zone, &ts]
+            .iter()
+            .any(|n| matches!(n.kind, Kind::Const(None)))
+        {
+            return Ok(Node::new(Kind::Const(None), result, loc));
+        }
+        let input = ts.ty;
+        Ok(Node::new(
+            Kind::Call {
+                func: Call::Timezone,
+                args: vec![zone, ts],
+                cmp_type: input,
+            },
+            result,
+            loc,
+        ))
+    }
+
+    fn at_time_zone(&mut self, ts: &Expr, zone: &Expr) -> Result<Node, WhereError> {
+        let ts = self.expr(ts)?;
+        let zone = self.expr(zone)?;
+        let loc = ts.loc;
+        self.timezone(zone, ts, loc)
+    }
+
     fn prefix(&mut self, inner: &Expr, op: UnaryOp) -> Result<Node, WhereError> {
         let node = self.expr(inner)?;
         let loc = node.loc;
         let node = match op {
-            UnaryOp::Sqrt if node.ty.is_number() || node.ty == SqlType::Unknown => {
-                if node.ty == SqlType::Numeric {
-                    return Err(WhereError::new(loc, "|/ on numeric is not supported yet"));
-                }
+            // Only float8 has these operators; other numbers convert to it.
+            UnaryOp::Sqrt | UnaryOp::Cbrt if node.ty.is_number() || node.ty == SqlType::Unknown => {
                 self.coerce(node, SqlType::Float8)?
             }
             UnaryOp::Abs if node.ty.is_number() => node,
@@ -1298,6 +1450,7 @@ impl Compiler<'_> {
             "justify_days" => Call::JustifyDays,
             "justify_hours" => Call::JustifyHours,
             "justify_interval" => Call::JustifyInterval,
+            "timezone" => Call::Timezone,
             "like" | "ilike" => {
                 let [subject, pattern] = exprs.as_slice() else {
                     return Err(arity_error());
@@ -1351,6 +1504,19 @@ impl Compiler<'_> {
                             kept.push(arg);
                             break;
                         }
+                        // What is left must still have the list's type in SQL (`small` in
+                        // `coalesce(small, NULL::int4)` is int4, where int2 could overflow).
+                        _ if arg.ty != ty => {
+                            let loc = arg.loc;
+                            kept.push(Node::new(
+                                Kind::Cast {
+                                    expr: Box::new(arg),
+                                    target: CastTarget::plain(ty),
+                                },
+                                ty,
+                                loc,
+                            ));
+                        }
                         _ => kept.push(arg),
                     }
                 }
@@ -1373,6 +1539,9 @@ impl Compiler<'_> {
             }
             (Call::Greatest | Call::Least, 1..) => {
                 let (ty, args) = self.unify(nodes, loc)?;
+                if matches!(ty, SqlType::Enum(_)) {
+                    return Err(enum_order_error(loc));
+                }
                 Node::new(
                     Kind::Call {
                         func: call,
@@ -1435,10 +1604,28 @@ impl Compiler<'_> {
                     loc,
                 )
             }
+            (Call::Timezone, 2) => {
+                let mut nodes = nodes;
+                let ts = pop(&mut nodes, loc)?;
+                let zone = pop(&mut nodes, loc)?;
+                return self.timezone(zone, ts, loc).map(Some);
+            }
             _ => return Err(arity_error()),
         };
         Ok(Some(node))
     }
+}
+
+fn is_date_vs_timestamp(l: SqlType, r: SqlType) -> bool {
+    let ts = |t: SqlType| matches!(t, SqlType::Timestamp | SqlType::Timestamptz);
+    (l == SqlType::Date && ts(r)) || (ts(l) && r == SqlType::Date)
+}
+
+fn enum_order_error(loc: usize) -> WhereError {
+    WhereError::new(
+        loc,
+        "enum values can only be compared for equality; compare their text (col::text) to order them",
+    )
 }
 
 /// Whether values of `from` can stand for values of `to` without conversion.
@@ -1484,6 +1671,14 @@ fn datetime_arith_types(
         }
         (ArithOp::Add | ArithOp::Sub, Interval, Interval | Unknown)
         | (ArithOp::Add | ArithOp::Sub, Unknown, Interval) => (Interval, Interval, Interval),
+        // `interval * float8`, `float8 * interval`, `interval / float8`: other numbers and
+        // literals convert to float8.
+        (ArithOp::Mul | ArithOp::Div, Interval, n) if n.is_number() || n == Unknown => {
+            (Interval, Float8, Interval)
+        }
+        (ArithOp::Mul, n, Interval) if n.is_number() || n == Unknown => {
+            (Float8, Interval, Interval)
+        }
         _ => return None,
     })
 }
@@ -1537,6 +1732,8 @@ fn is_stable(node: &Node) -> bool {
         Kind::Call {
             func: Call::Concat, ..
         } => true,
+        // Never folded: its value past the timestamp range has no text form to render.
+        Kind::DateAsTimestamp(_) => true,
         Kind::Arith { left, right, .. } => {
             matches!(
                 (left.ty, right.ty),

@@ -357,11 +357,14 @@ pub(crate) fn format_timestamp(ts: i64, with_tz: bool) -> String {
     )
 }
 
-pub(crate) fn date_to_timestamp(days: i32) -> i64 {
+/// None for dates past the end of the timestamp range (`date2timestamp`'s error).
+pub(crate) fn date_to_timestamp(days: i32) -> Option<i64> {
     match days {
-        DATE_POS_INF => TS_POS_INF,
-        DATE_NEG_INF => TS_NEG_INF,
-        d => i64::from(d) * USECS_PER_DAY,
+        DATE_POS_INF => Some(TS_POS_INF),
+        DATE_NEG_INF => Some(TS_NEG_INF),
+        d => i64::from(d)
+            .checked_mul(USECS_PER_DAY)
+            .filter(|t| timestamp_in_range(*t)),
     }
 }
 

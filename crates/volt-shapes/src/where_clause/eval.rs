@@ -11,6 +11,7 @@ use super::like::{LikePattern, escape_char};
 use super::numeric::Numeric;
 use super::types::{CastTarget, SqlType};
 use super::value::{self, Value, check_float, check_int_range, numeric_op_error};
+use super::zone;
 
 type Eval = Result<Option<Value>, WhereError>;
 
@@ -67,6 +68,14 @@ pub(crate) fn eval(node: &Node, row: &[Option<&str>]) -> Eval {
             arith(node, *op, a, b).map(Some)
         }
         Kind::Neg(inner) => negate(node, inner, row),
+        Kind::DateAsTimestamp(inner) => Ok(match eval(inner, row)? {
+            // Between every finite timestamp and infinity, as `date2timestamp_opt_overflow`.
+            Some(Value::Date(d)) => Some(Value::Timestamp(
+                datetime::date_to_timestamp(d).unwrap_or(datetime::TS_POS_INF - 1),
+            )),
+            None => None,
+            Some(_) => return Err(internal(node)),
+        }),
         Kind::Concat { left, right } => {
             let (Some(a), Some(b)) = (eval_text(left, row)?, eval_text(right, row)?) else {
                 return Ok(None);
@@ -143,6 +152,8 @@ fn unary(node: &Node, op: UnaryOp, v: Value) -> Result<Value, WhereError> {
             }
             Value::Float(f.sqrt())
         }
+        // cbrt() from libm, as Postgres's dcbrt calls it.
+        (UnaryOp::Cbrt, Value::Float(f)) => Value::Float(f.cbrt()),
         (UnaryOp::Abs, Value::Int(i)) => {
             let r = i.checked_abs().ok_or_else(out_of_range)?;
             Value::Int(check_int_range(node.ty, r).map_err(|r| fail(node, r))?)
@@ -239,6 +250,24 @@ fn call(node: &Node, func: Call, args: &[Node], cmp_type: SqlType, row: &[Option
             Ok(eval_array(arg, row)?
                 .and_then(|a| array::ndims(&a))
                 .map(Value::Int))
+        }
+        Call::Timezone => {
+            let [zone, ts] = args else {
+                return Err(internal(node));
+            };
+            // Both arguments are computed (and can fail) before NULL makes the result NULL.
+            let (zone, ts) = (eval(zone, row)?, eval(ts, row)?);
+            let (Some(Value::Text(name)), Some(Value::Timestamp(t))) = (zone, ts) else {
+                return Ok(None);
+            };
+            let zone = zone::lookup(&name).map_err(|r| fail(node, r))?;
+            let r = if cmp_type == SqlType::Timestamptz {
+                zone::to_local(zone, t)
+            } else {
+                zone::to_utc(zone, t)
+            };
+            r.map(|t| Some(Value::Timestamp(t)))
+                .map_err(|r| fail(node, r))
         }
         Call::JustifyDays | Call::JustifyHours | Call::JustifyInterval => {
             let [arg] = args else {
@@ -610,6 +639,10 @@ fn arith(node: &Node, op: ArithOp, a: Value, b: Value) -> Result<Value, WhereErr
         (Value::Float(x), Value::Float(y)) if op == ArithOp::Pow => {
             pow(x, y).map(Value::Float).map_err(|r| fail(node, r))
         }
+        (Value::Numeric(x), Value::Numeric(y)) if op == ArithOp::Pow => x
+            .pow(&y)
+            .map(Value::Numeric)
+            .map_err(|e| fail(node, numeric_op_error(e))),
         (Value::Int(x), Value::Int(y)) => {
             let r = match op {
                 ArithOp::Add => x.checked_add(y),
@@ -716,13 +749,27 @@ fn datetime_arith(
             }
         }
         (Value::Timestamp(t), Value::Interval(i)) => {
-            let i = if sub { i.neg() } else { Ok(*i) };
-            i.and_then(|i| timestamp_plus(*t, &i))
+            // `timestamp_mi_interval` negates each field unchecked (INT_MIN stays INT_MIN).
+            let i = if sub {
+                Interval {
+                    months: i.months.wrapping_neg(),
+                    days: i.days.wrapping_neg(),
+                    micros: i.micros.wrapping_neg(),
+                }
+            } else {
+                *i
+            };
+            timestamp_plus(*t, &i)
         }
         (Value::Interval(i), Value::Timestamp(t)) => timestamp_plus(*t, i),
         (Value::Timestamp(x), Value::Timestamp(y)) => timestamp_minus(*x, *y),
         (Value::Interval(x), Value::Interval(y)) => {
             if sub { x.sub(y) } else { x.add(y) }.map(Value::Interval)
+        }
+        (Value::Interval(i), Value::Float(f)) | (Value::Float(f), Value::Interval(i))
+            if matches!(op, ArithOp::Mul | ArithOp::Div) =>
+        {
+            interval::scale(i, *f, op == ArithOp::Div).map(Value::Interval)
         }
         _ => return None,
     };

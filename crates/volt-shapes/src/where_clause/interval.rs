@@ -57,6 +57,59 @@ impl Interval {
     }
 }
 
+/// Postgres's `TSROUND`: to the nearest microsecond's worth of the unit, so that a product
+/// like `0.1 * 30` comes out whole.
+fn ts_round(v: f64) -> f64 {
+    (v * 1e6).round_ties_even() / 1e6
+}
+
+/// C's conversion of a double to int32 after Postgres's range check.
+fn to_i32(v: f64) -> Result<i32, String> {
+    if v.is_nan() || v > f64::from(i32::MAX) || v < f64::from(i32::MIN) {
+        return Err(OUT_OF_RANGE.into());
+    }
+    Ok(v as i32)
+}
+
+/// `interval_mul` (and, with `divide`, `interval_div`): months and days are scaled on their
+/// own and their fractions cascade down (a month as 30 days, a day as 24 hours), never up.
+pub(crate) fn scale(i: &Interval, factor: f64, divide: bool) -> Result<Interval, String> {
+    if divide && factor == 0.0 {
+        return Err("division by zero".into());
+    }
+    let apply = |v: f64| if divide { v / factor } else { v * factor };
+    let months_f = apply(f64::from(i.months));
+    let days_f = apply(f64::from(i.days));
+    let months = to_i32(months_f)?;
+    let mut days = to_i32(days_f)?;
+    let month_remainder_days = ts_round((months_f - f64::from(months)) * DAYS_PER_MONTH as f64);
+    let whole_remainder_days = month_remainder_days.trunc();
+    let mut sec_remainder = ts_round(
+        (days_f - f64::from(days) + month_remainder_days - whole_remainder_days) * 86_400.0,
+    );
+    if sec_remainder.abs() >= 86_400.0 {
+        let carried = (sec_remainder / 86_400.0).trunc();
+        days = days
+            .checked_add(carried as i32)
+            .ok_or_else(|| OUT_OF_RANGE.to_string())?;
+        sec_remainder -= carried * 86_400.0;
+    }
+    days = days
+        .checked_add(to_i32(whole_remainder_days)?)
+        .ok_or_else(|| OUT_OF_RANGE.to_string())?;
+    let micros = (apply(i.micros as f64) + sec_remainder * USECS_PER_SEC as f64).round_ties_even();
+    // FLOAT8_FITS_IN_INT64: [-2^63, 2^63).
+    let limit = 2f64.powi(63);
+    if micros.is_nan() || !(-limit..limit).contains(&micros) {
+        return Err(OUT_OF_RANGE.into());
+    }
+    Ok(Interval {
+        months,
+        days,
+        micros: micros as i64,
+    })
+}
+
 /// `interval_cmp`: by the 30-day-month span, so `'1 mon' = '30 days'`.
 pub(crate) fn compare(a: &Interval, b: &Interval) -> Ordering {
     a.span().cmp(&b.span())
@@ -200,58 +253,135 @@ fn number(s: &str) -> Option<f64> {
     s.parse().ok()
 }
 
-/// `interval_in` for the forms people write: `[@] N unit [N unit ...] [HH:MM[:SS]] [ago]`,
-/// a bare number of seconds, and ISO 8601 `P1DT2H`. Err(None) is a syntax error, Err(Some) another reason.
+/// One whitespace-separated piece of a written interval, as Postgres's `ParseDateTime`
+/// classifies it (`1day` is two fields).
+enum Field<'a> {
+    /// `[+-]HH:MM[:SS[.frac]]`.
+    Clock(&'a str),
+    /// SQL's years-months `[+-]Y-M`, as months; the sign applies to both parts.
+    YearMonth(f64),
+    Number(f64),
+    Word(&'a str),
+}
+
+fn fields(lowered: &str) -> Option<Vec<Field<'_>>> {
+    let mut out = Vec::new();
+    for tok in lowered.split_ascii_whitespace() {
+        if tok == "@" {
+            continue;
+        }
+        if tok.contains(':') {
+            out.push(Field::Clock(tok));
+            continue;
+        }
+        let split = tok
+            .find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(tok.len());
+        let (num, word) = tok.split_at(split);
+        if !num.is_empty() {
+            let body = num.strip_prefix(['+', '-']).unwrap_or(num);
+            if let Some((y, m)) = body.split_once('-') {
+                let (y, m): (f64, f64) = (digits(y)?.parse().ok()?, digits(m)?.parse().ok()?);
+                if m >= 12.0 {
+                    return None;
+                }
+                let months = y * 12.0 + m;
+                out.push(Field::YearMonth(if num.starts_with('-') {
+                    -months
+                } else {
+                    months
+                }));
+            } else {
+                out.push(Field::Number(number(num)?));
+            }
+        }
+        if !word.is_empty() {
+            out.push(Field::Word(word));
+        }
+    }
+    Some(out)
+}
+
+/// Bits of the units already given, as `DecodeInterval`'s `fmask`: a unit given twice
+/// (`1 day 2 days`, or two bare numbers, both seconds) is a syntax error.
+fn unit_bit(kind: &str, scale: f64) -> u32 {
+    match (kind, scale as i64) {
+        ("us", 1) => 1,
+        ("us", 1000) => 1 << 1,
+        ("us", 1_000_000) => 1 << 2,
+        ("us", 60_000_000) => 1 << 3,
+        ("us", _) => 1 << 4,
+        ("day", 1) => 1 << 5,
+        ("day", _) => 1 << 6,
+        ("mon", _) => 1 << 7,
+        ("year", 12) => 1 << 8,
+        ("year", 120) => 1 << 9,
+        ("year", 1200) => 1 << 10,
+        _ => 1 << 11,
+    }
+}
+
+const CLOCK_BITS: u32 = (1 << 2) | (1 << 3) | (1 << 4);
+
+/// `interval_in` for the forms people write: `[@] N unit [N unit ...] [ago]`, a clock
+/// `[D] HH:MM[:SS]` (a bare number before it counts days), SQL's years-months `Y-M`, a bare
+/// number of seconds, and ISO 8601 `P1DT2H`. Fields are read right to left as Postgres's
+/// `DecodeInterval` does: a unit names the number before it. Err(None) is a syntax error,
+/// Err(Some) another reason.
 pub(crate) fn parse(input: &str) -> Result<Interval, Option<String>> {
     let lowered = input.to_ascii_lowercase();
     if let Some(parts) = parse_iso(lowered.trim()) {
         return finish(parts, 1.0, input);
     }
-    let mut tokens: Vec<&str> = lowered.split_ascii_whitespace().collect();
-    if tokens.first() == Some(&"@") {
-        tokens.remove(0);
-    }
-    let ago = tokens.last() == Some(&"ago");
-    if ago {
-        tokens.pop();
-    }
-    if tokens.is_empty() {
+    let fields = fields(&lowered).ok_or(None)?;
+    if fields.is_empty() {
         return Err(None);
     }
     let mut parts = Parts::default();
-    let mut i = 0;
-    while i < tokens.len() {
-        let tok = tokens[i];
-        i += 1;
-        if tok.contains(':') {
-            parts.micros += clock(tok).ok_or(None)?;
-            continue;
+    let mut ago = false;
+    let mut mask = 0u32;
+    // The unit of the next number to the left; None: seconds.
+    let mut unit: Option<(&'static str, f64)> = None;
+    let mut claim = |bits: u32| {
+        if mask & bits != 0 {
+            return Err(None);
         }
-        // `1day` and `1 day` both work.
-        let split = tok
-            .find(|c: char| c.is_ascii_alphabetic())
-            .unwrap_or(tok.len());
-        let (num, attached) = tok.split_at(split);
-        let v = number(num).ok_or(None)?;
-        let unit = if !attached.is_empty() {
-            attached
-        } else if let Some(next) = tokens.get(i).filter(|t| unit_of(t).is_some()) {
-            i += 1;
-            next
-        } else {
-            // A bare number counts seconds.
-            "s"
-        };
-        let (kind, scale) = unit_of(unit).ok_or(None)?;
-        match kind {
-            "us" => parts.micros += v * scale,
-            "day" => parts.add_days(v * scale),
-            "mon" => parts.add_months(v),
-            _ => {
-                // Fractional years round to whole months.
-                parts.months += (v * scale).round_ties_even();
+        mask |= bits;
+        Ok(())
+    };
+    for field in fields.iter().rev() {
+        match field {
+            Field::Clock(tok) => {
+                claim(CLOCK_BITS)?;
+                parts.micros += clock(tok).ok_or(None)?;
+                unit = Some(("day", 1.0));
             }
+            Field::YearMonth(months) => {
+                claim(unit_bit("mon", 1.0))?;
+                parts.months += months;
+                unit = Some(("mon", 1.0));
+            }
+            Field::Number(v) => {
+                let (kind, scale) = unit.unwrap_or(("us", USECS_PER_SEC as f64));
+                let mut bits = unit_bit(kind, scale);
+                if kind == "us" && scale == USECS_PER_SEC as f64 && v.fract() != 0.0 {
+                    bits |= 0b11;
+                }
+                claim(bits)?;
+                match kind {
+                    "us" => parts.micros += v * scale,
+                    "day" => parts.add_days(v * scale),
+                    "mon" => parts.add_months(*v),
+                    // Fractional years round to whole months.
+                    _ => parts.months += (v * scale).round_ties_even(),
+                }
+            }
+            Field::Word("ago") if !ago => ago = true,
+            Field::Word(w) => unit = Some(unit_of(w).ok_or(None)?),
         }
+    }
+    if mask == 0 {
+        return Err(None);
     }
     finish(parts, if ago { -1.0 } else { 1.0 }, input)
 }
@@ -380,6 +510,12 @@ mod tests {
             ("P1Y2M-3DT4H5M6.5S", "P1Y2M-3DT4H5M6.5S"),
             ("PT-1M-0.25S", "PT-1M-0.25S"),
             ("pt0s", "PT0S"),
+            ("1-2", "P1Y2M"),
+            ("-1-2", "P-1Y-2M"),
+            ("1-2 3 4:05:06", "P1Y2M3DT4H5M6S"),
+            ("1 2:03:04", "P1DT2H3M4S"),
+            ("1 day 2", "P1DT2S"),
+            ("3 4:05", "P3DT4H5M"),
         ] {
             assert_eq!(show(input), want, "{input}");
         }
@@ -393,6 +529,10 @@ mod tests {
             "P1",
             "PT1D",
             "P1X",
+            "1-12",
+            "1 day 2 days",
+            "1 2",
+            "1:00 2:00",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

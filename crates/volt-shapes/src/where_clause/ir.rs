@@ -74,6 +74,7 @@ impl ArithOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UnaryOp {
     Sqrt,
+    Cbrt,
     Abs,
     BitNot,
 }
@@ -82,6 +83,7 @@ impl UnaryOp {
     pub(crate) fn sql(self) -> &'static str {
         match self {
             UnaryOp::Sqrt => "|/",
+            UnaryOp::Cbrt => "||/",
             UnaryOp::Abs => "@",
             UnaryOp::BitNot => "~",
         }
@@ -102,6 +104,8 @@ pub(crate) enum Call {
     JustifyDays,
     JustifyHours,
     JustifyInterval,
+    /// `timezone(zone, ts)`; `cmp_type` is the type of `ts`, which decides the direction.
+    Timezone,
 }
 
 impl Call {
@@ -118,6 +122,7 @@ impl Call {
             Call::JustifyDays => "justify_days",
             Call::JustifyHours => "justify_hours",
             Call::JustifyInterval => "justify_interval",
+            Call::Timezone => "timezone",
         }
     }
 }
@@ -247,6 +252,10 @@ pub(crate) enum Kind {
         left: Box<Node>,
         right: Box<Node>,
     },
+    /// A date operand of a comparison with a timestamp. Postgres compares them with its
+    /// cross-type operators, under which a date past the timestamp range is later than every
+    /// finite timestamp instead of an error; rendered as the bare date so Postgres picks them.
+    DateAsTimestamp(Box<Node>),
     /// `ARRAY[...]`: scalar items, or sub-arrays for a multidimensional array.
     ArrayCtor(Vec<Node>),
     /// `expr[i][j]` (an element) or, if `slice`, `expr[a:b]...` (an array).
@@ -272,7 +281,8 @@ impl Node {
             | Kind::IsNull { expr, .. }
             | Kind::IsTruth { expr, .. }
             | Kind::Func { arg: expr, .. }
-            | Kind::Unary { arg: expr, .. } => vec![expr],
+            | Kind::Unary { arg: expr, .. }
+            | Kind::DateAsTimestamp(expr) => vec![expr],
             Kind::Call { args, .. } | Kind::ArrayCtor(args) => args.iter().collect(),
             Kind::AnyAll { left, right, .. } | Kind::Contain { left, right, .. } => {
                 vec![left, right]

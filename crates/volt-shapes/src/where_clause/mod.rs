@@ -13,6 +13,7 @@ mod numeric;
 mod render;
 mod types;
 mod value;
+mod zone;
 
 #[cfg(test)]
 mod tests;
@@ -55,6 +56,27 @@ impl WhereClause {
         columns: &[ColumnSchema],
         params: &[String],
     ) -> Result<WhereClause, WhereError> {
+        WhereClause::parse_checking_labels(sql, columns, params, true)
+    }
+
+    /// `parse` for a subset's clause, which only ever runs as SQL: a literal compared with an
+    /// enum column that is not one of the labels volt knows is left for Postgres to judge
+    /// (a label added since the table's schema was read is valid; any other is its error,
+    /// a 400), as Electric does.
+    pub(crate) fn parse_for_subset(
+        sql: &str,
+        columns: &[ColumnSchema],
+        params: &[String],
+    ) -> Result<WhereClause, WhereError> {
+        WhereClause::parse_checking_labels(sql, columns, params, false)
+    }
+
+    fn parse_checking_labels(
+        sql: &str,
+        columns: &[ColumnSchema],
+        params: &[String],
+        check_labels: bool,
+    ) -> Result<WhereClause, WhereError> {
         let dialect = PostgreSqlDialect {};
         let mut parser = Parser::new(&dialect)
             .try_with_sql(sql)
@@ -69,7 +91,8 @@ impl WhereClause {
                 format!("syntax error at or near \"{}\"", next.token),
             ));
         }
-        let root = compile::Compiler::new(sql, columns, params).compile_root(&expr)?;
+        let root =
+            compile::Compiler::new(sql, columns, params, check_labels).compile_root(&expr)?;
         let mut referenced = Vec::new();
         root.collect_columns(&mut referenced);
         referenced.sort_unstable();

@@ -16,6 +16,8 @@ const DEC_DIGITS: i64 = 4;
 const MAX_STORED_SCALE: u32 = 0x3FFF;
 /// Postgres accepts exponents up to this size in numeric input.
 const MAX_INPUT_EXPONENT: i64 = 1000;
+/// The most significant digits `pow_int` computes.
+const MAX_POWER_DIGITS: i64 = 10_000;
 /// Postgres allows up to 131072 digits before the point and 16383 after.
 const MAX_DIGITS: usize = 131_072 + 16_383;
 
@@ -41,6 +43,13 @@ pub(crate) enum NumericError {
     Syntax,
     Overflow,
     DivisionByZero,
+    ZeroToNegativePower,
+    ComplexPower,
+    /// A power whose result needs more than `MAX_POWER_DIGITS` digits.
+    PowerTooLarge,
+    /// A power with an exponent that is not an integer (Postgres computes those through
+    /// logarithms, which volt does not).
+    NonIntegerPower,
 }
 
 impl Decimal {
@@ -216,6 +225,15 @@ impl Decimal {
             .max(i64::from(self.scale))
             .max(i64::from(other.scale))
             .clamp(0, i64::from(MAX_DISPLAY_SCALE));
+        self.div_scaled(other, rscale as u32)
+    }
+
+    /// The quotient rounded half away from zero to `rscale` digits (`div_var` with rounding).
+    fn div_scaled(&self, other: &Decimal, rscale: u32) -> Result<Decimal, NumericError> {
+        if other.is_zero() {
+            return Err(NumericError::DivisionByZero);
+        }
+        let rscale = i64::from(rscale);
         // q = round(A × 10^(rscale + s2 - s1) / B), computed with one extra digit to round half away from zero.
         let shift = rscale + i64::from(other.scale) - i64::from(self.scale) + 1;
         let mut num = self.digits.clone();
@@ -233,6 +251,114 @@ impl Decimal {
         let plus_half = add_le(&reversed(q10), &[5]);
         let q_le = plus_half.get(1..).unwrap_or_default().to_vec();
         Decimal::new(self.neg != other.neg, reversed(q_le), rscale as u32)
+    }
+
+    /// Postgres's base-10000 weight (0 for zero).
+    fn weight(&self) -> i64 {
+        self.nbase_head().0
+    }
+
+    /// Whether the value has no fractional part.
+    fn is_integral(&self) -> bool {
+        let frac = (self.scale as usize).min(self.digits.len());
+        self.digits[self.digits.len() - frac..]
+            .iter()
+            .all(|d| *d == 0)
+    }
+
+    /// `base ~= f * 10^p` from the first four base-10000 digits, as `power_var_int` estimates
+    /// a power's size; returns log10 of that.
+    fn log10_estimate(&self) -> f64 {
+        let weight = self.weight();
+        let mut f = 0f64;
+        let mut p = weight * DEC_DIGITS;
+        for group in 0..4 {
+            let g = weight - group;
+            let mut v = 0u32;
+            for e in (g * DEC_DIGITS..(g + 1) * DEC_DIGITS).rev() {
+                v = v * 10 + u32::from(self.digit_at(e));
+            }
+            f = f * 10000.0 + f64::from(v);
+            if group > 0 {
+                p -= DEC_DIGITS;
+            }
+        }
+        f.log10() + p as f64
+    }
+
+    fn one() -> Decimal {
+        Decimal::from_i64(1)
+    }
+
+    /// Postgres 15's `power_var_int`: repeated squaring, each product rounded to enough
+    /// digits for `rscale` (so large exponents stay cheap), a negative exponent by dividing
+    /// one by the result.
+    fn pow_int(&self, exp: i32, rscale: u32) -> Result<Decimal, NumericError> {
+        match exp {
+            0 => return Ok(Decimal::one().round(rscale)),
+            1 => return Ok(self.round(rscale)),
+            -1 => return Decimal::one().div_scaled(self, rscale),
+            2 => return Ok(self.mul(self)?.round(rscale)),
+            _ => {}
+        }
+        if self.is_zero() {
+            if exp < 0 {
+                return Err(NumericError::DivisionByZero);
+            }
+            return Ok(Decimal::zero(rscale));
+        }
+        let f = f64::from(exp) * self.log10_estimate();
+        if f > f64::from(3 * i16::MAX as i32 * DEC_DIGITS as i32) {
+            return Err(NumericError::Overflow);
+        }
+        if f + 1.0 < -f64::from(rscale) || f + 1.0 < -f64::from(MAX_DISPLAY_SCALE) {
+            return Ok(Decimal::zero(rscale));
+        }
+        let mut sig_digits = 1 + i64::from(rscale) + f as i64;
+        sig_digits += f64::from(exp).abs().ln() as i64 + 8;
+        // Multiplication here is quadratic in the digits: a huge power evaluated for every
+        // replicated row would stall the stream, so it is refused instead.
+        if sig_digits > MAX_POWER_DIGITS {
+            return Err(NumericError::PowerTooLarge);
+        }
+        let neg = exp < 0;
+        let mut mask = exp.unsigned_abs();
+        let mut base_prod = self.clone();
+        let mut result = if mask & 1 == 1 {
+            self.clone()
+        } else {
+            Decimal::one()
+        };
+        let local = |v: i64, cap: i64| v.min(cap).max(0) as u32;
+        loop {
+            mask >>= 1;
+            if mask == 0 {
+                break;
+            }
+            let scale = local(
+                sig_digits - 2 * base_prod.weight() * DEC_DIGITS,
+                2 * i64::from(base_prod.scale),
+            );
+            base_prod = base_prod.mul(&base_prod)?.round(scale);
+            if mask & 1 == 1 {
+                let scale = local(
+                    sig_digits - (base_prod.weight() + result.weight()) * DEC_DIGITS,
+                    i64::from(base_prod.scale) + i64::from(result.scale),
+                );
+                result = base_prod.mul(&result)?.round(scale);
+            }
+            if base_prod.weight() > i64::from(i16::MAX) || result.weight() > i64::from(i16::MAX) {
+                if !neg {
+                    return Err(NumericError::Overflow);
+                }
+                return Ok(Decimal::zero(rscale));
+            }
+        }
+        if neg {
+            Decimal::one().div_scaled(&result, rscale)
+        } else {
+            Ok(result.round(rscale))
+        }
     }
 
     /// Round half away from zero to `scale` digits after the point.
@@ -491,6 +617,110 @@ impl Numeric {
                 })
             }
             _ => Ok(Numeric::NaN),
+        }
+    }
+
+    /// `numeric_power` (Postgres 15): POSIX's rules for NaN and infinities, then an integer
+    /// exponent through `pow_int` at a scale of at least 16 digits; other exponents are
+    /// `NonIntegerPower`.
+    pub(crate) fn pow(&self, exp: &Numeric) -> Result<Numeric, NumericError> {
+        let one = || Numeric::Finite(Decimal::one());
+        let is_one = |n: &Numeric| matches!(n, Numeric::Finite(d) if !d.neg && d.cmp_abs(&Decimal::one()) == Ordering::Equal);
+        if self.is_nan() {
+            return Ok(if exp.signum() == Some(0) && !exp.is_special() {
+                one()
+            } else {
+                Numeric::NaN
+            });
+        }
+        if exp.is_nan() {
+            return Ok(if is_one(self) { one() } else { Numeric::NaN });
+        }
+        let (sign1, sign2) = (self.signum().unwrap_or(0), exp.signum().unwrap_or(0));
+        if sign1 == 0 && sign2 < 0 {
+            return Err(NumericError::ZeroToNegativePower);
+        }
+        let (base, e) = match (self, exp) {
+            (Numeric::Finite(b), Numeric::Finite(e)) => (b, e),
+            _ => return Ok(self.pow_special(exp, sign2)),
+        };
+        if e.is_integral()
+            && let Some(n) = e.to_i64_rounded().and_then(|n| i32::try_from(n).ok())
+        {
+            let rscale = (base.scale.max(MIN_SIG_DIGITS as u32)).min(MAX_DISPLAY_SCALE);
+            return base.pow_int(n, rscale).map(Numeric::Finite);
+        }
+        if base.is_zero() {
+            return Ok(Numeric::Finite(Decimal::zero(MIN_SIG_DIGITS as u32)));
+        }
+        if base.neg && !e.is_integral() {
+            return Err(NumericError::ComplexPower);
+        }
+        Err(NumericError::NonIntegerPower)
+    }
+
+    /// NaN, an infinity, or an integer that fits int4: the exponents `pow` computes.
+    pub(crate) fn is_int32_or_special(&self) -> bool {
+        match self {
+            Numeric::Finite(d) => {
+                d.is_integral() && d.to_i64_rounded().is_some_and(|n| i32::try_from(n).is_ok())
+            }
+            _ => true,
+        }
+    }
+
+    pub(crate) fn is_nonzero_finite(&self) -> bool {
+        matches!(self, Numeric::Finite(d) if !d.is_zero())
+    }
+
+    fn is_special(&self) -> bool {
+        !matches!(self, Numeric::Finite(_))
+    }
+
+    /// The infinity cases of `numeric_power`, for non-NaN operands one of which is infinite.
+    fn pow_special(&self, exp: &Numeric, sign2: i8) -> Numeric {
+        let one = Numeric::Finite(Decimal::one());
+        let zero = Numeric::Finite(Decimal::zero(0));
+        if let Numeric::Finite(b) = self
+            && !b.neg
+            && b.cmp_abs(&Decimal::one()) == Ordering::Equal
+        {
+            return one;
+        }
+        if let Numeric::Finite(e) = exp
+            && e.is_zero()
+        {
+            return one;
+        }
+        if self.signum() == Some(0) && sign2 > 0 {
+            return zero;
+        }
+        if matches!(exp, Numeric::PosInf | Numeric::NegInf) {
+            let abs_gt_one = match self {
+                Numeric::Finite(b) => {
+                    if b.neg && b.cmp_abs(&Decimal::one()) == Ordering::Equal {
+                        return one;
+                    }
+                    b.cmp_abs(&Decimal::one()) == Ordering::Greater
+                }
+                _ => true,
+            };
+            return if abs_gt_one == (sign2 > 0) {
+                Numeric::PosInf
+            } else {
+                zero
+            };
+        }
+        if matches!(self, Numeric::PosInf) {
+            return if sign2 > 0 { Numeric::PosInf } else { zero };
+        }
+        // -Infinity to a finite power.
+        if sign2 < 0 {
+            return zero;
+        }
+        match exp {
+            Numeric::Finite(e) if e.is_integral() && e.digit_at(0) % 2 == 1 => Numeric::NegInf,
+            _ => Numeric::PosInf,
         }
     }
 

@@ -31,6 +31,15 @@ fn quote_literal(s: &str) -> String {
 }
 
 fn write_const(out: &mut String, ty: SqlType, v: Option<&Value>) {
+    // An enum type has no name here: its constants are left untyped, and Postgres reads them
+    // as the enum they are compared with (they only ever meet an enum column).
+    if let SqlType::Enum(_) = ty {
+        match v {
+            Some(v) => out.push_str(&quote_literal(&value::output(ty, v))),
+            None => out.push_str("NULL"),
+        }
+        return;
+    }
     match v {
         None => {
             let _ = write!(out, "NULL::{}", ty.name());
@@ -83,6 +92,7 @@ fn write_node(out: &mut String, node: &Node) {
             write_node(out, expr);
             let _ = write!(out, " AS {})", target.sql_name());
         }
+        Kind::DateAsTimestamp(inner) => write_node(out, inner),
         Kind::Not(inner) => {
             out.push_str("(NOT ");
             write_node(out, inner);

@@ -10,6 +10,7 @@ fn col(name: &str, typname: &str) -> ColumnSchema {
         dims: usize::from(typname.starts_with('_')),
         type_mod: None,
         elem_typname: None,
+        enum_labels: None,
     }
 }
 
@@ -35,6 +36,16 @@ fn columns() -> Vec<ColumnSchema> {
         col("tags", "_text"),
         col("nums", "_int4"),
         col("span", "interval"),
+        ColumnSchema {
+            type_oid: 9001,
+            enum_labels: Some(vec!["sad".into(), "ok".into(), "happy".into()]),
+            ..col("feeling", "mood")
+        },
+        ColumnSchema {
+            type_oid: 9002,
+            enum_labels: Some(vec!["ok".into()]),
+            ..col("other_feeling", "verdict")
+        },
     ]
 }
 
@@ -919,10 +930,8 @@ fn to_sql_renders_every_construct() {
             "(lower((\"name\" || 'x'::text)) = 'y'::text)",
         ),
         ("code = name", "(CAST(\"code\" AS text) = \"name\")"),
-        (
-            "born < created",
-            "(CAST(\"born\" AS timestamptz) < \"created\")",
-        ),
+        // Postgres's cross-type operator, which does not fail past the timestamp range.
+        ("born < created", "(\"born\" < \"created\")"),
         ("score > 1.5", "(\"score\" > '1.5'::float8)"),
         (
             "'2024-01-01'::date = born",
@@ -1652,5 +1661,159 @@ fn value_lists_take_the_first_string_type_and_widen_numbers_like_postgres() {
     assert_eq!(
         parse("greatest(ratio, price) > 1").to_sql(),
         "(GREATEST(\"ratio\", CAST(\"price\" AS float4)) > '1'::float8)"
+    );
+}
+
+#[test]
+fn enum_columns_compare_for_equality_with_their_labels() {
+    let r = [("feeling", "happy")];
+    assert_eq!(eval("feeling = 'happy'", &r), Some(true));
+    assert_eq!(eval("'ok' <> feeling", &r), Some(true));
+    assert_eq!(eval("feeling IN ('sad', 'happy')", &r), Some(true));
+    assert_eq!(eval("feeling NOT IN ('sad', 'ok')", &r), Some(true));
+    assert_eq!(eval("feeling IN ('sad', NULL)", &r), None);
+    assert_eq!(eval("feeling = 'happy'", &[]), None);
+    assert_eq!(eval("feeling IS NULL", &[]), Some(true));
+    assert_eq!(eval("feeling IS DISTINCT FROM 'ok'", &[]), Some(true));
+    assert_eq!(eval("feeling::text = 'happy'", &r), Some(true));
+    assert!(parse_with("feeling = $1", &["happy"]).matches(&row(&r)));
+    assert_eq!(
+        parse_with("feeling = $1", &["happy"]).to_sql(),
+        "(\"feeling\" = 'happy')"
+    );
+    assert_eq!(
+        parse("feeling IN ('sad', 'happy')").to_sql(),
+        "(\"feeling\" IN ('sad', 'happy'))"
+    );
+}
+
+#[test]
+fn enum_literals_must_be_labels_and_enums_are_not_ordered() {
+    let e = parse_err("feeling = 'glad'");
+    assert_eq!(e.reason, "invalid input value for enum mood: \"glad\"");
+    assert_eq!(e.location, 10);
+    assert_eq!(
+        parse_err_with("feeling = $1", &["glad"]).reason,
+        "invalid input value for enum mood: \"glad\""
+    );
+    assert!(parse_err("feeling < 'ok'").reason.contains("equality"));
+    assert!(
+        parse_err("feeling BETWEEN 'sad' AND 'ok'")
+            .reason
+            .contains("equality")
+    );
+    assert!(
+        parse_err("greatest(feeling, 'ok') = 'ok'")
+            .reason
+            .contains("equality")
+    );
+    // Different enum types have no operator between them, nor has an enum and text.
+    assert_eq!(
+        parse_err("feeling = other_feeling").reason,
+        "Could not select an operator overload"
+    );
+    assert_eq!(
+        parse_err("feeling = name").reason,
+        "Could not select an operator overload"
+    );
+    assert_eq!(
+        parse_err("feeling LIKE 'h%'").reason,
+        "Could not select an operator overload"
+    );
+}
+
+#[test]
+fn numeric_power_prints_like_postgres() {
+    // Outputs of Postgres 15 for the same expressions.
+    for (base, exp, want) in [
+        ("10", "3", "1000.0000000000000000"),
+        ("2", "2", "4.0000000000000000"),
+        ("1.5", "3", "3.3750000000000000"),
+        ("2", "-2", "0.2500000000000000"),
+        ("0", "0", "1.0000000000000000"),
+        ("2.0", "0", "1.0000000000000000"),
+        (
+            "12345678901234567890",
+            "2",
+            "152415787532388367501905199875019052100.0000000000000000",
+        ),
+        ("1.1", "10", "2.5937424601000000"),
+        ("-2", "3", "-8.0000000000000000"),
+        ("3", "-1", "0.3333333333333333"),
+        ("0.5", "60", "0.0000000000000000"),
+        ("NaN", "0", "1"),
+        ("1", "NaN", "1"),
+        ("Infinity", "-2", "0"),
+        ("-Infinity", "3", "-Infinity"),
+    ] {
+        let sql = format!("CAST(price ^ '{exp}'::numeric AS text) = '{want}'");
+        assert_eq!(eval(&sql, &[("price", base)]), Some(true), "{base} ^ {exp}");
+    }
+    assert_eq!(
+        eval_err("price ^ -1::numeric > 0", &[("price", "0")]).reason,
+        "zero raised to a negative power is undefined"
+    );
+    assert!(
+        parse_err("price ^ 0.5 > 1")
+            .reason
+            .contains("integer exponent")
+    );
+    assert!(
+        parse_err("price ^ price > 1")
+            .reason
+            .contains("integer exponent")
+    );
+    assert_eq!(
+        eval("price ^ id = 8", &[("price", "2"), ("id", "3")]),
+        Some(true)
+    );
+    // |/ and ||/ exist for float8 only: a numeric converts.
+    assert_eq!(
+        eval(
+            "CAST(|/ price AS text) = '1.4142135623730951'",
+            &[("price", "2")]
+        ),
+        Some(true)
+    );
+    assert_eq!(eval("||/ price = 3", &[("price", "27")]), Some(true));
+}
+
+#[test]
+fn a_sign_binds_tighter_than_power_as_in_postgres() {
+    assert_eq!(eval("-2 ^ 2 = 4", &[]), Some(true));
+    assert_eq!(eval("-price ^ 2 = 4", &[("price", "2")]), Some(true));
+    assert_eq!(eval("- 2 ^ 3 ^ 2 = 64", &[]), Some(true));
+}
+
+#[test]
+fn a_date_past_the_timestamp_range_compares_later_than_any_timestamp() {
+    let r = [
+        ("born", "5874897-12-31"),
+        ("created", "2024-01-01 00:00:00+00"),
+    ];
+    assert_eq!(eval("born > created", &r), Some(true));
+    assert_eq!(eval("born IS DISTINCT FROM created", &r), Some(true));
+    let r = [("born", "5874897-12-31"), ("created", "infinity")];
+    assert_eq!(eval("born < created", &r), Some(true));
+    // A cast is not a comparison: it fails there.
+    assert!(
+        eval_err("CAST(born AS timestamp) > at", &r)
+            .reason
+            .contains("out of range")
+    );
+}
+
+#[test]
+fn coalesce_keeps_its_type_when_null_constants_drop_out() {
+    assert_eq!(
+        parse("@ coalesce(small, NULL::int4) > 0").to_sql(),
+        "((@ COALESCE(CAST(\"small\" AS int4))) > '0'::int4)"
+    );
+    assert_eq!(
+        eval(
+            "@ coalesce(small, NULL::int4) = 32768",
+            &[("small", "-32768")]
+        ),
+        Some(true)
     );
 }

@@ -26,9 +26,14 @@ pub(crate) enum SqlType {
     Interval,
     /// An untyped string literal, `NULL` or `$n` whose type comes from its context.
     Unknown,
-    /// A column of a type the evaluator cannot interpret (enums, json, arrays of those...): it
-    /// can only be tested for NULL or cast to a string type, whose value is Postgres's text output.
+    /// A column of a type the evaluator cannot interpret (json, domains, arrays of enums...):
+    /// it can only be tested for NULL or cast to a string type, whose value is Postgres's text
+    /// output.
     Other,
+    /// An enum type, by its oid: its values are its labels, equal when their text is. Only
+    /// equality is offered: the order of labels can change (`ALTER TYPE ... ADD VALUE
+    /// BEFORE`) while a shape lives, their text cannot.
+    Enum(u32),
     /// An array of a scalar type above. Postgres has one array type per element type whatever
     /// the number of dimensions, so neither does this.
     Array(&'static SqlType),
@@ -123,7 +128,7 @@ impl SqlType {
             Timestamp => &Timestamp,
             Timestamptz => &Timestamptz,
             Interval => &Interval,
-            Unknown | Other | Array(_) => return None,
+            Unknown | Other | Enum(_) | Array(_) => return None,
         }))
     }
 
@@ -192,6 +197,7 @@ impl SqlType {
             SqlType::Interval => "interval",
             SqlType::Unknown => "unknown",
             SqlType::Other => "other",
+            SqlType::Enum(_) => "enum",
             SqlType::Array(elem) => match elem {
                 SqlType::Bool => "bool[]",
                 SqlType::Int2 => "int2[]",

@@ -133,7 +133,8 @@ pub(crate) fn parse_input(ty: SqlType, input: &str) -> Result<Value, String> {
         | SqlType::Bpchar
         | SqlType::Name
         | SqlType::Unknown
-        | SqlType::Other => Value::Text(input.to_string()),
+        | SqlType::Other
+        | SqlType::Enum(_) => Value::Text(input.to_string()),
         SqlType::Uuid => Value::Uuid(parse_uuid(input).ok_or_else(bad)?),
         SqlType::Date => Value::Date(datetime::parse_date(input).ok_or_else(bad)?),
         SqlType::Time => Value::Time(datetime::parse_time(input).ok_or_else(bad)?),
@@ -304,6 +305,17 @@ fn numeric_error(e: NumericError) -> String {
         NumericError::DivisionByZero => "division by zero".into(),
         NumericError::Overflow => "numeric field overflow".into(),
         NumericError::Syntax => "invalid numeric value".into(),
+        NumericError::ZeroToNegativePower => "zero raised to a negative power is undefined".into(),
+        NumericError::ComplexPower => {
+            "a negative number raised to a non-integer power yields a complex result".into()
+        }
+        NumericError::PowerTooLarge => {
+            "numeric ^ result has too many digits for a where clause".into()
+        }
+        NumericError::NonIntegerPower => {
+            "numeric ^ with an exponent that is not an integer is not supported (cast to float8)"
+                .into()
+        }
     }
 }
 
@@ -407,14 +419,25 @@ fn convert(v: Value, from: SqlType, to: SqlType) -> Result<Value, String> {
                     d.to_i64_rounded().ok_or_else(out_of_range)?,
                 )?)
             }
-            T::Float4 => Value::Float(f64::from(n.to_f32())),
-            T::Float8 => Value::Float(n.to_f64()),
+            // Through the text form and float8in/float4in, which refuse what does not fit.
+            T::Float4 | T::Float8 => {
+                let (v, label) = if to == T::Float4 {
+                    (f64::from(n.to_f32()), "real")
+                } else {
+                    (n.to_f64(), "double precision")
+                };
+                if n.is_nonzero_finite() && (v.is_infinite() || v == 0.0) {
+                    return Err(format!("\"{n}\" is out of range for type {label}"));
+                }
+                Value::Float(v)
+            }
             _ => return Err(no_cast(from, to)),
         },
         Value::Bool(b) if to == T::Int4 => Value::Int(i64::from(b)),
-        Value::Date(d) if matches!(to, T::Timestamp | T::Timestamptz) => {
-            Value::Timestamp(datetime::date_to_timestamp(d))
-        }
+        Value::Date(d) if matches!(to, T::Timestamp | T::Timestamptz) => Value::Timestamp(
+            datetime::date_to_timestamp(d)
+                .ok_or_else(|| "date out of range for timestamp".to_string())?,
+        ),
         Value::Timestamp(t) => match to {
             // Timestamps without a zone are read in the session zone, pinned to UTC.
             T::Timestamp | T::Timestamptz => Value::Timestamp(t),
