@@ -635,6 +635,7 @@ mod tests {
             dims: 0,
             type_mod: None,
             elem_typname: None,
+            enum_labels: None,
         };
         let table = TableSchema {
             oid: 1,
