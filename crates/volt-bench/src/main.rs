@@ -6,6 +6,8 @@ mod harness;
 mod herd;
 mod idle_shapes;
 mod initial_sync;
+mod load;
+mod new_shapes;
 
 use clap::{Parser, ValueEnum};
 
@@ -17,6 +19,8 @@ enum Scenario {
     Herd,
     /// Initial sync of a large shape against COPY, warm re-reads against a static server (S1).
     InitialSync,
+    /// Many distinct new shapes at once against a 20-connection pool (S2).
+    NewShapes,
     All,
 }
 
@@ -55,6 +59,9 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::Herd | Scenario::All) {
             herd::run(&env).await?;
+        }
+        if matches!(args.scenario, Scenario::NewShapes | Scenario::All) {
+            new_shapes::run(&env).await?;
         }
         anyhow::Ok(())
     })
