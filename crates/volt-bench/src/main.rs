@@ -3,6 +3,7 @@
 //! each scenario also measures a baseline in the same run and prints the ratio.
 
 mod harness;
+mod fanout;
 mod herd;
 mod idle_shapes;
 mod initial_sync;
@@ -21,6 +22,8 @@ enum Scenario {
     InitialSync,
     /// Many distinct new shapes at once against a 20-connection pool (S2).
     NewShapes,
+    /// Write fan-out to many live clients against a hold-and-release server (S3).
+    Fanout,
     All,
 }
 
@@ -62,6 +65,9 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::NewShapes | Scenario::All) {
             new_shapes::run(&env).await?;
+        }
+        if matches!(args.scenario, Scenario::Fanout | Scenario::All) {
+            fanout::run(&env).await?;
         }
         anyhow::Ok(())
     })
