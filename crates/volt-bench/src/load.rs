@@ -22,10 +22,6 @@ pub fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-pub fn mib(kib: u64) -> String {
-    format!("{:.1}", kib as f64 / 1024.0)
-}
-
 /// What one GET came back with, after the 503s it was told to retry.
 pub struct Answer {
     pub res: reqwest::Response,

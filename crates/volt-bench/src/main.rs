@@ -3,6 +3,7 @@
 //! each scenario also measures a baseline in the same run and prints the ratio.
 
 mod harness;
+mod big_transaction;
 mod fanout;
 mod herd;
 mod idle_shapes;
@@ -24,6 +25,8 @@ enum Scenario {
     NewShapes,
     /// Write fan-out to many live clients against a hold-and-release server (S3).
     Fanout,
+    /// One huge transaction while some live clients stop reading (S7).
+    BigTransaction,
     All,
 }
 
@@ -68,6 +71,9 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::Fanout | Scenario::All) {
             fanout::run(&env).await?;
+        }
+        if matches!(args.scenario, Scenario::BigTransaction | Scenario::All) {
+            big_transaction::run(&env).await?;
         }
         anyhow::Ok(())
     })
