@@ -21,6 +21,8 @@ const SHAPE: &str = "table=items";
 /// When each transaction was written and when its last client had it.
 struct Tracker {
     epoch: Instant,
+    /// `epoch` on the wall clock (ms since 1970), for clients in other processes.
+    epoch_wall_ms: f64,
     sent: Vec<AtomicU64>,
     last: Vec<AtomicU64>,
     got: Vec<AtomicU32>,
@@ -31,6 +33,10 @@ impl Tracker {
         let zeros = |n| (0..n).map(|_| AtomicU64::new(0)).collect();
         Tracker {
             epoch: Instant::now(),
+            epoch_wall_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .unwrap_or(0.0),
             sent: zeros(batches),
             last: zeros(batches),
             got: (0..batches).map(|_| AtomicU32::new(0)).collect(),
@@ -126,6 +132,8 @@ struct Figures {
     complete: usize,
     errors: u32,
     sample: Option<Bytes>,
+    /// When each transaction was written, ms since 1970.
+    sent_wall_ms: Vec<f64>,
 }
 
 /// Start `clients` live clients at `pos`, wait for them to park (`parked`), run `write`
@@ -211,6 +219,11 @@ where
         complete: last.len(),
         errors,
         sample,
+        sent_wall_ms: tracker
+            .sent
+            .iter()
+            .map(|s| tracker.epoch_wall_ms + s.load(Ordering::Acquire) as f64 / 1e6)
+            .collect(),
     })
 }
 
@@ -346,11 +359,91 @@ fn renumber(rows: &str, batch: usize) -> Bytes {
     ))
 }
 
+/// A few real `@electric-sql/client` streams (tests/js/bench/fanout_clients.mjs) on the
+/// same shape, reporting when each transaction reached them.
+struct JsClients {
+    child: tokio::process::Child,
+    lines: tokio::task::JoinHandle<Vec<(usize, f64)>>,
+}
+
+impl JsClients {
+    /// `None` (with the reason printed) when node or tests/js/node_modules is missing.
+    async fn start(
+        base: &str,
+        pos: &Position,
+        n: usize,
+        first_batch: usize,
+        batches: usize,
+    ) -> anyhow::Result<Option<JsClients>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/js");
+        if !dir.join("node_modules/@electric-sql/client").is_dir() {
+            println!(
+                "(real clients skipped: {} has no node_modules; run npm ci there)",
+                dir.display()
+            );
+            return Ok(None);
+        }
+        let spawned = tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .arg("bench/fanout_clients.mjs")
+            .args([base, &pos.handle, &pos.offset])
+            .args([n.to_string(), first_batch.to_string(), batches.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                println!("(real clients skipped: cannot run node: {e})");
+                return Ok(None);
+            }
+        };
+        let stdout = child.stdout.take().context("node stdout")?;
+        let lines = tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut got = Vec::new();
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if let ["got", _, b, at] = f[..]
+                    && let (Ok(b), Ok(at)) = (b.parse(), at.parse())
+                {
+                    got.push((b, at));
+                }
+            }
+            got
+        });
+        Ok(Some(JsClients { child, lines }))
+    }
+
+    /// Delivery latencies (every delivery; the last client per transaction).
+    async fn finish(mut self, sent_wall_ms: &[f64]) -> (Vec<Duration>, Vec<Duration>) {
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let _ = self.child.start_kill();
+        let got = self.lines.await.unwrap_or_default();
+        let lat = |b: usize, at: f64| {
+            Duration::from_secs_f64(((at - sent_wall_ms.get(b).copied().unwrap_or(at)) / 1000.0).max(0.0))
+        };
+        let mut each: Vec<Duration> = got.iter().map(|&(b, at)| lat(b, at)).collect();
+        each.sort();
+        let mut last = vec![Duration::ZERO; sent_wall_ms.len()];
+        for &(b, at) in &got {
+            if let Some(l) = last.get_mut(b) {
+                *l = (*l).max(lat(b, at));
+            }
+        }
+        last.sort();
+        (each, last)
+    }
+}
+
 struct Row {
     figures: Figures,
     floor: Figures,
     rss: Vec<(Duration, u64)>,
     cpu: f64,
+    /// Real clients: every delivery, and the last of them per transaction.
+    js: Option<(usize, Vec<Duration>, Vec<Duration>)>,
 }
 
 pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
@@ -382,13 +475,16 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         let rss = rss_sampler(&volt, Duration::from_millis(500));
         let cpu0 = volt.cpu_secs();
         let base_batch = round * batches;
+        let js_n = if env.quick { 2 } else { 5 };
+        let js = JsClients::start(&volt.base, &synced.pos, js_n, base_batch, batches).await?;
+        let js_n = if js.is_some() { js_n } else { 0 };
         let figures = drive(
             &volt.base,
             &synced.pos,
             base_batch,
             n,
             batches,
-            || wait_parked(&volt, n as u64, Duration::from_secs(60)),
+            || wait_parked(&volt, (n + js_n) as u64, Duration::from_secs(60)),
             |k| {
                 let writer = &writer;
                 async move {
@@ -407,6 +503,13 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         .await?;
         let cpu = volt.cpu_secs() - cpu0;
         let rss: Vec<(Duration, u64)> = rss.stop().await;
+        let js = match js {
+            Some(js) => {
+                let (each, last) = js.finish(&figures.sent_wall_ms).await;
+                Some((js_n, each, last))
+            }
+            None => None,
+        };
         round += 1;
 
         let sample = figures
@@ -450,6 +553,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             floor,
             rss,
             cpu,
+            js,
         });
     }
     let peak = volt.peak_rss_kib();
@@ -494,5 +598,24 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         );
     }
     println!("\nvolt peak RSS {:.1} MiB", peak as f64 / 1024.0);
+    if rows.iter().any(|r| r.js.is_some()) {
+        println!("\nReal clients (@electric-sql/client, node) in the same runs, against the Rust clients:\n");
+        println!("| clients | real clients | real: every delivery p50 ms | Rust: every delivery p50 ms | real: last real client p99 ms | Rust: last client p99 ms | deliveries |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in &rows {
+            if let Some((n, each, last)) = &r.js {
+                println!(
+                    "| {} | {n} | {} | {} | {} | {} | {}/{} |",
+                    r.figures.clients,
+                    ms(percentile(each, 0.5)),
+                    ms(r.figures.each_p50),
+                    ms(percentile(last, 0.99)),
+                    ms(r.figures.last_p99),
+                    each.len(),
+                    n * r.figures.batches,
+                );
+            }
+        }
+    }
     Ok(())
 }
