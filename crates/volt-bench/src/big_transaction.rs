@@ -80,7 +80,10 @@ async fn healthy_client(
 
 /// A client that sends one live request and then never reads: a tiny receive buffer so
 /// the kernel cannot absorb the response for it.
-async fn stalled_client(addr: std::net::SocketAddr, path: String) -> anyhow::Result<tokio::net::TcpStream> {
+async fn stalled_client(
+    addr: std::net::SocketAddr,
+    path: String,
+) -> anyhow::Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let mut stream = socket.connect(addr).await?;
@@ -213,7 +216,10 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         let status = tokio::process::Command::new(&recvlogical)
             .args(["-d", &db_url, "--slot", "s7_floor", "--start", "--no-loop"])
             .args(["-o", "proto_version=1"])
-            .args(["-o", &format!("publication_names=electric_publication_{db}")])
+            .args([
+                "-o",
+                &format!("publication_names=electric_publication_{db}"),
+            ])
             .args(["-E", &end_lsn, "-f", "/dev/null"])
             .status()
             .await

@@ -2,9 +2,9 @@
 //! drive load, and print one table each. Absolute figures on shared machines are noise;
 //! each scenario also measures a baseline in the same run and prints the ratio.
 
-mod harness;
 mod big_transaction;
 mod fanout;
+mod harness;
 mod herd;
 mod idle_shapes;
 mod initial_sync;

@@ -43,10 +43,8 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
                     if g >= shapes {
                         return anyhow::Ok(done);
                     }
-                    c.simple_query(&format!(
-                        "SELECT id, grp, title FROM items WHERE grp = {g}"
-                    ))
-                    .await?;
+                    c.simple_query(&format!("SELECT id, grp, title FROM items WHERE grp = {g}"))
+                        .await?;
                     done.push(started.elapsed());
                 }
             })
@@ -61,34 +59,28 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
     Ok(Outcome { secs, sorted })
 }
 
-pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
-    let (shapes, rows) = if env.quick { (60, 20) } else { (2_000, 500) };
-    let db = "new_shapes";
-    let db_url = env.database(db).await?;
-    let client = env.client(db).await?;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text NOT NULL);
-             INSERT INTO items SELECT g, g % {shapes}, 'item number ' || g
-               FROM generate_series(0, {} - 1) g;
-             CREATE INDEX ON items (grp);",
-            shapes * rows
-        ))
-        .await?;
-    client.batch_execute("VACUUM ANALYZE items").await?;
+struct VoltRun {
+    out: Outcome,
+    retried: u32,
+    errors: usize,
+    first_error: Option<anyhow::Error>,
+    max_volt: i64,
+    max_repl: i64,
+    samples: usize,
+    cpu: f64,
+    peak_kib: u64,
+}
 
-    let floor = pool_baseline(env, db, shapes).await?;
-
+async fn volt_run(
+    env: &BenchEnv,
+    db_url: &str,
+    db: &str,
+    shapes: usize,
+    rows: usize,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<VoltRun> {
     let storage = tempfile::tempdir()?;
-    let pool = POOL.to_string();
-    let (volt, _) = Volt::start_with(
-        env,
-        &db_url,
-        storage.path(),
-        free_port()?,
-        &[("ELECTRIC_DB_POOL_SIZE", pool.as_str())],
-    )
-    .await?;
+    let (volt, _) = Volt::start_with(env, db_url, storage.path(), free_port()?, settings).await?;
     let conns: Sampler<(i64, i64)> =
         connection_sampler(env.client(db).await?, Duration::from_millis(20));
     // Distinct users: one connection per client, none shared.
@@ -128,53 +120,114 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let peak = volt.peak_rss_kib();
     let samples = conns.stop().await;
     sorted.sort();
-    let ours = Outcome { secs, sorted };
-    let max_volt = samples.iter().map(|(_, (v, _))| *v).max().unwrap_or(0);
-    let max_repl = samples.iter().map(|(_, (_, r))| *r).max().unwrap_or(0);
     volt.kill_9().await?;
+    Ok(VoltRun {
+        out: Outcome { secs, sorted },
+        retried,
+        errors,
+        first_error,
+        max_volt: samples.iter().map(|(_, (v, _))| *v).max().unwrap_or(0),
+        max_repl: samples.iter().map(|(_, (_, r))| *r).max().unwrap_or(0),
+        samples: samples.len(),
+        cpu,
+        peak_kib: peak,
+    })
+}
 
-    let (p99, p99_floor) = (
-        percentile(&ours.sorted, 0.99),
-        percentile(&floor.sorted, 0.99),
-    );
+pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
+    let (shapes, rows) = if env.quick { (60, 20) } else { (2_000, 500) };
+    let db = "new_shapes";
+    let db_url = env.database(db).await?;
+    let client = env.client(db).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text NOT NULL);
+             INSERT INTO items SELECT g, g % {shapes}, 'item number ' || g
+               FROM generate_series(0, {} - 1) g;
+             CREATE INDEX ON items (grp);",
+            shapes * rows
+        ))
+        .await?;
+    client.batch_execute("VACUUM ANALYZE items").await?;
+
+    let floor = pool_baseline(env, db, shapes).await?;
+
+    let pool = POOL.to_string();
+    let shed = volt_run(
+        env,
+        &db_url,
+        db,
+        shapes,
+        rows,
+        &[("ELECTRIC_DB_POOL_SIZE", &pool)],
+    )
+    .await?;
+    // The same with admission raised so nothing is shed: volt's creation pipeline alone,
+    // without the clients' 503 back-off.
+    let unshed = volt_run(
+        env,
+        &db_url,
+        db,
+        shapes,
+        rows,
+        &[
+            ("ELECTRIC_DB_POOL_SIZE", &pool),
+            (
+                "ELECTRIC_MAX_CONCURRENT_REQUESTS",
+                r#"{"initial":100000,"existing":100000}"#,
+            ),
+            ("ELECTRIC_TWEAKS_SHAPE_CACHE_MAX_MAILBOX", "100000"),
+            // A slot and publication of its own, apart from the first run's.
+            ("ELECTRIC_REPLICATION_STREAM_ID", "new_shapes_unshed"),
+        ],
+    )
+    .await?;
+
+    let p99_floor = percentile(&floor.sorted, 0.99);
     println!(
         "\n## S2: {shapes} concurrent requests for {shapes} distinct {rows}-row shapes{}\n",
         if env.quick { " (quick)" } else { "" }
     );
     println!(
-        "volt: ELECTRIC_DB_POOL_SIZE={POOL}, default admission (initial 300); clients retry 503 as @electric-sql/client does.\n"
+        "volt: ELECTRIC_DB_POOL_SIZE={POOL}; clients retry 503 as @electric-sql/client does (max(Retry-After, random backoff from 1 s doubling)).\n"
     );
     println!(
-        "| | shapes/s | p50 to up-to-date ms | p99 ms | 503s retried | errors | Postgres connections (max seen) | CPU ms per shape |"
+        "| | shapes/s | p50 to up-to-date ms | p99 ms | p99 ratio (target <= 2x) | 503s retried | errors | Postgres connections (max seen) | CPU ms per shape | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, r) in [
+        ("volt, default admission (initial 300)", &shed),
+        ("volt, admission raised (nothing shed)", &unshed),
+    ] {
+        let p99 = percentile(&r.out.sorted, 0.99);
+        println!(
+            "| {name} | {:.0} | {} | {} | {:.2}x | {} | {} | {} `volt` (pool {POOL} + 1 admin{}) + {} replication, {} samples | {:.2} | {:.1} |",
+            r.out.rate(),
+            ms(percentile(&r.out.sorted, 0.5)),
+            ms(p99),
+            p99.as_secs_f64() / p99_floor.as_secs_f64().max(1e-6),
+            r.retried,
+            r.errors,
+            r.max_volt,
+            if r.max_volt <= POOL as i64 + 1 {
+                ": within"
+            } else {
+                ": EXCEEDED"
+            },
+            r.max_repl,
+            r.samples,
+            r.cpu * 1000.0 / shapes as f64,
+            r.peak_kib as f64 / 1024.0,
+        );
+        if let Some(e) = &r.first_error {
+            println!("first error: {e:#}");
+        }
+    }
     println!(
-        "| volt | {:.0} | {} | {} | {retried} | {errors} | {max_volt} `volt` (pool {POOL} + 1 admin) + {max_repl} replication ({} samples) | {:.2} |",
-        ours.rate(),
-        ms(percentile(&ours.sorted, 0.5)),
-        ms(p99),
-        samples.len(),
-        cpu * 1000.0 / shapes as f64
-    );
-    println!(
-        "| {POOL}-connection pool | {:.0} | {} | {} | - | 0 | {POOL} | - |",
+        "| {POOL}-connection pool | {:.0} | {} | {} | 1x | - | 0 | {POOL} | - | - |",
         floor.rate(),
         ms(percentile(&floor.sorted, 0.5)),
         ms(p99_floor),
     );
-    println!(
-        "\np99 ratio {:.2}x (target <= 2x); throughput ratio {:.2}x; connections within the pool: {}; volt peak RSS {:.1} MiB",
-        p99.as_secs_f64() / p99_floor.as_secs_f64().max(1e-6),
-        ours.rate() / floor.rate(),
-        if max_volt <= POOL as i64 + 1 {
-            "yes"
-        } else {
-            "NO"
-        },
-        peak as f64 / 1024.0,
-    );
-    if let Some(e) = first_error {
-        println!("first error: {e:#}");
-    }
     Ok(())
 }
