@@ -479,8 +479,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let (volt, _) = Volt::start(env, &db_url, storage.path(), free_port()?).await?;
     let http = reqwest::Client::new();
     let mut rows = Vec::new();
-    let mut round = 0usize;
-    for &n in &counts {
+    for (round, &n) in counts.iter().enumerate() {
         let synced = sync(&http, &volt.base, SHAPE).await?;
         let rss = rss_sampler(&volt, Duration::from_millis(500));
         let cpu0 = volt.cpu_secs();
@@ -520,7 +519,6 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             }
             None => None,
         };
-        round += 1;
 
         let sample = figures
             .sample
