@@ -422,13 +422,15 @@ pub async fn snapshot_queries_in(db: &TestDb, table: &str) -> anyhow::Result<i64
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await?;
+    // Initial snapshots run as COPY (SELECT ...), subset snapshots as SELECT.
     let pattern = format!("SELECT %FROM \"public\".\"{table}\"%");
+    let copy = format!("COPY (SELECT %FROM \"public\".\"{table}\"%");
     let row = client
         .query_one(
             "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_statements s \
              JOIN pg_database d ON d.oid = s.dbid \
-             WHERE d.datname = current_database() AND s.query LIKE $1",
-            &[&pattern],
+             WHERE d.datname = current_database() AND (s.query LIKE $1 OR s.query LIKE $2)",
+            &[&pattern, &copy],
         )
         .await?;
     Ok(row.get(0))

@@ -199,7 +199,7 @@ impl Volt {
     }
 }
 
-fn proc_status(pid: Option<u32>, key: &str) -> u64 {
+pub fn proc_status(pid: Option<u32>, key: &str) -> u64 {
     let Some(pid) = pid else { return 0 };
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

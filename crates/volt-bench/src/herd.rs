@@ -87,7 +87,8 @@ async fn snapshot_queries(client: &tokio_postgres::Client) -> Option<i64> {
     let row = client
         .query_one(
             "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_statements \
-             WHERE query LIKE 'SELECT %FROM \"public\".\"items\"%' \
+             WHERE (query LIKE 'SELECT %FROM \"public\".\"items\"%' \
+                    OR query LIKE 'COPY (SELECT %FROM \"public\".\"items\"%') \
                AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[],
         )

@@ -2,10 +2,14 @@
 //! drive load, and print one table each. Absolute figures on shared machines are noise;
 //! each scenario also measures a baseline in the same run and prints the ratio.
 
+mod big_transaction;
+mod fanout;
 mod harness;
 mod herd;
 mod idle_shapes;
 mod initial_sync;
+mod load;
+mod new_shapes;
 
 use clap::{Parser, ValueEnum};
 
@@ -17,6 +21,12 @@ enum Scenario {
     Herd,
     /// Initial sync of a large shape against COPY, warm re-reads against a static server (S1).
     InitialSync,
+    /// Many distinct new shapes at once against a 20-connection pool (S2).
+    NewShapes,
+    /// Write fan-out to many live clients against a hold-and-release server (S3).
+    Fanout,
+    /// One huge transaction while some live clients stop reading (S7).
+    BigTransaction,
     All,
 }
 
@@ -55,6 +65,15 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::Herd | Scenario::All) {
             herd::run(&env).await?;
+        }
+        if matches!(args.scenario, Scenario::NewShapes | Scenario::All) {
+            new_shapes::run(&env).await?;
+        }
+        if matches!(args.scenario, Scenario::Fanout | Scenario::All) {
+            fanout::run(&env).await?;
+        }
+        if matches!(args.scenario, Scenario::BigTransaction | Scenario::All) {
+            big_transaction::run(&env).await?;
         }
         anyhow::Ok(())
     })

@@ -5,6 +5,7 @@ pub mod admission;
 mod auth;
 mod chunk_cache;
 mod cors;
+mod live_reads;
 mod response;
 mod shape_api;
 mod sse;
@@ -72,6 +73,7 @@ pub struct AppState {
     pub admission: Arc<admission::Admission>,
     pub schema_loads: Arc<shape_api::SchemaLoads>,
     pub chunk_cache: Arc<chunk_cache::ChunkCache>,
+    pub live_reads: Arc<live_reads::LiveReads>,
 }
 
 pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
@@ -91,6 +93,7 @@ pub fn router_with_admission(
         admission,
         schema_loads: Arc::default(),
         chunk_cache: Arc::new(chunk_cache::ChunkCache::new(64 * 1024 * 1024)),
+        live_reads: Arc::new(live_reads::LiveReads::new(64 * 1024 * 1024, 4096)),
     };
     let mut guarded = Router::new()
         .route(

@@ -16,6 +16,7 @@ use volt_storage::{LogOffset, RequestOffset, SnapshotProgress, SnapshotState};
 use crate::AppState;
 use crate::admission::{self, Permit};
 use crate::auth::url_params;
+use crate::live_reads::LiveBody;
 use crate::response::{error, invalid_request, unavailable};
 use crate::subset;
 
@@ -658,47 +659,47 @@ async fn serve_log(
             return must_refetch(current_handle(app, entry).as_deref());
         }
         changes.borrow_and_update();
-        let (shared, e) = (app.shared.clone(), entry.clone());
-        let read = match tokio::task::spawn_blocking(move || {
+        if log.is_follower() {
             // A shape another instance writes: catch up with it first.
-            volt_stack::shapes::follow(&shared, &e);
-            e.log.read_after(from)
-        })
-        .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return storage_error(app, entry, &e),
-            Err(_) => {
+            let (shared, e) = (app.shared.clone(), entry.clone());
+            let _ =
+                tokio::task::spawn_blocking(move || volt_stack::shapes::follow(&shared, &e)).await;
+        }
+        let read = if live {
+            // Every client woken by this commit asks for the same bytes: one read.
+            let latest = log.latest_offset();
+            app.live_reads
+                .get_or_read(&entry.handle, from, latest, || {
+                    read_body(log.clone(), from, None)
+                })
+                .await
+        } else {
+            read_body(log.clone(), from, Some(app.shared.last_seen_lsn())).await
+        };
+        let read = match read {
+            Ok(r) => r,
+            Err(ReadFailed::Storage(e)) => return storage_error(app, entry, &e),
+            Err(ReadFailed::Panicked) => {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     json!({"error": "Internal server error"}),
                 );
             }
         };
-        if let Some(last) = read.last {
-            let mut items = read.items;
-            if read.reached_end {
-                let lsn = if live {
-                    last.tx
-                } else {
-                    app.shared.last_seen_lsn().max(last.tx)
-                };
-                items.push(up_to_date(lsn));
-            }
-            let body = format!("[{}]", items.join(","));
+        if let Some(read) = read {
             let kind = if live {
                 CacheKind::Live
             } else {
                 CacheKind::NonLive
             };
-            let mut res = ok_response(entry, last, body, kind);
+            let mut res = ok_response(entry, read.last, read.body.clone(), kind);
             set_flags(&mut res, read.reached_end, true);
             if live {
                 set_cursor(&mut res, app, cursor);
             } else {
                 set_schema(&mut res, entry);
             }
-            set_etag(&mut res, entry, offset_raw, last, false);
+            set_etag(&mut res, entry, offset_raw, read.last, false);
             return not_modified_or(res, headers);
         }
         // Nothing after the request offset.
@@ -757,6 +758,38 @@ async fn serve_log(
             }
         }
     }
+}
+
+enum ReadFailed {
+    Storage(volt_storage::StorageError),
+    Panicked,
+}
+
+/// The log after `from` as a response body, `None` when nothing follows it. A body that
+/// reaches the end closes with an up-to-date: at `seen_lsn` (raised to the last item's)
+/// for non-live requests, at the last item's LSN for live ones, so that live bodies
+/// depend on the log alone and can be shared.
+async fn read_body(
+    log: Arc<volt_storage::ShapeLog>,
+    from: LogOffset,
+    seen_lsn: Option<u64>,
+) -> Result<Option<Arc<LiveBody>>, ReadFailed> {
+    let read = tokio::task::spawn_blocking(move || log.read_after(from))
+        .await
+        .map_err(|_| ReadFailed::Panicked)?
+        .map_err(ReadFailed::Storage)?;
+    let Some(last) = read.last else {
+        return Ok(None);
+    };
+    let mut items = read.items;
+    if read.reached_end {
+        items.push(up_to_date(seen_lsn.map_or(last.tx, |s| s.max(last.tx))));
+    }
+    Ok(Some(Arc::new(LiveBody {
+        body: bytes::Bytes::from(format!("[{}]", items.join(","))),
+        last,
+        reached_end: read.reached_end,
+    })))
 }
 
 /// An offset past the shape's end may be one this instance has not caught up to yet:

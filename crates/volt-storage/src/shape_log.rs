@@ -16,6 +16,7 @@
 //! Readers follow the writer through a `watch` of the latest committed offset and never
 //! read past it, so they never see half a transaction.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,8 @@ const RECORD_HEADER: usize = 21;
 const RECORD_TRAILER: usize = 4;
 const INDEX_ENTRY: usize = 24;
 const FLAG_TXN_END: u8 = 1;
+/// Recent commits remembered per log (see `Visible::commits`).
+const COMMIT_POINTS: usize = 256;
 /// Buffered change bytes are written out (not yet fsynced) past this size, so a large
 /// transaction never sits in memory.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -130,6 +133,11 @@ struct Visible {
     chunks: Vec<Chunk>,
     /// End of the last committed record.
     committed_pos: u64,
+    /// (commit offset, end of the log at that commit) of the latest commits, oldest
+    /// first. Live clients ask for what follows a commit they were sent: reading from
+    /// its position instead of its chunk's start keeps each read proportional to what
+    /// is new, not to how full the chunk is.
+    commits: VecDeque<(LogOffset, u64)>,
 }
 
 struct Writer {
@@ -243,6 +251,8 @@ pub struct LogRead {
     pub last: Option<LogOffset>,
     /// Whether the read reached the latest committed offset.
     pub reached_end: bool,
+    /// Bytes of the log file read to answer.
+    pub scanned: u64,
 }
 
 /// One decoded record.
@@ -418,6 +428,7 @@ impl ShapeLog {
             visible: RwLock::new(Visible {
                 chunks: Vec::new(),
                 committed_pos: 0,
+                commits: VecDeque::new(),
             }),
             writer: Mutex::new(Writer {
                 end_pos: 0,
@@ -513,6 +524,7 @@ impl ShapeLog {
             visible: RwLock::new(Visible {
                 chunks,
                 committed_pos: scanned.committed_pos,
+                commits: VecDeque::new(),
             }),
             writer: Mutex::new(Writer {
                 end_pos: scanned.committed_pos,
@@ -848,6 +860,12 @@ impl ShapeLog {
             let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
             v.chunks.extend(new_chunks);
             v.committed_pos = end_pos;
+            if v.commits.back().is_none_or(|(o, _)| offset > *o) {
+                if v.commits.len() == COMMIT_POINTS {
+                    v.commits.pop_front();
+                }
+                v.commits.push_back((offset, end_pos));
+            }
         }
         self.committed.send_if_modified(|cur| {
             if offset > *cur {
@@ -939,9 +957,13 @@ impl ShapeLog {
     /// them: chunk boundaries never move, so identical requests get identical answers.
     pub fn read_after(&self, after: LogOffset) -> Result<LogRead, StorageError> {
         let end = self.latest_offset();
-        let (chunks, committed_pos) = {
+        let (chunks, committed_pos, resume) = {
             let v = self.visible.read().map_err(|_| StorageError::Poisoned)?;
-            (v.chunks.clone(), v.committed_pos)
+            // The latest commit at or before `after`: every record past its position
+            // is past it.
+            let at = v.commits.partition_point(|(o, _)| *o <= after);
+            let resume = at.checked_sub(1).map(|i| v.commits[i].1);
+            (v.chunks.clone(), v.committed_pos, resume)
         };
         if chunks.is_empty() || after >= end {
             return Ok(LogRead {
@@ -956,12 +978,17 @@ impl ShapeLog {
         let path = self.dir.join(LOG_FILE);
         let io_err = |e| StorageError::io(&path, e);
         let mut file = File::open(&path).map_err(io_err)?;
+        let mut scanned = 0;
         loop {
-            let start = chunks[i].pos;
             let stop = chunks
                 .get(i + 1)
                 .map_or(committed_pos, |c| c.pos)
                 .min(committed_pos);
+            let start = match resume {
+                Some(p) if p >= chunks[i].pos && p <= stop => p,
+                _ => chunks[i].pos,
+            };
+            scanned += stop - start;
             let mut buf = vec![0u8; (stop - start) as usize];
             file.seek(SeekFrom::Start(start)).map_err(io_err)?;
             file.read_exact(&mut buf).map_err(io_err)?;
@@ -984,12 +1011,14 @@ impl ShapeLog {
                     items,
                     reached_end: last >= end,
                     last: Some(last),
+                    scanned,
                 });
             }
             // `after` was the last entry of this chunk: the answer starts in the next.
             if i + 1 >= chunks.len() {
                 return Ok(LogRead {
                     reached_end: true,
+                    scanned,
                     ..LogRead::default()
                 });
             }
@@ -1061,6 +1090,54 @@ mod tests {
         // An offset that matches no stored entry still works.
         let read = log.read_after(LogOffset::new(7, 1)).unwrap();
         assert_eq!(read.items.len(), 2);
+    }
+
+    #[test]
+    fn a_read_after_a_recent_commit_scans_only_what_follows_it() {
+        // One large chunk holding 100 transactions of one 100-byte change each.
+        let (_d, log) = log(1 << 20);
+        let change = "x".repeat(100);
+        for tx in 1..=100 {
+            log.append(LogOffset::new(tx, 0), &change, true).unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        let record = (RECORD_HEADER + 100 + RECORD_TRAILER) as u64;
+        // A live client at the 99th commit: one record to read, not the whole chunk.
+        let read = log.read_after(LogOffset::new(99, 0)).unwrap();
+        assert_eq!(read.items.len(), 1);
+        assert_eq!(read.last, Some(LogOffset::new(100, 0)));
+        assert_eq!(read.scanned, record);
+        // An offset between commits starts at the commit before it, and skips to it.
+        let read = log.read_after(LogOffset::new(50, 7)).unwrap();
+        assert_eq!(read.items.len(), 50);
+        assert_eq!(read.scanned, 50 * record);
+        // Older than every remembered commit: the whole chunk, as before.
+        let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
+        assert_eq!(read.items.len(), 100);
+        assert_eq!(read.scanned, 100 * record);
+    }
+
+    #[test]
+    fn a_read_after_a_commit_in_an_earlier_chunk_starts_in_the_next_chunk() {
+        // Three 35-byte records per chunk; one transaction per record.
+        let (_d, log) = log(105);
+        for tx in 1..=7 {
+            log.append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        // tx 3 ends the first chunk: the answer is the second chunk, whole.
+        let read = log.read_after(LogOffset::new(3, 0)).unwrap();
+        let offsets: Vec<_> = (4..=6).map(|tx| LogOffset::new(tx, 0)).collect();
+        assert_eq!(read.items.len(), 3);
+        assert_eq!(read.last, offsets.last().copied());
+        assert!(!read.reached_end);
+        let read = log.read_after(LogOffset::new(5, 0)).unwrap();
+        assert_eq!(read.items.len(), 1);
+        assert_eq!(read.last, Some(LogOffset::new(6, 0)));
+        let read = log.read_after(LogOffset::new(6, 0)).unwrap();
+        assert_eq!(read.last, Some(LogOffset::new(7, 0)));
+        assert!(read.reached_end);
     }
 
     #[test]

@@ -1,0 +1,233 @@
+//! S2: 2,000 concurrent requests for 2,000 distinct 500-row shapes, each client following
+//! its shape to up-to-date and retrying 503s as `@electric-sql/client` does; against the
+//! same 2,000 SELECTs through a 20-connection pool. Postgres connections are sampled from
+//! `pg_stat_activity` throughout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::harness::{BenchEnv, Volt, free_port};
+use crate::load::{Sampler, connection_sampler, ms, percentile, sync};
+
+const POOL: usize = 20;
+
+struct Outcome {
+    secs: f64,
+    sorted: Vec<Duration>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.sorted.len() as f64 / self.secs
+    }
+}
+
+/// The floor: the same SELECTs (simple protocol, text rows, as volt's snapshot reads
+/// them) through `POOL` connections, all requested at once.
+async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Result<Outcome> {
+    let mut conns = Vec::new();
+    for _ in 0..POOL {
+        conns.push(env.client(db).await?);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|c| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                loop {
+                    let g = next.fetch_add(1, Ordering::Relaxed);
+                    if g >= shapes {
+                        return anyhow::Ok(done);
+                    }
+                    c.simple_query(&format!("SELECT id, grp, title FROM items WHERE grp = {g}"))
+                        .await?;
+                    done.push(started.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut sorted = Vec::new();
+    for w in workers {
+        sorted.extend(w.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    sorted.sort();
+    Ok(Outcome { secs, sorted })
+}
+
+struct VoltRun {
+    out: Outcome,
+    retried: u32,
+    errors: usize,
+    first_error: Option<anyhow::Error>,
+    max_volt: i64,
+    max_repl: i64,
+    samples: usize,
+    cpu: f64,
+    peak_kib: u64,
+}
+
+async fn volt_run(
+    env: &BenchEnv,
+    db_url: &str,
+    db: &str,
+    shapes: usize,
+    rows: usize,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<VoltRun> {
+    let storage = tempfile::tempdir()?;
+    let (volt, _) = Volt::start_with(env, db_url, storage.path(), free_port()?, settings).await?;
+    let conns: Sampler<(i64, i64)> =
+        connection_sampler(env.client(db).await?, Duration::from_millis(20));
+    // Distinct users: one connection per client, none shared.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let cpu0 = volt.cpu_secs();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..shapes)
+        .map(|g| {
+            let (http, base) = (http.clone(), volt.base.clone());
+            tokio::spawn(async move {
+                let shape = format!("table=items&where=grp%20%3D%20{g}");
+                let synced = sync(&http, &base, &shape).await?;
+                anyhow::ensure!(synced.rows == rows, "shape {g}: {} rows", synced.rows);
+                Ok((started.elapsed(), synced.retried))
+            })
+        })
+        .collect();
+    let mut sorted = Vec::new();
+    let (mut retried, mut errors, mut first_error) = (0u32, 0usize, None);
+    for c in clients {
+        match c.await? {
+            Ok((t, r)) => {
+                sorted.push(t);
+                retried += r;
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = volt.cpu_secs() - cpu0;
+    let peak = volt.peak_rss_kib();
+    let samples = conns.stop().await;
+    sorted.sort();
+    volt.kill_9().await?;
+    Ok(VoltRun {
+        out: Outcome { secs, sorted },
+        retried,
+        errors,
+        first_error,
+        max_volt: samples.iter().map(|(_, (v, _))| *v).max().unwrap_or(0),
+        max_repl: samples.iter().map(|(_, (_, r))| *r).max().unwrap_or(0),
+        samples: samples.len(),
+        cpu,
+        peak_kib: peak,
+    })
+}
+
+pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
+    let (shapes, rows) = if env.quick { (60, 20) } else { (2_000, 500) };
+    let db = "new_shapes";
+    let db_url = env.database(db).await?;
+    let client = env.client(db).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text NOT NULL);
+             INSERT INTO items SELECT g, g % {shapes}, 'item number ' || g
+               FROM generate_series(0, {} - 1) g;
+             CREATE INDEX ON items (grp);",
+            shapes * rows
+        ))
+        .await?;
+    client.batch_execute("VACUUM ANALYZE items").await?;
+
+    let floor = pool_baseline(env, db, shapes).await?;
+
+    let pool = POOL.to_string();
+    let shed = volt_run(
+        env,
+        &db_url,
+        db,
+        shapes,
+        rows,
+        &[("ELECTRIC_DB_POOL_SIZE", &pool)],
+    )
+    .await?;
+    // The same with admission raised so nothing is shed: volt's creation pipeline alone,
+    // without the clients' 503 back-off.
+    let unshed = volt_run(
+        env,
+        &db_url,
+        db,
+        shapes,
+        rows,
+        &[
+            ("ELECTRIC_DB_POOL_SIZE", &pool),
+            (
+                "ELECTRIC_MAX_CONCURRENT_REQUESTS",
+                r#"{"initial":100000,"existing":100000}"#,
+            ),
+            ("ELECTRIC_TWEAKS_SHAPE_CACHE_MAX_MAILBOX", "100000"),
+            // A slot and publication of its own, apart from the first run's.
+            ("ELECTRIC_REPLICATION_STREAM_ID", "new_shapes_unshed"),
+        ],
+    )
+    .await?;
+
+    let p99_floor = percentile(&floor.sorted, 0.99);
+    println!(
+        "\n## S2: {shapes} concurrent requests for {shapes} distinct {rows}-row shapes{}\n",
+        if env.quick { " (quick)" } else { "" }
+    );
+    println!(
+        "volt: ELECTRIC_DB_POOL_SIZE={POOL}; clients retry 503 as @electric-sql/client does (max(Retry-After, random backoff from 1 s doubling)).\n"
+    );
+    println!(
+        "| | shapes/s | p50 to up-to-date ms | p99 ms | p99 ratio (target <= 2x) | 503s retried | errors | Postgres connections (max seen) | CPU ms per shape | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, r) in [
+        ("volt, default admission (initial 300)", &shed),
+        ("volt, admission raised (nothing shed)", &unshed),
+    ] {
+        let p99 = percentile(&r.out.sorted, 0.99);
+        println!(
+            "| {name} | {:.0} | {} | {} | {:.2}x | {} | {} | {} `volt` (pool {POOL} + 1 admin{}) + {} replication, {} samples | {:.2} | {:.1} |",
+            r.out.rate(),
+            ms(percentile(&r.out.sorted, 0.5)),
+            ms(p99),
+            p99.as_secs_f64() / p99_floor.as_secs_f64().max(1e-6),
+            r.retried,
+            r.errors,
+            r.max_volt,
+            if r.max_volt <= POOL as i64 + 1 {
+                ": within"
+            } else {
+                ": EXCEEDED"
+            },
+            r.max_repl,
+            r.samples,
+            r.cpu * 1000.0 / shapes as f64,
+            r.peak_kib as f64 / 1024.0,
+        );
+        if let Some(e) = &r.first_error {
+            println!("first error: {e:#}");
+        }
+    }
+    println!(
+        "| {POOL}-connection pool | {:.0} | {} | {} | 1x | - | 0 | {POOL} | - | - |",
+        floor.rate(),
+        ms(percentile(&floor.sorted, 0.5)),
+        ms(p99_floor),
+    );
+    Ok(())
+}
