@@ -411,12 +411,14 @@ impl ShapeLog {
             fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
         }
         fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+        // meta.json is first written when the snapshot completes: until then a crash
+        // leaves a directory that cannot be restored (nor needs to be), so nothing here
+        // waits for the disk.
         let meta = Meta {
             version: FORMAT_VERSION,
             pg_snapshot: None,
             snapshot_chunks: None,
         };
-        write_meta(&dir, &meta)?;
         for name in [LOG_FILE, INDEX_FILE] {
             let path = dir.join(name);
             File::create(&path).map_err(|e| StorageError::io(&path, e))?;
@@ -481,9 +483,14 @@ impl ShapeLog {
             reason: reason.to_string(),
         };
         let meta_path = dir.join(META_FILE);
-        let meta: Meta = serde_json::from_slice(
-            &fs::read(&meta_path).map_err(|e| StorageError::io(&meta_path, e))?,
-        )
+        let meta_bytes = match fs::read(&meta_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(corrupt("the initial snapshot never completed"));
+            }
+            Err(e) => return Err(StorageError::io(&meta_path, e)),
+        };
+        let meta: Meta = serde_json::from_slice(&meta_bytes)
         .map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
         if meta.version != FORMAT_VERSION {
             return Err(corrupt(&format!(
@@ -688,7 +695,9 @@ impl ShapeLog {
 
     // ---- writer side (the shape's Consumer and Snapshotter) ----
 
-    /// Record the snapshot's Postgres snapshot durably, then let waiters know it started.
+    /// Record the snapshot's Postgres snapshot, then let waiters know it started. It is
+    /// stored with the completed snapshot (`finish_snapshot`): a shape is only restored
+    /// from a complete one.
     pub fn mark_snapshot_started(
         &self,
         pg_snapshot: serde_json::Value,
@@ -696,7 +705,6 @@ impl ShapeLog {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         w.writable(&self.dir)?;
         w.meta.pg_snapshot = Some(pg_snapshot);
-        write_meta(&self.dir, &w.meta)?;
         drop(w);
         self.snapshot.send_if_modified(|p| {
             let pending = p.state == SnapshotState::Pending;
