@@ -99,7 +99,7 @@ impl PgConfig {
             closed_tx.send_replace(true);
         });
         Ok(PgConn {
-            client,
+            client: Some(client),
             task,
             closed,
         })
@@ -108,18 +108,30 @@ impl PgConfig {
 
 /// A client plus the task driving its socket; dropping it closes both.
 pub struct PgConn {
-    client: Client,
+    /// Taken only by `close`, which consumes the connection.
+    client: Option<Client>,
     task: JoinHandle<()>,
     closed: watch::Receiver<bool>,
 }
 
 impl PgConn {
     pub fn client(&self) -> &Client {
-        &self.client
+        self.client
+            .as_ref()
+            .expect("a PgConn has its client until close consumes it")
     }
 
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed() || *self.closed.borrow()
+        self.client().is_closed() || *self.closed.borrow()
+    }
+
+    /// End the session the polite way (Postgres is told, the socket closes) and wait
+    /// until it has, for at most `within`: a bounded set of sessions (the snapshot
+    /// permits) then never has this one and its successor open at once.
+    pub async fn close(mut self, within: std::time::Duration) {
+        drop(self.client.take());
+        let mut rx = self.closed.clone();
+        let _ = tokio::time::timeout(within, rx.wait_for(|c| *c)).await;
     }
 
     /// Resolves when the connection is gone.
@@ -132,7 +144,7 @@ impl PgConn {
 impl std::ops::Deref for PgConn {
     type Target = Client;
     fn deref(&self) -> &Client {
-        &self.client
+        self.client()
     }
 }
 

@@ -104,6 +104,12 @@ impl SnapshotTx {
 }
 
 impl SnapshotTx {
+    /// End the transaction's session and wait until Postgres has it (see
+    /// `PgConn::close`).
+    pub async fn close(self) {
+        self.conn.close(std::time::Duration::from_secs(5)).await;
+    }
+
     /// The rows of `sql` as `COPY (sql) TO STDOUT` lines (text format: tab-separated,
     /// backslash-escaped, `\N` for NULL): each value is the same text the simple-query
     /// protocol returns, at the cost of Postgres's fastest way out. Decode a line with

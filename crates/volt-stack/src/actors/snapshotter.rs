@@ -120,6 +120,8 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         .append_snapshot_line(&end.to_string())
         .map_err(|e| e.to_string())?;
     args.log.finish_snapshot().map_err(|e| e.to_string())?;
+    // Before the permit goes to the next snapshot: never more sessions than permits.
+    tx.close().await;
     metrics::histogram!("volt_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
 }
