@@ -6,6 +6,9 @@ mod harness;
 mod herd;
 mod idle_shapes;
 mod initial_sync;
+mod live;
+mod overlapping;
+mod replication_throughput;
 
 use clap::{Parser, ValueEnum};
 
@@ -17,6 +20,10 @@ enum Scenario {
     Herd,
     /// Initial sync of a large shape against COPY, warm re-reads against a static server (S1).
     InitialSync,
+    /// Replication throughput with many `field = const` shapes against pg_recvlogical (S4).
+    ReplicationThroughput,
+    /// Overlapping shapes hit by one transaction, plus ILIKE shapes: write-to-client p99 (S5).
+    Overlapping,
     All,
 }
 
@@ -55,6 +62,15 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::Herd | Scenario::All) {
             herd::run(&env).await?;
+        }
+        if matches!(
+            args.scenario,
+            Scenario::ReplicationThroughput | Scenario::All
+        ) {
+            replication_throughput::run(&env).await?;
+        }
+        if matches!(args.scenario, Scenario::Overlapping | Scenario::All) {
+            overlapping::run(&env).await?;
         }
         anyhow::Ok(())
     })
