@@ -92,7 +92,11 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             "CREATE TABLE items (id bigserial PRIMARY KEY, owner int8 NOT NULL, payload text NOT NULL)",
         )
         .await?;
-    let storage = tempfile::tempdir()?;
+    // VOLT_BENCH_STORAGE_PARENT=/dev/shm puts the shape logs on tmpfs: what fsync costs.
+    let storage = match std::env::var_os("VOLT_BENCH_STORAGE_PARENT") {
+        Some(parent) => tempfile::tempdir_in(parent)?,
+        None => tempfile::tempdir()?,
+    };
     let port = free_port()?;
     let (volt, _) = Volt::start(env, &db_url, storage.path(), port).await?;
     let t = Instant::now();
@@ -210,6 +214,10 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         ours.cpu_secs * 1e6 / total,
         rate(&ours) / rate(&baseline)
     );
-    println!("volt peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
+    println!(
+        "volt peak RSS: {:.1} MiB; shape storage under {}",
+        peak_rss as f64 / 1024.0,
+        storage.path().parent().map_or("?".into(), |p| p.display().to_string())
+    );
     Ok(())
 }
