@@ -115,7 +115,10 @@ fn filter_routing(c: &mut Criterion) {
             f.add(i, shape(&t, &format!("owner = {i}")));
         }
         for i in 0..others {
-            f.add(eq_shapes + i, shape(&t, &format!("title ILIKE '%word{i}%'")));
+            f.add(
+                eq_shapes + i,
+                shape(&t, &format!("title ILIKE '%word{i}%'")),
+            );
         }
         let insert = Change {
             relation: rel.clone(),
@@ -180,7 +183,12 @@ fn pgoutput_decode(c: &mut Criterion) {
                     .columns
                     .iter()
                     .map(|c| {
-                        ColumnInfo::new(u8::from(c.pk_index.is_some()), c.name.clone(), c.type_oid, -1)
+                        ColumnInfo::new(
+                            u8::from(c.pk_index.is_some()),
+                            c.name.clone(),
+                            c.type_oid,
+                            -1,
+                        )
                     })
                     .collect(),
             })

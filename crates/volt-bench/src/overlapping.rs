@@ -148,7 +148,9 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         }
         let got = arrived.load(Ordering::Acquire).min(overlapping);
         if got < overlapping {
-            eprintln!("S5 round {round}: {got} of {overlapping} clients saw the transaction within 30 s");
+            eprintln!(
+                "S5 round {round}: {got} of {overlapping} clients saw the transaction within 30 s"
+            );
         }
         missing += overlapping - got;
         // Clients re-park their live requests before the next write.

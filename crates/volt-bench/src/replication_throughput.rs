@@ -53,7 +53,14 @@ async fn pg_recvlogical(
     let out = tokio::process::Command::new("/usr/bin/time")
         .args(["-f", "%U %S"])
         .arg(&bin)
-        .args(["-d", &env.cluster.url(db), "--slot", slot, "--start", "--no-loop"])
+        .args([
+            "-d",
+            &env.cluster.url(db),
+            "--slot",
+            slot,
+            "--start",
+            "--no-loop",
+        ])
         .args(["-f", "/dev/null", "-F", "0", "--endpos", end])
         .args(["-o", "proto_version=1"])
         .arg("-o")
@@ -169,7 +176,10 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let cpu0 = volt.cpu_secs();
     let deadline = Instant::now() + Duration::from_secs(600);
     while processed_lsn(&volt).await? < target {
-        anyhow::ensure!(Instant::now() < deadline, "volt did not drain the WAL in 600 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "volt did not drain the WAL in 600 s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ours = Drain {
@@ -189,7 +199,11 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         false,
     )
     .await?;
-    anyhow::ensure!(page.status == 200, "shape read after the drain: {}", page.status);
+    anyhow::ensure!(
+        page.status == 200,
+        "shape read after the drain: {}",
+        page.status
+    );
     drop(volt);
 
     let rate = |d: &Drain| total / d.secs;
@@ -217,7 +231,10 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     println!(
         "volt peak RSS: {:.1} MiB; shape storage under {}",
         peak_rss as f64 / 1024.0,
-        storage.path().parent().map_or("?".into(), |p| p.display().to_string())
+        storage
+            .path()
+            .parent()
+            .map_or("?".into(), |p| p.display().to_string())
     );
     Ok(())
 }
