@@ -35,6 +35,12 @@ lint:
 
 # Benchmarks: each scenario starts its own Postgres and a release volt, prints tables
 # with ratios against a baseline measured in the same run. `just bench idle-shapes`.
+# Micro-benchmarks of pure code: `just micro`.
 bench *args:
     cargo build --release -p volt -p volt-bench
     target/release/volt-bench {{args}}
+
+# Micro-benchmarks of pure code (criterion): where-clause evaluation, filter-index
+# routing, pgoutput decoding, log encoding. `just micro filter_route` runs one group.
+micro *args:
+    cargo bench -p volt-bench --bench micro -- {{args}}

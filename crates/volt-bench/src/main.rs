@@ -8,8 +8,11 @@ mod harness;
 mod herd;
 mod idle_shapes;
 mod initial_sync;
+mod live;
 mod load;
 mod new_shapes;
+mod overlapping;
+mod replication_throughput;
 
 use clap::{Parser, ValueEnum};
 
@@ -27,6 +30,10 @@ enum Scenario {
     Fanout,
     /// One huge transaction while some live clients stop reading (S7).
     BigTransaction,
+    /// Replication throughput with many `field = const` shapes against pg_recvlogical (S4).
+    ReplicationThroughput,
+    /// Overlapping shapes hit by one transaction, plus ILIKE shapes: write-to-client p99 (S5).
+    Overlapping,
     All,
 }
 
@@ -74,6 +81,15 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::BigTransaction | Scenario::All) {
             big_transaction::run(&env).await?;
+        }
+        if matches!(
+            args.scenario,
+            Scenario::ReplicationThroughput | Scenario::All
+        ) {
+            replication_throughput::run(&env).await?;
+        }
+        if matches!(args.scenario, Scenario::Overlapping | Scenario::All) {
+            overlapping::run(&env).await?;
         }
         anyhow::Ok(())
     })

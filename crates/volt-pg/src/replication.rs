@@ -246,22 +246,28 @@ impl FragmentBuilder {
                 relation_id,
                 old_tuple,
                 new_tuple,
-                ..
-            } => (
-                relation_id,
-                ChangeKind::Update {
-                    old: old_tuple.map(row),
-                    new: row(new_tuple),
-                },
-            ),
+                key_type,
+            } => {
+                let old = match old_tuple {
+                    Some(t) => Some(self.old_row(relation_id, t, key_type)?),
+                    None => None,
+                };
+                (
+                    relation_id,
+                    ChangeKind::Update {
+                        old,
+                        new: row(new_tuple),
+                    },
+                )
+            }
             LogicalReplicationMessage::Delete {
                 relation_id,
                 old_tuple,
-                ..
+                key_type,
             } => (
                 relation_id,
                 ChangeKind::Delete {
-                    old: row(old_tuple),
+                    old: self.old_row(relation_id, old_tuple, Some(key_type))?,
                 },
             ),
             LogicalReplicationMessage::Truncate { relation_ids, .. } => {
@@ -294,6 +300,22 @@ impl FragmentBuilder {
             return Ok(Some(full));
         }
         Ok(None)
+    }
+
+    /// An old row sent as the replica identity key ('K': no full replica identity) carries
+    /// only the key columns; the others are marked unknown (not NULL), so that nothing
+    /// mistakes them for the row's values.
+    fn old_row(&self, oid: u32, tuple: TupleData, key_type: Option<char>) -> Result<Row, PgError> {
+        let mut old = row(tuple);
+        if key_type == Some('K') {
+            let rel = self.relation(oid)?;
+            for (v, c) in old.iter_mut().zip(&rel.columns) {
+                if !c.is_key && *v == Value::Null {
+                    *v = Value::Unchanged;
+                }
+            }
+        }
+        Ok(old)
     }
 
     fn current_mut(&mut self) -> Result<&mut TxFragment, PgError> {
@@ -375,6 +397,34 @@ mod tests {
         b.message(insert("1")).unwrap();
         let f = b.commit(2).unwrap();
         assert_eq!(f.changes[0].relation.name, "renamed");
+    }
+
+    #[test]
+    fn a_key_only_old_row_marks_the_columns_it_lacks_unknown() {
+        let mut b = FragmentBuilder::new(10);
+        b.message(LogicalReplicationMessage::Relation {
+            relation_id: 42,
+            namespace: "public".into(),
+            relation_name: "items".into(),
+            replica_identity: b'd',
+            columns: vec![
+                ColumnInfo::new(1, "id".into(), 23, -1),
+                ColumnInfo::new(0, "name".into(), 25, -1),
+            ],
+        })
+        .unwrap();
+        b.begin(1, 1);
+        b.message(LogicalReplicationMessage::Delete {
+            relation_id: 42,
+            old_tuple: TupleData::new(vec![ColumnData::text(b"1".to_vec()), ColumnData::null()]),
+            key_type: 'K',
+        })
+        .unwrap();
+        let f = b.commit(2).unwrap();
+        let ChangeKind::Delete { old } = &f.changes[0].kind else {
+            panic!("expected a delete");
+        };
+        assert_eq!(old, &vec![Value::Text("1".into()), Value::Unchanged]);
     }
 
     #[test]

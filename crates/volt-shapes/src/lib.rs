@@ -1,6 +1,7 @@
 //! Shapes: definitions, validation, where clauses and the JSON log items clients read.
 
 pub mod change;
+pub mod filter;
 pub mod ident;
 pub mod schema;
 pub mod shape;
@@ -8,6 +9,7 @@ pub mod subset;
 pub mod where_clause;
 
 pub use change::{Change, ChangeKind, Relation, RelationColumn, Row, TxFragment, Value};
+pub use filter::Filter;
 pub use schema::{ColumnSchema, TableSchema};
 pub use shape::{LogItem, LogMode, ParamError, Replica, Shape, ShapeDef};
 pub use subset::{Subset, SubsetError, SubsetRequest};

@@ -491,7 +491,7 @@ impl ShapeLog {
             Err(e) => return Err(StorageError::io(&meta_path, e)),
         };
         let meta: Meta = serde_json::from_slice(&meta_bytes)
-        .map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
+            .map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
         if meta.version != FORMAT_VERSION {
             return Err(corrupt(&format!(
                 "format version {} is not {FORMAT_VERSION}",

@@ -62,18 +62,19 @@ impl LikePattern {
     /// Greedy matching that backtracks only to the most recent `%`, which is enough for
     /// patterns made of literals, `_` and `%`, and keeps the cost at O(text × pattern).
     pub(crate) fn matches(&self, text: &str) -> Result<bool, String> {
-        let text: Vec<char> = text.chars().collect();
+        // Byte offsets at character boundaries: no per-call copy of the text into chars.
+        let at = |i: usize| text.get(i..).and_then(|rest| rest.chars().next());
         let pat = &self.tokens;
         let (mut t, mut p) = (0, 0);
         let mut resume: Option<(usize, usize)> = None;
-        while t < text.len() {
+        while let Some(c) = at(t) {
             match pat.get(p) {
-                Some(Token::Literal(c)) if *c == text[t] => {
-                    t += 1;
+                Some(Token::Literal(l)) if *l == c => {
+                    t += c.len_utf8();
                     p += 1;
                 }
                 Some(Token::AnyOne) => {
-                    t += 1;
+                    t += c.len_utf8();
                     p += 1;
                 }
                 Some(Token::AnyRun) => {
@@ -83,9 +84,13 @@ impl LikePattern {
                 Some(Token::DanglingEscape) => return Err(DANGLING_ESCAPE.into()),
                 _ => match resume {
                     Some((star, from)) => {
+                        let Some(skipped) = at(from) else {
+                            return Ok(false);
+                        };
+                        let next = from + skipped.len_utf8();
                         p = star + 1;
-                        t = from + 1;
-                        resume = Some((star, from + 1));
+                        t = next;
+                        resume = Some((star, next));
                     }
                     None => return Ok(false),
                 },

@@ -6,6 +6,7 @@ mod array;
 mod compile;
 mod datetime;
 mod eval;
+pub(crate) mod index;
 mod interval;
 mod ir;
 mod like;
@@ -117,6 +118,12 @@ impl WhereClause {
     /// implicit conversions made explicit, text ordering byte-wise (`COLLATE "C"`).
     pub fn to_sql(&self) -> String {
         render::render(&self.root)
+    }
+
+    /// `column = constant` tests of which one holds on every row the clause matches, for
+    /// the filter index; None when there is no such set.
+    pub(crate) fn equality_branches(&self) -> Option<Vec<index::EqTerm>> {
+        index::branches(&self.root)
     }
 
     /// Indexes into `columns` of the columns the clause reads, ascending.

@@ -5,7 +5,7 @@ use sqlparser::ast::{
     TypeModifier,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum SqlType {
     Bool,
     Int2,

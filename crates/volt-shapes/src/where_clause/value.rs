@@ -488,7 +488,8 @@ fn apply_typmod(v: Value, to: CastTarget) -> Result<Value, String> {
 /// simple Unicode mapping (no final-sigma rule, no expansions such as ß → SS), or ASCII only
 /// under the "C" collation (the collation of `name` values).
 pub(crate) fn change_case(s: &str, upper: bool, c_collation: bool) -> String {
-    if c_collation {
+    // ASCII maps the same under both rules, and the byte-wise mapping is far cheaper.
+    if c_collation || s.is_ascii() {
         return if upper {
             s.to_ascii_uppercase()
         } else {

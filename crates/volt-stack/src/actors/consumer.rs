@@ -22,7 +22,8 @@ pub struct Consumer;
 pub struct TxPart {
     pub xid: u32,
     pub lsn: u64,
-    pub changes: Vec<Change>,
+    /// Shared with the other shapes the changes go to.
+    pub changes: Vec<Arc<Change>>,
     /// This part ends the transaction.
     pub commit: bool,
 }

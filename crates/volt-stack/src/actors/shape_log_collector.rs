@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult};
-use volt_shapes::{Shape, TxFragment};
+use volt_shapes::{Change, Filter, Shape, TxFragment};
 use volt_storage::{ShapeDbOp, ShapeLog};
 
 use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg, TxPart};
@@ -44,14 +44,44 @@ pub enum SlcMsg {
 #[derive(Clone)]
 struct Route {
     handle: String,
-    shape: Arc<Shape>,
     consumer: ActorRef<ConsumerMsg>,
+}
+
+/// The shapes being routed to: the filter index picks the shapes a change affects, by a
+/// small id that maps to the shape's handle and consumer.
+#[derive(Default)]
+struct Routes {
+    filter: Filter<u64>,
+    by_id: HashMap<u64, Route>,
+    ids: HashMap<String, u64>,
+    next_id: u64,
+}
+
+impl Routes {
+    fn add(&mut self, handle: String, shape: Arc<Shape>, consumer: ActorRef<ConsumerMsg>) {
+        self.remove(&handle);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.filter.add(id, shape);
+        self.ids.insert(handle.clone(), id);
+        self.by_id.insert(id, Route { handle, consumer });
+    }
+
+    fn remove(&mut self, handle: &str) {
+        if let Some(id) = self.ids.remove(handle) {
+            self.filter.remove(id);
+            self.by_id.remove(&id);
+        }
+    }
+
+    fn get(&self, handle: &str) -> Option<&Route> {
+        self.ids.get(handle).and_then(|id| self.by_id.get(id))
+    }
 }
 
 pub struct SlcState {
     shared: Arc<Shared>,
-    /// Table oid -> shapes on that table.
-    routes: HashMap<u32, Vec<Route>>,
+    routes: Routes,
     /// Shapes that received part of the transaction in progress.
     touched: HashSet<String>,
     mailbox: Arc<MailboxDepth>,
@@ -62,36 +92,40 @@ pub struct SlcState {
 
 impl SlcState {
     fn route(&self, handle: &str) -> Option<&Route> {
-        self.routes.values().flatten().find(|r| r.handle == handle)
+        self.routes.get(handle)
     }
 
     fn remove(&mut self, handle: &str) {
-        for routes in self.routes.values_mut() {
-            routes.retain(|r| r.handle != handle);
-        }
-        self.routes.retain(|_, v| !v.is_empty());
+        self.routes.remove(handle);
         self.touched.remove(handle);
     }
 
     /// Remove every shape on table `oid` (truncated, or its schema changed).
     fn invalidate_table(&mut self, oid: u32, why: &str) {
-        for route in self.routes.remove(&oid).unwrap_or_default() {
-            tracing::info!(handle = %route.handle, table = %route.shape.def.qualified_table(), reason = why, "invalidating shape");
-            self.touched.remove(&route.handle);
-            self.shared.schemas.remove(&(
-                route.shape.table.schema.clone(),
-                route.shape.table.name.clone(),
-            ));
+        for id in self.routes.filter.shapes_on(oid) {
+            let (Some(shape), Some(route)) = (
+                self.routes.filter.shape(id).cloned(),
+                self.routes.by_id.get(&id).cloned(),
+            ) else {
+                continue;
+            };
+            tracing::info!(handle = %route.handle, table = %shape.def.qualified_table(), reason = why, "invalidating shape");
+            self.remove(&route.handle);
+            self.shared
+                .schemas
+                .remove(&(shape.table.schema.clone(), shape.table.name.clone()));
             shapes::invalidate(&self.shared, &route.handle);
         }
     }
 
     async fn process(&mut self, frag: TxFragment) -> Result<(), String> {
         for rel in &frag.relations {
-            let changed = self
-                .routes
-                .get(&rel.oid)
-                .is_some_and(|routes| routes.iter().any(|r| !r.shape.matches_relation(rel)));
+            let changed = self.routes.filter.shapes_on(rel.oid).into_iter().any(|id| {
+                self.routes
+                    .filter
+                    .shape(id)
+                    .is_some_and(|s| !s.matches_relation(rel))
+            });
             if changed {
                 self.invalidate_table(rel.oid, "the table's schema changed");
             }
@@ -99,38 +133,44 @@ impl SlcState {
         for rel in &frag.truncated {
             self.invalidate_table(rel.oid, "the table was truncated");
         }
-        let mut per_shape: HashMap<String, (Route, Vec<volt_shapes::Change>)> = HashMap::new();
-        for change in &frag.changes {
-            let Some(routes) = self.routes.get(&change.relation.oid) else {
-                continue;
-            };
-            for route in routes {
-                per_shape
-                    .entry(route.handle.clone())
-                    .or_insert_with(|| (route.clone(), Vec::new()))
-                    .1
-                    .push(change.clone());
+        let n_changes = frag.changes.len();
+        // Shared, not copied, by the shapes a change goes to.
+        let changes: Vec<Arc<Change>> = frag.changes.into_iter().map(Arc::new).collect();
+        let mut per_shape: HashMap<u64, Vec<Arc<Change>>> = HashMap::new();
+        let mut hits = Vec::new();
+        for change in &changes {
+            self.routes.filter.affected(change, &mut hits);
+            for id in &hits {
+                per_shape.entry(*id).or_default().push(change.clone());
             }
         }
-        for handle in per_shape.keys() {
-            self.touched.insert(handle.clone());
+        let mut parts: Vec<(Route, Vec<Arc<Change>>)> = Vec::with_capacity(per_shape.len());
+        for (id, changes) in per_shape {
+            if let Some(route) = self.routes.by_id.get(&id) {
+                self.touched.insert(route.handle.clone());
+                parts.push((route.clone(), changes));
+            }
         }
-        let commit = frag.is_commit();
+        let commit = frag.commit_end_lsn.is_some();
         if commit {
             // The commit goes to every shape the transaction touched, even those with
             // no change in this last fragment.
-            for handle in self.touched.drain().collect::<Vec<_>>() {
-                if !per_shape.contains_key(&handle)
-                    && let Some(route) = self.route(&handle)
+            let sent: HashSet<&str> = parts.iter().map(|(r, _)| r.handle.as_str()).collect();
+            let mut rest = Vec::new();
+            for handle in self.touched.iter() {
+                if !sent.contains(handle.as_str())
+                    && let Some(route) = self.route(handle)
                 {
-                    per_shape.insert(handle, (route.clone(), Vec::new()));
+                    rest.push((route.clone(), Vec::new()));
                 }
             }
+            parts.extend(rest);
+            self.touched.clear();
         }
         // A shape that cannot store its part within the grace period is dropped rather
         // than allowed to hold the slot (and every other shape) back.
         let grace = self.shared.config.flush_stall_grace;
-        let calls = per_shape.into_values().map(|(route, changes)| {
+        let calls = parts.into_iter().map(|(route, changes)| {
             let part = TxPart {
                 xid: frag.xid,
                 lsn: frag.lsn,
@@ -165,7 +205,7 @@ impl SlcState {
                 }
             }
         }
-        metrics::counter!("volt_changes_total").increment(frag.changes.len() as u64);
+        metrics::counter!("volt_changes_total").increment(n_changes as u64);
         if commit {
             metrics::counter!("volt_transactions_total").increment(1);
             self.shared.last_seen_lsn.store(frag.lsn, Ordering::Release);
@@ -294,7 +334,7 @@ const FOLLOW_PERIOD: std::time::Duration = std::time::Duration::from_millis(100)
 /// read is dropped (its clients refetch).
 async fn restore(
     shared: &Arc<Shared>,
-    routes: &mut HashMap<u32, Vec<Route>>,
+    routes: &mut Routes,
 ) -> Result<HashSet<String>, ActorProcessingErr> {
     let rows = shared
         .shape_db
@@ -369,11 +409,7 @@ async fn restore(
                 continue;
             }
         };
-        routes.entry(shape.table.oid).or_default().push(Route {
-            handle: handle.clone(),
-            shape: shape.clone(),
-            consumer: consumer.clone(),
-        });
+        routes.add(handle.clone(), shape.clone(), consumer.clone());
         shared.shapes.insert(Arc::new(ShapeEntry::new(
             handle.clone(),
             shape,
@@ -433,7 +469,7 @@ impl Actor for ShapeLogCollector {
             .store(Some(Arc::new(Mailbox::new(myself, mailbox.clone()))));
         Ok(SlcState {
             shared,
-            routes: HashMap::new(),
+            routes: Routes::default(),
             touched: HashSet::new(),
             mailbox,
             follower: None,
@@ -511,15 +547,7 @@ impl Actor for ShapeLogCollector {
                 consumer,
                 reply,
             } => {
-                state
-                    .routes
-                    .entry(shape.table.oid)
-                    .or_default()
-                    .push(Route {
-                        handle,
-                        shape,
-                        consumer,
-                    });
+                state.routes.add(handle, shape, consumer);
                 let _ = reply.send(());
             }
             SlcMsg::RemoveShape(handle) => state.remove(&handle),
