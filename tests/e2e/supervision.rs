@@ -545,8 +545,10 @@ async fn an_instance_that_lost_the_lock_reloads_the_shared_storage_when_it_gets_
     let admin = db.client().await?;
     admin
         .batch_execute(
+            // This database's lock only: other tests run beside this one.
             "SELECT pg_terminate_backend(pid) FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .await?;
     b.wait_health("active", storage.path()).await?;
