@@ -737,8 +737,8 @@ impl ShapeLog {
     /// `append_snapshot_line` for an item already encoded as (UTF-8 JSON) bytes.
     pub fn append_snapshot_bytes(&self, json: &[u8]) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        let dir = self.dir.clone();
-        w.writable(&dir)?;
+        let dir = &self.dir;
+        w.writable(dir)?;
         let chunk_bytes = self.chunk_bytes;
         let s = w.snapshot.as_mut().ok_or_else(|| StorageError::Corrupt {
             path: dir.clone(),
@@ -750,7 +750,7 @@ impl ShapeLog {
             // background) before the snapshot counts as complete. Until then a crash
             // discards the shape, so nothing served from a chunk lost in a crash can
             // be served again.
-            s.close_chunk(&dir)?;
+            s.close_chunk(dir)?;
             let next = s.chunk + 1;
             let next_path = dir.join(snapshot_file(next));
             let file = File::create(&next_path).map_err(|e| StorageError::io(&next_path, e))?;
@@ -759,11 +759,11 @@ impl ShapeLog {
             s.len = 0;
             self.snapshot.send_modify(|p| p.chunks_complete = next);
         }
-        let path = dir.join(snapshot_file(s.chunk));
+        // Once per row: the file's path is built only for an error.
         s.file
             .write_all(json)
             .and_then(|_| s.file.write_all(b"\n"))
-            .map_err(|e| StorageError::io(&path, e))?;
+            .map_err(|e| StorageError::io(&dir.join(snapshot_file(s.chunk)), e))?;
         s.len += line_len;
         drop(w);
         self.account(line_len);
