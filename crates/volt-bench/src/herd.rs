@@ -98,13 +98,7 @@ async fn snapshot_queries(client: &tokio_postgres::Client) -> Option<i64> {
 }
 
 async fn shape_cache_messages(volt: &Volt) -> anyhow::Result<u64> {
-    let tree: Value = volt
-        .http
-        .get(format!("{}/v1/admin/tree", volt.base))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let tree = crate::load::admin_tree(volt).await?;
     fn find(v: &Value) -> Option<u64> {
         if v["kind"] == "ShapeCache" {
             return v["messages"].as_u64();

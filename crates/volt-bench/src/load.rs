@@ -208,15 +208,20 @@ pub fn connection_sampler(client: tokio_postgres::Client, period: Duration) -> S
     })
 }
 
-/// Restarts summed over volt's actor tree (`/v1/admin/tree`).
-pub async fn tree_restarts(volt: &Volt) -> anyhow::Result<u64> {
-    let tree: Value = volt
+/// volt's actor tree (`/v1/admin/tree`).
+pub async fn admin_tree(volt: &Volt) -> anyhow::Result<Value> {
+    Ok(volt
         .http
         .get(format!("{}/v1/admin/tree", volt.base))
         .send()
         .await?
         .json()
-        .await?;
+        .await?)
+}
+
+/// Restarts summed over volt's actor tree.
+pub async fn tree_restarts(volt: &Volt) -> anyhow::Result<u64> {
+    let tree = admin_tree(volt).await?;
     fn sum(v: &Value) -> u64 {
         v["restarts"].as_u64().unwrap_or(0)
             + v["children"]

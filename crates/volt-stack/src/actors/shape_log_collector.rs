@@ -252,33 +252,54 @@ fn written_logs(shared: &Shared) -> Vec<Arc<ShapeLog>> {
         .collect()
 }
 
-/// Serve what another instance has stored while it holds the replication slot (a rolling
-/// deploy sharing the storage directory): every shape whose snapshot it finished, read
-/// only, following its writes. Nothing is written: not the logs, not ShapeDb, not the
-/// directory. Returns the handles followed.
-async fn follow_stored(shared: &Arc<Shared>) -> Result<HashSet<String>, ActorProcessingErr> {
+/// A stored shape: its handle, definition and log, each as read.
+type Stored = (
+    String,
+    Result<Shape, String>,
+    Result<Arc<ShapeLog>, volt_storage::StorageError>,
+);
+
+/// Every shape ShapeDb holds, with its log opened by `open` (on the blocking pool), after
+/// fencing the logs the previous shape subsystem wrote (see `written_logs`).
+async fn open_stored(
+    shared: &Arc<Shared>,
+    mut open: impl FnMut(&str, std::path::PathBuf) -> Result<Arc<ShapeLog>, volt_storage::StorageError>
+    + Send
+    + 'static,
+) -> Result<Vec<Stored>, ActorProcessingErr> {
     let rows = shared
         .shape_db
         .load_all()
         .await
         .map_err(|e| format!("cannot read the shape registry: {e}"))?;
     let dir = shared.config.shapes_dir();
-    let chunk_bytes = shared.config.chunk_bytes;
     let previous = written_logs(shared);
-    let opened = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         for log in &previous {
             log.fence();
         }
         decode_rows(rows)
             .into_iter()
             .map(|(handle, shape)| {
-                let log = ShapeLog::open_follower(dir.join(&handle), chunk_bytes);
+                let log = open(&handle, dir.join(&handle));
                 (handle, shape, log)
             })
             .collect::<Vec<_>>()
     })
     .await
-    .map_err(|e| format!("shape restore panicked: {e}"))?;
+    .map_err(|e| format!("shape restore panicked: {e}").into())
+}
+
+/// Serve what another instance has stored while it holds the replication slot (a rolling
+/// deploy sharing the storage directory): every shape whose snapshot it finished, read
+/// only, following its writes. Nothing is written: not the logs, not ShapeDb, not the
+/// directory. Returns the handles followed.
+async fn follow_stored(shared: &Arc<Shared>) -> Result<HashSet<String>, ActorProcessingErr> {
+    let chunk_bytes = shared.config.chunk_bytes;
+    let opened = open_stored(shared, move |_, dir| {
+        ShapeLog::open_follower(dir, chunk_bytes).map(Arc::new)
+    })
+    .await?;
     let mut followed = HashSet::new();
     for (handle, shape, log) in opened {
         // Not finished yet by its writer (or unreadable): not ours to judge or remove.
@@ -288,7 +309,7 @@ async fn follow_stored(shared: &Arc<Shared>) -> Result<HashSet<String>, ActorPro
         shared.shapes.insert(Arc::new(ShapeEntry::new(
             handle.clone(),
             Arc::new(shape),
-            Arc::new(log),
+            log,
             None,
         )));
         followed.insert(handle);
@@ -336,18 +357,11 @@ async fn restore(
     shared: &Arc<Shared>,
     routes: &mut Routes,
 ) -> Result<HashSet<String>, ActorProcessingErr> {
-    let rows = shared
-        .shape_db
-        .load_all()
-        .await
-        .map_err(|e| format!("cannot read the shape registry: {e}"))?;
     let sup = shared
         .consumer_supervisor
         .load_full()
         .ok_or("the consumer supervisor is not running")?;
-    let dir = shared.config.shapes_dir();
     let chunk_bytes = shared.config.chunk_bytes;
-    let previous = written_logs(shared);
     let mut followed: HashMap<String, Arc<ShapeLog>> = shared
         .shapes
         .handles()
@@ -356,23 +370,11 @@ async fn restore(
         .filter(|e| e.consumer.is_none())
         .map(|e| (e.handle.clone(), e.log.clone()))
         .collect();
-    let opened = tokio::task::spawn_blocking(move || {
-        for log in &previous {
-            log.fence();
-        }
-        decode_rows(rows)
-            .into_iter()
-            .map(|(handle, shape)| {
-                let log = match followed.remove(&handle) {
-                    Some(log) => log.promote().map(|()| log),
-                    None => ShapeLog::open(dir.join(&handle), chunk_bytes).map(Arc::new),
-                };
-                (handle, shape, log)
-            })
-            .collect::<Vec<_>>()
+    let opened = open_stored(shared, move |handle, dir| match followed.remove(handle) {
+        Some(log) => log.promote().map(|()| log),
+        None => ShapeLog::open(dir, chunk_bytes).map(Arc::new),
     })
-    .await
-    .map_err(|e| format!("shape restore panicked: {e}"))?;
+    .await?;
     let mut kept = HashSet::new();
     let (mut restored, mut dropped) = (0usize, 0usize);
     for (handle, shape, log) in opened {
