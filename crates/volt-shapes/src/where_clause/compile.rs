@@ -1358,8 +1358,20 @@ impl Compiler<'_> {
     /// time. A literal `ts` or a date is read as timestamptz, Postgres's preferred type.
     fn timezone(&self, zone: Node, ts: Node, loc: usize) -> Result<Node, WhereError> {
         let zone = self.text_operand(zone)?;
-        if let Kind::Const(Some(Value::Text(name))) = &zone.kind {
-            zone::lookup(name).map_err(|r| WhereError::new(zone.loc, r))?;
+        match &zone.kind {
+            Kind::Const(Some(Value::Text(name))) => {
+                zone::lookup(name).map_err(|r| WhereError::new(zone.loc, r))?;
+            }
+            Kind::Const(_) => {}
+            // A zone read from a row could be an abbreviation, which Postgres reads by its
+            // own table and volt refuses: the row would be in the snapshot but not in the
+            // stream. Constants are checked here instead.
+            _ => {
+                return Err(WhereError::new(
+                    zone.loc,
+                    "the time zone must be a constant or a parameter",
+                ));
+            }
         }
         let (ts, result) = match ts.ty {
             SqlType::Timestamp => (ts, SqlType::Timestamptz),

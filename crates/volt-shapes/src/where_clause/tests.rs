@@ -1817,3 +1817,19 @@ fn coalesce_keeps_its_type_when_null_constants_drop_out() {
         Some(true)
     );
 }
+
+#[test]
+fn a_time_zone_must_be_a_constant_or_a_parameter_so_snapshot_and_stream_agree() {
+    let e = parse_err("timezone(name, at) > '2024-01-01'");
+    assert!(
+        e.to_string().contains("the time zone must be a constant"),
+        "{e}"
+    );
+    let e = parse_err("(created AT TIME ZONE name) > '2024-01-01'");
+    assert!(
+        e.to_string().contains("the time zone must be a constant"),
+        "{e}"
+    );
+    parse("timezone('Europe/Paris', at) > '2024-01-01'");
+    parse_with("timezone($1, at) > '2024-01-01'", &["America/New_York"]);
+}
