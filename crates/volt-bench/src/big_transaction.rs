@@ -10,12 +10,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{BenchEnv, Volt, free_port};
 use crate::load::{
-    Position, admin_stats, count, ms, raise_nofile, rss_sampler, sync, tree_restarts, wait_parked,
+    Position, count, ms, raise_nofile, rss_sampler, sync, tree_restarts, wait_existing_in_use,
+    wait_parked,
 };
 
 fn shape(k: usize) -> String {
@@ -195,17 +196,13 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     // they hang up and volt has dropped their requests.
     let rss_held = volt.rss_kib();
     drop(held);
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = admin_stats(&volt).await?;
-        if stats["admission"]["existing_in_use"].as_u64().unwrap_or(0) == 0 {
-            break;
-        }
-        if Instant::now() > until {
-            bail!("stalled requests still held after their clients left: {stats}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_existing_in_use(
+        &volt,
+        Duration::from_secs(30),
+        "stalled requests released after their clients left",
+        |held| held == 0,
+    )
+    .await?;
     let rss_released = volt.rss_kib();
     volt.kill_9().await?;
 

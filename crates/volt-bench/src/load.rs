@@ -244,15 +244,29 @@ pub async fn admin_stats(volt: &Volt) -> anyhow::Result<Value> {
 
 /// Wait until volt holds `n` requests for known shapes (parked live requests).
 pub async fn wait_parked(volt: &Volt, n: u64, within: Duration) -> anyhow::Result<()> {
+    wait_existing_in_use(volt, within, &format!("{n} live requests parked"), |held| {
+        held >= n
+    })
+    .await
+}
+
+/// Poll `/v1/admin/stats` until the requests holding `existing` permits (live requests,
+/// reads of existing shapes) satisfy `done`, for at most `within`.
+pub async fn wait_existing_in_use(
+    volt: &Volt,
+    within: Duration,
+    what: &str,
+    done: impl Fn(u64) -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let stats = admin_stats(volt).await?;
         // The stats request itself is not a shape request: no permit of its own.
-        if stats["admission"]["existing_in_use"].as_u64().unwrap_or(0) >= n {
+        if done(stats["admission"]["existing_in_use"].as_u64().unwrap_or(0)) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {stats} of {n} live requests parked");
+            bail!("not within {within:?}: {what} ({stats})");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::{BenchEnv, Volt, free_port};
 use crate::live;
+use crate::load::wait_parked;
 
 const TXN_ROWS: i64 = 50;
 
@@ -122,8 +123,8 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             }
         }));
     }
-    // Let every client park its live request before the first write.
-    tokio::time::sleep(Duration::from_millis(if env.quick { 300 } else { 2_000 })).await;
+    // Every client parks its live request before the first write.
+    wait_parked(&volt, overlapping as u64, Duration::from_secs(60)).await?;
 
     let cpu0 = volt.cpu_secs();
     let mut missing = 0usize;
@@ -154,7 +155,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         }
         missing += overlapping - got;
         // Clients re-park their live requests before the next write.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_parked(&volt, overlapping as u64, Duration::from_secs(60)).await?;
     }
     let cpu = volt.cpu_secs() - cpu0;
     stop.cancel();
