@@ -154,25 +154,6 @@ struct Writer {
     meta: Meta,
     /// Set by `fence`: nothing may be written any more.
     fenced: bool,
-    /// Another process writes these files: this instance only reads them (`follow`)
-    /// until `promote`.
-    follower: bool,
-}
-
-impl Writer {
-    fn writable(&self, path: &Path) -> Result<(), StorageError> {
-        if self.fenced {
-            return Err(StorageError::Fenced {
-                path: path.to_path_buf(),
-            });
-        }
-        if self.follower {
-            return Err(StorageError::ReadOnly {
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(())
-    }
 }
 
 struct SnapshotWriter {
@@ -234,6 +215,10 @@ pub struct ShapeLog {
     closed: AtomicBool,
     /// This log's share of `STORED_BYTES`.
     bytes: std::sync::atomic::AtomicU64,
+    /// Another process writes these files: this instance only reads them (`follow`)
+    /// until `promote`, which clears it holding the writer's lock. Read without the lock
+    /// by request handlers, which must not wait behind a commit's fsync.
+    follower: AtomicBool,
 }
 
 impl Drop for ShapeLog {
@@ -441,7 +426,6 @@ impl ShapeLog {
                 snapshot: Some(snapshot),
                 meta,
                 fenced: false,
-                follower: false,
             }),
             committed: watch::Sender::new(LogOffset::SNAPSHOT_END),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -450,6 +434,7 @@ impl ShapeLog {
             }),
             closed: AtomicBool::new(false),
             bytes: std::sync::atomic::AtomicU64::new(0),
+            follower: AtomicBool::new(false),
         })
     }
 
@@ -542,7 +527,6 @@ impl ShapeLog {
                 snapshot: None,
                 meta,
                 fenced: false,
-                follower,
             }),
             committed: watch::Sender::new(scanned.latest.unwrap_or(LogOffset::SNAPSHOT_END)),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -553,6 +537,7 @@ impl ShapeLog {
             }),
             closed: AtomicBool::new(false),
             bytes: std::sync::atomic::AtomicU64::new(0),
+            follower: AtomicBool::new(follower),
         };
         log.account(on_disk);
         Ok(log)
@@ -598,6 +583,21 @@ impl ShapeLog {
         Ok(())
     }
 
+    /// Whether this instance may write: not fenced, not following another writer.
+    fn writable(&self, w: &Writer, path: &Path) -> Result<(), StorageError> {
+        if w.fenced {
+            return Err(StorageError::Fenced {
+                path: path.to_path_buf(),
+            });
+        }
+        if self.is_follower() {
+            return Err(StorageError::ReadOnly {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
     fn account(&self, bytes: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         STORED_BYTES.fetch_add(bytes, Ordering::Relaxed);
@@ -605,7 +605,7 @@ impl ShapeLog {
 
     /// Whether this instance only follows another process's writes.
     pub fn is_follower(&self) -> bool {
-        self.writer.lock().is_ok_and(|w| w.follower)
+        self.follower.load(Ordering::Acquire)
     }
 
     /// A follower catches up with the transactions its writer completed since it last
@@ -613,10 +613,10 @@ impl ShapeLog {
     /// was removed by the writer: the log closes, so its readers refetch. Does nothing
     /// for the writer's own log.
     pub fn follow(&self) -> Result<(), StorageError> {
-        let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        if !w.follower || self.is_closed() {
+        if !self.is_follower() || self.is_closed() {
             return Ok(());
         }
+        let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         if !self.dir.join(META_FILE).exists() {
             drop(w);
             self.close();
@@ -647,27 +647,12 @@ impl ShapeLog {
         let Some(latest) = scanned.latest else {
             return Ok(());
         };
-        self.account(
-            scanned.committed_pos - w.end_pos + (scanned.chunks.len() * INDEX_ENTRY) as u64,
-        );
         w.end_pos = scanned.committed_pos;
         w.chunk_len = scanned.chunk_len;
         w.committed_chunk_len = scanned.chunk_len;
-        drop(w);
-        {
-            let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
-            v.chunks.extend(scanned.chunks);
-            v.committed_pos = scanned.committed_pos;
-        }
-        self.committed.send_if_modified(|cur| {
-            if latest > *cur {
-                *cur = latest;
-                true
-            } else {
-                false
-            }
-        });
-        Ok(())
+        // Still holding the writer's lock: two follows at once (a request's and the
+        // follower task's) publish in the order they read.
+        self.publish(scanned.chunks, scanned.committed_pos, latest)
     }
 
     /// Become the writer of a followed log (the instance that wrote it is gone): take
@@ -676,11 +661,11 @@ impl ShapeLog {
     pub fn promote(&self) -> Result<(), StorageError> {
         self.follow()?;
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        if !w.follower {
+        if !self.is_follower() {
             return Ok(());
         }
         self.recover(&mut w)?;
-        w.follower = false;
+        self.follower.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -703,7 +688,7 @@ impl ShapeLog {
         pg_snapshot: serde_json::Value,
     ) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        w.writable(&self.dir)?;
+        self.writable(&w, &self.dir)?;
         w.meta.pg_snapshot = Some(pg_snapshot);
         drop(w);
         self.snapshot.send_if_modified(|p| {
@@ -738,7 +723,7 @@ impl ShapeLog {
     pub fn append_snapshot_bytes(&self, json: &[u8]) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         let dir = &self.dir;
-        w.writable(dir)?;
+        self.writable(&w, dir)?;
         let chunk_bytes = self.chunk_bytes;
         let s = w.snapshot.as_mut().ok_or_else(|| StorageError::Corrupt {
             path: dir.clone(),
@@ -773,7 +758,7 @@ impl ShapeLog {
     /// Make the snapshot durable and visible to readers.
     pub fn finish_snapshot(&self) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        w.writable(&self.dir)?;
+        self.writable(&w, &self.dir)?;
         let Some(mut s) = w.snapshot.take() else {
             return Ok(());
         };
@@ -794,7 +779,7 @@ impl ShapeLog {
     /// the shape's last change of its transaction.
     pub fn append(&self, offset: LogOffset, json: &str, txn_end: bool) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        w.writable(&self.dir)?;
+        self.writable(&w, &self.dir)?;
         let record_len = (RECORD_HEADER + json.len() + RECORD_TRAILER) as u64;
         if w.end_pos == 0 || (w.chunk_len > 0 && w.chunk_len + record_len > self.chunk_bytes) {
             let chunk = Chunk {
@@ -815,7 +800,7 @@ impl ShapeLog {
 
     fn write_out(&self, w: &mut Writer, sync: bool) -> Result<(), StorageError> {
         let path = self.dir.join(LOG_FILE);
-        w.writable(&path)?;
+        self.writable(w, &path)?;
         // Opened per write so that idle shapes hold no file descriptor.
         let mut f = OpenOptions::new()
             .append(true)
@@ -858,26 +843,35 @@ impl ShapeLog {
         let end_pos = w.end_pos;
         w.committed_chunk_len = w.chunk_len;
         drop(w);
-        let before = self
-            .visible
-            .read()
-            .map_err(|_| StorageError::Poisoned)?
-            .committed_pos;
-        self.account(end_pos.saturating_sub(before) + (new_chunks.len() * INDEX_ENTRY) as u64);
-        {
+        self.publish(new_chunks, end_pos, offset)
+    }
+
+    /// Let readers see the log up to `end_pos` (`latest` the offset of its last record),
+    /// with the chunks that start before it, and wake those waiting.
+    fn publish(
+        &self,
+        new_chunks: Vec<Chunk>,
+        end_pos: u64,
+        latest: LogOffset,
+    ) -> Result<(), StorageError> {
+        let grown = {
             let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
+            let grown =
+                end_pos.saturating_sub(v.committed_pos) + (new_chunks.len() * INDEX_ENTRY) as u64;
             v.chunks.extend(new_chunks);
             v.committed_pos = end_pos;
-            if v.commits.back().is_none_or(|(o, _)| offset > *o) {
+            if v.commits.back().is_none_or(|(o, _)| latest > *o) {
                 if v.commits.len() == COMMIT_POINTS {
                     v.commits.pop_front();
                 }
-                v.commits.push_back((offset, end_pos));
+                v.commits.push_back((latest, end_pos));
             }
-        }
+            grown
+        };
+        self.account(grown);
         self.committed.send_if_modified(|cur| {
-            if offset > *cur {
-                *cur = offset;
+            if latest > *cur {
+                *cur = latest;
                 true
             } else {
                 false
@@ -898,7 +892,7 @@ impl ShapeLog {
         w.buffer.clear();
         w.new_chunks.clear();
         w.chunk_len = w.committed_chunk_len;
-        w.writable(&self.dir.join(LOG_FILE))?;
+        self.writable(&w, &self.dir.join(LOG_FILE))?;
         if w.end_pos != committed_pos {
             let path = self.dir.join(LOG_FILE);
             let f = OpenOptions::new()
