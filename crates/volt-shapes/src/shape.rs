@@ -365,21 +365,9 @@ impl Shape {
             .collect()
     }
 
-    /// Encode one snapshot row (values in `snapshot_columns` order) as a log item.
-    pub fn snapshot_item(&self, values: &[Option<&str>]) -> String {
-        self.snapshot_item_marked(values, None)
-    }
-
-    /// `snapshot_item` for a subset snapshot: the headers carry the subset's
-    /// `snapshot_mark`, which the client uses to tell subsets apart.
-    pub fn snapshot_item_marked(&self, values: &[Option<&str>], mark: Option<u32>) -> String {
-        let mut out = Vec::new();
-        self.snapshot_encoder(mark).encode(&mut out, values);
-        // The encoder writes JSON from UTF-8 input only.
-        String::from_utf8(out).unwrap_or_default()
-    }
-
-    /// An encoder of this shape's snapshot rows, for many rows.
+    /// An encoder of this shape's snapshot rows as log items (values in
+    /// `snapshot_columns` order); `mark` is a subset snapshot's `snapshot_mark`, which
+    /// the client uses to tell subsets apart.
     pub fn snapshot_encoder(&self, mark: Option<u32>) -> SnapshotEncoder<'_> {
         SnapshotEncoder::new(self, mark)
     }

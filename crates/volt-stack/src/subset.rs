@@ -56,14 +56,23 @@ pub async fn query_subset(
     // Electric draws marks from 0..2^31 so they stay positive in every client's integers.
     let mark = rand::random::<u32>() >> 1;
     let sql = subset.sql(shape);
-    let rows = tx.rows(&sql).await?;
-    futures::pin_mut!(rows);
     let mut items = Vec::new();
-    while let Some(row) = rows.next().await {
-        items.push(shape.snapshot_item_marked(&row?.values(), Some(mark)));
+    {
+        let rows = tx.rows(&sql).await?;
+        futures::pin_mut!(rows);
+        let mut encoder = shape.snapshot_encoder(Some(mark));
+        while let Some(row) = rows.next().await {
+            let mut item = Vec::new();
+            encoder.encode(&mut item, &row?.values());
+            // The encoder writes JSON, from the UTF-8 text Postgres sent.
+            items.push(String::from_utf8_lossy(&item).into_owned());
+        }
     }
+    let snapshot = tx.snapshot.clone();
+    // As a shape's snapshot does: the session ends before the permit is released.
+    tx.close().await;
     Ok(SubsetRows {
-        snapshot: tx.snapshot.clone(),
+        snapshot,
         mark,
         items,
     })
