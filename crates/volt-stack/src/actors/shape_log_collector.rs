@@ -428,6 +428,18 @@ async fn restore(
     Ok(kept)
 }
 
+/// Registry entries of `previous` that a restore did not bring back are gone: their
+/// readers are told to refetch.
+fn close_unrestored(shared: &Shared, previous: Vec<String>, kept: &HashSet<String>) {
+    for handle in previous {
+        if !kept.contains(&handle)
+            && let Some(entry) = shared.shapes.remove(&handle)
+        {
+            entry.log.close();
+        }
+    }
+}
+
 /// Become the writer of the shapes' storage: restore every shape (promoting the followed
 /// ones), then take transactions. The registry entries a previous shape subsystem (or
 /// the followed instance) left and that are not restored are gone: their readers are
@@ -437,13 +449,7 @@ async fn take_over(state: &mut SlcState) -> Result<(), ActorProcessingErr> {
     let shared = state.shared.clone();
     let previous = shared.shapes.handles();
     let kept = restore(&shared, &mut state.routes).await?;
-    for handle in previous {
-        if !kept.contains(&handle)
-            && let Some(entry) = shared.shapes.remove(&handle)
-        {
-            entry.log.close();
-        }
-    }
+    close_unrestored(&shared, previous, &kept);
     shared.writes_storage.store(true, Ordering::Release);
     shared.report(Condition::ShapeLogCollectorReady, true);
     Ok(())
@@ -492,13 +498,7 @@ impl Actor for ShapeLogCollector {
         shared.writes_storage.store(false, Ordering::Release);
         let previous = shared.shapes.handles();
         let followed = follow_stored(&shared).await?;
-        for handle in previous {
-            if !followed.contains(&handle)
-                && let Some(entry) = shared.shapes.remove(&handle)
-            {
-                entry.log.close();
-            }
-        }
+        close_unrestored(&shared, previous, &followed);
         let s = shared.clone();
         state.follower = Some((
             follower_task(shared),
