@@ -407,6 +407,58 @@ async fn a_clean_shutdown_acknowledges_everything_stored_before_it_exits() -> an
     Ok(())
 }
 
+/// The slot's confirmed position, as Postgres has it.
+async fn confirmed_flush(volt: &TestVolt) -> anyhow::Result<u64> {
+    let client = volt.db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&volt.db.slot_name()],
+        )
+        .await?;
+    Ok(row.get::<_, String>(0).parse()?)
+}
+
+#[tokio::test]
+async fn a_change_is_served_before_it_is_synced_and_acknowledged_only_after() -> anyhow::Result<()>
+{
+    let volt = TestVolt::start("ack_after_sync").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut f = Follower::new("table=items");
+    f.catch_up(&volt).await?;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    volt.shared()
+        .failpoints
+        .hold_flush
+        .store(Some(gate.clone()));
+    volt.db
+        .execute("UPDATE items SET v = 1 WHERE id = 1")
+        .await?;
+    f.until(&volt, "the update, while no flush round may sync", |f| {
+        f.changes.len() == 1
+    })
+    .await?;
+    let lsn: u64 = f.changes[0]["headers"]["lsn"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()?;
+    let durable = volt.shared().durability.durable_lsn();
+    assert!(durable < lsn, "durable {durable} before any sync of {lsn}");
+    let confirmed = confirmed_flush(&volt).await?;
+    assert!(confirmed < lsn, "Postgres was told {confirmed} >= {lsn}");
+
+    volt.shared().failpoints.hold_flush.store(None);
+    gate.add_permits(1 << 20);
+    eventually("Postgres is told once the change is synced", || async {
+        Ok(confirmed_flush(&volt).await? >= lsn)
+    })
+    .await?;
+    assert!(volt.shared().durability.durable_lsn() >= lsn);
+    assert_eq!(f.refetches, 0);
+    volt.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_slot_created_anew_purges_the_shapes_and_their_clients_refetch() -> anyhow::Result<()> {
     let mut volt = TestVolt::start("slot_anew").await?;

@@ -20,7 +20,8 @@ fn lsn_u64(text: &str) -> anyhow::Result<u64> {
     Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
 }
 
-pub(crate) async fn processed_lsn(volt: &Volt) -> anyhow::Result<u64> {
+/// An LSN from `/v1/admin/stats` (`processed_lsn`, `durable_lsn`).
+pub(crate) async fn stats_lsn(volt: &Volt, field: &str) -> anyhow::Result<u64> {
     let stats: serde_json::Value = volt
         .http
         .get(format!("{}/v1/admin/stats", volt.base))
@@ -28,11 +29,11 @@ pub(crate) async fn processed_lsn(volt: &Volt) -> anyhow::Result<u64> {
         .await?
         .json()
         .await?;
-    let lsn = &stats["processed_lsn"];
+    let lsn = &stats[field];
     lsn.as_str()
         .and_then(|s| s.parse().ok())
         .or_else(|| lsn.as_u64())
-        .context("no processed_lsn in /v1/admin/stats")
+        .with_context(|| format!("no {field} in /v1/admin/stats"))
 }
 
 struct Drain {
@@ -175,7 +176,8 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let t = Instant::now();
     let cpu0 = volt.cpu_secs();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while processed_lsn(&volt).await? < target {
+    // Durable, not only processed: what Postgres may be told is stored.
+    while stats_lsn(&volt, "durable_lsn").await? < target {
         anyhow::ensure!(
             Instant::now() < deadline,
             "volt did not drain the WAL in 600 s"

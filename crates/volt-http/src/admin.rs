@@ -46,6 +46,7 @@ pub async fn stats(State(app): State<AppState>) -> Response {
             "creating": creating,
             "failed": failed,
             "processed_lsn": app.shared.last_seen_lsn().to_string(),
+            "durable_lsn": app.shared.durability.durable_lsn().to_string(),
             "registry_unwritten": app
                 .shared
                 .registry_unwritten

@@ -278,6 +278,8 @@ pub struct Failpoints {
     pub hold_create: ArcSwapOption<Semaphore>,
     /// When set, a creation fails with this reason.
     pub fail_create: ArcSwapOption<String>,
+    /// When set, each flush round waits for a permit of this semaphore before it syncs.
+    pub hold_flush: ArcSwapOption<Semaphore>,
 }
 
 /// Kind and display name of every live actor, for the tree dump; restart counts by
@@ -389,6 +391,8 @@ pub struct Shared {
     pub replication_shutdown: tokio::sync::watch::Sender<bool>,
     /// Commit LSN of the last transaction the ShapeLogCollector processed.
     pub last_seen_lsn: AtomicU64,
+    /// What is written and what is durable (group commit of the shape logs).
+    pub durability: crate::durability::Durability,
     /// Whether this instance writes the shapes' storage. Until its connection holds the
     /// replication slot's lock, another instance may be writing the same storage
     /// directory (a rolling deploy): this one then only follows it, serving the shapes
@@ -421,6 +425,7 @@ impl Shared {
             storage_full: std::sync::atomic::AtomicBool::new(false),
             replication_shutdown: tokio::sync::watch::Sender::new(false),
             last_seen_lsn: AtomicU64::new(0),
+            durability: Default::default(),
             writes_storage: std::sync::atomic::AtomicBool::new(false),
             handle_seq: AtomicU64::new(0),
         })

@@ -15,6 +15,7 @@ pub fn sample(shared: &Shared) {
     metrics::gauge!("volt_storage_bytes")
         .set((volt_storage::shape_log::stored_bytes() + shared.shape_db.bytes_on_disk()) as f64);
     metrics::gauge!("volt_replication_processed_lsn").set(shared.last_seen_lsn() as f64);
+    metrics::gauge!("volt_replication_durable_lsn").set(shared.durability.durable_lsn() as f64);
     metrics::gauge!("volt_service_active").set(
         if shared.status.status() == crate::status::ServiceStatus::Active {
             1.0

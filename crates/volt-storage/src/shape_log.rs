@@ -99,7 +99,7 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    fn io(path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
         StorageError::Io {
             path: path.to_path_buf(),
             source,
@@ -219,6 +219,9 @@ pub struct ShapeLog {
     /// until `promote`, which clears it holding the writer's lock. Read without the lock
     /// by request handlers, which must not wait behind a commit's fsync.
     follower: AtomicBool,
+    /// Committed bytes may not be durable yet: the log is (or is about to be) in a
+    /// `SyncQueue`.
+    unsynced: AtomicBool,
 }
 
 impl Drop for ShapeLog {
@@ -435,6 +438,7 @@ impl ShapeLog {
             closed: AtomicBool::new(false),
             bytes: std::sync::atomic::AtomicU64::new(0),
             follower: AtomicBool::new(false),
+            unsynced: AtomicBool::new(false),
         })
     }
 
@@ -495,15 +499,20 @@ impl ShapeLog {
 
         // Scan from the start of the last indexed chunk to find the last complete
         // transaction; everything after it is a torn tail (or, for a follower, a
-        // transaction its writer has not finished).
-        let scan_from = chunks.last().map_or(0, |c| c.pos);
-        let tail = read_range(&log_path, scan_from, file_len)?;
-        let scanned = scan(&tail, scan_from, 0, chunk_bytes, !chunks.is_empty());
-        if scanned.latest.is_none() && scan_from > 0 {
-            return Err(corrupt(
-                "the last indexed chunk holds no complete transaction",
-            ));
-        }
+        // transaction its writer has not finished). The index and the log are made
+        // durable together but written back by the kernel on their own, so after a
+        // machine crash the index may name a chunk whose records never reached the
+        // disk: that chunk is part of the torn tail (never acknowledged to Postgres,
+        // which sends it again).
+        let scanned = loop {
+            let scan_from = chunks.last().map_or(0, |c| c.pos);
+            let tail = read_range(&log_path, scan_from, file_len)?;
+            let scanned = scan(&tail, scan_from, 0, chunk_bytes, !chunks.is_empty());
+            if scanned.latest.is_some() || chunks.is_empty() {
+                break scanned;
+            }
+            chunks.pop();
+        };
         chunks.extend(scanned.chunks);
         let snapshot_bytes: u64 = (0..snapshot_chunks)
             .filter_map(|c| fs::metadata(dir.join(snapshot_file(c))).ok())
@@ -538,6 +547,7 @@ impl ShapeLog {
             closed: AtomicBool::new(false),
             bytes: std::sync::atomic::AtomicU64::new(0),
             follower: AtomicBool::new(follower),
+            unsynced: AtomicBool::new(false),
         };
         log.account(on_disk);
         Ok(log)
@@ -824,26 +834,65 @@ impl ShapeLog {
         Ok(())
     }
 
-    /// Make everything appended durable, then let readers see it up to `offset`.
+    /// Write out everything appended and let readers see it up to `offset`. It is not
+    /// durable yet: `sync` makes it so (a `SyncQueue` syncs many logs at once), and only
+    /// then may the transaction be acknowledged to Postgres. Readers may see it first: a
+    /// crash of the process leaves it in the page cache, and a crash of the machine
+    /// loses only what Postgres sends again, which the shape writes again as the same
+    /// records at the same offsets.
     pub fn commit(&self, offset: LogOffset) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        self.write_out(&mut w, true)?;
-        let new_chunks = std::mem::take(&mut w.new_chunks);
-        if !new_chunks.is_empty() {
+        self.write_out(&mut w, false)?;
+        if !w.new_chunks.is_empty() {
             let path = self.dir.join(INDEX_FILE);
-            let bytes: Vec<u8> = new_chunks.iter().flat_map(index_entry).collect();
+            let bytes: Vec<u8> = w.new_chunks.iter().flat_map(index_entry).collect();
             let mut f = OpenOptions::new()
                 .append(true)
                 .open(&path)
                 .map_err(|e| StorageError::io(&path, e))?;
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_data())
-                .map_err(|e| StorageError::io(&path, e))?;
+            let before = f.metadata().map_err(|e| StorageError::io(&path, e))?.len();
+            if let Err(e) = f.write_all(&bytes) {
+                // As for the log: a retry (the disk got space back) must not find half
+                // an entry in front of it.
+                let _ = f.set_len(before);
+                return Err(StorageError::io(&path, e));
+            }
         }
+        let new_chunks = std::mem::take(&mut w.new_chunks);
         let end_pos = w.end_pos;
         w.committed_chunk_len = w.chunk_len;
         drop(w);
+        self.unsynced.store(true, Ordering::Release);
         self.publish(new_chunks, end_pos, offset)
+    }
+
+    /// Whether committed bytes may not be durable yet.
+    pub fn is_unsynced(&self) -> bool {
+        self.unsynced.load(Ordering::Acquire)
+    }
+
+    /// A sync covering this log starts: cleared before it, so that a commit landing
+    /// meanwhile sets it again and the log is synced once more rather than left out.
+    pub(crate) fn begin_sync(&self) {
+        self.unsynced.store(false, Ordering::SeqCst);
+    }
+
+    /// Make everything committed durable: the change log first, then its index. A log
+    /// that was closed (its shape removed, its directory gone) has nothing left to keep.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.begin_sync();
+        for name in [LOG_FILE, INDEX_FILE] {
+            let path = self.dir.join(name);
+            match File::open(&path).and_then(|f| f.sync_data()) {
+                Ok(()) => {}
+                Err(_) if self.is_closed() => return Ok(()),
+                Err(e) => {
+                    self.unsynced.store(true, Ordering::SeqCst);
+                    return Err(StorageError::io(&path, e));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Let readers see the log up to `end_pos` (`latest` the offset of its last record),
@@ -1498,5 +1547,55 @@ mod tests {
         assert_eq!(log.bytes.load(Ordering::Relaxed), on_disk(&path));
         let reopened = ShapeLog::open(&path, 64).unwrap();
         assert_eq!(reopened.bytes.load(Ordering::Relaxed), on_disk(&path));
+    }
+
+    #[test]
+    fn a_commit_is_readable_at_once_and_durable_only_after_a_sync() {
+        let (_d, log) = log(1 << 20);
+        assert!(!log.is_unsynced());
+        log.append(LogOffset::new(10, 0), "{\"a\":1}", true)
+            .unwrap();
+        log.commit(LogOffset::new(10, 0)).unwrap();
+        let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
+        assert_eq!(read.items.len(), 1);
+        assert!(log.is_unsynced());
+        log.sync().unwrap();
+        assert!(!log.is_unsynced());
+    }
+
+    #[test]
+    fn recovery_cuts_an_indexed_chunk_whose_records_never_reached_the_disk() {
+        // Three 35-byte records per chunk: tx 4 starts the second chunk.
+        let (d, log) = log(105);
+        for tx in 1..=4 {
+            log.append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        drop(log);
+        // A machine crash kept the index entry of the second chunk but not its record.
+        let path = d.path().join("shape").join(LOG_FILE);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(3 * 35)
+            .unwrap();
+        let log = reopen(&d, 105);
+        assert_eq!(log.latest_offset(), LogOffset::new(3, 0));
+        // Postgres sends tx 4 again: it is written as before, at the same place.
+        log.append(LogOffset::new(4, 0), "0123456789", true)
+            .unwrap();
+        log.commit(LogOffset::new(4, 0)).unwrap();
+        drop(log);
+        let log = reopen(&d, 105);
+        let read = log.read_after(LogOffset::new(3, 0)).unwrap();
+        assert_eq!(read.last, Some(LogOffset::new(4, 0)));
+        let index = fs::read(d.path().join("shape").join(INDEX_FILE)).unwrap();
+        assert_eq!(
+            index.len(),
+            2 * INDEX_ENTRY,
+            "one entry per chunk, none twice"
+        );
     }
 }

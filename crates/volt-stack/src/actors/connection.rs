@@ -139,6 +139,7 @@ async fn check_origin(shared: &Arc<Shared>, origin: &Origin) -> Result<(), Strin
     if let Some(reason) = reason {
         tracing::warn!(reason, shapes = shared.shapes.len(), "purging every shape");
         shapes::purge_all(shared).await;
+        shared.durability.reset();
     }
     db.set(SYSTEM_ID_KEY, &origin.info.system_identifier)
         .await
@@ -289,12 +290,28 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
         .map_err(|e| format!("the shape log collector is not answering: {e}"))?;
     let _ = me.cast(RcMsg::Streaming);
     let mut shutdown = shared.replication_shutdown.subscribe();
+    let mut durable = shared.durability.subscribe();
+    // Commit end of the last transaction this stream handed to the collector.
+    let mut sent = 0u64;
     loop {
         let item = tokio::select! {
             item = stream.next() => item.map_err(|e| format!("replication stream failed: {e}"))?,
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    return Err("the durability tracker is gone".into());
+                }
+                let lsn = *durable.borrow_and_update();
+                acknowledge(&stream, lsn);
+                continue;
+            }
             () = async {
                 let _ = shutdown.wait_for(|s| *s).await;
             } => {
+                // What was written before the shutdown is made durable by the flusher's
+                // last rounds: acknowledge it, so a restart resends as little as possible.
+                if shared.durability.wait_durable(sent, Duration::from_secs(3)).await {
+                    acknowledge(&stream, sent);
+                }
                 stream.finish(Duration::from_secs(3)).await;
                 let _ = me.cast(RcMsg::Finished);
                 return Ok(());
@@ -313,19 +330,15 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
                     Ok(CallResult::Success(Err(e))) => return Err(e),
                     _ => return Err("the shape log collector stopped mid-transaction".into()),
                 }
-                // Acknowledged only now: every shape has stored the transaction.
+                // Acknowledged once the flusher declares it durable (the `durable` arm).
                 if let Some(end) = end {
-                    stream.acknowledge(end);
-                    metrics::gauge!("volt_replication_acknowledged_lsn").set(end as f64);
-                    let (bytes, secs) = stream.lag_behind(end);
-                    metrics::gauge!("volt_replication_lag_bytes").set(bytes as f64);
-                    metrics::gauge!("volt_replication_lag_seconds").set(secs);
+                    sent = sent.max(end);
                 }
             }
             Some(StreamItem::KeepAlive { wal_end }) => {
-                // Outside a transaction, everything received is processed: let the
-                // unrelated WAL go.
-                if !stream.in_transaction() {
+                // Outside a transaction and with everything sent durable, nothing
+                // received is left to store: let the unrelated WAL go.
+                if !stream.in_transaction() && shared.durability.durable_lsn() >= sent {
                     stream.acknowledge(wal_end);
                     // Caught up: nothing committed is waiting to be processed.
                     metrics::gauge!("volt_replication_lag_bytes").set(0.0);
@@ -334,6 +347,18 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
             }
         }
     }
+}
+
+/// Tell Postgres that everything up to `lsn` is durable, and how far behind that is.
+fn acknowledge(stream: &ReplicationStream, lsn: u64) {
+    if lsn == 0 {
+        return;
+    }
+    stream.acknowledge(lsn);
+    metrics::gauge!("volt_replication_acknowledged_lsn").set(lsn as f64);
+    let (bytes, secs) = stream.lag_behind(lsn);
+    metrics::gauge!("volt_replication_lag_bytes").set(bytes as f64);
+    metrics::gauge!("volt_replication_lag_seconds").set(secs);
 }
 
 impl Actor for ReplicationClient {

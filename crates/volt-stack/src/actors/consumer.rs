@@ -118,21 +118,18 @@ impl ConsumerState {
             .map_err(|e| e.to_string())
     }
 
-    /// Apply a part and make a finished transaction durable. The fsync runs on the
-    /// blocking pool, so the consumers a transaction touches sync in parallel without
-    /// stalling the async workers.
+    /// Apply a part and commit a finished transaction: written out and visible, its log
+    /// queued for the next flush round (which makes it durable for every shape at once)
+    /// before the collector hears it is stored.
     async fn store(&mut self, part: TxPart) -> Result<(), String> {
         let Some(offset) = self.apply(part)? else {
             return Ok(());
         };
         let mut delay = std::time::Duration::from_millis(100);
         loop {
-            let log = self.log.clone();
-            let res = tokio::task::spawn_blocking(move || log.commit(offset))
-                .await
-                .map_err(|e| format!("commit task failed: {e}"))?;
-            match res {
+            match self.log.commit(offset) {
                 Ok(()) => {
+                    self.shared.durability.queue().push(&self.log);
                     self.shared.storage_full.store(false, Ordering::Relaxed);
                     return Ok(());
                 }

@@ -39,6 +39,8 @@ pub enum SlcMsg {
     /// This instance now holds the replication slot's lock: stop following the stored
     /// shapes and write them.
     TakeOver,
+    /// The flusher failed: nothing written would be acknowledged any more.
+    FlusherFailed(String),
 }
 
 #[derive(Clone)]
@@ -88,6 +90,8 @@ pub struct SlcState {
     /// While following another instance's storage: the task keeping followed logs up to
     /// date, and the one waiting for the slot's lock.
     follower: Option<(OwnedTask, OwnedTask)>,
+    /// Once writing: the flush rounds that make written transactions durable.
+    flusher: Option<OwnedTask>,
 }
 
 impl SlcState {
@@ -206,6 +210,10 @@ impl SlcState {
             }
         }
         metrics::counter!("volt_changes_total").increment(n_changes as u64);
+        if let Some(end) = frag.commit_end_lsn {
+            // Every shape has replied, so every log it wrote is queued for a flush.
+            self.shared.durability.written(end);
+        }
         if commit {
             metrics::counter!("volt_transactions_total").increment(1);
             self.shared.last_seen_lsn.store(frag.lsn, Ordering::Release);
@@ -444,9 +452,15 @@ fn close_unrestored(shared: &Shared, previous: Vec<String>, kept: &HashSet<Strin
 /// ones), then take transactions. The registry entries a previous shape subsystem (or
 /// the followed instance) left and that are not restored are gone: their readers are
 /// told to refetch.
-async fn take_over(state: &mut SlcState) -> Result<(), ActorProcessingErr> {
+async fn take_over(
+    myself: ActorRef<SlcMsg>,
+    state: &mut SlcState,
+) -> Result<(), ActorProcessingErr> {
     state.follower = None;
     let shared = state.shared.clone();
+    state.flusher = Some(crate::durability::flusher(shared.clone(), move |panic| {
+        let _ = myself.cast(SlcMsg::FlusherFailed(panic));
+    }));
     let previous = shared.shapes.handles();
     let kept = restore(&shared, &mut state.routes).await?;
     close_unrestored(&shared, previous, &kept);
@@ -481,6 +495,7 @@ impl Actor for ShapeLogCollector {
             touched: HashSet::new(),
             mailbox,
             follower: None,
+            flusher: None,
         })
     }
 
@@ -491,7 +506,7 @@ impl Actor for ShapeLogCollector {
     ) -> Result<(), ActorProcessingErr> {
         let shared = state.shared.clone();
         if shared.status.is_set(Condition::SlotLocked) {
-            return take_over(state).await;
+            return take_over(myself, state).await;
         }
         // Another instance may be writing this storage: follow it until the slot's lock
         // is ours (which is at once, unless another instance holds it).
@@ -516,7 +531,7 @@ impl Actor for ShapeLogCollector {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -558,9 +573,10 @@ impl Actor for ShapeLogCollector {
                     tracing::info!(
                         "this instance holds the replication slot: taking over the stored shapes"
                     );
-                    take_over(state).await?;
+                    take_over(myself, state).await?;
                 }
             }
+            SlcMsg::FlusherFailed(why) => return Err(why.into()),
         }
         Ok(())
     }
