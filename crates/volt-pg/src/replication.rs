@@ -287,19 +287,19 @@ impl FragmentBuilder {
         self.next_op += 2;
         let max = self.max;
         let f = self.current_mut()?;
+        // A full fragment goes out only when a change follows it: a transaction of
+        // exactly `max` changes is then one fragment with its commit, not a second,
+        // empty one that every shape it touched must be told about.
+        let full = (f.changes.len() >= max).then(|| TxFragment {
+            xid: f.xid,
+            lsn: f.lsn,
+            changes: std::mem::take(&mut f.changes),
+            truncated: std::mem::take(&mut f.truncated),
+            relations: std::mem::take(&mut f.relations),
+            commit_end_lsn: None,
+        });
         f.changes.push(Change { relation, op, kind });
-        if f.changes.len() >= max {
-            let full = TxFragment {
-                xid: f.xid,
-                lsn: f.lsn,
-                changes: std::mem::take(&mut f.changes),
-                truncated: std::mem::take(&mut f.truncated),
-                relations: std::mem::take(&mut f.relations),
-                commit_end_lsn: None,
-            };
-            return Ok(Some(full));
-        }
-        Ok(None)
+        Ok(full)
     }
 
     /// An old row sent as the replica identity key ('K': no full replica identity) carries
@@ -369,16 +369,28 @@ mod tests {
         b.message(relation_msg()).unwrap();
         b.begin(7, 1000);
         assert!(b.message(insert("1")).unwrap().is_none());
-        let f1 = b.message(insert("2")).unwrap().expect("full fragment");
+        assert!(b.message(insert("2")).unwrap().is_none());
+        let f1 = b.message(insert("3")).unwrap().expect("full fragment");
         assert_eq!(f1.changes.len(), 2);
         assert!(!f1.is_commit());
-        assert!(b.message(insert("3")).unwrap().is_none());
         let last = b.commit(1100).expect("commit fragment");
         assert_eq!(last.changes.len(), 1);
         assert_eq!(last.commit_end_lsn, Some(1100));
         // Ops keep counting across fragments, leaving odd positions for key changes.
         assert_eq!(last.changes[0].op, 4);
         assert_eq!((f1.lsn, last.lsn), (1000, 1000));
+    }
+
+    #[test]
+    fn a_transaction_of_exactly_the_fragment_size_is_one_fragment_with_its_commit() {
+        let mut b = FragmentBuilder::new(2);
+        b.message(relation_msg()).unwrap();
+        b.begin(7, 1000);
+        assert!(b.message(insert("1")).unwrap().is_none());
+        assert!(b.message(insert("2")).unwrap().is_none());
+        let f = b.commit(1100).expect("commit fragment");
+        assert_eq!(f.changes.len(), 2);
+        assert_eq!(f.commit_end_lsn, Some(1100));
     }
 
     #[test]

@@ -788,6 +788,16 @@ impl ShapeLog {
     /// Append one change; it stays invisible to readers until `commit`. `txn_end` marks
     /// the shape's last change of its transaction.
     pub fn append(&self, offset: LogOffset, json: &str, txn_end: bool) -> Result<(), StorageError> {
+        self.append_bytes(offset, json.as_bytes(), txn_end)
+    }
+
+    /// `append` of a line already encoded as UTF-8 bytes.
+    pub fn append_bytes(
+        &self,
+        offset: LogOffset,
+        json: &[u8],
+        txn_end: bool,
+    ) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         self.writable(&w, &self.dir)?;
         let record_len = (RECORD_HEADER + json.len() + RECORD_TRAILER) as u64;
@@ -799,7 +809,7 @@ impl ShapeLog {
             w.new_chunks.push(chunk);
             w.chunk_len = 0;
         }
-        encode(&mut w.buffer, offset, txn_end, json.as_bytes());
+        encode(&mut w.buffer, offset, txn_end, json);
         w.end_pos += record_len;
         w.chunk_len += record_len;
         if w.buffer.len() >= WRITE_BUFFER {

@@ -62,6 +62,8 @@ pub struct ConsumerState {
     /// (or the commit) says whether it is the shape's last change of the transaction.
     held: Option<LogItem>,
     skipping_tx: Option<u32>,
+    /// The line being written, reused from item to item.
+    line: Vec<u8>,
     _listed: Listed,
 }
 
@@ -104,17 +106,15 @@ impl ConsumerState {
         Ok(None)
     }
 
-    fn write(&self, item: &LogItem, xid: u32, lsn: u64, last: bool) -> Result<(), String> {
+    fn write(&mut self, item: &LogItem, xid: u32, lsn: u64, last: bool) -> Result<(), String> {
         let rel = (
             self.shape.table.schema.as_str(),
             self.shape.table.name.as_str(),
         );
+        self.line.clear();
+        item.write_json(&mut self.line, rel, xid, lsn, last);
         self.log
-            .append(
-                LogOffset::new(lsn, item.op),
-                &item.to_json(rel, xid, lsn, last),
-                last,
-            )
+            .append_bytes(LogOffset::new(lsn, item.op), &self.line, last)
             .map_err(|e| e.to_string())
     }
 
@@ -255,6 +255,7 @@ impl Actor for Consumer {
             buffered: Vec::new(),
             held: None,
             skipping_tx: None,
+            line: Vec::new(),
             _listed: listed,
         })
     }

@@ -75,17 +75,13 @@ impl Routes {
             self.by_id.remove(&id);
         }
     }
-
-    fn get(&self, handle: &str) -> Option<&Route> {
-        self.ids.get(handle).and_then(|id| self.by_id.get(id))
-    }
 }
 
 pub struct SlcState {
     shared: Arc<Shared>,
     routes: Routes,
-    /// Shapes that received part of the transaction in progress.
-    touched: HashSet<String>,
+    /// Route ids of the shapes that received part of the transaction in progress.
+    touched: HashSet<u64>,
     mailbox: Arc<MailboxDepth>,
     /// While following another instance's storage: the task keeping followed logs up to
     /// date, and the one waiting for the slot's lock.
@@ -95,13 +91,11 @@ pub struct SlcState {
 }
 
 impl SlcState {
-    fn route(&self, handle: &str) -> Option<&Route> {
-        self.routes.get(handle)
-    }
-
     fn remove(&mut self, handle: &str) {
+        if let Some(id) = self.routes.ids.get(handle) {
+            self.touched.remove(id);
+        }
         self.routes.remove(handle);
-        self.touched.remove(handle);
     }
 
     /// Remove every shape on table `oid` (truncated, or its schema changed).
@@ -149,27 +143,25 @@ impl SlcState {
             }
         }
         let mut parts: Vec<(Route, Vec<Arc<Change>>)> = Vec::with_capacity(per_shape.len());
-        for (id, changes) in per_shape {
-            if let Some(route) = self.routes.by_id.get(&id) {
-                self.touched.insert(route.handle.clone());
-                parts.push((route.clone(), changes));
-            }
-        }
         let commit = frag.commit_end_lsn.is_some();
         if commit {
             // The commit goes to every shape the transaction touched, even those with
             // no change in this last fragment.
-            let sent: HashSet<&str> = parts.iter().map(|(r, _)| r.handle.as_str()).collect();
-            let mut rest = Vec::new();
-            for handle in self.touched.iter() {
-                if !sent.contains(handle.as_str())
-                    && let Some(route) = self.route(handle)
+            for id in self.touched.drain() {
+                if !per_shape.contains_key(&id)
+                    && let Some(route) = self.routes.by_id.get(&id)
                 {
-                    rest.push((route.clone(), Vec::new()));
+                    parts.push((route.clone(), Vec::new()));
                 }
             }
-            parts.extend(rest);
-            self.touched.clear();
+        }
+        for (id, changes) in per_shape {
+            if let Some(route) = self.routes.by_id.get(&id) {
+                if !commit {
+                    self.touched.insert(id);
+                }
+                parts.push((route.clone(), changes));
+            }
         }
         // A shape that cannot store its part within the grace period is dropped rather
         // than allowed to hold the slot (and every other shape) back.
@@ -547,7 +539,7 @@ impl Actor for ShapeLogCollector {
                     .drain()
                     .collect::<Vec<_>>()
                     .iter()
-                    .filter_map(|h| state.route(h).cloned())
+                    .filter_map(|id| state.routes.by_id.get(id).cloned())
                     .collect();
                 let rollbacks = cut_short.iter().map(|r| {
                     r.consumer.call(
