@@ -3,22 +3,26 @@
 //!
 //! Per table, shapes whose where clause implies `column = constant` (alone, as one conjunct
 //! of an AND, in every branch of an OR, or as `IN (constants)`) are found by hashing the
-//! row's value of that column; every other shape is in a list evaluated one by one (as
-//! Electric's `other_shapes`). Each candidate's whole clause is then evaluated, so a shape
-//! gets a change exactly when the change can write to its log: an insert whose new row
-//! matches, a delete whose old row matches, an update whose old or new row matches.
+//! row's value of that column; shapes whose clause implies `column [I]LIKE '..literal..'`
+//! are found by one Aho-Corasick pass over the row's text for all their literals at once;
+//! every other shape is in a list evaluated one by one (as Electric's `other_shapes`).
+//! Each candidate's whole clause is then evaluated, so a shape gets a change exactly when
+//! the change can write to its log: an insert whose new row matches, a delete whose old
+//! row matches, an update whose old or new row matches.
 //! Whenever a row is not fully known (an update without its old row, an unchanged TOAST
 //! value with nothing to take it from, a table whose columns differ from the shape's),
 //! the change goes to the shape and the shape's own conversion decides.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use aho_corasick::AhoCorasick;
 
 use crate::change::{Change, ChangeKind, Relation, Row, Value};
 use crate::schema::TableSchema;
 use crate::shape::Shape;
-use crate::where_clause::index::{IndexKey, Probe};
+use crate::where_clause::index::{self, IndexKey, Probe};
 
 /// Routes changes to shapes, identified by `Id` (cheap to copy and hash).
 pub struct Filter<Id> {
@@ -29,12 +33,15 @@ pub struct Filter<Id> {
 struct Entry {
     shape: Arc<Shape>,
     /// Where the shape is in its table's equality indexes (slot, key); None when it is
-    /// in the evaluated-one-by-one list.
+    /// in a substring index or the evaluated-one-by-one list.
     keys: Option<Vec<(usize, IndexKey)>>,
+    /// The substring index (slot) the shape is in.
+    contains: Option<usize>,
 }
 
 struct TableFilter<Id> {
     indexes: Vec<EqIndex<Id>>,
+    substrings: Vec<SubstringIndex<Id>>,
     /// Shapes evaluated for every change of the table.
     others: Vec<Id>,
     /// Shapes by the table schema they were validated against (almost always one group).
@@ -50,6 +57,48 @@ struct EqIndex<Id> {
     column: String,
     probe: Probe,
     keys: HashMap<IndexKey, Vec<Id>>,
+}
+
+/// Shapes that need `column`'s text (folded as `fold` says) to contain their needle.
+struct SubstringIndex<Id> {
+    column: String,
+    fold: Option<bool>,
+    needles: Vec<(String, Id)>,
+    /// Over `needles`, in order; built on the first change after shapes came or went.
+    automaton: Mutex<Option<Arc<AhoCorasick>>>,
+}
+
+impl<Id: Copy> SubstringIndex<Id> {
+    /// Push the ids of the shapes whose needle `text` contains (once per occurrence).
+    fn matching(&self, text: &str, out: &mut Vec<Id>) {
+        let automaton = {
+            let mut built = self.automaton.lock().unwrap_or_else(|e| e.into_inner());
+            match &*built {
+                Some(a) => a.clone(),
+                None => match AhoCorasick::new(self.needles.iter().map(|(n, _)| n.as_bytes())) {
+                    Ok(a) => built.insert(Arc::new(a)).clone(),
+                    // Too large to build: every shape is a candidate, as unindexed.
+                    Err(_) => {
+                        out.extend(self.needles.iter().map(|(_, id)| *id));
+                        return;
+                    }
+                },
+            }
+        };
+        let folded;
+        let text = match self.fold {
+            Some(c_collation) => {
+                folded = index::fold(text, c_collation);
+                folded.as_str()
+            }
+            None => text,
+        };
+        out.extend(
+            automaton
+                .find_overlapping_iter(text)
+                .map(|m| self.needles[m.pattern().as_usize()].1),
+        );
+    }
 }
 
 /// One row of a change as the where clause reads it, in the relation's column order.
@@ -122,6 +171,7 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
             .entry(shape.table.oid)
             .or_insert_with(|| TableFilter {
                 indexes: Vec::new(),
+                substrings: Vec::new(),
                 others: Vec::new(),
                 groups: Vec::new(),
             });
@@ -169,10 +219,43 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
             }
             keys
         });
+        let mut contains = None;
         if keys.is_none() {
-            table.others.push(id);
+            match shape.where_clause.as_ref().and_then(|w| w.contains_term()) {
+                Some(term) => {
+                    let column = &shape.table.columns[term.column].name;
+                    let slot = match table
+                        .substrings
+                        .iter()
+                        .position(|ix| ix.column == *column && ix.fold == term.fold)
+                    {
+                        Some(slot) => slot,
+                        None => {
+                            table.substrings.push(SubstringIndex {
+                                column: column.clone(),
+                                fold: term.fold,
+                                needles: Vec::new(),
+                                automaton: Mutex::new(None),
+                            });
+                            table.substrings.len() - 1
+                        }
+                    };
+                    let ix = &mut table.substrings[slot];
+                    ix.needles.push((term.needle, id));
+                    *ix.automaton.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+                    contains = Some(slot);
+                }
+                None => table.others.push(id),
+            }
         }
-        self.shapes.insert(id, Entry { shape, keys });
+        self.shapes.insert(
+            id,
+            Entry {
+                shape,
+                keys,
+                contains,
+            },
+        );
     }
 
     /// Stop routing to a shape; returns it if it was there.
@@ -194,7 +277,14 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
                     }
                 }
             }
-            None => table.others.retain(|x| *x != id),
+            None => match entry.contains {
+                Some(slot) => {
+                    let ix = &mut table.substrings[slot];
+                    ix.needles.retain(|(_, x)| *x != id);
+                    *ix.automaton.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                None => table.others.retain(|x| *x != id),
+            },
         }
         for g in &mut table.groups {
             g.members.remove(&id);
@@ -285,6 +375,22 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
                     .and_then(|key| index.keys.get(&key))
                 {
                     candidates.extend(ids.iter().copied());
+                }
+            }
+        }
+        for ix in &table.substrings {
+            let Some(col) = rel.column_index(&ix.column) else {
+                candidates.extend(ix.needles.iter().map(|(_, id)| *id));
+                continue;
+            };
+            for row in &rows {
+                if row.unknown.contains(&col) {
+                    candidates.extend(ix.needles.iter().map(|(_, id)| *id));
+                    break;
+                }
+                // NULL: LIKE is NULL, never true.
+                if let Some(text) = row.values[col] {
+                    ix.matching(text, &mut candidates);
                 }
             }
         }
@@ -436,13 +542,40 @@ mod tests {
         let row = vec![text("1"), text("7"), text("abc"), text("a"), text("t")];
         let c = change(&rel, ChangeKind::Insert { new: row });
         assert_eq!(routed(&f, &c), vec![7, 1000]);
+        f.add(1002, shape(&t, "name > 'a'", &[]));
         let table = &f.tables[&t.oid];
         assert_eq!(
             table.others,
-            vec![1001],
-            "only the ILIKE shape is evaluated one by one"
+            vec![1002],
+            "only the range shape is evaluated one by one"
         );
         assert_eq!(table.indexes.len(), 1);
+        assert_eq!(table.substrings.len(), 1);
+    }
+
+    #[test]
+    fn substring_shapes_get_only_changes_whose_text_holds_their_literal() {
+        let t = table();
+        let rel = relation(&t);
+        let mut f = Filter::new();
+        for i in 0..1000usize {
+            f.add(i, shape(&t, &format!("name ILIKE '%needle {i}%'"), &[]));
+        }
+        f.add(1000, shape(&t, "name LIKE 'Needle 7%' AND owner > 1", &[]));
+        f.add(1001, shape(&t, "name ILIKE '%'", &[]));
+        let insert = |name: &str| {
+            let row = vec![text("1"), text("7"), text(name), text("a"), text("t")];
+            change(&rel, ChangeKind::Insert { new: row })
+        };
+        assert_eq!(routed(&f, &insert("a NEEDLE 7 b")), vec![7, 1001]);
+        assert_eq!(routed(&f, &insert("Needle 70")), vec![7, 70, 1000, 1001]);
+        assert_eq!(routed(&f, &insert("hay")), vec![1001]);
+        f.remove(7);
+        f.remove(1000);
+        assert_eq!(routed(&f, &insert("Needle 70")), vec![70, 1001]);
+        let table = &f.tables[&t.oid];
+        assert_eq!(table.others, vec![1001], "a pattern without a literal");
+        assert_eq!(table.substrings.len(), 2, "ILIKE and LIKE fold differently");
     }
 
     #[test]
@@ -555,7 +688,12 @@ mod tests {
             (0..4i64).prop_map(|v| format!("owner > {v}")),
             prop::sample::select(vec!["a", "b", "ab", "B"]).prop_map(|v| format!("name = '{v}'")),
             prop::sample::select(vec!["a", "b", "ab "]).prop_map(|v| format!("code = '{v}'")),
-            prop::sample::select(vec!["%a%", "b%", "_"]).prop_map(|v| format!("name ILIKE '{v}'")),
+            prop::sample::select(vec![
+                "%a%", "b%", "_", "%AB%", "%k%", "x%b", "%å_%", "%\\%%"
+            ])
+            .prop_map(|v| format!("name ILIKE '{v}'")),
+            prop::sample::select(vec!["%a%", "%B%", "x_", "%Å%"])
+                .prop_map(|v| format!("name LIKE '{v}'")),
             Just("flag".to_string()),
             Just("flag = true".to_string()),
             Just("name IS NULL".to_string()),
@@ -576,7 +714,9 @@ mod tests {
         (
             0..4i64,
             prop::option::of(0..5i64),
-            prop::option::of(prop::sample::select(vec!["a", "b", "ab", "B", "xa"])),
+            prop::option::of(prop::sample::select(vec![
+                "a", "b", "ab", "B", "xa", "xAb", "ÅB", "\u{212A}", "%", "xb",
+            ])),
             prop::option::of(prop::sample::select(vec!["a", "a  ", "b", "ab "])),
             prop::option::of(any::<bool>()),
         )

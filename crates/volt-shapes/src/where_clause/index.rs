@@ -78,6 +78,57 @@ fn equality(left: &Node, right: &Node, cmp: SqlType) -> Option<EqTerm> {
     })
 }
 
+/// `column [I]LIKE pattern` with a literal in the pattern: the column's text (lowercased
+/// by `fold` for ILIKE) contains `needle` on every row the clause is true for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainsTerm {
+    pub column: usize,
+    pub needle: String,
+    /// ILIKE: the text is lowercased as the evaluator does (`c_collation` picks the
+    /// rule); LIKE: None, the text as it is.
+    pub fold: Option<bool>,
+}
+
+/// The lowercase text ILIKE matches against, exactly as the evaluator computes it.
+pub(crate) fn fold(text: &str, c_collation: bool) -> String {
+    value::change_case(text, false, c_collation)
+}
+
+/// A `ContainsTerm` that holds on every row `node` is true for: the clause is such a
+/// LIKE, or an AND with one (the longest needle selects the fewest rows). Sound because
+/// a LIKE is true only if its pattern matched, and a match puts each run of literal
+/// characters of the pattern somewhere in the text.
+pub(crate) fn contains_term(node: &Node) -> Option<ContainsTerm> {
+    match &node.kind {
+        Kind::Like {
+            expr,
+            negated: false,
+            case_insensitive,
+            c_collation,
+            compiled: Some(pattern),
+            ..
+        } => {
+            // Only text columns: their cell is the text the evaluator matches.
+            let Kind::Column { index, .. } = &expr.kind else {
+                return None;
+            };
+            if !matches!(expr.ty, SqlType::Text | SqlType::Varchar) {
+                return None;
+            }
+            Some(ContainsTerm {
+                column: *index,
+                needle: pattern.longest_literal()?,
+                fold: case_insensitive.then_some(*c_collation),
+            })
+        }
+        Kind::And(items) => items
+            .iter()
+            .filter_map(contains_term)
+            .max_by_key(|t| t.needle.len()),
+        _ => None,
+    }
+}
+
 /// Terms of which at least one holds for every row on which `node` is true, or None when
 /// the clause has no such set (it must then be evaluated for every change).
 ///

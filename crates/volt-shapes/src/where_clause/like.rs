@@ -54,6 +54,28 @@ impl LikePattern {
         LikePattern { tokens }
     }
 
+    /// The longest run of literal characters: every text the pattern matches contains it.
+    /// None when the pattern has no literal (or ends with a lone escape).
+    pub(crate) fn longest_literal(&self) -> Option<String> {
+        if self.has_dangling_escape() {
+            return None;
+        }
+        let mut best = String::new();
+        let mut run = String::new();
+        for token in self.tokens.iter().chain([&Token::AnyRun]) {
+            match token {
+                Token::Literal(c) => run.push(*c),
+                _ => {
+                    if run.len() > best.len() {
+                        best = std::mem::take(&mut run);
+                    }
+                    run.clear();
+                }
+            }
+        }
+        (!best.is_empty()).then_some(best)
+    }
+
     /// Whether the pattern ends with a lone escape character (an error once matching reaches it).
     pub(crate) fn has_dangling_escape(&self) -> bool {
         self.tokens.last() == Some(&Token::DanglingEscape)

@@ -126,6 +126,12 @@ impl WhereClause {
         index::branches(&self.root)
     }
 
+    /// A substring every row the clause matches contains, for the filter's substring
+    /// index; None when the clause implies none.
+    pub(crate) fn contains_term(&self) -> Option<index::ContainsTerm> {
+        index::contains_term(&self.root)
+    }
+
     /// Indexes into `columns` of the columns the clause reads, ascending.
     pub fn referenced_columns(&self) -> Vec<usize> {
         self.referenced.clone()
