@@ -393,3 +393,45 @@ async fn creation_requests_are_shed_with_503_while_shape_cache_has_a_backlog() -
     volt.stop().await;
     Ok(())
 }
+
+/// Backends of volt's snapshot sessions left idle (their last statement ends a snapshot).
+async fn idle_snapshot_backends(volt: &TestVolt) -> anyhow::Result<i64> {
+    let client = volt.db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'volt' AND state = 'idle' AND query = 'ROLLBACK'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn snapshots_reuse_idle_sessions_and_never_open_more_than_the_limit() -> anyhow::Result<()> {
+    let volt = TestVolt::start("snapshot_sessions").await?;
+    volt.db.execute(ITEMS).await?;
+    // One at a time: every snapshot runs on the session the one before it left.
+    for i in 1..=5 {
+        let r =
+            crate::support::fetch(&volt, &format!("table=items&offset=-1&where=id%3D{i}")).await?;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(volt.shared().snapshot_sessions.idle_count(), 1);
+    assert_eq!(idle_snapshot_backends(&volt).await?, 1);
+    // Twenty at once against a limit of four.
+    let creations = (6..=25).map(|i| {
+        let volt = &volt;
+        async move {
+            crate::support::fetch(volt, &format!("table=items&offset=-1&where=id%3D{i}")).await
+        }
+    });
+    for r in futures::future::join_all(creations).await {
+        assert_eq!(r?.status, 200);
+    }
+    let idle = volt.shared().snapshot_sessions.idle_count();
+    assert!((1..=4).contains(&idle), "{idle} idle sessions");
+    assert_eq!(idle_snapshot_backends(&volt).await?, idle as i64);
+    volt.stop().await;
+    Ok(())
+}

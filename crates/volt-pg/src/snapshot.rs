@@ -70,7 +70,11 @@ pub struct SnapshotTx {
 
 impl SnapshotTx {
     pub async fn begin(config: &PgConfig) -> Result<SnapshotTx, PgError> {
-        let conn = config.connect().await?;
+        SnapshotTx::begin_on(config.connect().await?).await
+    }
+
+    /// Begin on a session already open (one an earlier snapshot ended with `end`).
+    pub async fn begin_on(conn: PgConn) -> Result<SnapshotTx, PgError> {
         conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
         let row = conn
@@ -108,6 +112,18 @@ impl SnapshotTx {
     /// `PgConn::close`).
     pub async fn close(self) {
         self.conn.close(std::time::Duration::from_secs(5)).await;
+    }
+
+    /// End the transaction and keep the session for another snapshot; None (the session
+    /// closed) when it cannot be reused.
+    pub async fn end(self) -> Option<PgConn> {
+        match self.conn.batch_execute("ROLLBACK").await {
+            Ok(()) if !self.conn.is_closed() => Some(self.conn),
+            _ => {
+                self.close().await;
+                None
+            }
+        }
     }
 
     /// The rows of `sql` as `COPY (sql) TO STDOUT` lines (text format: tab-separated,

@@ -17,6 +17,7 @@ pub mod durability;
 pub mod mailbox;
 pub mod shapes;
 pub mod shared;
+pub mod snapshot_sessions;
 pub mod stats;
 pub mod status;
 pub mod subset;
@@ -102,6 +103,7 @@ impl Stack {
             .await;
         self.shared.root.store(None);
         let _ = self.join.await;
+        self.shared.snapshot_sessions.close_idle().await;
         self.shared.shape_db.close().await;
     }
 }

@@ -366,7 +366,7 @@ pub struct Shared {
     pub schemas: DashMap<(String, String), Arc<TableSchema>>,
     /// The connection subsystem's admin connection, when it is up.
     pub admin: ArcSwapOption<PgConn>,
-    pub snapshot_permits: Semaphore,
+    pub snapshot_sessions: crate::snapshot_sessions::SnapshotSessions,
     pub actors: ActorDirectory,
     pub root: ArcSwapOption<ActorCell>,
     pub status_monitor: ArcSwapOption<ActorRef<StatusMsg>>,
@@ -404,7 +404,9 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: StackConfig, shape_db: ShapeDb) -> Arc<Shared> {
         Arc::new(Shared {
-            snapshot_permits: Semaphore::new(config.max_concurrent_snapshots.max(1)),
+            snapshot_sessions: crate::snapshot_sessions::SnapshotSessions::new(
+                config.max_concurrent_snapshots,
+            ),
             config,
             status: StatusBoard::default(),
             shapes: ShapeRegistry::default(),

@@ -3,10 +3,11 @@
 
 use futures::StreamExt;
 use volt_pg::PgError;
-use volt_pg::snapshot::{PgSnapshot, SnapshotTx};
+use volt_pg::snapshot::PgSnapshot;
 use volt_shapes::{Shape, Subset};
 
 use crate::shared::Shared;
+use crate::snapshot_sessions::SessionError;
 
 /// The rows of one subset and the snapshot they were read in.
 #[derive(Debug)]
@@ -47,12 +48,14 @@ pub async fn query_subset(
     shape: &Shape,
     subset: &Subset,
 ) -> Result<SubsetRows, SubsetQueryError> {
-    let _permit = shared
-        .snapshot_permits
-        .acquire()
+    let tx = shared
+        .snapshot_sessions
+        .begin(&shared.config.pg)
         .await
-        .map_err(|_| SubsetQueryError::Unavailable("the stack is shutting down".into()))?;
-    let tx = SnapshotTx::begin(&shared.config.pg).await?;
+        .map_err(|e| match e {
+            SessionError::Closed => SubsetQueryError::Unavailable(e.to_string()),
+            SessionError::Pg(e) => e.into(),
+        })?;
     // Electric draws marks from 0..2^31 so they stay positive in every client's integers.
     let mark = rand::random::<u32>() >> 1;
     let sql = subset.sql(shape);
@@ -69,8 +72,7 @@ pub async fn query_subset(
         }
     }
     let snapshot = tx.snapshot.clone();
-    // As a shape's snapshot does: the session ends before the permit is released.
-    tx.close().await;
+    tx.end().await;
     Ok(SubsetRows {
         snapshot,
         mark,

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
 use serde_json::json;
 use volt_pg::PgError;
-use volt_pg::snapshot::{CopyLines, SnapshotTx};
+use volt_pg::snapshot::CopyLines;
 use volt_shapes::{LogMode, Shape};
 use volt_storage::ShapeLog;
 
@@ -42,11 +42,6 @@ pub struct SnapshotterState {
 
 async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     let shared = &args.shared;
-    let _permit = shared
-        .snapshot_permits
-        .acquire()
-        .await
-        .map_err(|_| "snapshot pool closed".to_string())?;
     {
         // The table must be published (with full replica identity) before the snapshot
         // starts, or changes made between the two would be lost.
@@ -70,7 +65,9 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         }
     }
     let started = std::time::Instant::now();
-    let tx = SnapshotTx::begin(&shared.config.pg)
+    let tx = shared
+        .snapshot_sessions
+        .begin(&shared.config.pg)
         .await
         .map_err(|e| e.to_string())?;
     let snapshot = tx.snapshot.clone();
@@ -119,9 +116,10 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     args.log
         .append_snapshot_line(&end.to_string())
         .map_err(|e| e.to_string())?;
+    // Every row is read: the session goes to the next snapshot while this one's files
+    // are made durable.
+    tx.end().await;
     args.log.finish_snapshot().map_err(|e| e.to_string())?;
-    // Before the permit goes to the next snapshot: never more sessions than permits.
-    tx.close().await;
     metrics::histogram!("volt_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
 }
