@@ -298,8 +298,28 @@ fn index_entry(c: &Chunk) -> [u8; INDEX_ENTRY] {
     e
 }
 
+/// The change log and its index are created by their first write: most shapes never get
+/// a change, and each file made per shape costs an inode allocation, which dominates
+/// creating many shapes. Missing means empty.
+fn read_or_empty(path: &Path) -> Result<Vec<u8>, StorageError> {
+    match fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+/// The length of a file that may not exist yet (see `read_or_empty`).
+fn len_or_zero(path: &Path) -> Result<u64, StorageError> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
 fn read_index(path: &Path) -> Result<Vec<Chunk>, StorageError> {
-    let bytes = fs::read(path).map_err(|e| StorageError::io(path, e))?;
+    let bytes = read_or_empty(path)?;
     Ok(bytes
         .chunks_exact(INDEX_ENTRY)
         .map(|e| Chunk {
@@ -314,6 +334,10 @@ fn read_index(path: &Path) -> Result<Vec<Chunk>, StorageError> {
 
 /// Bytes `from..to` of a file.
 fn read_range(path: &Path, from: u64, to: u64) -> Result<Vec<u8>, StorageError> {
+    // Nothing to read, and the file may not exist yet.
+    if from >= to {
+        return Ok(Vec::new());
+    }
     let mut file = File::open(path).map_err(|e| StorageError::io(path, e))?;
     let mut buf = Vec::with_capacity(to.saturating_sub(from) as usize);
     file.seek(SeekFrom::Start(from))
@@ -376,18 +400,20 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io(dir, e))
 }
 
+/// Written once, when the snapshot completes. Straight to its name, without a temporary
+/// file and a rename: a crash mid-write leaves metadata that does not parse, which is
+/// what a crash before completion leaves too (no metadata): the shape is dropped and
+/// its clients refetch. One file fewer per shape (see `read_or_empty`).
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StorageError> {
     let path = dir.join(META_FILE);
-    let tmp = dir.join("meta.json.tmp");
     let bytes = serde_json::to_vec(meta).map_err(|e| StorageError::Corrupt {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    let mut f = File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
+    let mut f = File::create(&path).map_err(|e| StorageError::io(&path, e))?;
     f.write_all(&bytes)
         .and_then(|_| f.sync_all())
-        .map_err(|e| StorageError::io(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, e))?;
+        .map_err(|e| StorageError::io(&path, e))?;
     sync_dir(dir)
 }
 
@@ -407,10 +433,6 @@ impl ShapeLog {
             pg_snapshot: None,
             snapshot_chunks: None,
         };
-        for name in [LOG_FILE, INDEX_FILE] {
-            let path = dir.join(name);
-            File::create(&path).map_err(|e| StorageError::io(&path, e))?;
-        }
         let snapshot = SnapshotWriter::new(&dir.join(snapshot_file(0)))?;
         Ok(ShapeLog {
             dir,
@@ -491,9 +513,7 @@ impl ShapeLog {
             return Err(corrupt("the initial snapshot never completed"));
         };
         let log_path = dir.join(LOG_FILE);
-        let file_len = fs::metadata(&log_path)
-            .map_err(|e| StorageError::io(&log_path, e))?
-            .len();
+        let file_len = len_or_zero(&log_path)?;
         let mut chunks = read_index(&dir.join(INDEX_FILE))?;
         chunks.retain(|c| c.pos < file_len);
 
@@ -557,15 +577,12 @@ impl ShapeLog {
     /// found past the index (a crash between a commit's data and its index entry).
     fn recover(&self, w: &mut Writer) -> Result<(), StorageError> {
         let log_path = self.dir.join(LOG_FILE);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&log_path)
-            .map_err(|e| StorageError::io(&log_path, e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| StorageError::io(&log_path, e))?
-            .len();
+        let file_len = len_or_zero(&log_path)?;
         if w.end_pos < file_len {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&log_path)
+                .map_err(|e| StorageError::io(&log_path, e))?;
             tracing::warn!(
                 dir = %self.dir.display(),
                 dropped = file_len - w.end_pos,
@@ -576,7 +593,7 @@ impl ShapeLog {
                 .map_err(|e| StorageError::io(&log_path, e))?;
         }
         let index_path = self.dir.join(INDEX_FILE);
-        let index_bytes = fs::read(&index_path).map_err(|e| StorageError::io(&index_path, e))?;
+        let index_bytes = read_or_empty(&index_path)?;
         let valid_index: Vec<u8> = self
             .visible
             .read()
@@ -633,15 +650,8 @@ impl ShapeLog {
             return Ok(());
         }
         let log_path = self.dir.join(LOG_FILE);
-        let file_len = match fs::metadata(&log_path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                drop(w);
-                self.close();
-                return Ok(());
-            }
-            Err(e) => return Err(StorageError::io(&log_path, e)),
-        };
+        // Missing: nothing written yet (the shape's removal is told by its metadata).
+        let file_len = len_or_zero(&log_path)?;
         // Shorter only while the writer rolls back a transaction it will write again.
         if file_len <= w.end_pos {
             return Ok(());
@@ -824,6 +834,7 @@ impl ShapeLog {
         // Opened per write so that idle shapes hold no file descriptor.
         let mut f = OpenOptions::new()
             .append(true)
+            .create(true)
             .open(&path)
             .map_err(|e| StorageError::io(&path, e))?;
         if let Err(e) = f.write_all(&w.buffer) {
@@ -858,6 +869,7 @@ impl ShapeLog {
             let bytes: Vec<u8> = w.new_chunks.iter().flat_map(index_entry).collect();
             let mut f = OpenOptions::new()
                 .append(true)
+                .create(true)
                 .open(&path)
                 .map_err(|e| StorageError::io(&path, e))?;
             let before = f.metadata().map_err(|e| StorageError::io(&path, e))?.len();
@@ -954,12 +966,14 @@ impl ShapeLog {
         self.writable(&w, &self.dir.join(LOG_FILE))?;
         if w.end_pos != committed_pos {
             let path = self.dir.join(LOG_FILE);
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| StorageError::io(&path, e))?;
-            f.set_len(committed_pos)
-                .map_err(|e| StorageError::io(&path, e))?;
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f
+                    .set_len(committed_pos)
+                    .map_err(|e| StorageError::io(&path, e))?,
+                // Only buffered so far: nothing on disk to cut.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io(&path, e)),
+            }
             w.end_pos = committed_pos;
         }
         Ok(())
@@ -1607,5 +1621,33 @@ mod tests {
             2 * INDEX_ENTRY,
             "one entry per chunk, none twice"
         );
+    }
+
+    #[test]
+    fn a_shape_without_changes_keeps_only_its_snapshot_and_metadata_and_reopens() {
+        let (d, log) = log(1 << 20);
+        let files = |d: &tempfile::TempDir| {
+            let mut names: Vec<String> = fs::read_dir(d.path().join("shape"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(files(&d), [META_FILE, "snapshot.0.jsonl"]);
+        drop(log);
+        let log = reopen(&d, 1 << 20);
+        let follower = ShapeLog::open_follower(d.path().join("shape"), 1 << 20).unwrap();
+        follower.follow().unwrap();
+        assert!(!follower.is_closed());
+        log.append(LogOffset::new(5, 0), "{}", true).unwrap();
+        log.commit(LogOffset::new(5, 0)).unwrap();
+        log.sync().unwrap();
+        assert_eq!(
+            files(&d),
+            [LOG_FILE, INDEX_FILE, META_FILE, "snapshot.0.jsonl"]
+        );
+        follower.follow().unwrap();
+        assert_eq!(follower.latest_offset(), LogOffset::new(5, 0));
     }
 }
