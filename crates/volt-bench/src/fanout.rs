@@ -137,6 +137,10 @@ struct Figures {
     sample: Option<Bytes>,
     /// When each transaction was written, ms since 1970.
     sent_wall_ms: Vec<f64>,
+    /// Write-to-last-client of each transaction in order (None: not every client got it).
+    per_tx: Vec<Option<Duration>>,
+    /// When the clients were parked and writing began.
+    writing_from: Instant,
 }
 
 /// Start `clients` live clients at `pos`, wait for them to park (`parked`), run `write`
@@ -175,6 +179,7 @@ where
         })
         .collect();
     parked().await?;
+    let writing_from = Instant::now();
     let mut beat = tokio::time::interval(BEAT);
     for k in 0..batches {
         beat.tick().await;
@@ -198,16 +203,18 @@ where
         sample = sample.or(run.sample);
     }
     each.sort_unstable();
-    let mut last: Vec<Duration> = (0..batches)
-        .filter(|&b| tracker.got[b].load(Ordering::Acquire) == clients as u32)
+    let per_tx: Vec<Option<Duration>> = (0..batches)
         .map(|b| {
-            Duration::from_nanos(
-                tracker.last[b]
-                    .load(Ordering::Acquire)
-                    .saturating_sub(tracker.sent[b].load(Ordering::Acquire)),
-            )
+            (tracker.got[b].load(Ordering::Acquire) == clients as u32).then(|| {
+                Duration::from_nanos(
+                    tracker.last[b]
+                        .load(Ordering::Acquire)
+                        .saturating_sub(tracker.sent[b].load(Ordering::Acquire)),
+                )
+            })
         })
         .collect();
+    let mut last: Vec<Duration> = per_tx.iter().flatten().copied().collect();
     last.sort();
     let each_p50 = each
         .get(each.len() / 2)
@@ -222,6 +229,8 @@ where
         complete: last.len(),
         errors,
         sample,
+        per_tx,
+        writing_from,
         sent_wall_ms: tracker
             .sent
             .iter()
@@ -446,6 +455,8 @@ impl JsClients {
 }
 
 struct Row {
+    /// When writing began, on the RSS samples' clock.
+    writing_after: Duration,
     figures: Figures,
     floor: Figures,
     rss: Vec<(Duration, u64)>,
@@ -481,6 +492,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (round, &n) in counts.iter().enumerate() {
         let synced = sync(&http, &volt.base, SHAPE).await?;
+        let sampling_from = Instant::now();
         let rss = rss_sampler(&volt, Duration::from_millis(500));
         let cpu0 = volt.cpu_secs();
         let base_batch = round * batches;
@@ -557,6 +569,9 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         .await?;
         drop(server);
         rows.push(Row {
+            writing_after: figures
+                .writing_from
+                .saturating_duration_since(sampling_from),
             figures,
             floor,
             rss,
@@ -576,15 +591,20 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         "Open-file limit {nofile}. Write-to-last-client: from sending the INSERT to the last client holding the transaction; floor: from publishing to the last client.\n"
     );
     println!(
-        "| clients | write-to-last-client p50 ms | p99 ms | floor p50 ms | floor p99 ms | p99 ratio (target <= 2x) | every delivery p50 ms (floor) | complete tx (floor) | errors | CPU us per delivery | RSS start -> end (max) MiB |"
+        "| clients | write-to-last-client p50 ms | p99 ms | floor p50 ms | floor p99 ms | p99 ratio (target <= 2x) | every delivery p50 ms (floor) | complete tx (floor) | errors | CPU us per delivery | RSS before clients -> at first write -> end (max) MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = &r.figures;
         let rss_at = |i: usize| r.rss.get(i).map(|s| s.1).unwrap_or(0);
+        let rss_writing = r
+            .rss
+            .iter()
+            .find(|s| s.0 >= r.writing_after)
+            .map_or(0, |s| s.1);
         let rss_max = r.rss.iter().map(|s| s.1).max().unwrap_or(0);
         println!(
-            "| {} | {} | {} | {} | {} | {:.2}x | {} ({}) | {}/{} ({}/{}) | {} ({}) | {:.1} | {:.1} -> {:.1} ({:.1}) |",
+            "| {} | {} | {} | {} | {} | {:.2}x | {} ({}) | {}/{} ({}/{}) | {} ({}) | {:.1} | {:.1} -> {:.1} -> {:.1} ({:.1}) |",
             f.clients,
             ms(f.last_p50),
             ms(f.last_p99),
@@ -601,11 +621,15 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             r.floor.errors,
             r.cpu * 1e6 / (f.clients * f.batches) as f64,
             rss_at(0) as f64 / 1024.0,
+            rss_writing as f64 / 1024.0,
             r.rss.last().map(|s| s.1).unwrap_or(0) as f64 / 1024.0,
             rss_max as f64 / 1024.0,
         );
     }
     println!("\nvolt peak RSS {:.1} MiB", peak as f64 / 1024.0);
+    if !env.quick {
+        plot(&rows);
+    }
     if rows.iter().any(|r| r.js.is_some()) {
         println!(
             "\nReal clients (@electric-sql/client, node) in the same runs, against the Rust clients:\n"
@@ -630,4 +654,62 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Per client count: write-to-last-client of every transaction (volt and the floor), and
+/// volt's RSS through the run.
+fn plot(rows: &[Row]) {
+    use crate::plot::{Series, line_chart};
+    let secs = |i: usize| i as f64 * BEAT.as_secs_f64();
+    let latency = |f: &Figures| -> Vec<(f64, f64)> {
+        f.per_tx
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.map(|d| (secs(i), d.as_secs_f64() * 1e3)))
+            .collect()
+    };
+    for r in rows {
+        let n = r.figures.clients;
+        let charts = [
+            line_chart(
+                &format!("s3-fanout-{n}-latency.png"),
+                &format!("S3: write to last of {n} clients, per transaction"),
+                "seconds into the run (a 50-row transaction every 100 ms)",
+                "ms",
+                &[
+                    Series {
+                        name: "volt".into(),
+                        points: latency(&r.figures),
+                    },
+                    Series {
+                        name: "floor (hold-and-release server)".into(),
+                        points: latency(&r.floor),
+                    },
+                ],
+            ),
+            line_chart(
+                &format!("s3-fanout-{n}-rss.png"),
+                &format!(
+                    "S3: volt RSS with {n} live clients (writing from {:.1} s)",
+                    r.writing_after.as_secs_f64()
+                ),
+                "seconds since the clients started connecting",
+                "MiB",
+                &[Series {
+                    name: "volt RSS".into(),
+                    points: r
+                        .rss
+                        .iter()
+                        .map(|(t, kib)| (t.as_secs_f64(), *kib as f64 / 1024.0))
+                        .collect(),
+                }],
+            ),
+        ];
+        for chart in charts {
+            match chart {
+                Ok(path) => println!("plot: {}", path.display()),
+                Err(e) => println!("plot skipped: {e}"),
+            }
+        }
+    }
 }

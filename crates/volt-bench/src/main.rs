@@ -12,6 +12,7 @@ mod live;
 mod load;
 mod new_shapes;
 mod overlapping;
+mod plot;
 mod replication_throughput;
 
 use clap::{Parser, ValueEnum};

@@ -17,6 +17,11 @@ use volt_stack::{Stack, StackConfig};
 
 use crate::config::{Cli, Command, Settings};
 
+/// jemalloc: freed memory goes back to the OS after a large transaction, where glibc's
+/// per-thread arenas kept hundreds of MiB (S7 in BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Tree { url }) = &cli.command {
