@@ -391,14 +391,7 @@ async fn a_clean_shutdown_acknowledges_everything_stored_before_it_exits() -> an
         .parse()?;
     volt.stack.take().context("running")?.stop().await;
     // No waiting: by the time stop returns, Postgres knows.
-    let client = volt.db.client().await?;
-    let row = client
-        .query_one(
-            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&volt.db.slot_name()],
-        )
-        .await?;
-    let confirmed: u64 = row.get::<_, String>(0).parse()?;
+    let confirmed = confirmed_flush(&volt).await?;
     assert!(
         confirmed >= stored,
         "confirmed {confirmed} < stored {stored}"
