@@ -75,17 +75,26 @@ impl SnapshotTx {
 
     /// Begin on a session already open (one an earlier snapshot ended with `end`).
     pub async fn begin_on(conn: PgConn) -> Result<SnapshotTx, PgError> {
-        conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let row = conn
-            .query_one(
-                "SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text",
-                &[],
+        // One round trip: a snapshot per new shape, and herds create thousands.
+        let messages = conn
+            .simple_query(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                 SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text",
             )
             .await?;
-        let text: String = row.get(0);
-        let lsn: String = row.get(1);
-        let snapshot = PgSnapshot::parse(&text, parse_lsn(&lsn).unwrap_or(0))
+        let row = messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .ok_or_else(|| PgError::Protocol("pg_current_snapshot() returned no row".into()))?;
+        let (Some(text), Some(lsn)) = (row.get(0), row.get(1)) else {
+            return Err(PgError::Protocol(
+                "pg_current_snapshot() returned NULL".into(),
+            ));
+        };
+        let snapshot = PgSnapshot::parse(text, parse_lsn(lsn).unwrap_or(0))
             .ok_or_else(|| PgError::Protocol(format!("unexpected pg_current_snapshot {text}")))?;
         Ok(SnapshotTx { conn, snapshot })
     }
