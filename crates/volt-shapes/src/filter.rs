@@ -93,11 +93,14 @@ impl<Id: Copy> SubstringIndex<Id> {
             }
             None => text,
         };
-        out.extend(
-            automaton
-                .find_overlapping_iter(text)
-                .map(|m| self.needles[m.pattern().as_usize()].1),
-        );
+        // Each needle once, however often the text holds it.
+        let mut seen = vec![false; self.needles.len()];
+        for m in automaton.find_overlapping_iter(text) {
+            let i = m.pattern().as_usize();
+            if !std::mem::replace(&mut seen[i], true) {
+                out.push(self.needles[i].1);
+            }
+        }
     }
 }
 
