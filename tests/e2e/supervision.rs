@@ -300,6 +300,61 @@ async fn a_dead_shape_log_collector_restarts_the_shape_subsystem_which_restores_
 }
 
 #[tokio::test]
+async fn a_restarted_shape_subsystem_syncs_every_restored_log_before_declaring_more_durable()
+-> anyhow::Result<()> {
+    let volt = TestVolt::start("restore_syncs").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut all = Follower::new("table=items");
+    let mut one = Follower::new("table=items&where=id%20%3D%201");
+    all.catch_up(&volt).await?;
+    one.catch_up(&volt).await?;
+    eventually("both shapes are in ShapeDb", || async {
+        Ok(volt.shared().shape_db.load_all().await?.len() == 2)
+    })
+    .await?;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    volt.shared()
+        .failpoints
+        .hold_flush
+        .store(Some(gate.clone()));
+    kill_actor(&volt, "kind=ShapeLogCollector").await?;
+    eventually("the shape subsystem restarted", || async {
+        Ok(volt.shared().actors.restarts("ShapeSubsystemSupervisor") >= 1)
+    })
+    .await?;
+    volt.wait_active().await?;
+    // What the killed incarnation wrote may be in the page cache only: the new flusher's
+    // first round (held here) has both restored logs to sync.
+    eventually("both restored logs are queued for a sync", || async {
+        Ok(volt.shared().durability.queue().len() == 2)
+    })
+    .await?;
+    let durable = volt.shared().durability.durable_lsn();
+    volt.db
+        .execute("UPDATE items SET title = 'uno' WHERE id = 1")
+        .await?;
+    all.until(&volt, "the update, served before any sync", |f| {
+        f.changes.len() == 1
+    })
+    .await?;
+    assert_eq!(volt.shared().durability.durable_lsn(), durable);
+    let lsn: u64 = all.changes[0]["headers"]["lsn"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()?;
+    volt.shared().failpoints.hold_flush.store(None);
+    gate.add_permits(1 << 20);
+    eventually(
+        "the update is durable once the restored logs are synced",
+        || async { Ok(volt.shared().durability.durable_lsn() >= lsn) },
+    )
+    .await?;
+    assert_eq!((all.refetches, one.refetches), (0, 0));
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn existing_shapes_keep_serving_while_the_database_is_unreachable() -> anyhow::Result<()> {
     let volt = TestVolt::start("db_unreachable").await?;
     volt.db.execute(ITEMS).await?;

@@ -5,7 +5,7 @@
 //! before the round began. The replication stream acknowledges only that.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -22,8 +22,11 @@ pub struct Durability {
     /// Commit end LSN up to which everything written is durable.
     durable: watch::Sender<u64>,
     wake: Notify,
-    /// Bumped by `reset`: a flush round that began before it declares nothing.
+    /// Bumped by `reset`: a flush round that began before it declares nothing, and a
+    /// transaction routed before it is not recorded.
     epoch: AtomicU64,
+    /// A shape was removed since the last round began.
+    removed: AtomicBool,
 }
 
 impl Default for Durability {
@@ -34,6 +37,7 @@ impl Default for Durability {
             durable: watch::Sender::new(0),
             wake: Notify::new(),
             epoch: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
         }
     }
 }
@@ -44,11 +48,25 @@ impl Durability {
         &self.queue
     }
 
+    /// The current WAL history (see `reset`): taken when a transaction's routing starts.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Every shape a transaction affects has written it (and queued its log): it is
-    /// durable after the next flush round.
-    pub fn written(&self, commit_end_lsn: u64) {
+    /// durable after the next flush round. Ignored when the WAL history changed since
+    /// `epoch` was taken: its LSNs mean nothing in the new one.
+    pub fn written(&self, epoch: u64, commit_end_lsn: u64) {
+        if self.epoch() != epoch {
+            return;
+        }
         self.written.fetch_max(commit_end_lsn, Ordering::AcqRel);
         self.wake.notify_one();
+    }
+
+    /// A shape's files were renamed into the trash: the next round makes that durable.
+    pub fn shape_removed(&self) {
+        self.removed.store(true, Ordering::Release);
     }
 
     pub fn written_lsn(&self) -> u64 {
@@ -85,14 +103,17 @@ impl Durability {
 /// dropped. Each round takes the written LSN and the queued logs together: every log a
 /// transaction up to that LSN wrote was queued before the collector recorded it (a
 /// consumer queues its log before replying), so it is in this round or was synced by an
-/// earlier one. `on_panic` hears of a panic, which would otherwise stop every
-/// acknowledgement silently.
+/// earlier one. A round after a shape's removal also syncs the directories its rename
+/// changed, so a removed shape does not come back after a machine crash without what
+/// was acknowledged for it. `on_panic` hears of a panic, which would otherwise stop
+/// every acknowledgement silently.
+///
+/// Started by a collector only after it queued every log it restored: a round that the
+/// previous collector's end cut short (or a crash) may have left their bytes unsynced.
 pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'static) -> OwnedTask {
     OwnedTask::spawn_catching(
         async move {
             let d = &shared.durability;
-            let mut backoff = Duration::from_millis(100);
-            let mut was_full = false;
             loop {
                 let epoch = d.epoch.load(Ordering::Acquire);
                 let target = d.written_lsn();
@@ -104,40 +125,50 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                     let _ = gate.acquire().await.map(|p| p.forget());
                 }
                 let logs = d.queue.take();
-                let dir = shared.config.shapes_dir();
+                let removed = d.removed.swap(false, Ordering::AcqRel);
+                let (shapes_dir, storage_dir) = (
+                    shared.config.shapes_dir(),
+                    shared.config.storage_dir.clone(),
+                );
                 let started = std::time::Instant::now();
                 let n = logs.len();
-                let failed =
-                    match tokio::task::spawn_blocking(move || volt_storage::sync_logs(logs, &dir))
-                        .await
-                    {
-                        Ok(failed) => failed,
-                        Err(e) => panic!("a flush round failed: {e}"),
+                let round = tokio::task::spawn_blocking(move || {
+                    let failed = volt_storage::sync_logs(logs, &shapes_dir);
+                    let dirs = if removed {
+                        crate::shapes::sync_removal_dirs(&storage_dir)
+                    } else {
+                        Ok(())
                     };
-                let mut retry = false;
-                for (log, e) in failed {
-                    if e.is_disk_full() {
-                        if !shared.storage_full.swap(true, Ordering::Relaxed) {
-                            tracing::error!(error = %e, "the storage disk is full; acknowledging nothing until it has space");
-                        }
-                        d.queue.push(&log);
-                        retry = true;
-                        was_full = true;
-                    } else if let Some(handle) = log.dir().file_name().and_then(|n| n.to_str()) {
-                        // What the page cache held for it is in doubt: the shape goes,
-                        // its clients refetch.
-                        tracing::error!(%handle, error = %e, "a shape log could not be synced; invalidating the shape");
-                        shapes::invalidate(&shared, handle);
-                    }
-                }
-                if retry {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    (failed, dirs)
+                })
+                .await;
+                let (failed, dirs) = match round {
+                    Ok(r) => r,
+                    Err(e) => panic!("a flush round failed: {e}"),
+                };
+                if let Err(e) = dirs {
+                    // Retried by the next round; nothing is declared durable meanwhile.
+                    tracing::error!(error = %e, "could not sync the shapes directory after a removal");
+                    d.removed.store(true, Ordering::Release);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                backoff = Duration::from_millis(100);
-                if std::mem::take(&mut was_full) {
-                    shared.storage_full.store(false, Ordering::Relaxed);
+                if !failed.is_empty() {
+                    for (log, e) in failed {
+                        if e.is_disk_full() && !shared.storage_full.swap(true, Ordering::Relaxed) {
+                            tracing::error!(error = %e, "the storage disk is full");
+                        }
+                        // After a failed fsync the kernel may have dropped the pages it
+                        // could not write, so a retry could succeed with the data lost:
+                        // the shape goes (its clients refetch), whatever the error.
+                        if let Some(handle) = log.dir().file_name().and_then(|n| n.to_str()) {
+                            tracing::error!(%handle, error = %e, "a shape log could not be synced; invalidating the shape");
+                            shapes::invalidate(&shared, handle);
+                        }
+                    }
+                    // The removals are made durable by the next round, before the LSN
+                    // is declared durable.
+                    continue;
                 }
                 let took = started.elapsed();
                 metrics::histogram!("volt_flush_round_seconds").record(took.as_secs_f64());
@@ -155,4 +186,24 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
         },
         on_panic,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_routed_before_a_reset_is_not_recorded_after_it() {
+        let d = Durability::default();
+        let before = d.epoch();
+        d.written(before, 500);
+        assert_eq!(d.written_lsn(), 500);
+        d.reset();
+        // Routed under the old WAL history, finished after the reset: its LSN means
+        // nothing in the new one.
+        d.written(before, 900);
+        assert_eq!((d.written_lsn(), d.durable_lsn()), (0, 0));
+        d.written(d.epoch(), 40);
+        assert_eq!(d.written_lsn(), 40);
+    }
 }

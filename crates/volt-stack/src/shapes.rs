@@ -28,6 +28,7 @@ pub fn invalidate(shared: &Arc<Shared>, handle: &str) {
     // A rename is cheap and never blocks on a large directory: the trash is emptied
     // later, off the request and replication paths.
     move_to_trash(shared, entry.log.dir());
+    shared.durability.shape_removed();
     metrics::counter!("volt_shapes_removed_total").increment(1);
 }
 
@@ -88,6 +89,19 @@ fn move_to_trash(shared: &Shared, dir: &std::path::Path) {
             }
         }
     }
+}
+
+/// Make the renames of removed shapes into the trash durable (see `Durability`).
+/// Blocking.
+pub fn sync_removal_dirs(storage_dir: &std::path::Path) -> std::io::Result<()> {
+    for dir in [storage_dir.join("shapes"), storage_dir.join("trash")] {
+        match std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Delete what removed shapes left in the trash. Blocking: run it on the blocking pool.

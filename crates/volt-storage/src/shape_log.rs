@@ -222,6 +222,9 @@ pub struct ShapeLog {
     /// Committed bytes may not be durable yet: the log is (or is about to be) in a
     /// `SyncQueue`.
     unsynced: AtomicBool,
+    /// The change log and its index were created since the last sync: their directory
+    /// entries are synced with them.
+    new_files: AtomicBool,
 }
 
 impl Drop for ShapeLog {
@@ -461,6 +464,7 @@ impl ShapeLog {
             bytes: std::sync::atomic::AtomicU64::new(0),
             follower: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
+            new_files: AtomicBool::new(false),
         })
     }
 
@@ -568,6 +572,7 @@ impl ShapeLog {
             bytes: std::sync::atomic::AtomicU64::new(0),
             follower: AtomicBool::new(follower),
             unsynced: AtomicBool::new(false),
+            new_files: AtomicBool::new(false),
         };
         log.account(on_disk);
         Ok(log)
@@ -786,6 +791,11 @@ impl ShapeLog {
         s.wait_synced(&self.dir)?;
         let chunks = s.chunk + 1;
         w.meta.snapshot_chunks = Some(chunks);
+        // Changes buffered during the snapshot and committed since are made durable
+        // first: once the metadata is, a restore takes the log as it is.
+        if self.is_unsynced() {
+            self.sync()?;
+        }
         write_meta(&self.dir, &w.meta)?;
         drop(w);
         self.snapshot.send_replace(SnapshotProgress {
@@ -884,6 +894,10 @@ impl ShapeLog {
         let end_pos = w.end_pos;
         w.committed_chunk_len = w.chunk_len;
         drop(w);
+        // The first commit creates both files (its first record starts a chunk).
+        if !new_chunks.is_empty() && new_chunks[0].pos == 0 {
+            self.new_files.store(true, Ordering::Release);
+        }
         self.unsynced.store(true, Ordering::Release);
         self.publish(new_chunks, end_pos, offset)
     }
@@ -899,22 +913,43 @@ impl ShapeLog {
         self.unsynced.store(false, Ordering::SeqCst);
     }
 
+    /// `begin_sync` for a sync of the whole filesystem, which covers directories too.
+    pub(crate) fn begin_filesystem_sync(&self) {
+        self.begin_sync();
+        self.new_files.store(false, Ordering::SeqCst);
+    }
+
     /// Make everything committed durable: the change log first, then its index. A log
     /// that was closed (its shape removed, its directory gone) has nothing left to keep.
     pub fn sync(&self) -> Result<(), StorageError> {
         self.begin_sync();
-        for name in [LOG_FILE, INDEX_FILE] {
-            let path = self.dir.join(name);
-            match File::open(&path).and_then(|f| f.sync_data()) {
-                Ok(()) => {}
-                Err(_) if self.is_closed() => return Ok(()),
-                Err(e) => {
-                    self.unsynced.store(true, Ordering::SeqCst);
-                    return Err(StorageError::io(&path, e));
+        let new_files = self.new_files.swap(false, Ordering::SeqCst);
+        let synced = [LOG_FILE, INDEX_FILE]
+            .into_iter()
+            .try_for_each(|name| {
+                let path = self.dir.join(name);
+                File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| StorageError::io(&path, e))
+            })
+            .and_then(|()| {
+                if new_files {
+                    sync_dir(&self.dir)
+                } else {
+                    Ok(())
                 }
+            });
+        match synced {
+            Ok(()) => Ok(()),
+            Err(_) if self.is_closed() => Ok(()),
+            Err(e) => {
+                self.unsynced.store(true, Ordering::SeqCst);
+                if new_files {
+                    self.new_files.store(true, Ordering::SeqCst);
+                }
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// Let readers see the log up to `end_pos` (`latest` the offset of its last record),
@@ -1649,5 +1684,18 @@ mod tests {
         );
         follower.follow().unwrap();
         assert_eq!(follower.latest_offset(), LogOffset::new(5, 0));
+    }
+
+    #[test]
+    fn changes_committed_during_the_snapshot_are_durable_before_it_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ShapeLog::create(dir.path().join("shape"), 1 << 20).unwrap();
+        log.mark_snapshot_started(serde_json::json!({"xmin": 1}))
+            .unwrap();
+        log.append(LogOffset::new(9, 0), "{}", true).unwrap();
+        log.commit(LogOffset::new(9, 0)).unwrap();
+        assert!(log.is_unsynced());
+        log.finish_snapshot().unwrap();
+        assert!(!log.is_unsynced());
     }
 }

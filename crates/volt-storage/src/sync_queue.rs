@@ -81,7 +81,7 @@ fn syncfs(logs: &[Arc<ShapeLog>], fs: &Path) -> Result<(), StorageError> {
     // Cleared first, as `ShapeLog::sync` does: a commit landing during the sync queues
     // its log again.
     for log in logs {
-        log.begin_sync();
+        log.begin_filesystem_sync();
     }
     // SAFETY: syncfs takes any open descriptor on the filesystem; `dir` outlives the call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {

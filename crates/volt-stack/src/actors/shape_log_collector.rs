@@ -131,6 +131,7 @@ impl SlcState {
         for rel in &frag.truncated {
             self.invalidate_table(rel.oid, "the table was truncated");
         }
+        let epoch = self.shared.durability.epoch();
         let n_changes = frag.changes.len();
         // Shared, not copied, by the shapes a change goes to.
         let changes: Vec<Arc<Change>> = frag.changes.into_iter().map(Arc::new).collect();
@@ -204,7 +205,7 @@ impl SlcState {
         metrics::counter!("volt_changes_total").increment(n_changes as u64);
         if let Some(end) = frag.commit_end_lsn {
             // Every shape has replied, so every log it wrote is queued for a flush.
-            self.shared.durability.written(end);
+            self.shared.durability.written(epoch, end);
         }
         if commit {
             metrics::counter!("volt_transactions_total").increment(1);
@@ -411,6 +412,11 @@ async fn restore(
                 continue;
             }
         };
+        // What an earlier run or incarnation wrote may not be durable yet (its flush
+        // round cut short, or the process killed with it in the page cache); a
+        // replayed transaction the log already holds is skipped, not written again,
+        // so the first round syncs every restored log before anything is acknowledged.
+        shared.durability.queue().push(&log);
         routes.add(handle.clone(), shape.clone(), consumer.clone());
         shared.shapes.insert(Arc::new(ShapeEntry::new(
             handle.clone(),
@@ -450,12 +456,13 @@ async fn take_over(
 ) -> Result<(), ActorProcessingErr> {
     state.follower = None;
     let shared = state.shared.clone();
-    state.flusher = Some(crate::durability::flusher(shared.clone(), move |panic| {
-        let _ = myself.cast(SlcMsg::FlusherFailed(panic));
-    }));
     let previous = shared.shapes.handles();
     let kept = restore(&shared, &mut state.routes).await?;
     close_unrestored(&shared, previous, &kept);
+    // Every restored log is queued (see `restore`) before the first round.
+    state.flusher = Some(crate::durability::flusher(shared.clone(), move |panic| {
+        let _ = myself.cast(SlcMsg::FlusherFailed(panic));
+    }));
     shared.writes_storage.store(true, Ordering::Release);
     shared.report(Condition::ShapeLogCollectorReady, true);
     Ok(())
