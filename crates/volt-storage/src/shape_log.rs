@@ -923,6 +923,16 @@ impl ShapeLog {
     /// that was closed (its shape removed, its directory gone) has nothing left to keep.
     pub fn sync(&self) -> Result<(), StorageError> {
         self.begin_sync();
+        // Never given a change: its change log and index do not exist yet.
+        if self
+            .visible
+            .read()
+            .map_err(|_| StorageError::Poisoned)?
+            .committed_pos
+            == 0
+        {
+            return Ok(());
+        }
         let new_files = self.new_files.swap(false, Ordering::SeqCst);
         let synced = [LOG_FILE, INDEX_FILE]
             .into_iter()

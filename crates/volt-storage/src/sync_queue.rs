@@ -142,6 +142,16 @@ mod tests {
     }
 
     #[test]
+    fn a_log_without_changes_has_nothing_to_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ShapeLog::create(dir.path().join("s"), 1 << 20).unwrap();
+        log.mark_snapshot_started(serde_json::json!({})).unwrap();
+        log.finish_snapshot().unwrap();
+        let reopened = Arc::new(ShapeLog::open(dir.path().join("s"), 1 << 20).unwrap());
+        assert!(sync_logs(vec![reopened], dir.path()).is_empty());
+    }
+
+    #[test]
     fn a_log_that_cannot_be_synced_is_reported_and_a_closed_one_is_not() {
         let (d, logs) = committed_logs(2);
         for log in &logs {
