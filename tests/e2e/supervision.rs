@@ -27,6 +27,17 @@ async fn kill_actor(volt: &TestVolt, query: &str) -> anyhow::Result<Value> {
     Ok(res.json().await?)
 }
 
+/// Kill the ShapeLogCollector, which restarts the whole shape subsystem, and wait until
+/// the stack is active again.
+async fn restart_shape_subsystem(volt: &TestVolt) -> anyhow::Result<()> {
+    kill_actor(volt, "kind=ShapeLogCollector").await?;
+    eventually("the shape subsystem restarted", || async {
+        Ok(volt.shared().actors.restarts("ShapeSubsystemSupervisor") >= 1)
+    })
+    .await?;
+    volt.wait_active().await
+}
+
 #[tokio::test]
 async fn tree_dump_lists_every_actor_with_its_parent() -> anyhow::Result<()> {
     let volt = TestVolt::start("tree_dump").await?;
@@ -282,12 +293,7 @@ async fn a_dead_shape_log_collector_restarts_the_shape_subsystem_which_restores_
         Ok(volt.shared().shape_db.load_all().await?.len() == 1)
     })
     .await?;
-    kill_actor(&volt, "kind=ShapeLogCollector").await?;
-    eventually("the shape subsystem restarted", || async {
-        Ok(volt.shared().actors.restarts("ShapeSubsystemSupervisor") >= 1)
-    })
-    .await?;
-    volt.wait_active().await?;
+    restart_shape_subsystem(&volt).await?;
     volt.db
         .execute("INSERT INTO items VALUES (4, 'four')")
         .await?;
@@ -317,12 +323,7 @@ async fn a_restarted_shape_subsystem_syncs_every_restored_log_before_declaring_m
         .failpoints
         .hold_flush
         .store(Some(gate.clone()));
-    kill_actor(&volt, "kind=ShapeLogCollector").await?;
-    eventually("the shape subsystem restarted", || async {
-        Ok(volt.shared().actors.restarts("ShapeSubsystemSupervisor") >= 1)
-    })
-    .await?;
-    volt.wait_active().await?;
+    restart_shape_subsystem(&volt).await?;
     // What the killed incarnation wrote may be in the page cache only: the new flusher's
     // first round (held here) has both restored logs to sync.
     eventually("both restored logs are queued for a sync", || async {
