@@ -30,6 +30,8 @@ async fn a_restarted_volt_resumes_shapes_without_a_new_snapshot() -> anyhow::Res
     .await?;
     let stats: serde_json::Value = volt.get("/v1/admin/stats").await?.json().await?;
     assert_eq!(stats["registry_unwritten"], 0, "{stats}");
+    assert!(stats["cache_bytes"]["live_reads"].is_u64(), "{stats}");
+    assert!(stats["durable_lsn"].is_string(), "{stats}");
 
     volt.restart().await?;
     assert_eq!(volt.shared().shapes.len(), 2, "both shapes restored");

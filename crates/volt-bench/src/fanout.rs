@@ -455,6 +455,8 @@ impl JsClients {
 }
 
 struct Row {
+    /// Bytes volt's live-read cache held at the end of the run.
+    cached: u64,
     /// When writing began, on the RSS samples' clock.
     writing_after: Duration,
     figures: Figures,
@@ -524,6 +526,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         .await?;
         let cpu = volt.cpu_secs() - cpu0;
         let rss: Vec<(Duration, u64)> = rss.stop().await;
+        let cached = live_read_cache_bytes(&http, &volt.base).await.unwrap_or(0);
         let js = match js {
             Some(js) => {
                 let (each, last) = js.finish(&figures.sent_wall_ms).await;
@@ -569,6 +572,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         .await?;
         drop(server);
         rows.push(Row {
+            cached,
             writing_after: figures
                 .writing_from
                 .saturating_duration_since(sampling_from),
@@ -627,6 +631,13 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         );
     }
     println!("\nvolt peak RSS {:.1} MiB", peak as f64 / 1024.0);
+    for r in &rows {
+        println!(
+            "live-read cache after the {} client run: {:.1} MiB (bounded at 64 MiB)",
+            r.figures.clients,
+            r.cached as f64 / (1024.0 * 1024.0)
+        );
+    }
     if !env.quick {
         plot(&rows);
     }
@@ -712,4 +723,17 @@ fn plot(rows: &[Row]) {
             }
         }
     }
+}
+
+/// What volt's shared live-read cache holds (`/v1/admin/stats`).
+async fn live_read_cache_bytes(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let stats: serde_json::Value = http
+        .get(format!("{base}/v1/admin/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    stats["cache_bytes"]["live_reads"]
+        .as_u64()
+        .context("no cache_bytes.live_reads in /v1/admin/stats")
 }

@@ -52,6 +52,11 @@ pub async fn stats(State(app): State<AppState>) -> Response {
                 .registry_unwritten
                 .load(std::sync::atomic::Ordering::Acquire),
             "admission": app.admission.stats(),
+            // Bounded caches of response bodies (64 MiB each): what RSS holds for them.
+            "cache_bytes": {
+                "live_reads": app.live_reads.kept_bytes(),
+                "snapshot_chunks": app.chunk_cache.kept_bytes(),
+            },
         }),
     )
 }

@@ -29,6 +29,11 @@ impl ChunkCache {
         }
     }
 
+    /// Bytes of the chunk bodies kept (for the admin stats).
+    pub fn kept_bytes(&self) -> usize {
+        self.inner.lock().map(|i| i.bytes).unwrap_or(0)
+    }
+
     pub fn get(&self, handle: &str, k: u32) -> Option<Bytes> {
         let inner = self.inner.lock().ok()?;
         inner.bodies.get(&(handle.to_string(), k)).cloned()

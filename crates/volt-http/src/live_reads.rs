@@ -127,8 +127,8 @@ impl LiveReads {
         }
     }
 
-    #[cfg(test)]
-    fn kept_bytes(&self) -> usize {
+    /// Bytes of the finished bodies kept (for the admin stats).
+    pub fn kept_bytes(&self) -> usize {
         self.inner.lock().map(|i| i.bytes).unwrap_or(0)
     }
 }
