@@ -126,16 +126,13 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                 }
                 let logs = d.queue.take();
                 let removed = d.removed.swap(false, Ordering::AcqRel);
-                let (shapes_dir, storage_dir) = (
-                    shared.config.shapes_dir(),
-                    shared.config.storage_dir.clone(),
-                );
                 let started = std::time::Instant::now();
                 let n = logs.len();
+                let s = shared.clone();
                 let round = tokio::task::spawn_blocking(move || {
-                    let failed = volt_storage::sync_logs(logs, &shapes_dir);
+                    let failed = volt_storage::sync_logs(logs, &s.config.shapes_dir());
                     let dirs = if removed {
-                        crate::shapes::sync_removal_dirs(&storage_dir)
+                        crate::shapes::sync_removal_dirs(&s.config)
                     } else {
                         Ok(())
                     };

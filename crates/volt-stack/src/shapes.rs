@@ -65,12 +65,8 @@ pub async fn purge_all(shared: &Arc<Shared>) {
     remove_orphan_dirs(shared, &std::collections::HashSet::new());
 }
 
-fn trash_dir(shared: &Shared) -> std::path::PathBuf {
-    shared.config.storage_dir.join("trash")
-}
-
 fn move_to_trash(shared: &Shared, dir: &std::path::Path) {
-    let trash = trash_dir(shared);
+    let trash = shared.config.trash_dir();
     let target = trash.join(format!(
         "{}-{:08x}",
         dir.file_name()
@@ -93,8 +89,8 @@ fn move_to_trash(shared: &Shared, dir: &std::path::Path) {
 
 /// Make the renames of removed shapes into the trash durable (see `Durability`).
 /// Blocking.
-pub fn sync_removal_dirs(storage_dir: &std::path::Path) -> std::io::Result<()> {
-    for dir in [storage_dir.join("shapes"), storage_dir.join("trash")] {
+pub fn sync_removal_dirs(config: &crate::shared::StackConfig) -> std::io::Result<()> {
+    for dir in [config.shapes_dir(), config.trash_dir()] {
         match std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -105,9 +101,8 @@ pub fn sync_removal_dirs(storage_dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Delete what removed shapes left in the trash. Blocking: run it on the blocking pool.
-pub fn empty_trash(storage_dir: &std::path::Path) {
-    let trash = storage_dir.join("trash");
-    let Ok(entries) = std::fs::read_dir(&trash) else {
+pub fn empty_trash(trash: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(trash) else {
         return;
     };
     for entry in entries.flatten() {

@@ -60,6 +60,11 @@ impl StackConfig {
     pub fn shapes_dir(&self) -> PathBuf {
         self.storage_dir.join("shapes")
     }
+
+    /// Where removed shapes' directories wait to be deleted.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.storage_dir.join("trash")
+    }
 }
 
 /// Something stored in a shared slot that knows which actor it belongs to.

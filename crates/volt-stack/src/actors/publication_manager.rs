@@ -162,8 +162,8 @@ impl Actor for PublicationManager {
                 if let Err(e) = reconcile(shared).await {
                     tracing::warn!(error = %e, "schema and publication reconciliation failed; retrying next period");
                 }
-                let storage = shared.config.storage_dir.clone();
-                let _ = tokio::task::spawn_blocking(move || shapes::empty_trash(&storage)).await;
+                let trash = shared.config.trash_dir();
+                let _ = tokio::task::spawn_blocking(move || shapes::empty_trash(&trash)).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
