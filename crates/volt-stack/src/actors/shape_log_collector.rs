@@ -206,8 +206,6 @@ impl SlcState {
         if let Some(end) = frag.commit_end_lsn {
             // Every shape has replied, so every log it wrote is queued for a flush.
             self.shared.durability.written(epoch, end);
-        }
-        if commit {
             metrics::counter!("volt_transactions_total").increment(1);
             self.shared.last_seen_lsn.store(frag.lsn, Ordering::Release);
         }
