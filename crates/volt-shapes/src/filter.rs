@@ -195,21 +195,15 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
             let mut keys = Vec::with_capacity(terms.len());
             for term in terms {
                 let column = &shape.table.columns[term.column].name;
-                let slot = match table
-                    .indexes
-                    .iter()
-                    .position(|ix| ix.column == *column && ix.probe == term.probe)
-                {
-                    Some(slot) => slot,
-                    None => {
-                        table.indexes.push(EqIndex {
-                            column: column.clone(),
-                            probe: term.probe,
-                            keys: HashMap::new(),
-                        });
-                        table.indexes.len() - 1
-                    }
-                };
+                let slot = slot_of(
+                    &mut table.indexes,
+                    |ix| ix.column == *column && ix.probe == term.probe,
+                    || EqIndex {
+                        column: column.clone(),
+                        probe: term.probe,
+                        keys: HashMap::new(),
+                    },
+                );
                 let bucket = table.indexes[slot]
                     .keys
                     .entry(term.key.clone())
@@ -227,22 +221,16 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
             match shape.where_clause.as_ref().and_then(|w| w.contains_term()) {
                 Some(term) => {
                     let column = &shape.table.columns[term.column].name;
-                    let slot = match table
-                        .substrings
-                        .iter()
-                        .position(|ix| ix.column == *column && ix.fold == term.fold)
-                    {
-                        Some(slot) => slot,
-                        None => {
-                            table.substrings.push(SubstringIndex {
-                                column: column.clone(),
-                                fold: term.fold,
-                                needles: Vec::new(),
-                                automaton: Mutex::new(None),
-                            });
-                            table.substrings.len() - 1
-                        }
-                    };
+                    let slot = slot_of(
+                        &mut table.substrings,
+                        |ix| ix.column == *column && ix.fold == term.fold,
+                        || SubstringIndex {
+                            column: column.clone(),
+                            fold: term.fold,
+                            needles: Vec::new(),
+                            automaton: Mutex::new(None),
+                        },
+                    );
                     let ix = &mut table.substrings[slot];
                     ix.needles.push((term.needle, id));
                     *ix.automaton.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
@@ -420,6 +408,14 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
         out.sort_unstable();
         out.dedup();
     }
+}
+
+/// The position of the index `is` picks, made with `make` if there is none yet.
+fn slot_of<T>(indexes: &mut Vec<T>, is: impl Fn(&T) -> bool, make: impl FnOnce() -> T) -> usize {
+    indexes.iter().position(is).unwrap_or_else(|| {
+        indexes.push(make());
+        indexes.len() - 1
+    })
 }
 
 /// Whether the relation has the schema's columns in the same order: then a row in the
