@@ -221,6 +221,27 @@ fn add_modifier(d: &mut ColumnDescription, type_mod: i32) {
     }
 }
 
+/// A scalar column for the crate's tests: not null exactly when it is a key column.
+#[cfg(test)]
+pub(crate) fn test_column(
+    name: &str,
+    typname: &str,
+    type_oid: u32,
+    pk_index: Option<usize>,
+) -> ColumnSchema {
+    ColumnSchema {
+        name: name.into(),
+        type_oid,
+        typname: typname.into(),
+        not_null: pk_index.is_some(),
+        pk_index,
+        dims: 0,
+        type_mod: None,
+        elem_typname: None,
+        enum_labels: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -638,20 +638,10 @@ impl LogItem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::ColumnSchema;
+    use crate::schema::test_column;
 
     fn shape(columns: Option<&str>) -> Shape {
-        let col = |name: &str, pk: Option<usize>| ColumnSchema {
-            name: name.into(),
-            type_oid: 25,
-            typname: "text".into(),
-            not_null: pk.is_some(),
-            pk_index: pk,
-            dims: 0,
-            type_mod: None,
-            elem_typname: None,
-            enum_labels: None,
-        };
+        let col = |name: &str, pk: Option<usize>| test_column(name, "text", 25, pk);
         let table = TableSchema {
             oid: 1,
             schema: "my \"schema\"".into(),

@@ -225,21 +225,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::schema::{ColumnSchema, TableSchema};
+    use crate::schema::{TableSchema, test_column};
     use crate::shape::ShapeDef;
 
     fn shape(where_sql: Option<&str>) -> Shape {
-        let col = |name: &str, typname: &str, pk: Option<usize>| ColumnSchema {
-            name: name.into(),
-            type_oid: 0,
-            typname: typname.into(),
-            not_null: pk.is_some(),
-            pk_index: pk,
-            dims: 0,
-            type_mod: None,
-            elem_typname: None,
-            enum_labels: None,
-        };
+        let col = |name: &str, typname: &str, pk: Option<usize>| test_column(name, typname, 0, pk);
         let table = TableSchema {
             oid: 1,
             schema: "public".into(),
