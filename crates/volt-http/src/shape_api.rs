@@ -781,14 +781,12 @@ async fn read_body(
     let Some(last) = read.last else {
         return Ok(None);
     };
-    let mut items = read.items;
-    if read.reached_end {
-        items.push(up_to_date(seen_lsn.map_or(last.tx, |s| s.max(last.tx))));
-    }
+    let reached_end = read.reached_end;
+    let tail = reached_end.then(|| up_to_date(seen_lsn.map_or(last.tx, |s| s.max(last.tx))));
     Ok(Some(Arc::new(LiveBody {
-        body: bytes::Bytes::from(format!("[{}]", items.join(","))),
+        body: bytes::Bytes::from(read.into_json_array(tail.as_deref())),
         last,
-        reached_end: read.reached_end,
+        reached_end,
     })))
 }
 

@@ -53,7 +53,7 @@ impl Stream {
                 Err(_) => return false,
             };
             if let Some(last) = read.last {
-                self.pending.extend(read.items.iter().map(|i| event(i)));
+                self.pending.extend(read.items().into_iter().map(event));
                 if read.reached_end {
                     self.pending.push_back(event(&up_to_date(last.tx)));
                 }

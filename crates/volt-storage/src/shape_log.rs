@@ -236,14 +236,62 @@ impl Drop for ShapeLog {
 /// What a read of the change log returned.
 #[derive(Debug, Default)]
 pub struct LogRead {
-    /// JSON items, in log order.
-    pub items: Vec<String>,
+    /// The items' JSON in log order as the start of a JSON array (`[a,b,c`, or nothing
+    /// when there are none): compacted in place in the buffer the records were read
+    /// into, so that a 10 MB chunk costs one 10 MB buffer, not one per copy.
+    joined: Vec<u8>,
+    /// Where each item ends in `joined`.
+    ends: Vec<usize>,
     /// Offset of the last item returned, if any.
     pub last: Option<LogOffset>,
     /// Whether the read reached the latest committed offset.
     pub reached_end: bool,
     /// Bytes of the log file read to answer.
     pub scanned: u64,
+}
+
+/// Room left after a read's items for the up-to-date message and the closing bracket,
+/// so that closing the array does not reallocate a chunk-sized buffer.
+const READ_SLACK: usize = 256;
+
+impl LogRead {
+    /// The items, in log order.
+    pub fn items(&self) -> Vec<&str> {
+        let mut start = 1;
+        self.ends
+            .iter()
+            .map(|&end| {
+                // Records are written from `str`s and checked by their CRC on reading.
+                let item = std::str::from_utf8(&self.joined[start..end]).unwrap_or_default();
+                start = end + 1;
+                item
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The items as a JSON array, with `tail` (one more JSON value) after them.
+    pub fn into_json_array(self, tail: Option<&str>) -> Vec<u8> {
+        let mut out = self.joined;
+        if out.is_empty() {
+            out.push(b'[');
+        }
+        if let Some(tail) = tail {
+            if !self.ends.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(tail.as_bytes());
+        }
+        out.push(b']');
+        out
+    }
 }
 
 /// One decoded record.
@@ -1109,26 +1157,40 @@ impl ShapeLog {
                 _ => chunks[i].pos,
             };
             scanned += stop - start;
-            let mut buf = vec![0u8; (stop - start) as usize];
+            let len = (stop - start) as usize;
+            let mut buf = Vec::with_capacity(len + READ_SLACK);
+            buf.resize(len, 0);
             file.seek(SeekFrom::Start(start)).map_err(io_err)?;
             file.read_exact(&mut buf).map_err(io_err)?;
-            let mut items = Vec::new();
+            // Each record's JSON moves down over the headers before it: `[` and the
+            // commas take less room than a record's header, so the write position
+            // never passes the read position.
+            let mut ends = Vec::new();
             let mut last = None;
-            let mut pos = 0;
-            while pos < buf.len() {
+            let (mut pos, mut write) = (0, 0);
+            while pos < len {
                 let rec = decode(&buf, pos).ok_or_else(|| StorageError::Corrupt {
                     path: path.clone(),
                     reason: format!("unreadable record at byte {}", start as usize + pos),
                 })?;
-                pos = rec.end;
-                if rec.offset > after {
-                    items.push(String::from_utf8_lossy(rec.json).into_owned());
-                    last = Some(rec.offset);
+                let (json_start, json_len) =
+                    (rec.end - RECORD_TRAILER - rec.json.len(), rec.json.len());
+                let (offset, rec_end) = (rec.offset, rec.end);
+                pos = rec_end;
+                if offset > after {
+                    buf[write] = if ends.is_empty() { b'[' } else { b',' };
+                    write += 1;
+                    buf.copy_within(json_start..json_start + json_len, write);
+                    write += json_len;
+                    ends.push(write);
+                    last = Some(offset);
                 }
             }
             if let Some(last) = last {
+                buf.truncate(write);
                 return Ok(LogRead {
-                    items,
+                    joined: buf,
+                    ends,
                     reached_end: last >= end,
                     last: Some(last),
                     scanned,
@@ -1188,13 +1250,38 @@ mod tests {
         log.append(LogOffset::new(10, 0), "{\"a\":1}", true)
             .unwrap();
         let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
-        assert!(read.items.is_empty());
+        assert!(read.is_empty());
         assert!(read.reached_end);
         log.commit(LogOffset::new(10, 0)).unwrap();
         let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
-        assert_eq!(read.items, vec!["{\"a\":1}".to_string()]);
+        assert_eq!(read.items(), vec!["{\"a\":1}".to_string()]);
         assert_eq!(read.last, Some(LogOffset::new(10, 0)));
         assert!(read.reached_end);
+    }
+
+    #[test]
+    fn a_read_is_the_json_array_of_its_items_with_the_tail_after_them() {
+        let (_d, log) = log(1 << 20);
+        let items = ["{\"a\":\"x,y\"}", "[]", "\"\u{e9}\u{1d11e}\"", "{}"];
+        for (op, item) in items.iter().enumerate() {
+            log.append(LogOffset::new(7, op as u64), item, op == items.len() - 1)
+                .unwrap();
+        }
+        log.commit(LogOffset::new(7, items.len() as u64 - 1))
+            .unwrap();
+        let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
+        assert_eq!(read.items(), items);
+        let array = read.into_json_array(Some("{\"up\":1}"));
+        assert_eq!(
+            String::from_utf8(array).unwrap(),
+            format!("[{},{{\"up\":1}}]", items.join(","))
+        );
+        let read = log.read_after(LogOffset::new(7, 1)).unwrap();
+        assert_eq!(read.items(), &items[2..]);
+        let array = read.into_json_array(None);
+        assert_eq!(array, format!("[{}]", items[2..].join(",")).into_bytes());
+        let nothing = log.read_after(LogOffset::new(7, 3)).unwrap();
+        assert_eq!(nothing.into_json_array(Some("1")), b"[1]");
     }
 
     #[test]
@@ -1206,10 +1293,10 @@ mod tests {
         }
         log.commit(LogOffset::new(7, 4)).unwrap();
         let read = log.read_after(LogOffset::new(7, 0)).unwrap();
-        assert_eq!(read.items, vec!["2".to_string(), "4".to_string()]);
+        assert_eq!(read.items(), vec!["2".to_string(), "4".to_string()]);
         // An offset that matches no stored entry still works.
         let read = log.read_after(LogOffset::new(7, 1)).unwrap();
-        assert_eq!(read.items.len(), 2);
+        assert_eq!(read.len(), 2);
     }
 
     #[test]
@@ -1224,16 +1311,16 @@ mod tests {
         let record = (RECORD_HEADER + 100 + RECORD_TRAILER) as u64;
         // A live client at the 99th commit: one record to read, not the whole chunk.
         let read = log.read_after(LogOffset::new(99, 0)).unwrap();
-        assert_eq!(read.items.len(), 1);
+        assert_eq!(read.len(), 1);
         assert_eq!(read.last, Some(LogOffset::new(100, 0)));
         assert_eq!(read.scanned, record);
         // An offset between commits starts at the commit before it, and skips to it.
         let read = log.read_after(LogOffset::new(50, 7)).unwrap();
-        assert_eq!(read.items.len(), 50);
+        assert_eq!(read.len(), 50);
         assert_eq!(read.scanned, 50 * record);
         // Older than every remembered commit: the whole chunk, as before.
         let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
-        assert_eq!(read.items.len(), 100);
+        assert_eq!(read.len(), 100);
         assert_eq!(read.scanned, 100 * record);
     }
 
@@ -1249,11 +1336,11 @@ mod tests {
         // tx 3 ends the first chunk: the answer is the second chunk, whole.
         let read = log.read_after(LogOffset::new(3, 0)).unwrap();
         let offsets: Vec<_> = (4..=6).map(|tx| LogOffset::new(tx, 0)).collect();
-        assert_eq!(read.items.len(), 3);
+        assert_eq!(read.len(), 3);
         assert_eq!(read.last, offsets.last().copied());
         assert!(!read.reached_end);
         let read = log.read_after(LogOffset::new(5, 0)).unwrap();
-        assert_eq!(read.items.len(), 1);
+        assert_eq!(read.len(), 1);
         assert_eq!(read.last, Some(LogOffset::new(6, 0)));
         let read = log.read_after(LogOffset::new(6, 0)).unwrap();
         assert_eq!(read.last, Some(LogOffset::new(7, 0)));
@@ -1270,7 +1357,7 @@ mod tests {
         }
         log.commit(LogOffset::new(1, 9)).unwrap();
         let first = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
-        assert_eq!(first.items.len(), 3);
+        assert_eq!(first.len(), 3);
         assert!(!first.reached_end);
         // The same request from the middle of a chunk ends at the same boundary.
         let mid = log.read_after(LogOffset::new(1, 0)).unwrap();
@@ -1279,7 +1366,7 @@ mod tests {
         let mut seen = 3;
         loop {
             let r = log.read_after(offset).unwrap();
-            seen += r.items.len();
+            seen += r.len();
             offset = r.last.unwrap();
             if r.reached_end {
                 break;
@@ -1305,7 +1392,7 @@ mod tests {
         let log = reopen(&d, 1 << 20);
         assert_eq!(log.latest_offset(), LogOffset::new(5, 2));
         assert_eq!(
-            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items(),
             ["a", "b"]
         );
         assert_eq!(log.pg_snapshot(), Some(serde_json::json!({"xmin": 1})));
@@ -1313,7 +1400,10 @@ mod tests {
         log.append(LogOffset::new(6, 0), "c", true).unwrap();
         log.commit(LogOffset::new(6, 0)).unwrap();
         let log2 = reopen(&d, 1 << 20);
-        assert_eq!(log2.read_after(LogOffset::new(5, 2)).unwrap().items, ["c"]);
+        assert_eq!(
+            log2.read_after(LogOffset::new(5, 2)).unwrap().items(),
+            ["c"]
+        );
     }
 
     #[test]
@@ -1337,7 +1427,7 @@ mod tests {
         new.append(LogOffset::new(7, 0), "next", true).unwrap();
         new.commit(LogOffset::new(7, 0)).unwrap();
         assert_eq!(
-            new.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            new.read_after(LogOffset::SNAPSHOT_END).unwrap().items(),
             ["kept", "resent", "next"]
         );
     }
@@ -1361,7 +1451,7 @@ mod tests {
         let log = reopen(&d, 1 << 20);
         assert_eq!(log.latest_offset(), LogOffset::new(5, 0));
         assert_eq!(
-            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items(),
             ["kept"]
         );
         let len = fs::metadata(&path).unwrap().len();
@@ -1399,7 +1489,7 @@ mod tests {
         log.append(LogOffset::new(6, 0), "replayed", true).unwrap();
         log.commit(LogOffset::new(6, 0)).unwrap();
         assert_eq!(
-            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            log.read_after(LogOffset::SNAPSHOT_END).unwrap().items(),
             ["kept", "replayed"]
         );
         drop(log);
@@ -1407,7 +1497,7 @@ mod tests {
             reopen(&d, 1 << 20)
                 .read_after(LogOffset::SNAPSHOT_END)
                 .unwrap()
-                .items,
+                .items(),
             ["kept", "replayed"]
         );
     }
@@ -1463,7 +1553,8 @@ mod tests {
             .iter()
             .map(|o| {
                 let r = log.read_after(*o).unwrap();
-                (r.items, r.last, r.reached_end)
+                let items = r.items().into_iter().map(str::to_string).collect();
+                (items, r.last, r.reached_end)
             })
             .collect()
     }
@@ -1531,7 +1622,10 @@ mod tests {
         assert_eq!(dir_bytes(&d.path().join("shape")), before);
         assert_eq!(follower.latest_offset(), LogOffset::new(5, 0));
         assert_eq!(
-            follower.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            follower
+                .read_after(LogOffset::SNAPSHOT_END)
+                .unwrap()
+                .items(),
             ["kept"]
         );
         assert!(matches!(
@@ -1570,12 +1664,18 @@ mod tests {
             "readers of the follower see the new writes"
         );
         assert_eq!(
-            follower.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            follower
+                .read_after(LogOffset::SNAPSHOT_END)
+                .unwrap()
+                .items(),
             ["kept", "resent"]
         );
         let reopened = reopen(&d, 1 << 20);
         assert_eq!(
-            reopened.read_after(LogOffset::SNAPSHOT_END).unwrap().items,
+            reopened
+                .read_after(LogOffset::SNAPSHOT_END)
+                .unwrap()
+                .items(),
             ["kept", "resent"]
         );
     }
@@ -1626,7 +1726,7 @@ mod tests {
             .unwrap();
         log.commit(LogOffset::new(10, 0)).unwrap();
         let read = log.read_after(LogOffset::SNAPSHOT_END).unwrap();
-        assert_eq!(read.items.len(), 1);
+        assert_eq!(read.len(), 1);
         assert!(log.is_unsynced());
         log.sync().unwrap();
         assert!(!log.is_unsynced());
