@@ -406,21 +406,29 @@ impl Shape {
 
     /// Turn one replicated change into this shape's log items (none, one, or two for a
     /// primary-key change). Where-clause moves become inserts and deletes.
-    pub fn convert(&self, change: &Change) -> Vec<LogItem> {
+    pub fn convert<'c>(&self, change: &'c Change) -> Vec<LogItem> {
         let rel = &change.relation;
-        let map = |row: &Row, fallback: Option<&Row>| -> Vec<Option<String>> {
+        // Borrowed from the change, which every shape it goes to shares.
+        let map = |row: &'c Row, fallback: Option<&'c Row>| -> Vec<Option<&'c str>> {
             self.table
                 .columns
                 .iter()
-                .map(|c| {
-                    let idx = rel.column_index(&c.name)?;
+                .enumerate()
+                .map(|(i, c)| {
+                    // The relation's columns are the table's, in order, unless its
+                    // schema changed (and the shape is about to be invalidated).
+                    let idx = if rel.columns.get(i).is_some_and(|r| r.name == c.name) {
+                        i
+                    } else {
+                        rel.column_index(&c.name)?
+                    };
                     match row.get(idx)? {
-                        Value::Text(t) => Some(t.to_string()),
+                        Value::Text(t) => Some(&**t),
                         Value::Null => None,
                         // An unchanged TOAST value is the old row's value.
                         Value::Unchanged => fallback
                             .and_then(|old| old.get(idx))
-                            .and_then(|v| v.as_text().map(str::to_string)),
+                            .and_then(Value::as_text),
                     }
                 })
                 .collect()
@@ -428,7 +436,6 @@ impl Shape {
         match &change.kind {
             ChangeKind::Insert { new } => {
                 let new = map(new, None);
-                let new = borrow(&new);
                 if !self.matches(&new) {
                     return vec![];
                 }
@@ -436,21 +443,18 @@ impl Shape {
             }
             ChangeKind::Delete { old } => {
                 let old = map(old, None);
-                let old = borrow(&old);
                 if !self.matches(&old) {
                     return vec![];
                 }
                 vec![self.delete_item(change.op, &old, None)]
             }
             ChangeKind::Update { old, new } => {
-                let new_owned = map(new, old.as_ref());
-                let new = borrow(&new_owned);
-                let old_owned = old.as_ref().map(|o| map(o, None));
+                let new = map(new, old.as_ref());
                 // Without an old row (no REPLICA IDENTITY FULL yet) treat it as unchanged
                 // apart from the new values.
-                let old = old_owned
-                    .as_deref()
-                    .map(borrow)
+                let old = old
+                    .as_ref()
+                    .map(|o| map(o, None))
                     .unwrap_or_else(|| new.clone());
                 let (was_in, is_in) = (self.matches(&old), self.matches(&new));
                 match (was_in, is_in) {
@@ -561,10 +565,6 @@ impl Shape {
             .collect();
         serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
     }
-}
-
-fn borrow(row: &[Option<String>]) -> Vec<Option<&str>> {
-    row.iter().map(|v| v.as_deref()).collect()
 }
 
 fn escape_key_ident(ident: &str) -> String {
