@@ -3,6 +3,7 @@
 pub mod change;
 pub mod filter;
 pub mod ident;
+pub mod routed;
 pub mod schema;
 pub mod shape;
 pub mod subset;
@@ -10,6 +11,7 @@ pub mod where_clause;
 
 pub use change::{Change, ChangeKind, Relation, RelationColumn, Row, TxFragment, Value};
 pub use filter::Filter;
+pub use routed::{RenderedItem, RoutedChange};
 pub use schema::{ColumnSchema, TableSchema};
 pub use shape::{LogItem, LogMode, ParamError, Replica, Shape, ShapeDef};
 pub use subset::{Subset, SubsetError, SubsetRequest};

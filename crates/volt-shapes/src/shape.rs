@@ -404,11 +404,10 @@ impl Shape {
         self.where_clause.as_ref().is_none_or(|w| w.matches(row))
     }
 
-    /// Turn one replicated change into this shape's log items (none, one, or two for a
-    /// primary-key change). Where-clause moves become inserts and deletes.
-    pub fn convert<'c>(&self, change: &'c Change) -> Vec<LogItem> {
+    /// What one replicated change means for this shape, its rows borrowed from the
+    /// change. Where-clause moves become inserts and deletes.
+    pub(crate) fn plan<'c>(&self, change: &'c Change) -> Plan<'c> {
         let rel = &change.relation;
-        // Borrowed from the change, which every shape it goes to shares.
         let map = |row: &'c Row, fallback: Option<&'c Row>| -> Vec<Option<&'c str>> {
             self.table
                 .columns
@@ -436,17 +435,19 @@ impl Shape {
         match &change.kind {
             ChangeKind::Insert { new } => {
                 let new = map(new, None);
-                if !self.matches(&new) {
-                    return vec![];
+                if self.matches(&new) {
+                    Plan::Insert(new)
+                } else {
+                    Plan::Skip
                 }
-                vec![self.insert_item(change.op, &new, None)]
             }
             ChangeKind::Delete { old } => {
                 let old = map(old, None);
-                if !self.matches(&old) {
-                    return vec![];
+                if self.matches(&old) {
+                    Plan::Delete(old)
+                } else {
+                    Plan::Skip
                 }
-                vec![self.delete_item(change.op, &old, None)]
             }
             ChangeKind::Update { old, new } => {
                 let new = map(new, old.as_ref());
@@ -456,37 +457,54 @@ impl Shape {
                     .as_ref()
                     .map(|o| map(o, None))
                     .unwrap_or_else(|| new.clone());
-                let (was_in, is_in) = (self.matches(&old), self.matches(&new));
-                match (was_in, is_in) {
-                    (false, false) => vec![],
-                    (false, true) => vec![self.insert_item(change.op, &new, None)],
-                    (true, false) => vec![self.delete_item(change.op, &old, None)],
-                    (true, true) => {
-                        let (old_key, new_key) = (self.key(&old), self.key(&new));
-                        if old_key != new_key {
-                            return vec![
-                                self.delete_item(
-                                    change.op,
-                                    &old,
-                                    Some(("key_change_to", &new_key)),
-                                ),
-                                self.insert_item(
-                                    change.op + 1,
-                                    &new,
-                                    Some(("key_change_from", &old_key)),
-                                ),
-                            ];
-                        }
-                        self.update_item(change.op, &old, &new)
-                            .into_iter()
-                            .collect()
+                match (self.matches(&old), self.matches(&new)) {
+                    (false, false) => Plan::Skip,
+                    (false, true) => Plan::Insert(new),
+                    (true, false) => Plan::Delete(old),
+                    // Keys are injective in the key columns' values.
+                    (true, true) if self.key_columns.iter().any(|&k| old.get(k) != new.get(k)) => {
+                        Plan::KeyChange { old, new }
                     }
+                    (true, true) => Plan::Update { old, new },
                 }
             }
         }
     }
 
-    fn insert_item(&self, op: u64, row: &[Option<&str>], extra: Option<(&str, &str)>) -> LogItem {
+    /// Turn one replicated change into this shape's log items (none, one, or two for a
+    /// primary-key change).
+    pub fn convert(&self, change: &Change) -> Vec<LogItem> {
+        let op = change.op;
+        match self.plan(change) {
+            Plan::Skip => vec![],
+            Plan::Insert(new) => vec![self.insert_item(op, &new, None)],
+            Plan::Delete(old) => vec![self.delete_item(op, &old, None)],
+            Plan::Update { old, new } => self.update_item(op, &old, &new).into_iter().collect(),
+            Plan::KeyChange { old, new } => self.key_change_items(op, &old, &new).into(),
+        }
+    }
+
+    /// A primary-key change: a delete of the old key and an insert of the new, each
+    /// naming the other.
+    pub(crate) fn key_change_items(
+        &self,
+        op: u64,
+        old: &[Option<&str>],
+        new: &[Option<&str>],
+    ) -> [LogItem; 2] {
+        let (old_key, new_key) = (self.key(old), self.key(new));
+        [
+            self.delete_item(op, old, Some(("key_change_to", &new_key))),
+            self.insert_item(op + 1, new, Some(("key_change_from", &old_key))),
+        ]
+    }
+
+    pub(crate) fn insert_item(
+        &self,
+        op: u64,
+        row: &[Option<&str>],
+        extra: Option<(&str, &str)>,
+    ) -> LogItem {
         LogItem {
             op,
             operation: "insert",
@@ -497,7 +515,12 @@ impl Shape {
         }
     }
 
-    fn delete_item(&self, op: u64, row: &[Option<&str>], extra: Option<(&str, &str)>) -> LogItem {
+    pub(crate) fn delete_item(
+        &self,
+        op: u64,
+        row: &[Option<&str>],
+        extra: Option<(&str, &str)>,
+    ) -> LogItem {
         let value = match self.def.replica {
             Replica::Default => self.value_of(row, self.key_columns.iter().copied()),
             Replica::Full => self.value_of(row, self.selected.iter().copied()),
@@ -512,7 +535,12 @@ impl Shape {
         }
     }
 
-    fn update_item(&self, op: u64, old: &[Option<&str>], new: &[Option<&str>]) -> Option<LogItem> {
+    pub(crate) fn update_item(
+        &self,
+        op: u64,
+        old: &[Option<&str>],
+        new: &[Option<&str>],
+    ) -> Option<LogItem> {
         let changed: Vec<usize> = self
             .selected
             .iter()
@@ -571,6 +599,21 @@ fn escape_key_ident(ident: &str) -> String {
     ident.replace('/', "//").replace('.', "..")
 }
 
+/// What a change means for one shape.
+pub(crate) enum Plan<'c> {
+    Skip,
+    Insert(Vec<Option<&'c str>>),
+    Delete(Vec<Option<&'c str>>),
+    Update {
+        old: Vec<Option<&'c str>>,
+        new: Vec<Option<&'c str>>,
+    },
+    KeyChange {
+        old: Vec<Option<&'c str>>,
+        new: Vec<Option<&'c str>>,
+    },
+}
+
 /// One change of a shape's log before its transaction headers are known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogItem {
@@ -602,18 +645,14 @@ impl LogItem {
         lsn: u64,
         last: bool,
     ) {
+        write_head(out, self.extra.as_ref(), last);
+        self.write_tail(out, relation, xid, lsn);
+    }
+
+    /// The line after its head (see `write_head`): the same for every shape that renders
+    /// the change alike, whether or not it is the shape's last of the transaction.
+    pub(crate) fn write_tail(&self, out: &mut Vec<u8>, relation: (&str, &str), xid: u32, lsn: u64) {
         use std::io::Write;
-        out.extend_from_slice(br#"{"headers":{"#);
-        // `key_change_from`/`key_change_to` sort before `last`.
-        if let Some((k, v)) = &self.extra {
-            json_string(out, k);
-            out.push(b':');
-            json_string(out, v);
-            out.push(b',');
-        }
-        if last {
-            out.extend_from_slice(br#""last":true,"#);
-        }
         // Writing into a Vec cannot fail.
         let _ = write!(
             out,
@@ -632,6 +671,22 @@ impl LogItem {
         out.extend_from_slice(br#","value":"#);
         let _ = serde_json::to_writer(&mut *out, &self.value);
         out.push(b'}');
+    }
+}
+
+/// The start of an item's line, up to the headers that differ between shapes: a key
+/// change's partner key and whether this is the shape's last change of the transaction.
+pub(crate) fn write_head(out: &mut Vec<u8>, extra: Option<&(String, String)>, last: bool) {
+    out.extend_from_slice(br#"{"headers":{"#);
+    // `key_change_from`/`key_change_to` sort before `last`.
+    if let Some((k, v)) = extra {
+        json_string(out, k);
+        out.push(b':');
+        json_string(out, v);
+        out.push(b',');
+    }
+    if last {
+        out.extend_from_slice(br#""last":true,"#);
     }
 }
 

@@ -8,7 +8,7 @@ use ractor::{
     Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, rpc::CallResult,
 };
 use volt_pg::snapshot::PgSnapshot;
-use volt_shapes::{Change, LogItem, Shape};
+use volt_shapes::{RenderedItem, RoutedChange, Shape};
 use volt_storage::{LogOffset, ShapeDbOp, ShapeLog, SnapshotState};
 
 use crate::actors::shape_log_collector::SlcMsg;
@@ -23,7 +23,7 @@ pub struct TxPart {
     pub xid: u32,
     pub lsn: u64,
     /// Shared with the other shapes the changes go to.
-    pub changes: Vec<Arc<Change>>,
+    pub changes: Vec<Arc<RoutedChange>>,
     /// This part ends the transaction.
     pub commit: bool,
 }
@@ -60,7 +60,7 @@ pub struct ConsumerState {
     buffered: Vec<TxPart>,
     /// The transaction being written: its last item is held back until the next one
     /// (or the commit) says whether it is the shape's last change of the transaction.
-    held: Option<LogItem>,
+    held: Option<RenderedItem>,
     skipping_tx: Option<u32>,
     /// The line being written, reused from item to item.
     line: Vec<u8>,
@@ -91,28 +91,24 @@ impl ConsumerState {
             return Ok(None);
         }
         for change in &part.changes {
-            for item in self.shape.convert(change) {
+            for item in self.shape.render(change, part.xid, part.lsn) {
                 if let Some(prev) = self.held.replace(item) {
-                    self.write(&prev, part.xid, part.lsn, false)?;
+                    self.write(&prev, part.lsn, false)?;
                 }
             }
         }
         if part.commit
             && let Some(last) = self.held.take()
         {
-            self.write(&last, part.xid, part.lsn, true)?;
+            self.write(&last, part.lsn, true)?;
             return Ok(Some(LogOffset::new(part.lsn, last.op)));
         }
         Ok(None)
     }
 
-    fn write(&mut self, item: &LogItem, xid: u32, lsn: u64, last: bool) -> Result<(), String> {
-        let rel = (
-            self.shape.table.schema.as_str(),
-            self.shape.table.name.as_str(),
-        );
+    fn write(&mut self, item: &RenderedItem, lsn: u64, last: bool) -> Result<(), String> {
         self.line.clear();
-        item.write_json(&mut self.line, rel, xid, lsn, last);
+        item.write_line(&mut self.line, last);
         self.log
             .append_bytes(LogOffset::new(lsn, item.op), &self.line, last)
             .map_err(|e| e.to_string())

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult};
-use volt_shapes::{Change, Filter, Shape, TxFragment};
+use volt_shapes::{Filter, RoutedChange, Shape, TxFragment};
 use volt_storage::{ShapeDbOp, ShapeLog};
 
 use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg, TxPart};
@@ -134,16 +134,20 @@ impl SlcState {
         let epoch = self.shared.durability.epoch();
         let n_changes = frag.changes.len();
         // Shared, not copied, by the shapes a change goes to.
-        let changes: Vec<Arc<Change>> = frag.changes.into_iter().map(Arc::new).collect();
-        let mut per_shape: HashMap<u64, Vec<Arc<Change>>> = HashMap::new();
+        let changes: Vec<Arc<RoutedChange>> = frag
+            .changes
+            .into_iter()
+            .map(|c| Arc::new(RoutedChange::new(c)))
+            .collect();
+        let mut per_shape: HashMap<u64, Vec<Arc<RoutedChange>>> = HashMap::new();
         let mut hits = Vec::new();
         for change in &changes {
-            self.routes.filter.affected(change, &mut hits);
+            self.routes.filter.affected(&change.change, &mut hits);
             for id in &hits {
                 per_shape.entry(*id).or_default().push(change.clone());
             }
         }
-        let mut parts: Vec<(Route, Vec<Arc<Change>>)> = Vec::with_capacity(per_shape.len());
+        let mut parts: Vec<(Route, Vec<Arc<RoutedChange>>)> = Vec::with_capacity(per_shape.len());
         let commit = frag.commit_end_lsn.is_some();
         if commit {
             // The commit goes to every shape the transaction touched, even those with
