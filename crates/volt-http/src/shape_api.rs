@@ -665,17 +665,13 @@ async fn serve_log(
             let _ =
                 tokio::task::spawn_blocking(move || volt_stack::shapes::follow(&shared, &e)).await;
         }
-        let read = if live {
-            // Every client woken by this commit asks for the same bytes: one read.
-            let latest = log.latest_offset();
-            app.live_reads
-                .get_or_read(&entry.handle, from, latest, || {
-                    read_body(log.clone(), from, None)
-                })
-                .await
-        } else {
-            read_body(log.clone(), from, Some(app.shared.last_seen_lsn())).await
-        };
+        // Every client woken by this commit, or catching up from the same offset, asks
+        // for the same bytes: one read.
+        let latest = log.latest_offset();
+        let read = app
+            .live_reads
+            .get_or_read(&entry.handle, from, latest, || read_body(log.clone(), from))
+            .await;
         let read = match read {
             Ok(r) => r,
             Err(ReadFailed::Storage(e)) => return storage_error(app, entry, &e),
@@ -692,7 +688,18 @@ async fn serve_log(
             } else {
                 CacheKind::NonLive
             };
-            let mut res = ok_response(entry, read.last, read.body.clone(), kind);
+            // A body that reaches the end closes with an up-to-date: at the last item's
+            // LSN for live requests (so that the whole body depends on the log alone),
+            // at the latest LSN seen (raised to the last item's) for others.
+            let tail = read.reached_end.then(|| {
+                let lsn = if live {
+                    read.last.tx
+                } else {
+                    app.shared.last_seen_lsn().max(read.last.tx)
+                };
+                up_to_date(lsn)
+            });
+            let mut res = ok_response(entry, read.last, read.response_body(tail.as_deref()), kind);
             set_flags(&mut res, read.reached_end, true);
             if live {
                 set_cursor(&mut res, app, cursor);
@@ -765,14 +772,11 @@ enum ReadFailed {
     Panicked,
 }
 
-/// The log after `from` as a response body, `None` when nothing follows it. A body that
-/// reaches the end closes with an up-to-date: at `seen_lsn` (raised to the last item's)
-/// for non-live requests, at the last item's LSN for live ones, so that live bodies
-/// depend on the log alone and can be shared.
+/// The log after `from` as the shared part of a response body, `None` when nothing
+/// follows it.
 async fn read_body(
     log: Arc<volt_storage::ShapeLog>,
     from: LogOffset,
-    seen_lsn: Option<u64>,
 ) -> Result<Option<Arc<LiveBody>>, ReadFailed> {
     let read = tokio::task::spawn_blocking(move || log.read_after(from))
         .await
@@ -782,9 +786,8 @@ async fn read_body(
         return Ok(None);
     };
     let reached_end = read.reached_end;
-    let tail = reached_end.then(|| up_to_date(seen_lsn.map_or(last.tx, |s| s.max(last.tx))));
     Ok(Some(Arc::new(LiveBody {
-        body: bytes::Bytes::from(read.into_json_array(tail.as_deref())),
+        items: bytes::Bytes::from(read.into_array_start()),
         last,
         reached_end,
     })))
