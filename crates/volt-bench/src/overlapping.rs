@@ -128,6 +128,8 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
 
     let cpu0 = volt.cpu_secs();
     let mut missing = 0usize;
+    // The last client's latency per round: a slow round shows as one outlier here.
+    let (mut round_last, mut delivered) = (Vec::new(), 0usize);
     for round in 0..rounds {
         arrived.store(0, Ordering::Release);
         let first = 1_000 + round as i64 * TXN_ROWS;
@@ -154,6 +156,16 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             );
         }
         missing += overlapping - got;
+        round_last.push(
+            latencies
+                .lock()
+                .await
+                .iter()
+                .skip(delivered)
+                .copied()
+                .fold(0.0, f64::max),
+        );
+        delivered = latencies.lock().await.len();
         // Clients re-park their live requests before the next write.
         wait_parked(&volt, overlapping as u64, Duration::from_secs(60)).await?;
     }
@@ -163,6 +175,14 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         let _ = c.await;
     }
     let peak_rss = volt.peak_rss_kib();
+    println!(
+        "S5 last client per round (ms): {}",
+        round_last
+            .iter()
+            .map(|ms| format!("{ms:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let mut lat = latencies.lock().await.clone();
     lat.sort_by(f64::total_cmp);
     let p99 = percentile(&lat, 0.99);

@@ -837,6 +837,18 @@ impl ShapeLog {
         if self.is_unsynced() {
             self.sync()?;
         }
+        // The change files are created here, made durable by the metadata's directory
+        // sync, rather than by the shape's first change: creating files is slow (ext4
+        // inode allocation), and on the replication path it holds back every shape
+        // (750 new shapes hit by one transaction took ~0.5 s longer to see it).
+        for name in [LOG_FILE, INDEX_FILE] {
+            let path = self.dir.join(name);
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|e| StorageError::io(&path, e))?;
+        }
         write_meta(&self.dir, &w.meta)?;
         drop(w);
         self.snapshot.send_replace(SnapshotProgress {
@@ -1762,7 +1774,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shape_without_changes_keeps_only_its_snapshot_and_metadata_and_reopens() {
+    fn a_finished_snapshot_has_empty_change_files_and_a_log_without_them_still_reopens() {
         let (d, log) = log(1 << 20);
         let files = |d: &tempfile::TempDir| {
             let mut names: Vec<String> = fs::read_dir(d.path().join("shape"))
@@ -1772,8 +1784,21 @@ mod tests {
             names.sort();
             names
         };
-        assert_eq!(files(&d), [META_FILE, "snapshot.0.jsonl"]);
+        assert_eq!(
+            files(&d),
+            [LOG_FILE, INDEX_FILE, META_FILE, "snapshot.0.jsonl"]
+        );
+        assert_eq!(
+            fs::metadata(d.path().join("shape").join(LOG_FILE))
+                .unwrap()
+                .len(),
+            0
+        );
         drop(log);
+        // As an earlier volt left a shape without changes.
+        for name in [LOG_FILE, INDEX_FILE] {
+            fs::remove_file(d.path().join("shape").join(name)).unwrap();
+        }
         let log = reopen(&d, 1 << 20);
         let follower = ShapeLog::open_follower(d.path().join("shape"), 1 << 20).unwrap();
         follower.follow().unwrap();
