@@ -772,16 +772,29 @@ enum ReadFailed {
     Panicked,
 }
 
+/// Largest log read done on an async worker instead of the blocking pool.
+const INLINE_READ_BYTES: u64 = 64 * 1024;
+
 /// The log after `from` as the shared part of a response body, `None` when nothing
 /// follows it.
 async fn read_body(
     log: Arc<volt_storage::ShapeLog>,
     from: LogOffset,
 ) -> Result<Option<Arc<LiveBody>>, ReadFailed> {
-    let read = tokio::task::spawn_blocking(move || log.read_after(from))
-        .await
-        .map_err(|_| ReadFailed::Panicked)?
-        .map_err(ReadFailed::Storage)?;
+    // What a commit just added is in the page cache and small: read on this thread
+    // rather than pay a hand-off to the blocking pool and back (S5 wakes 750 requests,
+    // each for its own shape's few KB).
+    let read = if log
+        .bytes_after(from)
+        .is_some_and(|n| n <= INLINE_READ_BYTES)
+    {
+        log.read_after(from)
+    } else {
+        tokio::task::spawn_blocking(move || log.read_after(from))
+            .await
+            .map_err(|_| ReadFailed::Panicked)?
+    }
+    .map_err(ReadFailed::Storage)?;
     let Some(last) = read.last else {
         return Ok(None);
     };

@@ -1102,6 +1102,16 @@ impl ShapeLog {
         *self.committed.borrow()
     }
 
+    /// How many bytes of the log a `read_after(after)` would read, when `after` is one
+    /// of the recent commits it remembers (`None` otherwise: possibly a whole chunk).
+    pub fn bytes_after(&self, after: LogOffset) -> Option<u64> {
+        let v = self.visible.read().ok()?;
+        let at = v.commits.partition_point(|(o, _)| *o <= after);
+        let (offset, pos) = v.commits.get(at.checked_sub(1)?)?;
+        // Past the last commit remembered, or inside a transaction: not known.
+        (*offset == after).then(|| v.committed_pos.saturating_sub(*pos))
+    }
+
     /// Whether any reader waits on (or is about to read) this log.
     pub fn has_readers(&self) -> bool {
         self.committed.receiver_count() > 0
@@ -1287,6 +1297,25 @@ mod tests {
         assert_eq!(array, format!("[{}", items[2..].join(",")).into_bytes());
         let nothing = log.read_after(LogOffset::new(7, 3)).unwrap();
         assert_eq!(nothing.into_array_start(), b"[");
+    }
+
+    #[test]
+    fn the_bytes_after_a_recent_commit_bound_what_a_read_from_it_scans() {
+        let (_d, log) = log(1 << 20);
+        log.append(LogOffset::new(5, 0), "{}", true).unwrap();
+        log.commit(LogOffset::new(5, 0)).unwrap();
+        assert_eq!(log.bytes_after(LogOffset::new(5, 0)), Some(0));
+        for op in [0, 2] {
+            log.append(LogOffset::new(6, op), "[1,2,3]", op == 2)
+                .unwrap();
+        }
+        log.commit(LogOffset::new(6, 2)).unwrap();
+        let n = log.bytes_after(LogOffset::new(5, 0)).unwrap();
+        assert!(n > 0);
+        assert_eq!(log.read_after(LogOffset::new(5, 0)).unwrap().scanned, n);
+        // Not a commit it remembers: unknown.
+        assert_eq!(log.bytes_after(LogOffset::new(6, 0)), None);
+        assert_eq!(log.bytes_after(LogOffset::SNAPSHOT_END), None);
     }
 
     #[test]
