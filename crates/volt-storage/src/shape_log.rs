@@ -1121,17 +1121,26 @@ impl ShapeLog {
         self.committed.subscribe()
     }
 
-    /// The items of complete snapshot chunk `k`.
-    /// Snapshot chunk `k` as the JSON array a response sends, built in one pass over
-    /// the file: items are one per line and JSON never holds a raw newline, so the line
-    /// breaks become the commas.
+    /// Snapshot chunk `k` as the JSON array a response sends, read into the one buffer
+    /// it is sent from: items are one per line and JSON never holds a raw newline, so
+    /// the line breaks become the commas in place.
     pub fn read_snapshot_body(&self, k: u32) -> Result<bytes::Bytes, StorageError> {
         let path = self.dir.join(snapshot_file(k));
-        let text = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
-        let mut body = Vec::with_capacity(text.len() + 2);
+        let io_err = |e| StorageError::io(&path, e);
+        let mut file = File::open(&path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len() as usize;
+        let mut body = Vec::with_capacity(len + 2);
         body.push(b'[');
-        let content = text.strip_suffix(b"\n").unwrap_or(&text);
-        body.extend(content.iter().map(|&b| if b == b'\n' { b',' } else { b }));
+        file.read_to_end(&mut body).map_err(io_err)?;
+        for b in &mut body[1..] {
+            if *b == b'\n' {
+                *b = b',';
+            }
+        }
+        // The last line's break: an item never ends with a comma.
+        if body.len() > 1 && body.last() == Some(&b',') {
+            body.pop();
+        }
         body.push(b']');
         Ok(body.into())
     }
@@ -1571,6 +1580,23 @@ mod tests {
             .sum();
         assert_eq!(total, 5);
         assert!(chunks >= 2);
+    }
+
+    #[test]
+    fn a_snapshot_chunk_body_is_its_lines_as_a_json_array() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ShapeLog::create(dir.path().join("shape"), 1 << 20).unwrap();
+        let lines = ["{\"a\":\"x\\ny\"}", "[1,2]", "\"\u{e9}\""];
+        for line in lines {
+            log.append_snapshot_line(line).unwrap();
+        }
+        log.finish_snapshot().unwrap();
+        let body = log.read_snapshot_body(0).unwrap();
+        assert_eq!(body, format!("[{}]", lines.join(",")).as_bytes());
+
+        let empty = ShapeLog::create(dir.path().join("empty"), 1 << 20).unwrap();
+        empty.finish_snapshot().unwrap();
+        assert_eq!(empty.read_snapshot_body(0).unwrap(), b"[]".as_slice());
     }
 
     /// Every response a reader can get, from every offset the log holds.
