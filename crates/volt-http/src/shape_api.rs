@@ -781,20 +781,22 @@ async fn read_body(
     log: Arc<volt_storage::ShapeLog>,
     from: LogOffset,
 ) -> Result<Option<Arc<LiveBody>>, ReadFailed> {
-    // What a commit just added is in the page cache and small: read on this thread
+    // What a commit just added is small and in the page cache: read on this thread
     // rather than pay a hand-off to the blocking pool and back (S5 wakes 750 requests,
-    // each for its own shape's few KB).
-    let read = if log
-        .bytes_after(from)
-        .is_some_and(|n| n <= INLINE_READ_BYTES)
-    {
-        log.read_after(from)
-    } else {
-        tokio::task::spawn_blocking(move || log.read_after(from))
+    // each for its own shape's few KB). Larger reads, decided before any I/O, block a
+    // pool thread instead.
+    let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        log.read_after_within(from, INLINE_READ_BYTES)
+    }))
+    .map_err(|_| ReadFailed::Panicked)?
+    .map_err(ReadFailed::Storage)?;
+    let read = match inline {
+        Some(read) => read,
+        None => tokio::task::spawn_blocking(move || log.read_after(from))
             .await
             .map_err(|_| ReadFailed::Panicked)?
-    }
-    .map_err(ReadFailed::Storage)?;
+            .map_err(ReadFailed::Storage)?,
+    };
     let Some(last) = read.last else {
         return Ok(None);
     };

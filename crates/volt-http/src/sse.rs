@@ -53,7 +53,13 @@ impl Stream {
                 Err(_) => return false,
             };
             if let Some(last) = read.last {
-                self.pending.extend(read.items().into_iter().map(event));
+                match read.try_items() {
+                    Ok(items) => self.pending.extend(items.into_iter().map(event)),
+                    Err(e) => {
+                        tracing::error!(handle = %self.entry.handle, error = %e, "SSE read found a corrupt record");
+                        return false;
+                    }
+                }
                 if read.reached_end {
                     self.pending.push_back(event(&up_to_date(last.tx)));
                 }

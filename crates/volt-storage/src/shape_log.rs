@@ -154,6 +154,9 @@ struct Writer {
     meta: Meta,
     /// Set by `fence`: nothing may be written any more.
     fenced: bool,
+    /// The change log and index exist and their directory entries are durable (made
+    /// with the snapshot's metadata): a first commit does not need a directory sync.
+    change_files_durable: bool,
 }
 
 struct SnapshotWriter {
@@ -250,23 +253,25 @@ pub struct LogRead {
     pub scanned: u64,
 }
 
-/// Room left after a read's items for the up-to-date message and the closing bracket,
-/// so that closing the array does not reallocate a chunk-sized buffer.
-const READ_SLACK: usize = 256;
-
 impl LogRead {
-    /// The items, in log order.
-    pub fn items(&self) -> Vec<&str> {
+    /// The items, in log order. Records are written from `str`s and checked by their
+    /// CRC on reading, so an item that is not UTF-8 is a corrupt log.
+    pub fn try_items(&self) -> Result<Vec<&str>, std::str::Utf8Error> {
         let mut start = 1;
         self.ends
             .iter()
             .map(|&end| {
-                // Records are written from `str`s and checked by their CRC on reading.
-                let item = std::str::from_utf8(&self.joined[start..end]).unwrap_or_default();
+                let item = std::str::from_utf8(&self.joined[start..end]);
                 start = end + 1;
                 item
             })
             .collect()
+    }
+
+    /// `try_items`, for tests.
+    #[cfg(test)]
+    fn items(&self) -> Vec<&str> {
+        self.try_items().expect("UTF-8 items")
     }
 
     pub fn len(&self) -> usize {
@@ -495,6 +500,7 @@ impl ShapeLog {
                 snapshot: Some(snapshot),
                 meta,
                 fenced: false,
+                change_files_durable: false,
             }),
             committed: watch::Sender::new(LogOffset::SNAPSHOT_END),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -601,6 +607,8 @@ impl ShapeLog {
                 snapshot: None,
                 meta,
                 fenced: false,
+                // Logs from before volt created them with the snapshot may have none.
+                change_files_durable: log_path.exists(),
             }),
             committed: watch::Sender::new(scanned.latest.unwrap_or(LogOffset::SNAPSHOT_END)),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -850,6 +858,7 @@ impl ShapeLog {
                 .map_err(|e| StorageError::io(&path, e))?;
         }
         write_meta(&self.dir, &w.meta)?;
+        w.change_files_durable = true;
         drop(w);
         self.snapshot.send_replace(SnapshotProgress {
             state: SnapshotState::Done { chunks },
@@ -946,9 +955,11 @@ impl ShapeLog {
         let new_chunks = std::mem::take(&mut w.new_chunks);
         let end_pos = w.end_pos;
         w.committed_chunk_len = w.chunk_len;
+        let files_durable = w.change_files_durable;
         drop(w);
-        // The first commit creates both files (its first record starts a chunk).
-        if !new_chunks.is_empty() && new_chunks[0].pos == 0 {
+        // The first commit creates both files (its first record starts a chunk), unless
+        // the snapshot's completion did.
+        if !files_durable && !new_chunks.is_empty() && new_chunks[0].pos == 0 {
             self.new_files.store(true, Ordering::Release);
         }
         self.unsynced.store(true, Ordering::Release);
@@ -1102,16 +1113,6 @@ impl ShapeLog {
         *self.committed.borrow()
     }
 
-    /// How many bytes of the log a `read_after(after)` would read, when `after` is one
-    /// of the recent commits it remembers (`None` otherwise: possibly a whole chunk).
-    pub fn bytes_after(&self, after: LogOffset) -> Option<u64> {
-        let v = self.visible.read().ok()?;
-        let at = v.commits.partition_point(|(o, _)| *o <= after);
-        let (offset, pos) = v.commits.get(at.checked_sub(1)?)?;
-        // Past the last commit remembered, or inside a transaction: not known.
-        (*offset == after).then(|| v.committed_pos.saturating_sub(*pos))
-    }
-
     /// Whether any reader waits on (or is about to read) this log.
     pub fn has_readers(&self) -> bool {
         self.committed.receiver_count() > 0
@@ -1148,6 +1149,18 @@ impl ShapeLog {
     /// Committed changes after `after`, up to the end of the chunk holding the first of
     /// them: chunk boundaries never move, so identical requests get identical answers.
     pub fn read_after(&self, after: LogOffset) -> Result<LogRead, StorageError> {
+        self.read_after_within(after, u64::MAX)
+            .map(|read| read.unwrap_or_default())
+    }
+
+    /// `read_after`, unless it would read more than `max_bytes` of the log: `None`
+    /// then, decided before any I/O (callers read small answers where a blocking read
+    /// is cheap, and hand large ones to a thread that may block).
+    pub fn read_after_within(
+        &self,
+        after: LogOffset,
+        max_bytes: u64,
+    ) -> Result<Option<LogRead>, StorageError> {
         let end = self.latest_offset();
         let (chunks, committed_pos, resume) = {
             let v = self.visible.read().map_err(|_| StorageError::Poisoned)?;
@@ -1158,10 +1171,10 @@ impl ShapeLog {
             (v.chunks.clone(), v.committed_pos, resume)
         };
         if chunks.is_empty() || after >= end {
-            return Ok(LogRead {
+            return Ok(Some(LogRead {
                 reached_end: true,
                 ..LogRead::default()
-            });
+            }));
         }
         // The chunk holding the first entry after `after`.
         let mut i = chunks
@@ -1169,7 +1182,7 @@ impl ShapeLog {
             .saturating_sub(1);
         let path = self.dir.join(LOG_FILE);
         let io_err = |e| StorageError::io(&path, e);
-        let mut file = File::open(&path).map_err(io_err)?;
+        let mut file: Option<File> = None;
         let mut scanned = 0;
         loop {
             let stop = chunks
@@ -1181,11 +1194,17 @@ impl ShapeLog {
                 _ => chunks[i].pos,
             };
             scanned += stop - start;
+            if scanned > max_bytes {
+                return Ok(None);
+            }
             let len = (stop - start) as usize;
-            let mut buf = Vec::with_capacity(len + READ_SLACK);
-            buf.resize(len, 0);
-            file.seek(SeekFrom::Start(start)).map_err(io_err)?;
-            file.read_exact(&mut buf).map_err(io_err)?;
+            let mut buf = vec![0u8; len];
+            let f = match &mut file {
+                Some(f) => f,
+                None => file.insert(File::open(&path).map_err(io_err)?),
+            };
+            f.seek(SeekFrom::Start(start)).map_err(io_err)?;
+            f.read_exact(&mut buf).map_err(io_err)?;
             // Each record's JSON moves down over the headers before it: `[` and the
             // commas take less room than a record's header, so the write position
             // never passes the read position.
@@ -1212,21 +1231,26 @@ impl ShapeLog {
             }
             if let Some(last) = last {
                 buf.truncate(write);
-                return Ok(LogRead {
+                // A read that skipped most of what it scanned (an offset the log no
+                // longer remembers the position of) must not pin the whole chunk.
+                if buf.capacity() > write + write / 8 {
+                    buf.shrink_to_fit();
+                }
+                return Ok(Some(LogRead {
                     joined: buf,
                     ends,
                     reached_end: last >= end,
                     last: Some(last),
                     scanned,
-                });
+                }));
             }
             // `after` was the last entry of this chunk: the answer starts in the next.
             if i + 1 >= chunks.len() {
-                return Ok(LogRead {
+                return Ok(Some(LogRead {
                     reached_end: true,
                     scanned,
                     ..LogRead::default()
-                });
+                }));
             }
             i += 1;
         }
@@ -1309,22 +1333,49 @@ mod tests {
     }
 
     #[test]
-    fn the_bytes_after_a_recent_commit_bound_what_a_read_from_it_scans() {
+    fn a_read_within_a_bound_reads_nothing_when_the_answer_is_larger() {
         let (_d, log) = log(1 << 20);
         log.append(LogOffset::new(5, 0), "{}", true).unwrap();
         log.commit(LogOffset::new(5, 0)).unwrap();
-        assert_eq!(log.bytes_after(LogOffset::new(5, 0)), Some(0));
         for op in [0, 2] {
             log.append(LogOffset::new(6, op), "[1,2,3]", op == 2)
                 .unwrap();
         }
         log.commit(LogOffset::new(6, 2)).unwrap();
-        let n = log.bytes_after(LogOffset::new(5, 0)).unwrap();
-        assert!(n > 0);
-        assert_eq!(log.read_after(LogOffset::new(5, 0)).unwrap().scanned, n);
-        // Not a commit it remembers: unknown.
-        assert_eq!(log.bytes_after(LogOffset::new(6, 0)), None);
-        assert_eq!(log.bytes_after(LogOffset::SNAPSHOT_END), None);
+        let whole = log.read_after(LogOffset::new(5, 0)).unwrap();
+        let n = whole.scanned;
+        let within = log
+            .read_after_within(LogOffset::new(5, 0), n)
+            .unwrap()
+            .expect("within the bound");
+        assert_eq!(within.items(), whole.items());
+        assert_eq!(within.last, Some(LogOffset::new(6, 2)));
+        assert!(
+            log.read_after_within(LogOffset::new(5, 0), n - 1)
+                .unwrap()
+                .is_none()
+        );
+        // From the snapshot's end the whole chunk is scanned.
+        assert!(
+            log.read_after_within(LogOffset::SNAPSHOT_END, n)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_read_that_skips_most_of_what_it_scanned_does_not_keep_the_scanned_buffer() {
+        let (_d, log) = log(1 << 20);
+        let item = "x".repeat(100);
+        for op in 0..1000 {
+            log.append(LogOffset::new(8, op), &format!("\"{item}\""), op == 999)
+                .unwrap();
+        }
+        log.commit(LogOffset::new(8, 999)).unwrap();
+        let read = log.read_after(LogOffset::new(8, 997)).unwrap();
+        assert_eq!(read.len(), 2);
+        assert!(read.scanned > 100_000);
+        assert!(read.joined.capacity() < 1_000, "{}", read.joined.capacity());
     }
 
     #[test]
@@ -1849,6 +1900,11 @@ mod tests {
                 .len(),
             0
         );
+        // Their directory entries were synced with the metadata: no directory sync
+        // for the first change.
+        log.append(LogOffset::new(4, 0), "{}", true).unwrap();
+        log.commit(LogOffset::new(4, 0)).unwrap();
+        assert!(!log.new_files.load(Ordering::SeqCst));
         drop(log);
         // As an earlier volt left a shape without changes.
         for name in [LOG_FILE, INDEX_FILE] {
@@ -1860,6 +1916,8 @@ mod tests {
         assert!(!follower.is_closed());
         log.append(LogOffset::new(5, 0), "{}", true).unwrap();
         log.commit(LogOffset::new(5, 0)).unwrap();
+        // This commit created them: their entries need the directory synced.
+        assert!(log.new_files.load(Ordering::SeqCst));
         log.sync().unwrap();
         assert_eq!(
             files(&d),
