@@ -43,6 +43,15 @@ impl RoutedChange {
         }
     }
 
+    /// Drop the renderings kept so far: once every shape routed to has written its
+    /// lines, they are only memory (a Consumer still waiting for its snapshot holds its
+    /// changes, and renders them again when it applies them).
+    pub fn forget_renderings(&self) {
+        if let Ok(mut rendered) = self.rendered.lock() {
+            *rendered = Vec::new();
+        }
+    }
+
     fn find(&self, shape: &Shape, kind: Kind) -> Option<Option<Arc<[u8]>>> {
         let rendered = self.rendered.lock().ok()?;
         rendered
@@ -302,5 +311,9 @@ mod tests {
         assert_eq!(routed.rendered.lock().unwrap().len(), 2);
         assert_eq!(rendered(&all, &routed, false), a);
         assert_eq!(routed.rendered.lock().unwrap().len(), 2);
+        // Forgotten once every shape wrote its lines; rendering again gives the same.
+        routed.forget_renderings();
+        assert!(routed.rendered.lock().unwrap().is_empty());
+        assert_eq!(rendered(&some, &routed, false), b);
     }
 }

@@ -206,6 +206,9 @@ impl SlcState {
                 }
             }
         }
+        for change in &changes {
+            change.forget_renderings();
+        }
         metrics::counter!("volt_changes_total").increment(n_changes as u64);
         if let Some(end) = frag.commit_end_lsn {
             // Every shape has replied, so every log it wrote is queued for a flush.
