@@ -106,6 +106,8 @@ struct Inner {
     /// Every body read, kept or not: one that responses still hold is shared with new
     /// requests at no cost in memory.
     sent: HashMap<Key, Weak<LiveBody>>,
+    /// Entries of `sent` after its last clean-up: it is cleaned again when it doubles.
+    sent_after_cleanup: usize,
 }
 
 impl LiveReads {
@@ -171,8 +173,9 @@ impl LiveReads {
             && let Ok(mut inner) = self.inner.lock()
         {
             let n = body.items.len();
-            if inner.sent.len() >= self.max_keys {
+            if inner.sent.len() >= self.max_keys.max(2 * inner.sent_after_cleanup) {
                 inner.sent.retain(|_, b| b.strong_count() > 0);
+                inner.sent_after_cleanup = inner.sent.len();
             }
             inner.sent.insert(key.clone(), Arc::downgrade(body));
             if let Some(slot) = inner.slots.get_mut(&key)
