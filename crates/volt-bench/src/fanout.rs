@@ -467,6 +467,35 @@ struct Row {
     js: Option<(usize, Vec<Duration>, Vec<Duration>)>,
 }
 
+/// RSS grows while the clients connect and the first transactions go out (connection
+/// buffers, caches filling); whether it then stays flat is read from this far into the
+/// writes on.
+const WARM_UP: Duration = Duration::from_secs(5);
+
+/// RSS samples from `from` on: (min, max) in MiB and the least-squares slope in MiB per
+/// minute. `None` with fewer than three samples.
+fn steady_rss(rss: &[(Duration, u64)], from: Duration) -> Option<(f64, f64, f64)> {
+    let points: Vec<(f64, f64)> = rss
+        .iter()
+        .filter(|s| s.0 >= from)
+        .map(|s| (s.0.as_secs_f64() / 60.0, s.1 as f64 / 1024.0))
+        .collect();
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    let min = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let max = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    Some((min, max, slope))
+}
+
 pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let (counts, secs): (Vec<usize>, u64) = if env.quick {
         (vec![20, 50], 2)
@@ -595,9 +624,10 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         "Open-file limit {nofile}. Write-to-last-client: from sending the INSERT to the last client holding the transaction; floor: from publishing to the last client.\n"
     );
     println!(
-        "| clients | write-to-last-client p50 ms | p99 ms | floor p50 ms | floor p99 ms | p99 ratio (target <= 2x) | every delivery p50 ms (floor) | complete tx (floor) | errors | CPU us per delivery | RSS before clients -> at first write -> end (max) MiB |"
+        "| clients | write-to-last-client p50 ms | p99 ms | floor p50 ms | floor p99 ms | p99 ratio (target <= 2x) | every delivery p50 ms (floor) | complete tx (floor) | errors | CPU us per delivery | RSS before clients -> at first write -> end (max) MiB | RSS from {}s into the writes: min-max MiB, slope MiB/min |",
+        WARM_UP.as_secs()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = &r.figures;
         let rss_at = |i: usize| r.rss.get(i).map(|s| s.1).unwrap_or(0);
@@ -607,8 +637,12 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             .find(|s| s.0 >= r.writing_after)
             .map_or(0, |s| s.1);
         let rss_max = r.rss.iter().map(|s| s.1).max().unwrap_or(0);
+        let steady = match steady_rss(&r.rss, r.writing_after + WARM_UP) {
+            Some((min, max, slope)) => format!("{min:.1}-{max:.1}, {slope:+.1}"),
+            None => "- (run too short)".to_string(),
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {:.2}x | {} ({}) | {}/{} ({}/{}) | {} ({}) | {:.1} | {:.1} -> {:.1} -> {:.1} ({:.1}) |",
+            "| {} | {} | {} | {} | {} | {:.2}x | {} ({}) | {}/{} ({}/{}) | {} ({}) | {:.1} | {:.1} -> {:.1} -> {:.1} ({:.1}) | {steady} |",
             f.clients,
             ms(f.last_p50),
             ms(f.last_p99),
@@ -736,4 +770,32 @@ async fn live_read_cache_bytes(http: &reqwest::Client, base: &str) -> anyhow::Re
     stats["cache_bytes"]["live_reads"]
         .as_u64()
         .context("no cache_bytes.live_reads in /v1/admin/stats")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(f: impl Fn(f64) -> f64) -> Vec<(Duration, u64)> {
+        (0..=40)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                (Duration::from_secs_f64(t), (f(t) * 1024.0) as u64)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_steady_rss_ignores_the_warm_up_and_fits_the_slope_after_it() {
+        // A ramp to 80 MiB in the first 5 s, then flat.
+        let flat = series(|t| if t < 5.0 { 16.0 * t } else { 80.0 });
+        let (min, max, slope) = steady_rss(&flat, Duration::from_secs(5)).unwrap();
+        assert_eq!((min, max), (80.0, 80.0));
+        assert!(slope.abs() < 1e-9);
+        // Growing by 1 MiB per second: 60 MiB per minute.
+        let growing = series(|t| 50.0 + t);
+        let (_, _, slope) = steady_rss(&growing, Duration::from_secs(5)).unwrap();
+        assert!((slope - 60.0).abs() < 0.5, "{slope}");
+        assert!(steady_rss(&flat, Duration::from_secs(60)).is_none());
+    }
 }
