@@ -838,9 +838,11 @@ enum Woke {
     ShuttingDown,
 }
 
+/// The up-to-date control message, as serde_json prints it, written out directly: one
+/// is built per response that reaches the end (2.6% of volt's CPU in S3 through a
+/// `json!` map).
 pub(crate) fn up_to_date(lsn: u64) -> String {
-    json!({"headers": {"control": "up-to-date", "global_last_seen_lsn": lsn.to_string()}})
-        .to_string()
+    format!(r#"{{"headers":{{"control":"up-to-date","global_last_seen_lsn":"{lsn}"}}}}"#)
 }
 
 #[derive(Clone, Copy)]
@@ -1001,6 +1003,15 @@ pub fn parse_shape_query(query: &str) -> Result<ShapeDef, ParamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_up_to_date_message_is_what_serde_json_prints() {
+        for lsn in [0, 7, u64::MAX] {
+            let via_json = json!({"headers": {"control": "up-to-date", "global_last_seen_lsn": lsn.to_string()}})
+                .to_string();
+            assert_eq!(up_to_date(lsn), via_json);
+        }
+    }
 
     fn with_etag(tag: &str) -> Response {
         let mut res = (StatusCode::OK, "[]").into_response();
