@@ -124,34 +124,27 @@ impl Shape {
     pub fn render(&self, routed: &RoutedChange, xid: u32, lsn: u64) -> Vec<RenderedItem> {
         let relation = (self.table.schema.as_str(), self.table.name.as_str());
         let op = routed.change.op;
-        let (kind, build): (Kind, Box<dyn FnOnce() -> Option<LogItem> + '_>) =
-            match self.plan(&routed.change) {
-                Plan::Skip => return vec![],
-                // Rare, and its headers name the other key: not shared.
-                Plan::KeyChange { old, new } => {
-                    return self
-                        .key_change_items(op, &old, &new)
-                        .iter()
-                        .map(|i| RenderedItem::of(i, relation, xid, lsn))
-                        .collect();
-                }
-                Plan::Insert(new) => (
-                    Kind::Insert,
-                    Box::new(move || Some(self.insert_item(op, &new, None))),
-                ),
-                Plan::Delete(old) => (
-                    Kind::Delete,
-                    Box::new(move || Some(self.delete_item(op, &old, None))),
-                ),
-                Plan::Update { old, new } => (
-                    Kind::Update,
-                    Box::new(move || self.update_item(op, &old, &new)),
-                ),
-            };
+        let plan = self.plan(&routed.change);
+        let kind = match &plan {
+            Plan::Skip => return vec![],
+            // Rare, and its headers name the other key: not shared.
+            Plan::KeyChange { old, new } => {
+                return self
+                    .key_change_items(op, old, new)
+                    .iter()
+                    .map(|i| RenderedItem::of(i, relation, xid, lsn))
+                    .collect();
+            }
+            Plan::Insert(_) => Kind::Insert,
+            Plan::Delete(_) => Kind::Delete,
+            Plan::Update { .. } => Kind::Update,
+        };
         let tail = match routed.find(self, kind) {
             Some(tail) => tail,
             None => {
-                let tail = build().map(|item| tail_of(&item, relation, xid, lsn));
+                let tail = self
+                    .single_item(op, &plan)
+                    .map(|item| tail_of(&item, relation, xid, lsn));
                 routed.keep(self, kind, tail.clone());
                 tail
             }

@@ -477,10 +477,19 @@ impl Shape {
         let op = change.op;
         match self.plan(change) {
             Plan::Skip => vec![],
-            Plan::Insert(new) => vec![self.insert_item(op, &new, None)],
-            Plan::Delete(old) => vec![self.delete_item(op, &old, None)],
-            Plan::Update { old, new } => self.update_item(op, &old, &new).into_iter().collect(),
             Plan::KeyChange { old, new } => self.key_change_items(op, &old, &new).into(),
+            plan => self.single_item(op, &plan).into_iter().collect(),
+        }
+    }
+
+    /// The one item of an insert, a delete or an update (none for an update of no
+    /// selected column); `None` for the other plans too.
+    pub(crate) fn single_item(&self, op: u64, plan: &Plan) -> Option<LogItem> {
+        match plan {
+            Plan::Insert(new) => Some(self.insert_item(op, new, None)),
+            Plan::Delete(old) => Some(self.delete_item(op, old, None)),
+            Plan::Update { old, new } => self.update_item(op, old, new),
+            Plan::Skip | Plan::KeyChange { .. } => None,
         }
     }
 
@@ -499,12 +508,7 @@ impl Shape {
         ]
     }
 
-    pub(crate) fn insert_item(
-        &self,
-        op: u64,
-        row: &[Option<&str>],
-        extra: Option<(&str, &str)>,
-    ) -> LogItem {
+    fn insert_item(&self, op: u64, row: &[Option<&str>], extra: Option<(&str, &str)>) -> LogItem {
         LogItem {
             op,
             operation: "insert",
@@ -515,12 +519,7 @@ impl Shape {
         }
     }
 
-    pub(crate) fn delete_item(
-        &self,
-        op: u64,
-        row: &[Option<&str>],
-        extra: Option<(&str, &str)>,
-    ) -> LogItem {
+    fn delete_item(&self, op: u64, row: &[Option<&str>], extra: Option<(&str, &str)>) -> LogItem {
         let value = match self.def.replica {
             Replica::Default => self.value_of(row, self.key_columns.iter().copied()),
             Replica::Full => self.value_of(row, self.selected.iter().copied()),
@@ -535,12 +534,7 @@ impl Shape {
         }
     }
 
-    pub(crate) fn update_item(
-        &self,
-        op: u64,
-        old: &[Option<&str>],
-        new: &[Option<&str>],
-    ) -> Option<LogItem> {
+    fn update_item(&self, op: u64, old: &[Option<&str>], new: &[Option<&str>]) -> Option<LogItem> {
         let changed: Vec<usize> = self
             .selected
             .iter()
