@@ -443,6 +443,15 @@ fn scan(buf: &[u8], base: u64, chunk_len: u64, chunk_bytes: u64, have_chunks: bo
     out
 }
 
+/// The file at `path` opened for appending, created if it does not exist.
+fn open_append(path: &Path) -> Result<File, StorageError> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| StorageError::io(path, e))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -850,12 +859,7 @@ impl ShapeLog {
         // inode allocation), and on the replication path it holds back every shape
         // (750 new shapes hit by one transaction took ~0.5 s longer to see it).
         for name in [LOG_FILE, INDEX_FILE] {
-            let path = self.dir.join(name);
-            OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&path)
-                .map_err(|e| StorageError::io(&path, e))?;
+            open_append(&self.dir.join(name))?;
         }
         write_meta(&self.dir, &w.meta)?;
         w.change_files_durable = true;
@@ -904,11 +908,7 @@ impl ShapeLog {
         let path = self.dir.join(LOG_FILE);
         self.writable(w, &path)?;
         // Opened per write so that idle shapes hold no file descriptor.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| StorageError::io(&path, e))?;
+        let mut f = open_append(&path)?;
         if let Err(e) = f.write_all(&w.buffer) {
             // Leave the file as it was, so that writing the same buffer again (after the
             // disk got space back) does not duplicate what made it out.
@@ -939,11 +939,7 @@ impl ShapeLog {
         if !w.new_chunks.is_empty() {
             let path = self.dir.join(INDEX_FILE);
             let bytes: Vec<u8> = w.new_chunks.iter().flat_map(index_entry).collect();
-            let mut f = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&path)
-                .map_err(|e| StorageError::io(&path, e))?;
+            let mut f = open_append(&path)?;
             let before = f.metadata().map_err(|e| StorageError::io(&path, e))?.len();
             if let Err(e) = f.write_all(&bytes) {
                 // As for the log: a retry (the disk got space back) must not find half
