@@ -767,7 +767,7 @@ async fn serve_log(
     }
 }
 
-enum ReadFailed {
+pub(crate) enum ReadFailed {
     Storage(volt_storage::StorageError),
     Panicked,
 }
@@ -781,22 +781,7 @@ async fn read_body(
     log: Arc<volt_storage::ShapeLog>,
     from: LogOffset,
 ) -> Result<Option<Arc<LiveBody>>, ReadFailed> {
-    // What a commit just added is small and in the page cache: read on this thread
-    // rather than pay a hand-off to the blocking pool and back (S5 wakes 750 requests,
-    // each for its own shape's few KB). Larger reads, decided before any I/O, block a
-    // pool thread instead.
-    let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        log.read_after_within(from, INLINE_READ_BYTES)
-    }))
-    .map_err(|_| ReadFailed::Panicked)?
-    .map_err(ReadFailed::Storage)?;
-    let read = match inline {
-        Some(read) => read,
-        None => tokio::task::spawn_blocking(move || log.read_after(from))
-            .await
-            .map_err(|_| ReadFailed::Panicked)?
-            .map_err(ReadFailed::Storage)?,
-    };
+    let read = read_log(log, from).await?;
     let Some(last) = read.last else {
         return Ok(None);
     };
@@ -806,6 +791,29 @@ async fn read_body(
         last,
         reached_end,
     })))
+}
+
+/// `ShapeLog::read_after`, without blocking an async worker on a large read.
+pub(crate) async fn read_log(
+    log: Arc<volt_storage::ShapeLog>,
+    from: LogOffset,
+) -> Result<volt_storage::LogRead, ReadFailed> {
+    // What a commit just added is small and in the page cache: read on this thread
+    // rather than pay a hand-off to the blocking pool and back (S5 wakes 750 requests,
+    // each for its own shape's few KB). Larger reads, decided before any I/O, block a
+    // pool thread instead.
+    let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        log.read_after_within(from, INLINE_READ_BYTES)
+    }))
+    .map_err(|_| ReadFailed::Panicked)?
+    .map_err(ReadFailed::Storage)?;
+    match inline {
+        Some(read) => Ok(read),
+        None => tokio::task::spawn_blocking(move || log.read_after(from))
+            .await
+            .map_err(|_| ReadFailed::Panicked)?
+            .map_err(ReadFailed::Storage),
+    }
 }
 
 /// An offset past the shape's end may be one this instance has not caught up to yet:

@@ -15,7 +15,7 @@ use volt_stack::ShapeEntry;
 use volt_storage::LogOffset;
 
 use crate::AppState;
-use crate::shape_api::{set_cursor, up_to_date};
+use crate::shape_api::{ReadFailed, read_log, set_cursor, up_to_date};
 
 struct Stream {
     entry: Arc<ShapeEntry>,
@@ -42,15 +42,13 @@ impl Stream {
                 return false;
             }
             self.changes.borrow_and_update();
-            let log = self.entry.log.clone();
-            let from = self.from;
-            let read = match tokio::task::spawn_blocking(move || log.read_after(from)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
+            let read = match read_log(self.entry.log.clone(), self.from).await {
+                Ok(r) => r,
+                Err(ReadFailed::Storage(e)) => {
                     tracing::error!(handle = %self.entry.handle, error = %e, "SSE read failed");
                     return false;
                 }
-                Err(_) => return false,
+                Err(ReadFailed::Panicked) => return false,
             };
             if let Some(last) = read.last {
                 match read.try_items() {
