@@ -387,10 +387,7 @@ async fn a_clean_shutdown_acknowledges_everything_stored_before_it_exits() -> an
         .await?;
     f.until(&volt, "the update", |f| f.changes.len() == 1)
         .await?;
-    let stored: u64 = f.changes[0]["headers"]["lsn"]
-        .as_str()
-        .unwrap_or("0")
-        .parse()?;
+    let stored = f.change_lsn(0)?;
     volt.stack.take().context("running")?.stop().await;
     // No waiting: by the time stop returns, Postgres knows.
     let confirmed = confirmed_flush(&volt).await?;
@@ -433,10 +430,7 @@ async fn a_change_is_served_before_it_is_synced_and_acknowledged_only_after() ->
         f.changes.len() == 1
     })
     .await?;
-    let lsn: u64 = f.changes[0]["headers"]["lsn"]
-        .as_str()
-        .unwrap_or("0")
-        .parse()?;
+    let lsn = f.change_lsn(0)?;
     let durable = volt.shared().durability.durable_lsn();
     assert!(durable < lsn, "durable {durable} before any sync of {lsn}");
     let confirmed = confirmed_flush(&volt).await?;

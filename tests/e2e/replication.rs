@@ -312,10 +312,7 @@ async fn postgres_is_told_a_change_is_stored_only_once_it_is() -> anyhow::Result
         .execute("INSERT INTO items VALUES (9, 'nine', 9)")
         .await?;
     f.until(&volt, "the insert", |f| f.rows.len() == 4).await?;
-    let stored_lsn: u64 = f.changes[0]["headers"]["lsn"]
-        .as_str()
-        .unwrap_or("0")
-        .parse()?;
+    let stored_lsn = f.change_lsn(0)?;
     let client = volt.db.client().await?;
     let slot = volt.db.slot_name();
     crate::support::eventually("the slot's confirmed flush LSN passes the stored commit", || {

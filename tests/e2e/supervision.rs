@@ -339,10 +339,7 @@ async fn a_restarted_shape_subsystem_syncs_every_restored_log_before_declaring_m
     })
     .await?;
     assert_eq!(volt.shared().durability.durable_lsn(), durable);
-    let lsn: u64 = all.changes[0]["headers"]["lsn"]
-        .as_str()
-        .unwrap_or("0")
-        .parse()?;
+    let lsn = all.change_lsn(0)?;
     volt.shared().failpoints.hold_flush.store(None);
     gate.add_permits(1 << 20);
     eventually(

@@ -278,6 +278,12 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// The LSN in the headers of the `i`th change received (0 if it has none).
+    pub fn change_lsn(&self, i: usize) -> anyhow::Result<u64> {
+        let lsn = self.changes[i]["headers"]["lsn"].as_str().unwrap_or("0");
+        Ok(lsn.parse()?)
+    }
+
     pub fn new(params: &str) -> Follower {
         Follower {
             params: params.to_string(),
