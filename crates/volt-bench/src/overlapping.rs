@@ -156,16 +156,11 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             );
         }
         missing += overlapping - got;
-        round_last.push(
-            latencies
-                .lock()
-                .await
-                .iter()
-                .skip(delivered)
-                .copied()
-                .fold(0.0, f64::max),
-        );
-        delivered = latencies.lock().await.len();
+        {
+            let all = latencies.lock().await;
+            round_last.push(all[delivered..].iter().copied().fold(0.0, f64::max));
+            delivered = all.len();
+        }
         // Clients re-park their live requests before the next write.
         wait_parked(&volt, overlapping as u64, Duration::from_secs(60)).await?;
     }
