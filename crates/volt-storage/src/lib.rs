@@ -2,6 +2,7 @@
 //! ShapeDb (the persistent handle <-> definition registry).
 
 pub mod offset;
+pub mod open_files;
 pub mod shape_db;
 pub mod shape_log;
 pub mod sync_queue;

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::offset::LogOffset;
+use crate::open_files;
 
 const META_FILE: &str = "meta.json";
 const LOG_FILE: &str = "log.bin";
@@ -228,11 +229,22 @@ pub struct ShapeLog {
     /// The change log and its index were created since the last sync: their directory
     /// entries are synced with them.
     new_files: AtomicBool,
+    /// This instance's key among the change logs kept open (`open_files`).
+    id: u64,
+}
+
+/// Keys of `ShapeLog` instances among the open change logs: a log reopened on the same
+/// directory is another writer, which must not write through its predecessor's file.
+static NEXT_LOG_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_log_id() -> u64 {
+    NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Drop for ShapeLog {
     fn drop(&mut self) {
         STORED_BYTES.fetch_sub(*self.bytes.get_mut(), Ordering::Relaxed);
+        open_files::change_logs().forget(self.id);
     }
 }
 
@@ -445,11 +457,11 @@ fn scan(buf: &[u8], base: u64, chunk_len: u64, chunk_bytes: u64, have_chunks: bo
 
 /// The file at `path` opened for appending, created if it does not exist.
 fn open_append(path: &Path) -> Result<File, StorageError> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| StorageError::io(path, e))
+    open_append_io(path).map_err(|e| StorageError::io(path, e))
+}
+
+fn open_append_io(path: &Path) -> io::Result<File> {
+    OpenOptions::new().append(true).create(true).open(path)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -521,6 +533,7 @@ impl ShapeLog {
             follower: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
             new_files: AtomicBool::new(false),
+            id: next_log_id(),
         })
     }
 
@@ -631,6 +644,7 @@ impl ShapeLog {
             follower: AtomicBool::new(follower),
             unsynced: AtomicBool::new(false),
             new_files: AtomicBool::new(false),
+            id: next_log_id(),
         };
         log.account(on_disk);
         Ok(log)
@@ -907,9 +921,12 @@ impl ShapeLog {
     fn write_out(&self, w: &mut Writer, sync: bool) -> Result<(), StorageError> {
         let path = self.dir.join(LOG_FILE);
         self.writable(w, &path)?;
-        // Opened per write so that idle shapes hold no file descriptor.
-        let mut f = open_append(&path)?;
-        if let Err(e) = f.write_all(&w.buffer) {
+        // Kept open while the log is among those written most recently; idle shapes
+        // hold no descriptor.
+        let f = open_files::change_logs()
+            .get_or_open(self.id, || open_append_io(&path))
+            .map_err(|e| StorageError::io(&path, e))?;
+        if let Err(e) = (&*f).write_all(&w.buffer) {
             // Leave the file as it was, so that writing the same buffer again (after the
             // disk got space back) does not duplicate what made it out.
             let before = w.end_pos - w.buffer.len() as u64;
@@ -1096,6 +1113,7 @@ impl ShapeLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.fenced = true;
         w.buffer = Vec::new();
+        open_files::change_logs().forget(self.id);
     }
 
     // ---- reader side (HTTP requests) ----
@@ -1255,6 +1273,7 @@ impl ShapeLog {
     /// The shape is gone: wake every reader so it can tell its client to refetch.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        open_files::change_logs().forget(self.id);
         self.committed.send_modify(|_| {});
         self.snapshot.send_if_modified(|p| {
             if matches!(p.state, SnapshotState::Pending | SnapshotState::Started) {
@@ -1301,6 +1320,37 @@ mod tests {
         assert_eq!(read.items(), vec!["{\"a\":1}".to_string()]);
         assert_eq!(read.last, Some(LogOffset::new(10, 0)));
         assert!(read.reached_end);
+    }
+
+    #[test]
+    fn a_written_log_keeps_its_file_open_until_fenced_closed_or_dropped() {
+        let files = open_files::change_logs();
+        let written = |log: &ShapeLog, tx: u64| {
+            log.append(LogOffset::new(tx, 0), "{}", true).unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        };
+        let (d, log) = log(1 << 20);
+        written(&log, 10);
+        assert!(files.is_open(log.id));
+        log.fence();
+        assert!(!files.is_open(log.id));
+
+        let log = reopen(&d, 1 << 20);
+        written(&log, 11);
+        assert!(files.is_open(log.id));
+        log.close();
+        assert!(!files.is_open(log.id));
+
+        let log = reopen(&d, 1 << 20);
+        written(&log, 12);
+        let id = log.id;
+        drop(log);
+        assert!(!files.is_open(id));
+        // What went through the kept files is all there.
+        let read = reopen(&d, 1 << 20)
+            .read_after(LogOffset::SNAPSHOT_END)
+            .unwrap();
+        assert_eq!(read.items(), vec!["{}"; 3]);
     }
 
     #[test]

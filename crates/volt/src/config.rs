@@ -74,6 +74,11 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", default_value = "10MiB", value_parser = parse_size)]
     pub chunk_bytes_threshold: usize,
 
+    /// Most shape change logs kept open for appending (the least recently written are
+    /// closed first). Default: half of the process's descriptor limit, at most 16384.
+    #[arg(long, env = "VOLT_OPEN_LOG_FILES")]
+    pub open_log_files: Option<usize>,
+
     /// Enable test-only endpoints.
     #[arg(long, env = "ELECTRIC_ENABLE_INTEGRATION_TESTING", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub enable_integration_testing: bool,

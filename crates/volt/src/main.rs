@@ -131,6 +131,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .install()
             .context("cannot start the Prometheus endpoint")?;
     }
+    match volt_storage::open_files::raise_descriptor_limit() {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the file descriptor limit"),
+    }
+    let open_logs = volt_storage::open_files::change_logs();
+    open_logs.set_capacity(
+        settings
+            .open_log_files
+            .unwrap_or_else(volt_storage::open_files::default_capacity),
+    );
+    tracing::debug!(
+        capacity = open_logs.capacity(),
+        "change logs kept open for appending"
+    );
     let stack_config = StackConfig {
         pg,
         stream_id: settings.replication_stream_id.clone(),
