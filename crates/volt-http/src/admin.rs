@@ -77,7 +77,8 @@ pub async fn kill(State(app): State<AppState>, RawQuery(query): RawQuery) -> Res
     let mut shape = None;
     let mut mode = "kill".to_string();
     for (k, v) in url_params(query.as_deref().unwrap_or("")) {
-        match k.as_str() {
+        let v = v.into_owned();
+        match k.as_ref() {
             "name" => name = Some(v),
             "path" => path = Some(v),
             "kind" => kind = Some(v),

@@ -18,7 +18,6 @@ pub async fn require_secret(State(app): State<AppState>, req: Request, next: Nex
     }
     let given = req.uri().query().and_then(|q| {
         url_params(q)
-            .into_iter()
             .find(|(k, _)| k == "secret" || k == "api_secret")
             .map(|(_, v)| v)
     });
@@ -28,8 +27,9 @@ pub async fn require_secret(State(app): State<AppState>, req: Request, next: Nex
     }
 }
 
-pub fn url_params(query: &str) -> Vec<(String, String)> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query).unwrap_or_default()
+/// The decoded `key=value` pairs of a query string, borrowed from it unless escaped.
+pub fn url_params(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
 }
 
 /// Compare without leaking, through timing, how much of the secret matched.

@@ -1,17 +1,14 @@
 //! CORS: browsers must be allowed to read the `electric-*` headers the client needs.
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 const EXPOSED: &str = "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,electric-up-to-date,electric-internal-known-error,retry-after";
 
-pub async fn headers(req: Request, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let is_shape = req.uri().path().starts_with("/v1/shape");
-    let mut res = next.run(req).await;
-    let h = res.headers_mut();
+/// The CORS headers of every response. `shape`: the Shape API route, which allows
+/// more methods.
+pub fn add_headers(h: &mut HeaderMap, origin: Option<HeaderValue>, shape: bool) {
     h.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         origin.unwrap_or_else(|| HeaderValue::from_static("*")),
@@ -22,7 +19,7 @@ pub async fn headers(req: Request, next: Next) -> Response {
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static(if is_shape {
+        HeaderValue::from_static(if shape {
             "GET, POST, HEAD, DELETE, OPTIONS"
         } else {
             "GET, HEAD"
@@ -32,7 +29,6 @@ pub async fn headers(req: Request, next: Next) -> Response {
         "electric-server",
         HeaderValue::from_static(concat!("volt/", env!("CARGO_PKG_VERSION"))),
     );
-    res
 }
 
 pub async fn preflight(req: Request) -> Response {

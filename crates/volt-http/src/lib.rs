@@ -5,6 +5,7 @@ pub mod admission;
 mod auth;
 mod chunk_cache;
 mod cors;
+mod envelope;
 mod live_reads;
 mod response;
 mod shape_api;
@@ -110,118 +111,23 @@ pub fn router_with_admission(
     if state.config.allow_delete {
         guarded = guarded.route("/v1/admin/kill", post(admin::kill));
     }
-    let guarded = guarded.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_secret,
-    ));
+    // Without a secret (insecure mode) there is nothing to check: no layer to go through.
+    if state.config.secret.is_some() {
+        guarded = guarded.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_secret,
+        ));
+    }
     let routes = Router::new()
         .route("/", get(|| async { StatusCode::OK }))
         .route("/v1/health", get(health))
         .merge(guarded)
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not found") })
-        .layer(middleware::from_fn(cors::headers))
         .with_state(state);
-    // Paths are normalised before routing (and so before auth), as Electric's are:
-    // `/v1/shape/`, `/v1//shape` and `/v1/%73hape` are all `/v1/shape`.
+    // Outside the router: paths are normalised before routing (and so before auth).
     Router::new()
         .fallback_service(routes)
-        .layer(middleware::from_fn(count_request))
-        .layer(middleware::map_request(normalize_path))
-        .layer(middleware::from_fn(request_id))
-}
-
-/// `volt_http_requests_total{route,method,status}` and the time to the response head.
-async fn count_request(req: axum::extract::Request, next: middleware::Next) -> Response {
-    let route = match req.uri().path() {
-        "/v1/shape" => "/v1/shape",
-        "/v1/health" => "/v1/health",
-        "/" => "/",
-        p if p.starts_with("/v1/admin/") => "/v1/admin",
-        _ => "other",
-    };
-    let method = req.method().as_str().to_string();
-    let started = std::time::Instant::now();
-    let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("volt_http_requests_total", "route" => route, "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("volt_http_response_head_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    res
-}
-
-async fn normalize_path(mut req: axum::extract::Request) -> axum::extract::Request {
-    let path = req.uri().path();
-    let normal = normal_path(path);
-    if normal != path {
-        let rebuilt = match req.uri().query() {
-            Some(q) => format!("{normal}?{q}"),
-            None => normal,
-        };
-        if let Ok(pq) = rebuilt.parse::<axum::http::uri::PathAndQuery>() {
-            let mut parts = req.uri().clone().into_parts();
-            parts.path_and_query = Some(pq);
-            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
-        }
-    }
-    req
-}
-
-/// Percent-decode unreserved characters, collapse repeated slashes, drop a trailing one.
-fn normal_path(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut decoded = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(c) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c))
-        {
-            decoded.push(c as char);
-            i += 3;
-            continue;
-        }
-        decoded.push(bytes[i] as char);
-        i += 1;
-    }
-    let mut out = String::with_capacity(decoded.len());
-    for part in decoded.split('/').filter(|p| !p.is_empty()) {
-        out.push('/');
-        out.push_str(part);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
-
-/// `x-request-id` on every response: the client's own, or a new one.
-async fn request_id(req: axum::extract::Request, next: middleware::Next) -> Response {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .filter(|v| v.len() <= 200)
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
-                .unwrap_or(HeaderValue::from_static("unknown"))
-        });
-    // Every log line of the request carries its id, and its shape's handle once known.
-    let span = tracing::info_span!(
-        "request",
-        id = id.to_str().unwrap_or("?"),
-        method = %req.method(),
-        path = req.uri().path(),
-        handle = tracing::field::Empty,
-    );
-    let mut res = tracing::Instrument::instrument(next.run(req), span).await;
-    res.headers_mut().insert("x-request-id", id);
-    res
+        .layer(middleware::from_fn(envelope::envelope))
 }
 
 async fn health(State(app): State<AppState>) -> Response {
@@ -251,26 +157,4 @@ async fn health(State(app): State<AppState>) -> Response {
         HeaderValue::from_static("no-cache, no-store, must-revalidate"),
     );
     res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::normal_path;
-
-    #[test]
-    fn path_variants_normalise_to_one_route() {
-        for p in [
-            "/v1/shape",
-            "/v1/shape/",
-            "/v1//shape",
-            "/v1/%73hape",
-            "//v1/shape//",
-        ] {
-            assert_eq!(normal_path(p), "/v1/shape", "{p}");
-        }
-        assert_eq!(normal_path("/"), "/");
-        assert_eq!(normal_path(""), "/");
-        // Only unreserved characters are decoded: an encoded slash stays encoded.
-        assert_eq!(normal_path("/v1%2Fshape"), "/v1%2Fshape");
-    }
 }
