@@ -71,7 +71,7 @@ pub async fn get(
 }
 
 fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Create (or join) the shape and read it to up-to-date, retrying 503s.
