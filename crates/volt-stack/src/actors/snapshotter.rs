@@ -81,13 +81,17 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         .cast(ConsumerMsg::SnapshotStarted(snapshot.clone()))
         .map_err(|_| "consumer is gone".to_string())?;
     // `log=changes_only`: the snapshot only fixes where the changes start.
+    let mut read_rows = 0u64;
     if args.shape.def.log == LogMode::Full {
         let sql = args.shape.snapshot_sql();
         let data = tx.copy_rows(&sql).await.map_err(|e| e.to_string())?;
         futures::pin_mut!(data);
         let mut lines = CopyLines::default();
         let mut encoder = args.shape.snapshot_encoder(None);
-        let mut line = Vec::new();
+        // Rows are appended in batches of this many bytes.
+        const BATCH: usize = 64 * 1024;
+        let mut batch = Vec::with_capacity(BATCH + 4096);
+        let mut rows = 0u64;
         while let Some(part) = data.next().await {
             let part = part.map_err(|e| e.to_string())?;
             if args.log.is_closed() {
@@ -95,17 +99,26 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
             }
             lines
                 .feed(&part, |values| {
-                    line.clear();
-                    encoder.encode(&mut line, values);
-                    args.log
-                        .append_snapshot_bytes(&line)
-                        .map_err(|e| PgError::Protocol(e.to_string()))
+                    rows += 1;
+                    encoder.encode(&mut batch, values);
+                    batch.push(b'\n');
+                    if batch.len() >= BATCH {
+                        args.log
+                            .append_snapshot_lines(&batch)
+                            .map_err(|e| PgError::Protocol(e.to_string()))?;
+                        batch.clear();
+                    }
+                    Ok(())
                 })
                 .map_err(|e| e.to_string())?;
         }
+        args.log
+            .append_snapshot_lines(&batch)
+            .map_err(|e| e.to_string())?;
         if !lines.is_complete() {
             return Err("the snapshot query's output ended mid-row".into());
         }
+        read_rows = rows;
     }
     let end = json!({"headers": {
         "control": "snapshot-end",
@@ -119,8 +132,17 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     // Every row is read: the session goes to the next snapshot while this one's files
     // are made durable.
     tx.end().await;
+    let read = started.elapsed();
     args.log.finish_snapshot().map_err(|e| e.to_string())?;
-    metrics::histogram!("volt_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics::histogram!("volt_snapshot_duration_seconds").record(took.as_secs_f64());
+    tracing::info!(
+        handle = %args.handle,
+        rows = read_rows,
+        took = ?took,
+        durable_after_read = ?(took - read),
+        "snapshot complete"
+    );
     Ok(())
 }
 
