@@ -169,7 +169,7 @@ impl CopyLines {
         let mut values: Vec<Option<std::borrow::Cow<'_, str>>> = Vec::new();
         let mut rest = data;
         if !self.partial.is_empty() {
-            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(end) = memchr::memchr(b'\n', rest) else {
                 self.partial.extend_from_slice(rest);
                 return Ok(());
             };
@@ -181,7 +181,7 @@ impl CopyLines {
             let borrowed: Vec<Option<&str>> = joined.iter().map(|v| v.as_deref()).collect();
             row(&borrowed)?;
         }
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', rest) {
             decode_copy_line(&rest[..end], &mut values)?;
             let borrowed: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
             row(&borrowed)?;
@@ -203,12 +203,16 @@ fn decode_copy_line<'a>(
     out: &mut Vec<Option<std::borrow::Cow<'a, str>>>,
 ) -> Result<(), PgError> {
     out.clear();
-    for field in line.split(|&b| b == b'\t') {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\t', line).chain(std::iter::once(line.len()));
+    for end in ends {
+        let field = &line[start..end];
+        start = end + 1;
         if field == b"\\N" {
             out.push(None);
             continue;
         }
-        let text = if field.contains(&b'\\') {
+        let text = if memchr::memchr(b'\\', field).is_some() {
             std::borrow::Cow::Owned(
                 String::from_utf8(unescape_copy(field))
                     .map_err(|e| PgError::Protocol(format!("COPY value is not UTF-8: {e}")))?,

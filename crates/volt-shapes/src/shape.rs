@@ -131,6 +131,16 @@ pub struct SnapshotEncoder<'a> {
 }
 
 fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Most values need no escape: copied as they are, without serde_json's writer
+    // plumbing (3.7% of volt's CPU in S1's snapshot). serde_json escapes exactly the
+    // control characters, the quote and the backslash.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -733,6 +743,23 @@ mod tests {
             "headers": headers,
         })
         .to_string()
+    }
+
+    #[test]
+    fn a_json_string_is_what_serde_json_prints() {
+        for v in [
+            "",
+            "plain",
+            "caf\u{e9} \u{1d11e}",
+            "quote \" and back\\slash",
+            "tab\tnew\nline\u{1}\u{1f}",
+            "del \u{7f} and slash /",
+            "</script>",
+        ] {
+            let mut out = Vec::new();
+            json_string(&mut out, v);
+            assert_eq!(out, serde_json::to_vec(v).unwrap(), "{v:?}");
+        }
     }
 
     #[test]
