@@ -723,17 +723,45 @@ impl LocalCluster {
     }
 
     fn pg_ctl_stop(&self, mode: &'static str) -> Result<(), ClusterError> {
+        self.stopper().stop(mode)
+    }
+
+    /// What stops this server, apart from the cluster: a process that must exit at
+    /// once (a second Ctrl-C on `volt dev`) stops its server on the way out with
+    /// `stop_now`, which would otherwise keep running after it.
+    pub fn stopper(&self) -> ClusterStopper {
+        ClusterStopper {
+            pg_ctl: self.binaries.pg_ctl.clone(),
+            data_dir: self.data_dir.clone(),
+            run_as: self.run_as.clone(),
+        }
+    }
+}
+
+/// Runs `pg_ctl stop` for a cluster (see `LocalCluster::stopper`).
+#[derive(Debug, Clone)]
+pub struct ClusterStopper {
+    pg_ctl: PathBuf,
+    data_dir: PathBuf,
+    run_as: RunAs,
+}
+
+impl ClusterStopper {
+    /// `pg_ctl -m immediate stop`: no checkpoint, the server recovers on its next start,
+    /// as after a crash.
+    pub fn stop_now(&self) -> Result<(), ClusterError> {
+        self.stop("immediate")
+    }
+
+    fn stop(&self, mode: &'static str) -> Result<(), ClusterError> {
         let output = self
             .run_as
-            .command(&self.binaries.pg_ctl, &self.data_dir)
+            .command(&self.pg_ctl, &self.data_dir)
             .args(["-w", "-t", "60", "-D"])
             .arg(&self.data_dir)
             .args(["-m", mode, "stop"])
             .output()
-            .map_err(io_err(format!(
-                "running {}",
-                self.binaries.pg_ctl.display()
-            )))?;
+            .map_err(io_err(format!("running {}", self.pg_ctl.display())))?;
         if output.status.success() || !self.data_dir.join("postmaster.pid").exists() {
             // No pid file: the server is not running (any more), which is what we wanted.
             return Ok(());

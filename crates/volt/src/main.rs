@@ -88,6 +88,13 @@ async fn run_dev(mut settings: Settings) -> anyhow::Result<()> {
         .await
         .context("embedded Postgres start-up panicked")??;
     let url = cluster.url("postgres");
+    let stopper = cluster.stopper();
+    let _ = ON_EXIT_AT_ONCE.set(Box::new(move || {
+        eprintln!("volt: stopping the embedded Postgres (immediate)");
+        if let Err(e) = stopper.stop_now() {
+            eprintln!("volt: could not stop the embedded Postgres: {e}");
+        }
+    }));
     dev::create_demo_table(&url).await?;
     tracing::warn!(
         "volt dev runs in insecure mode: no secret is required. Never use it in production."
@@ -207,11 +214,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         tokio::select! {
             () = shutdown_signal() => {
                 eprintln!("volt: second signal: exiting at once");
-                std::process::exit(130);
+                exit_at_once(130);
             }
             () = tokio::time::sleep(timeout) => {
                 eprintln!("volt: shutdown took longer than {timeout:?}: exiting");
-                std::process::exit(1);
+                exit_at_once(1);
             }
         }
     });
@@ -223,6 +230,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     stack.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Run before an exit that skips the orderly shutdown: `volt dev` stops its embedded
+/// Postgres, which `pg_ctl` detached and which would otherwise outlive it.
+static ON_EXIT_AT_ONCE: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> =
+    std::sync::OnceLock::new();
+
+fn exit_at_once(code: i32) -> ! {
+    if let Some(hook) = ON_EXIT_AT_ONCE.get() {
+        hook();
+    }
+    std::process::exit(code);
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,94 @@
+//! `volt dev` stops its embedded Postgres however it exits.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn health_status(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().next().map(str::to_string)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn postmaster_pid(storage: &Path) -> i32 {
+    let pid_file = storage.join("dev-postgres").join("postmaster.pid");
+    std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|c| c.lines().next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no postmaster.pid at {}", pid_file.display()))
+}
+
+#[test]
+fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
+    let storage = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut volt = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .arg("dev")
+        .env("ELECTRIC_STORAGE_DIR", storage.path())
+        .env("ELECTRIC_PORT", port.to_string())
+        // Any shutdown overruns this: volt exits at once, as on a second Ctrl-C.
+        .env("ELECTRIC_SHUTDOWN_TIMEOUT", "1ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !health_status(port).is_some_and(|l| l.contains(" 200")) {
+        assert!(
+            volt.try_wait().unwrap().is_none(),
+            "volt dev exited before serving"
+        );
+        assert!(Instant::now() < deadline, "volt dev never became healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let postgres = postmaster_pid(storage.path());
+    assert!(process_exists(postgres));
+
+    // SAFETY: sends SIGINT to the child we started.
+    unsafe { libc::kill(volt.id() as i32, libc::SIGINT) };
+    let out = volt.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shutdown took longer than"),
+        "volt did not exit at once: {stderr}"
+    );
+    // pg_ctl waits for the server to stop, but its postmaster may still be a zombie of
+    // the init process for a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_exists(postgres) && !is_zombie(postgres) {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded Postgres (pid {postgres}) outlived volt dev: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
