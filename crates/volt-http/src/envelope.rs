@@ -115,7 +115,7 @@ fn normalize_path(req: &mut Request) {
 
 /// Whether `normal_path` could change `path`: most requests need no rebuilt URI.
 fn needs_normalizing(path: &str) -> bool {
-    path.is_empty()
+    !path.starts_with('/')
         || path.contains('%')
         || path.contains("//")
         || (path.len() > 1 && path.ends_with('/'))
@@ -179,7 +179,14 @@ mod tests {
             assert!(!needs_normalizing(p), "{p}");
             assert_eq!(normal_path(p), p);
         }
-        for p in ["/v1/shape/", "/v1//shape", "/v1/%73hape", "", "/v1%2Fshape"] {
+        for p in [
+            "/v1/shape/",
+            "/v1//shape",
+            "/v1/%73hape",
+            "",
+            "*",
+            "/v1%2Fshape",
+        ] {
             assert!(needs_normalizing(p), "{p}");
         }
     }

@@ -108,7 +108,8 @@ impl OpenFiles {
     /// The file open under `key`, or `open`ed now and kept (closing the least recently
     /// used beyond the capacity). Callers must not open the same key concurrently: a
     /// log opens its file under its writer's lock. When the process is out of
-    /// descriptors, half of those kept are closed and the open is tried once more.
+    /// descriptors, more than half of those kept are closed and the open is tried once
+    /// more.
     pub fn get_or_open(
         &self,
         key: u64,
@@ -170,10 +171,24 @@ pub fn change_logs() -> &'static OpenFiles {
     FILES.get_or_init(|| OpenFiles::new(default_capacity()))
 }
 
-/// Half of the process's descriptor limit, the rest left to HTTP connections, Postgres
-/// connections, snapshot files and ShapeDb; at most 16,384. (A log that cannot be
-/// opened for want of descriptors closes half of those kept first.)
+/// Half of the process's descriptor limit, keeping at least 1,024 for HTTP connections,
+/// Postgres connections, snapshot files and ShapeDb (but an eighth of a lower limit);
+/// at most 16,384. (A log that cannot be opened for want of descriptors closes most of
+/// those kept first; nothing else does.)
 pub fn default_capacity() -> usize {
+    let limit = usize::try_from(descriptor_limit()).unwrap_or(usize::MAX);
+    capacity_for(limit)
+}
+
+fn capacity_for(limit: usize) -> usize {
+    (limit / 2)
+        .min(limit.saturating_sub(1024))
+        .max(limit / 8)
+        .min(16_384)
+}
+
+/// The soft `RLIMIT_NOFILE` (256 when it cannot be read).
+pub fn descriptor_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -182,9 +197,7 @@ pub fn default_capacity() -> usize {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 256;
     }
-    usize::try_from(lim.rlim_cur / 2)
-        .unwrap_or(usize::MAX)
-        .min(16_384)
+    lim.rlim_cur
 }
 
 /// Raise the soft descriptor limit to the hard one, as servers do: the soft default
@@ -291,6 +304,15 @@ mod tests {
             (3..=16).collect::<Vec<_>>(),
             "the three oldest were closed"
         );
+    }
+
+    #[test]
+    fn the_default_capacity_leaves_room_for_connections() {
+        assert_eq!(capacity_for(20_000), 10_000);
+        assert_eq!(capacity_for(4_096), 2_048);
+        assert_eq!(capacity_for(1_500), 476);
+        assert_eq!(capacity_for(1_024), 128);
+        assert_eq!(capacity_for(1 << 20), 16_384);
     }
 
     #[test]

@@ -876,9 +876,13 @@ impl ShapeLog {
                     .map_or(rest.len(), |i| i + 1);
             }
             // The file's path is built only for an error.
-            s.file
-                .write_all(&rest[..take])
-                .map_err(|e| StorageError::io(&dir.join(snapshot_file(s.chunk)), e))?;
+            if let Err(e) = s.file.write_all(&rest[..take]) {
+                let path = dir.join(snapshot_file(s.chunk));
+                drop(w);
+                // What went out before the failure is on disk all the same.
+                self.account((lines.len() - rest.len()) as u64);
+                return Err(StorageError::io(&path, e));
+            }
             s.len += take as u64;
             rest = &rest[take..];
         }
@@ -956,11 +960,17 @@ impl ShapeLog {
     fn write_out(&self, w: &mut Writer, sync: bool) -> Result<(), StorageError> {
         let path = self.dir.join(LOG_FILE);
         self.writable(w, &path)?;
-        // Kept open while the log is among those written most recently; idle shapes
-        // hold no descriptor.
-        let f = open_files::change_logs()
+        // Kept open while the log is among those written most recently: a shape not
+        // written for a while loses its descriptor to those that are.
+        let files = open_files::change_logs();
+        let f = files
             .get_or_open(self.id, || open_append_io(&path))
             .map_err(|e| StorageError::io(&path, e))?;
+        if self.is_closed() {
+            // `close` (which does not take the writer's lock) may have forgotten the file
+            // just before this open kept it again: a removed shape keeps no descriptor.
+            files.forget(self.id);
+        }
         if let Err(e) = (&*f).write_all(&w.buffer) {
             // Leave the file as it was, so that writing the same buffer again (after the
             // disk got space back) does not duplicate what made it out.
@@ -1377,9 +1387,12 @@ mod tests {
         assert!(files.is_open(log.id));
         log.close();
         assert!(!files.is_open(log.id));
+        // A commit that was under way when the shape was removed does not keep it open.
+        written(&log, 12);
+        assert!(!files.is_open(log.id));
 
         let log = reopen(&d, 1 << 20);
-        written(&log, 12);
+        written(&log, 13);
         let id = log.id;
         drop(log);
         assert!(!files.is_open(id));
@@ -1387,7 +1400,7 @@ mod tests {
         let read = reopen(&d, 1 << 20)
             .read_after(LogOffset::SNAPSHOT_END)
             .unwrap();
-        assert_eq!(read.items(), vec!["{}"; 3]);
+        assert_eq!(read.items(), vec!["{}"; 4]);
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct Settings {
     pub chunk_bytes_threshold: usize,
 
     /// Most shape change logs kept open for appending (the least recently written are
-    /// closed first). Default: half of the process's descriptor limit, at most 16384.
+    /// closed first). Default: half of the process's descriptor limit (leaving at least
+    /// 1024), at most 16384.
     #[arg(long, env = "VOLT_OPEN_LOG_FILES")]
     pub open_log_files: Option<usize>,
 

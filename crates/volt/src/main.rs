@@ -143,6 +143,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "could not read or raise the file descriptor limit"),
     }
     let open_logs = volt_storage::open_files::change_logs();
+    let limit = volt_storage::open_files::descriptor_limit();
+    if let Some(n) = settings.open_log_files
+        && n as u64 >= limit
+    {
+        tracing::warn!(
+            VOLT_OPEN_LOG_FILES = n,
+            limit,
+            "VOLT_OPEN_LOG_FILES is not below the file descriptor limit: connections may be refused for want of descriptors"
+        );
+    }
     open_logs.set_capacity(
         settings
             .open_log_files

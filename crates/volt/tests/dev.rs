@@ -40,8 +40,11 @@ fn postmaster_pid(storage: &Path) -> i32 {
 fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
     let storage = tempfile::tempdir().unwrap();
     let port = free_port();
+    // Only what this test sets: an ELECTRIC_* of the caller's must not change the run.
     let mut volt = Command::new(env!("CARGO_BIN_EXE_volt"))
         .arg("dev")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("ELECTRIC_STORAGE_DIR", storage.path())
         .env("ELECTRIC_PORT", port.to_string())
         // Any shutdown overruns this: volt exits at once, as on a second Ctrl-C.
@@ -61,6 +64,8 @@ fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
     }
     let postgres = postmaster_pid(storage.path());
     assert!(process_exists(postgres));
+    // A failed assertion below must not leave the server running on the CI machine.
+    let _reaper = Reaper(postgres);
 
     // SAFETY: sends SIGINT to the child we started.
     unsafe { libc::kill(volt.id() as i32, libc::SIGINT) };
@@ -79,6 +84,17 @@ fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
             "the embedded Postgres (pid {postgres}) outlived volt dev: {stderr}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Reaper(i32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: SIGQUIT asks the postmaster to stop at once; harmless if it is gone.
+            unsafe { libc::kill(self.0, libc::SIGQUIT) };
+        }
     }
 }
 
