@@ -49,6 +49,12 @@ struct Args {
     /// Shape counts for the idle-shapes scenario (comma separated).
     #[arg(long, value_delimiter = ',', default_values_t = [10_000usize])]
     shapes: Vec<usize>,
+    /// Client counts for the fanout scenario (comma separated; default 1000,5000).
+    #[arg(long, value_delimiter = ',')]
+    fanout_clients: Vec<usize>,
+    /// Seconds of writes per fanout client count (default 20; the issue asks 60).
+    #[arg(long)]
+    fanout_secs: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,7 +84,7 @@ fn main() -> anyhow::Result<()> {
             new_shapes::run(&env).await?;
         }
         if matches!(args.scenario, Scenario::Fanout | Scenario::All) {
-            fanout::run(&env).await?;
+            fanout::run(&env, &args.fanout_clients, args.fanout_secs).await?;
         }
         if matches!(args.scenario, Scenario::BigTransaction | Scenario::All) {
             big_transaction::run(&env).await?;
