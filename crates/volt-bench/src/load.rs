@@ -272,29 +272,14 @@ pub async fn wait_existing_in_use(
     }
 }
 
-/// Raise this process's open-file limit to its hard limit: thousands of clients (and a
-/// baseline server in the same process) need a socket each.
+/// Raise this process's open-file limit to its hard limit (as volt does): thousands of
+/// clients (and a baseline server in the same process) need a socket each.
 pub fn raise_nofile(needed: u64) -> anyhow::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            bail!("getrlimit: {}", std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                bail!("setrlimit: {}", std::io::Error::last_os_error());
-            }
-        }
-    }
+    let limit = volt_storage::open_files::raise_descriptor_limit()
+        .context("cannot read or raise the open-file limit")?;
     anyhow::ensure!(
-        lim.rlim_cur >= needed,
-        "the open-file limit is {} but this scenario needs about {needed}: raise the hard limit (ulimit -Hn)",
-        lim.rlim_cur
+        limit >= needed,
+        "the open-file limit is {limit} but this scenario needs about {needed}: raise the hard limit (ulimit -Hn)"
     );
-    Ok(lim.rlim_cur)
+    Ok(limit)
 }

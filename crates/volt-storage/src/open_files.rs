@@ -176,11 +176,12 @@ pub fn change_logs() -> &'static OpenFiles {
 /// at most 16,384. (A log that cannot be opened for want of descriptors closes most of
 /// those kept first; nothing else does.)
 pub fn default_capacity() -> usize {
-    let limit = usize::try_from(descriptor_limit()).unwrap_or(usize::MAX);
-    capacity_for(limit)
+    capacity_for(descriptor_limit())
 }
 
-fn capacity_for(limit: usize) -> usize {
+/// `default_capacity` under a descriptor limit of `limit`.
+pub fn capacity_for(limit: u64) -> usize {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     (limit / 2)
         .min(limit.saturating_sub(1024))
         .max(limit / 8)
@@ -189,42 +190,38 @@ fn capacity_for(limit: usize) -> usize {
 
 /// The soft `RLIMIT_NOFILE` (256 when it cannot be read).
 pub fn descriptor_limit() -> u64 {
+    nofile().map_or(256, |lim| lim.rlim_cur)
+}
+
+fn nofile() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 256;
+        return Err(io::Error::last_os_error());
     }
-    lim.rlim_cur
+    Ok(lim)
 }
 
 /// Raise the soft descriptor limit to the hard one, as servers do: the soft default
 /// (often 1,024) is too low for thousands of live clients. Returns the limit now in
 /// force.
 pub fn raise_descriptor_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            lim = raised;
-        }
+    let lim = nofile()?;
+    if lim.rlim_cur >= lim.rlim_max {
+        return Ok(lim.rlim_cur);
     }
-    Ok(lim.rlim_cur)
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(raised.rlim_cur)
 }
 
 #[cfg(test)]
@@ -239,6 +236,15 @@ mod tests {
                 .append(true)
                 .create(true)
                 .open(&path)
+        }
+    }
+
+    /// Keys `0..n`, each with its own file.
+    fn keep(files: &OpenFiles, dir: &tempfile::TempDir, n: u64) {
+        for k in 0..n {
+            files
+                .get_or_open(k, temp_file(dir, &format!("f{k}")))
+                .unwrap();
         }
     }
 
@@ -289,11 +295,7 @@ mod tests {
     fn a_full_set_closes_its_oldest_eighth_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let files = OpenFiles::new(16);
-        for k in 0..16 {
-            files
-                .get_or_open(k, temp_file(&dir, &format!("f{k}")))
-                .unwrap();
-        }
+        keep(&files, &dir, 16);
         files.get_or_open(16, temp_file(&dir, "f16")).unwrap();
         assert_eq!(files.len(), 14);
         let lru = files.lock();
@@ -342,11 +344,7 @@ mod tests {
     fn out_of_descriptors_closes_half_of_the_kept_files_and_tries_again() {
         let dir = tempfile::tempdir().unwrap();
         let files = OpenFiles::new(8);
-        for k in 0..4 {
-            files
-                .get_or_open(k, temp_file(&dir, &format!("f{k}")))
-                .unwrap();
-        }
+        keep(&files, &dir, 4);
         let tries = AtomicUsize::new(0);
         let open = temp_file(&dir, "new");
         files

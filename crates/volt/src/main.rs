@@ -138,29 +138,31 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .install()
             .context("cannot start the Prometheus endpoint")?;
     }
-    match volt_storage::open_files::raise_descriptor_limit() {
-        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
-        Err(e) => tracing::warn!(error = %e, "could not read or raise the file descriptor limit"),
-    }
+    let limit = match volt_storage::open_files::raise_descriptor_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the file descriptor limit");
+            volt_storage::open_files::descriptor_limit()
+        }
+    };
     let open_logs = volt_storage::open_files::change_logs();
-    let limit = volt_storage::open_files::descriptor_limit();
-    if let Some(n) = settings.open_log_files
-        && n as u64 >= limit
-    {
-        tracing::warn!(
-            VOLT_OPEN_LOG_FILES = n,
-            limit,
-            "VOLT_OPEN_LOG_FILES is not below the file descriptor limit: connections may be refused for want of descriptors"
-        );
-    }
-    open_logs.set_capacity(
-        settings
-            .open_log_files
-            .unwrap_or_else(volt_storage::open_files::default_capacity),
-    );
+    open_logs.set_capacity(match settings.open_log_files {
+        Some(n) => {
+            if n as u64 >= limit {
+                tracing::warn!(
+                    VOLT_OPEN_LOG_FILES = n,
+                    limit,
+                    "VOLT_OPEN_LOG_FILES is not below the file descriptor limit: connections may be refused for want of descriptors"
+                );
+            }
+            n
+        }
+        None => volt_storage::open_files::capacity_for(limit),
+    });
     tracing::debug!(
+        limit,
         capacity = open_logs.capacity(),
-        "change logs kept open for appending"
+        "file descriptor limit; change logs kept open for appending"
     );
     let stack_config = StackConfig {
         pg,
