@@ -499,20 +499,19 @@ fn steady_rss(rss: &[(Duration, u64)], from: Duration) -> Option<(f64, f64, f64)
 /// `clients` and `secs` override the default client counts and seconds of writes (a
 /// 60 s run at one count shows where RSS settles).
 pub async fn run(env: &BenchEnv, clients: &[usize], secs: Option<u64>) -> anyhow::Result<()> {
-    let (mut counts, mut default_secs): (Vec<usize>, u64) = if env.quick {
+    let (default_counts, default_secs): (Vec<usize>, u64) = if env.quick {
         (vec![20, 50], 2)
     } else {
         // 20 s rather than the 60 s: two client counts, each against volt and
         // the floor, must fit in 5 minutes with their catch-up time.
         (vec![1_000, 5_000], 20)
     };
-    if !clients.is_empty() {
-        counts = clients.to_vec();
-    }
-    if let Some(s) = secs {
-        default_secs = s.max(1);
-    }
-    let secs = default_secs;
+    let counts = if clients.is_empty() {
+        default_counts
+    } else {
+        clients.to_vec()
+    };
+    let secs = secs.map_or(default_secs, |s| s.max(1));
     let batches = (secs * 1000 / BEAT.as_millis() as u64) as usize;
     let max = counts.iter().copied().max().unwrap_or(0) as u64;
     // A socket per client, and as many again for the floor server in this process.

@@ -80,8 +80,8 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     args.consumer
         .cast(ConsumerMsg::SnapshotStarted(snapshot.clone()))
         .map_err(|_| "consumer is gone".to_string())?;
+    let mut rows = 0u64;
     // `log=changes_only`: the snapshot only fixes where the changes start.
-    let mut read_rows = 0u64;
     if args.shape.def.log == LogMode::Full {
         let sql = args.shape.snapshot_sql();
         let data = tx.copy_rows(&sql).await.map_err(|e| e.to_string())?;
@@ -91,7 +91,6 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         // Rows are appended in batches of this many bytes.
         const BATCH: usize = 64 * 1024;
         let mut batch = Vec::with_capacity(BATCH + 4096);
-        let mut rows = 0u64;
         while let Some(part) = data.next().await {
             let part = part.map_err(|e| e.to_string())?;
             if args.log.is_closed() {
@@ -118,7 +117,6 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         if !lines.is_complete() {
             return Err("the snapshot query's output ended mid-row".into());
         }
-        read_rows = rows;
     }
     let end = json!({"headers": {
         "control": "snapshot-end",
@@ -138,7 +136,7 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     metrics::histogram!("volt_snapshot_duration_seconds").record(took.as_secs_f64());
     tracing::info!(
         handle = %args.handle,
-        rows = read_rows,
+        rows,
         took = ?took,
         durable_after_read = ?(took - read),
         "snapshot complete"
