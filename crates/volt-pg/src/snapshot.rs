@@ -152,21 +152,67 @@ impl SnapshotTx {
 }
 
 /// Splits the data of `COPY ... TO STDOUT` (text format) into rows, whatever the
-/// boundaries of the messages it came in.
+/// boundaries of the messages it came in. Its buffers are reused from row to row:
+/// Postgres sends a message per row, and S1's snapshot is a million of them.
 #[derive(Default)]
 pub struct CopyLines {
     /// The start of a row whose end is in a later message.
     partial: Vec<u8>,
+    fields: Vec<Field>,
+    /// The values that held escapes, unescaped.
+    unescaped: Vec<u8>,
+}
+
+/// Where a value of the current row is.
+#[derive(Clone, Copy)]
+enum Field {
+    Null,
+    /// A range of the line: the value had no escapes.
+    Line(usize, usize),
+    /// A range of `CopyLines::unescaped`.
+    Unescaped(usize, usize),
+}
+
+/// One COPY row, its values borrowed from the line they came in (or, for values that
+/// held escapes, from their unescaped copies).
+pub struct CopyRow<'a> {
+    line: &'a str,
+    unescaped: &'a str,
+    fields: &'a [Field],
+}
+
+impl CopyRow<'_> {
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Value `i`, NULL (or past the end) as None.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        match self.fields.get(i)? {
+            Field::Null => None,
+            Field::Line(a, b) => Some(&self.line[*a..*b]),
+            Field::Unescaped(a, b) => Some(&self.unescaped[*a..*b]),
+        }
+    }
+}
+
+impl volt_shapes::RowValues for CopyRow<'_> {
+    fn value(&self, i: usize) -> Option<&str> {
+        self.get(i)
+    }
 }
 
 impl CopyLines {
-    /// Call `row` with each complete row of `data` (its values unescaped, NULL as None).
+    /// Call `row` with each complete row of `data`.
     pub fn feed(
         &mut self,
         data: &[u8],
-        mut row: impl FnMut(&[Option<&str>]) -> Result<(), PgError>,
+        mut row: impl FnMut(&CopyRow<'_>) -> Result<(), PgError>,
     ) -> Result<(), PgError> {
-        let mut values: Vec<Option<std::borrow::Cow<'_, str>>> = Vec::new();
         let mut rest = data;
         if !self.partial.is_empty() {
             let Some(end) = memchr::memchr(b'\n', rest) else {
@@ -176,15 +222,20 @@ impl CopyLines {
             let mut line = std::mem::take(&mut self.partial);
             line.extend_from_slice(&rest[..end]);
             rest = &rest[end + 1..];
-            let mut joined = Vec::new();
-            decode_copy_line(&line, &mut joined)?;
-            let borrowed: Vec<Option<&str>> = joined.iter().map(|v| v.as_deref()).collect();
-            row(&borrowed)?;
+            row(&decode_copy_line(
+                &line,
+                &mut self.fields,
+                &mut self.unescaped,
+            )?)?;
+            line.clear();
+            self.partial = line;
         }
         while let Some(end) = memchr::memchr(b'\n', rest) {
-            decode_copy_line(&rest[..end], &mut values)?;
-            let borrowed: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
-            row(&borrowed)?;
+            row(&decode_copy_line(
+                &rest[..end],
+                &mut self.fields,
+                &mut self.unescaped,
+            )?)?;
             rest = &rest[end + 1..];
         }
         self.partial.extend_from_slice(rest);
@@ -197,41 +248,51 @@ impl CopyLines {
     }
 }
 
-/// One COPY text-format line (without its newline) into its values.
+fn not_utf8(e: std::str::Utf8Error) -> PgError {
+    PgError::Protocol(format!("COPY value is not UTF-8: {e}"))
+}
+
+/// One COPY text-format line (without its newline) into its values. The line is
+/// checked as UTF-8 once, not value by value: its separators and escapes are ASCII, so
+/// every value of a valid line is valid.
 fn decode_copy_line<'a>(
     line: &'a [u8],
-    out: &mut Vec<Option<std::borrow::Cow<'a, str>>>,
-) -> Result<(), PgError> {
-    out.clear();
+    fields: &'a mut Vec<Field>,
+    unescaped: &'a mut Vec<u8>,
+) -> Result<CopyRow<'a>, PgError> {
+    let text = std::str::from_utf8(line).map_err(not_utf8)?;
+    fields.clear();
+    unescaped.clear();
     let mut start = 0;
     let ends = memchr::memchr_iter(b'\t', line).chain(std::iter::once(line.len()));
     for end in ends {
         let field = &line[start..end];
-        start = end + 1;
         if field == b"\\N" {
-            out.push(None);
-            continue;
-        }
-        let text = if memchr::memchr(b'\\', field).is_some() {
-            std::borrow::Cow::Owned(
-                String::from_utf8(unescape_copy(field))
-                    .map_err(|e| PgError::Protocol(format!("COPY value is not UTF-8: {e}")))?,
-            )
+            fields.push(Field::Null);
+        } else if memchr::memchr(b'\\', field).is_some() {
+            // Octal and hex escapes can spell any byte: the result is checked on its own.
+            let from = unescaped.len();
+            unescape_copy(field, unescaped);
+            std::str::from_utf8(&unescaped[from..]).map_err(not_utf8)?;
+            fields.push(Field::Unescaped(from, unescaped.len()));
         } else {
-            std::borrow::Cow::Borrowed(
-                std::str::from_utf8(field)
-                    .map_err(|e| PgError::Protocol(format!("COPY value is not UTF-8: {e}")))?,
-            )
-        };
-        out.push(Some(text));
+            fields.push(Field::Line(start, end));
+        }
+        start = end + 1;
     }
-    Ok(())
+    // Each unescaped value is valid UTF-8, so their concatenation is.
+    let unescaped = std::str::from_utf8(unescaped).map_err(not_utf8)?;
+    Ok(CopyRow {
+        line: text,
+        unescaped,
+        fields,
+    })
 }
 
 /// Undo COPY's text-format escapes (Postgres `CopyAttributeOutText`, read back as
 /// `CopyReadAttributesText` does).
-fn unescape_copy(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
+fn unescape_copy(field: &[u8], out: &mut Vec<u8>) {
+    out.reserve(field.len());
     let mut i = 0;
     while i < field.len() {
         let b = field[i];
@@ -278,7 +339,6 @@ fn unescape_copy(field: &[u8]) -> Vec<u8> {
             other => out.push(other),
         }
     }
-    out
 }
 
 /// One row of a snapshot query, its values still in the buffer they arrived in.
@@ -307,7 +367,7 @@ mod tests {
             for part in [&data[..cut], &data[cut..]] {
                 lines
                     .feed(part, |r| {
-                        rows.push(r.iter().map(|v| v.map(str::to_string)).collect());
+                        rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
                         Ok(())
                     })
                     .unwrap();
@@ -330,6 +390,31 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn copy_values_must_be_utf8_whether_sent_raw_or_escaped() {
+        let rows = |data: &[u8]| {
+            let mut out = Vec::new();
+            CopyLines::default()
+                .feed(data, |r| {
+                    out.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+                    Ok(())
+                })
+                .map(|()| out)
+        };
+        // An escaped multi-byte character, and the rows around it untouched.
+        let ok: Vec<Vec<Option<String>>> = rows(b"a\t\\303\\251\tb\nc\t\\N\tca\xc3\xa9\n").unwrap();
+        assert_eq!(
+            ok,
+            vec![
+                vec![Some("a".into()), Some("\u{e9}".into()), Some("b".into())],
+                vec![Some("c".into()), None, Some("ca\u{e9}".into())],
+            ]
+        );
+        assert!(rows(b"a\t\xff\n").is_err(), "a raw invalid byte");
+        assert!(rows(b"a\t\\303\n").is_err(), "an escaped half character");
+        assert!(rows(b"\\303\t\\251\n").is_err(), "halves in two values");
     }
 
     #[test]

@@ -13,5 +13,5 @@ pub use change::{Change, ChangeKind, Relation, RelationColumn, Row, TxFragment, 
 pub use filter::Filter;
 pub use routed::{RenderedItem, RoutedChange};
 pub use schema::{ColumnSchema, TableSchema};
-pub use shape::{LogItem, LogMode, ParamError, Replica, Shape, ShapeDef};
+pub use shape::{LogItem, LogMode, ParamError, Replica, RowValues, Shape, ShapeDef};
 pub use subset::{Subset, SubsetError, SubsetRequest};

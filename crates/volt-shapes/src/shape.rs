@@ -119,34 +119,53 @@ impl ShapeDef {
 /// Encodes snapshot rows as log items straight into a byte buffer. The bytes are those
 /// serde_json prints for the item (its maps order keys by name), without building a
 /// `Value` per row: the snapshot path's cost is mostly this encoding.
-pub struct SnapshotEncoder<'a> {
-    shape: &'a Shape,
-    /// `{"headers":{...},"key":`
+pub struct SnapshotEncoder {
+    /// `{"headers":{...},"key":"` and the key's escaped table prefix.
     head: Vec<u8>,
     /// The value's fields by name: (position in the snapshot row, `"name":`).
     fields: Vec<(usize, Vec<u8>)>,
     /// Positions in the snapshot row of the key columns, in key order.
     key_slots: Vec<usize>,
-    key: String,
+}
+
+/// A row's values by position (NULL as `None`), however they are held: the encoder
+/// reads COPY rows in place, without collecting them into a vector per row.
+pub trait RowValues {
+    fn value(&self, i: usize) -> Option<&str>;
+}
+
+impl RowValues for [Option<&str>] {
+    fn value(&self, i: usize) -> Option<&str> {
+        self.get(i).copied().flatten()
+    }
 }
 
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Most values need no escape: copied as they are, without serde_json's writer
-    // plumbing (3.7% of volt's CPU in S1's snapshot). serde_json escapes exactly the
-    // control characters, the quote and the backslash.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-        return;
-    }
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    json_escaped(out, s);
+    out.push(b'"');
 }
 
-impl<'a> SnapshotEncoder<'a> {
-    fn new(shape: &'a Shape, mark: Option<u32>) -> SnapshotEncoder<'a> {
+/// `s` as the inside of a JSON string (no quotes). Most values need no escape: copied as
+/// they are, without serde_json's writer plumbing (3.7% of volt's CPU in S1's
+/// snapshot). serde_json escapes exactly the control characters, the quote and the
+/// backslash.
+fn json_escaped(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    let start = out.len();
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+    // Without its quotes.
+    out.pop();
+    out.remove(start);
+}
+
+impl SnapshotEncoder {
+    fn new(shape: &Shape, mark: Option<u32>) -> SnapshotEncoder {
         let cols = shape.snapshot_columns();
         let slot_of = |col: usize| cols.iter().position(|&c| c == col).unwrap_or(usize::MAX);
         let mut head = br#"{"headers":{"operation":"insert","relation":["#.to_vec();
@@ -157,7 +176,8 @@ impl<'a> SnapshotEncoder<'a> {
         if let Some(mark) = mark {
             head.extend_from_slice(format!(r#","snapshot_mark":{mark}"#).as_bytes());
         }
-        head.extend_from_slice(br#"},"key":"#);
+        head.extend_from_slice(br#"},"key":""#);
+        json_escaped(&mut head, &shape.key_prefix);
         let mut fields: Vec<(&str, usize)> = shape
             .selected
             .iter()
@@ -175,35 +195,34 @@ impl<'a> SnapshotEncoder<'a> {
             })
             .collect();
         SnapshotEncoder {
-            shape,
             head,
             fields,
             key_slots: shape.key_columns.iter().map(|&c| slot_of(c)).collect(),
-            key: String::new(),
         }
     }
 
     /// Append one row's item (values in `snapshot_columns` order) to `out`.
-    pub fn encode(&mut self, out: &mut Vec<u8>, values: &[Option<&str>]) {
-        let value = |slot: usize| values.get(slot).copied().flatten();
+    pub fn encode(&mut self, out: &mut Vec<u8>, values: &(impl RowValues + ?Sized)) {
+        let value = |slot: usize| values.value(slot);
+        // `head` ends with the key's opening quote and its escaped table prefix: the key
+        // is written escaped as it is built (every key holds quotes, so escaping it
+        // afterwards always took serde_json's slow path).
         out.extend_from_slice(&self.head);
-        self.key.clear();
-        self.key.push_str(&self.shape.key_prefix);
         for &slot in &self.key_slots {
             match value(slot) {
                 Some(v) => {
-                    self.key.push_str("/\"");
+                    out.extend_from_slice(br#"/\""#);
                     if v.contains('/') {
-                        self.key.push_str(&v.replace('/', "//"));
+                        json_escaped(out, &v.replace('/', "//"));
                     } else {
-                        self.key.push_str(v);
+                        json_escaped(out, v);
                     }
-                    self.key.push('"');
+                    out.extend_from_slice(br#"\""#);
                 }
-                None => self.key.push_str("/_"),
+                None => out.extend_from_slice(b"/_"),
             }
         }
-        json_string(out, &self.key);
+        out.push(b'"');
         out.extend_from_slice(br#","value":{"#);
         for (n, (slot, name)) in self.fields.iter().enumerate() {
             if n > 0 {
@@ -378,7 +397,7 @@ impl Shape {
     /// An encoder of this shape's snapshot rows as log items (values in
     /// `snapshot_columns` order); `mark` is a subset snapshot's `snapshot_mark`, which
     /// the client uses to tell subsets apart.
-    pub fn snapshot_encoder(&self, mark: Option<u32>) -> SnapshotEncoder<'_> {
+    pub fn snapshot_encoder(&self, mark: Option<u32>) -> SnapshotEncoder {
         SnapshotEncoder::new(self, mark)
     }
 
@@ -782,7 +801,7 @@ mod tests {
                         .map(|i| awkward[(start + i) % awkward.len()])
                         .collect();
                     let mut out = Vec::new();
-                    enc.encode(&mut out, &row);
+                    enc.encode(&mut out, &row[..]);
                     assert_eq!(
                         String::from_utf8(out).unwrap(),
                         via_value(&s, &row, mark),
