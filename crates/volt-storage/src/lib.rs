@@ -3,6 +3,7 @@
 
 pub mod offset;
 pub mod open_files;
+pub mod recent_chunks;
 pub mod shape_db;
 pub mod shape_log;
 pub mod sync_queue;

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::offset::LogOffset;
 use crate::open_files;
+use crate::recent_chunks::{RecentChunks, recent_chunks};
 
 const META_FILE: &str = "meta.json";
 const LOG_FILE: &str = "log.bin";
@@ -161,9 +162,20 @@ struct Writer {
 }
 
 struct SnapshotWriter {
-    file: BufWriter<File>,
+    file: File,
     chunk: u32,
+    /// Bytes of the chunk's lines.
     len: u64,
+    /// `[` and the chunk's lines not yet in its file; while `keep`, all its lines: the
+    /// body readers get from memory once the chunk closes (`recent_chunks`).
+    body: Vec<u8>,
+    /// Where in `body` the lines not yet in the file start.
+    written: usize,
+    /// The chunk's body is kept whole.
+    keep: bool,
+    /// Bytes of `body` counted against the budget of chunks being built.
+    counted: usize,
+    recent: &'static RecentChunks,
     /// fsyncs of the closed chunks, running beside the writer: `finish_snapshot` waits
     /// for them before the snapshot counts as complete.
     syncing: Vec<std::thread::JoinHandle<io::Result<()>>>,
@@ -173,27 +185,108 @@ struct SnapshotWriter {
 const SNAPSHOT_WRITE_BUFFER: usize = 256 * 1024;
 
 impl SnapshotWriter {
-    fn new(path: &Path) -> Result<SnapshotWriter, StorageError> {
+    fn new(path: &Path, recent: &'static RecentChunks) -> Result<SnapshotWriter, StorageError> {
         let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
         Ok(SnapshotWriter {
-            file: BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER, file),
+            file,
             chunk: 0,
             len: 0,
+            body: Vec::new(),
+            written: 0,
+            keep: true,
+            counted: 0,
+            recent,
             syncing: Vec::new(),
         })
     }
 
-    /// Close the current chunk: written out, its fsync started in the background.
-    fn close_chunk(&mut self, dir: &Path) -> Result<(), StorageError> {
+    /// Add lines to the chunk; they go to the file once a write buffer's worth waits.
+    fn write(&mut self, lines: &[u8], chunk_bytes: u64) -> io::Result<()> {
+        if self.body.is_empty() {
+            self.body.push(b'[');
+            self.written = 1;
+        }
+        if self.keep {
+            if self.recent.reserve_building(lines.len()) {
+                self.counted += lines.len();
+                // A chunk that outgrows the write buffer is allocated whole once,
+                // instead of copied at each doubling.
+                let want = self.body.len() + lines.len();
+                if want > self.body.capacity() && want > SNAPSHOT_WRITE_BUFFER {
+                    let whole = usize::try_from(chunk_bytes)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(2)
+                        .max(want);
+                    self.body.reserve_exact(whole - self.body.len());
+                }
+            } else {
+                self.stop_keeping();
+            }
+        }
+        self.body.extend_from_slice(lines);
+        self.len += lines.len() as u64;
+        if self.body.len() - self.written >= SNAPSHOT_WRITE_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.body[self.written..])?;
+        self.written = self.body.len();
+        if !self.keep {
+            self.body.truncate(1);
+            self.written = 1;
+        }
+        Ok(())
+    }
+
+    /// Over the building budget: this chunk is served from its file.
+    fn stop_keeping(&mut self) {
+        self.keep = false;
+        self.recent
+            .release_building(std::mem::take(&mut self.counted));
+        self.body.drain(1..self.written);
+        self.written = 1;
+        self.body.shrink_to(2 * SNAPSHOT_WRITE_BUFFER);
+    }
+
+    /// Close the current chunk: written out, its fsync started in the background, its
+    /// body (if kept) handed to `recent_chunks` under `log`'s id.
+    fn close_chunk(&mut self, dir: &Path, log: u64) -> Result<(), StorageError> {
         let path = dir.join(snapshot_file(self.chunk));
-        self.file.flush().map_err(|e| StorageError::io(&path, e))?;
+        if !self.body.is_empty() {
+            self.flush().map_err(|e| StorageError::io(&path, e))?;
+        }
         let file = self
             .file
-            .get_ref()
             .try_clone()
             .map_err(|e| StorageError::io(&path, e))?;
         self.syncing
             .push(std::thread::spawn(move || file.sync_data()));
+        if self.keep {
+            let mut body = std::mem::take(&mut self.body);
+            if body.is_empty() {
+                body.push(b'[');
+            }
+            lines_into_array(&mut body);
+            self.recent.insert(log, self.chunk, body.into());
+        }
+        self.recent
+            .release_building(std::mem::take(&mut self.counted));
+        Ok(())
+    }
+
+    /// Start chunk `self.chunk + 1` (the current one is closed).
+    fn next_chunk(&mut self, dir: &Path) -> Result<(), StorageError> {
+        let next = self.chunk + 1;
+        let path = dir.join(snapshot_file(next));
+        self.file = File::create(&path).map_err(|e| StorageError::io(&path, e))?;
+        self.chunk = next;
+        self.len = 0;
+        self.body = Vec::new();
+        self.written = 0;
+        self.keep = true;
         Ok(())
     }
 
@@ -207,6 +300,29 @@ impl SnapshotWriter {
         }
         Ok(())
     }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        self.recent.release_building(self.counted);
+    }
+}
+
+/// `[` and a chunk's lines into the JSON array a response sends: items are one per line
+/// and JSON never holds a raw newline, so the line breaks become the commas in place.
+fn lines_into_array(body: &mut Vec<u8>) {
+    // Line breaks are one byte in ~200: finding them (SIMD) and writing only those
+    // beats comparing and rewriting every byte of a 10 MB chunk.
+    let mut at = 1;
+    while let Some(i) = memchr::memchr(b'\n', &body[at..]) {
+        body[at + i] = b',';
+        at += i + 1;
+    }
+    // The last line's break: an item never ends with a comma.
+    if body.len() > 1 && body.last() == Some(&b',') {
+        body.pop();
+    }
+    body.push(b']');
 }
 
 pub struct ShapeLog {
@@ -229,8 +345,10 @@ pub struct ShapeLog {
     /// The change log and its index were created since the last sync: their directory
     /// entries are synced with them.
     new_files: AtomicBool,
-    /// This instance's key among the change logs kept open (`open_files`).
+    /// This instance's key among the change logs kept open (`open_files`) and the
+    /// snapshot bodies kept in memory (`recent`).
     id: u64,
+    recent: &'static RecentChunks,
 }
 
 /// Keys of `ShapeLog` instances among the open change logs: a log reopened on the same
@@ -245,6 +363,7 @@ impl Drop for ShapeLog {
     fn drop(&mut self) {
         STORED_BYTES.fetch_sub(*self.bytes.get_mut(), Ordering::Relaxed);
         open_files::change_logs().forget(self.id);
+        self.recent.forget_log(self.id);
     }
 }
 
@@ -490,7 +609,15 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StorageError> {
 impl ShapeLog {
     /// Create an empty log in `dir`, removing whatever was there.
     pub fn create(dir: impl Into<PathBuf>, chunk_bytes: u64) -> Result<ShapeLog, StorageError> {
-        let dir = dir.into();
+        ShapeLog::create_with(dir.into(), chunk_bytes, recent_chunks())
+    }
+
+    /// `create`, keeping snapshot bodies in `recent` (tests give each log its own).
+    fn create_with(
+        dir: PathBuf,
+        chunk_bytes: u64,
+        recent: &'static RecentChunks,
+    ) -> Result<ShapeLog, StorageError> {
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
         }
@@ -503,7 +630,7 @@ impl ShapeLog {
             pg_snapshot: None,
             snapshot_chunks: None,
         };
-        let snapshot = SnapshotWriter::new(&dir.join(snapshot_file(0)))?;
+        let snapshot = SnapshotWriter::new(&dir.join(snapshot_file(0)), recent)?;
         Ok(ShapeLog {
             dir,
             chunk_bytes: chunk_bytes.max(1),
@@ -534,6 +661,7 @@ impl ShapeLog {
             unsynced: AtomicBool::new(false),
             new_files: AtomicBool::new(false),
             id: next_log_id(),
+            recent,
         })
     }
 
@@ -645,6 +773,7 @@ impl ShapeLog {
             unsynced: AtomicBool::new(false),
             new_files: AtomicBool::new(false),
             id: next_log_id(),
+            recent: recent_chunks(),
         };
         log.account(on_disk);
         Ok(log)
@@ -858,14 +987,9 @@ impl ShapeLog {
                     // the background) before the snapshot counts as complete. Until then
                     // a crash discards the shape, so nothing served from a chunk lost in
                     // a crash can be served again.
-                    s.close_chunk(dir)?;
-                    let next = s.chunk + 1;
-                    let next_path = dir.join(snapshot_file(next));
-                    let file =
-                        File::create(&next_path).map_err(|e| StorageError::io(&next_path, e))?;
-                    s.file = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER, file);
-                    s.chunk = next;
-                    s.len = 0;
+                    s.close_chunk(dir, self.id)?;
+                    s.next_chunk(dir)?;
+                    let next = s.chunk;
                     self.snapshot.send_modify(|p| p.chunks_complete = next);
                     continue;
                 }
@@ -876,14 +1000,13 @@ impl ShapeLog {
                     .map_or(rest.len(), |i| i + 1);
             }
             // The file's path is built only for an error.
-            if let Err(e) = s.file.write_all(&rest[..take]) {
+            if let Err(e) = s.write(&rest[..take], chunk_bytes) {
                 let path = dir.join(snapshot_file(s.chunk));
                 drop(w);
                 // What went out before the failure is on disk all the same.
                 self.account((lines.len() - rest.len()) as u64);
                 return Err(StorageError::io(&path, e));
             }
-            s.len += take as u64;
             rest = &rest[take..];
         }
         drop(w);
@@ -898,7 +1021,7 @@ impl ShapeLog {
         let Some(mut s) = w.snapshot.take() else {
             return Ok(());
         };
-        s.close_chunk(&self.dir)?;
+        s.close_chunk(&self.dir, self.id)?;
         s.wait_synced(&self.dir)?;
         let chunks = s.chunk + 1;
         w.meta.snapshot_chunks = Some(chunks);
@@ -1181,10 +1304,17 @@ impl ShapeLog {
         self.committed.subscribe()
     }
 
-    /// Snapshot chunk `k` as the JSON array a response sends, read into the one buffer
-    /// it is sent from: items are one per line and JSON never holds a raw newline, so
-    /// the line breaks become the commas in place.
+    /// Snapshot chunk `k` as the JSON array a response sends: the body kept since the
+    /// chunk closed, or else read from its file.
     pub fn read_snapshot_body(&self, k: u32) -> Result<bytes::Bytes, StorageError> {
+        if let Some(body) = self.recent.get(self.id, k) {
+            return Ok(body);
+        }
+        self.read_snapshot_file(k)
+    }
+
+    /// Snapshot chunk `k` read from its file into the one buffer it is sent from.
+    fn read_snapshot_file(&self, k: u32) -> Result<bytes::Bytes, StorageError> {
         let path = self.dir.join(snapshot_file(k));
         let io_err = |e| StorageError::io(&path, e);
         let mut file = File::open(&path).map_err(io_err)?;
@@ -1192,18 +1322,7 @@ impl ShapeLog {
         let mut body = Vec::with_capacity(len + 2);
         body.push(b'[');
         file.read_to_end(&mut body).map_err(io_err)?;
-        // Line breaks are one byte in ~200: finding them (SIMD) and writing only those
-        // beats comparing and rewriting every byte of a 10 MB chunk.
-        let mut at = 1;
-        while let Some(i) = memchr::memchr(b'\n', &body[at..]) {
-            body[at + i] = b',';
-            at += i + 1;
-        }
-        // The last line's break: an item never ends with a comma.
-        if body.len() > 1 && body.last() == Some(&b',') {
-            body.pop();
-        }
-        body.push(b']');
+        lines_into_array(&mut body);
         Ok(body.into())
     }
 
@@ -1321,6 +1440,7 @@ impl ShapeLog {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         open_files::change_logs().forget(self.id);
+        self.recent.forget_log(self.id);
         self.committed.send_modify(|_| {});
         self.snapshot.send_if_modified(|p| {
             if matches!(p.state, SnapshotState::Pending | SnapshotState::Started) {
@@ -1778,6 +1898,94 @@ mod tests {
         let empty = ShapeLog::create(dir.path().join("empty"), 1 << 20).unwrap();
         empty.finish_snapshot().unwrap();
         assert_eq!(empty.read_snapshot_body(0).unwrap(), b"[]".as_slice());
+    }
+
+    /// A log whose snapshot bodies are kept in a cache of its own, of the given budgets.
+    fn log_with_recent(
+        dir: &Path,
+        chunk: u64,
+        kept: usize,
+        building: usize,
+    ) -> (ShapeLog, &'static RecentChunks) {
+        let recent: &'static RecentChunks = Box::leak(Box::new(RecentChunks::new(kept, building)));
+        (
+            ShapeLog::create_with(dir.join("shape"), chunk, recent).unwrap(),
+            recent,
+        )
+    }
+
+    /// Items of many sizes (one larger than a 40-byte chunk), in batches.
+    fn write_awkward_snapshot(log: &ShapeLog) -> u32 {
+        let items: Vec<String> = (0..40)
+            .map(|i| match i {
+                17 => format!("{{\"big\":\"{}\"}}", "x".repeat(60)),
+                _ => format!("{{\"row\":{}}}", "7".repeat(i % 9 + 1)),
+            })
+            .collect();
+        for batch in items.chunks(7) {
+            let lines: String = batch.iter().map(|i| format!("{i}\n")).collect();
+            log.append_snapshot_lines(lines.as_bytes()).unwrap();
+        }
+        log.finish_snapshot().unwrap();
+        let SnapshotState::Done { chunks } = log.snapshot_progress().borrow().state.clone() else {
+            panic!("snapshot not done");
+        };
+        chunks
+    }
+
+    #[test]
+    fn a_closed_chunk_is_served_from_memory_exactly_as_its_file_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, recent) = log_with_recent(dir.path(), 40, 1 << 20, 1 << 20);
+        let chunks = write_awkward_snapshot(&log);
+        assert!(chunks > 5);
+        for k in 0..chunks {
+            let kept = recent
+                .get(log.id, k)
+                .expect("the closed chunk's body is kept");
+            assert_eq!(kept, log.read_snapshot_file(k).unwrap(), "chunk {k}");
+            assert_eq!(log.read_snapshot_body(k).unwrap(), kept);
+        }
+        assert_eq!(recent.building_bytes(), 0, "nothing counted once closed");
+        // Served from memory: the file is not read.
+        fs::remove_file(log.dir().join(snapshot_file(0))).unwrap();
+        assert!(log.read_snapshot_body(0).is_ok());
+        log.close();
+        assert_eq!(recent.kept_bytes(), 0, "a closed log keeps no body");
+    }
+
+    #[test]
+    fn chunks_beyond_the_building_budget_are_written_through_and_read_from_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room to build about one small chunk at a time, and to keep few.
+        let (log, recent) = log_with_recent(dir.path(), 40, 60, 25);
+        let (plain, _) = log_with_recent(&dir.path().join("plain"), 40, 1 << 20, 1 << 20);
+        let chunks = write_awkward_snapshot(&log);
+        assert_eq!(chunks, write_awkward_snapshot(&plain));
+        assert!((0..chunks).any(|k| recent.get(log.id, k).is_none()));
+        for k in 0..chunks {
+            assert_eq!(
+                log.read_snapshot_body(k).unwrap(),
+                plain.read_snapshot_body(k).unwrap(),
+                "chunk {k}"
+            );
+            assert_eq!(
+                log.read_snapshot_body(k).unwrap(),
+                log.read_snapshot_file(k).unwrap()
+            );
+        }
+        assert_eq!(recent.building_bytes(), 0);
+        assert!(recent.kept_bytes() <= 60);
+    }
+
+    #[test]
+    fn a_snapshot_dropped_half_written_releases_what_it_was_building() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, recent) = log_with_recent(dir.path(), 1 << 20, 1 << 20, 1 << 20);
+        log.append_snapshot_lines(b"{\"a\":1}\n").unwrap();
+        assert_eq!(recent.building_bytes(), 8);
+        drop(log);
+        assert_eq!(recent.building_bytes(), 0);
     }
 
     /// Every response a reader can get, from every offset the log holds.
