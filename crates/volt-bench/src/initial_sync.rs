@@ -147,9 +147,12 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let (volt, _) = Volt::start_with(env, &db_url, storage.path(), free_port()?, &[]).await?;
     let rss_before = volt.rss_kib();
     let http = reqwest::Client::new();
+    let cpu_before = volt.cpu_secs();
     let started = Instant::now();
     let (pages, synced) = initial_sync(&http, &volt.base).await?;
     let sync_secs = started.elapsed().as_secs_f64();
+    // The figure that does not move with the machine's load: the ratio's baseline does.
+    let cpu_per_row = (volt.cpu_secs() - cpu_before) * 1e6 / rows as f64;
     anyhow::ensure!(synced == rows, "volt gave {synced} rows");
     let bytes: usize = pages.iter().map(|p| p.body.len()).sum();
     let peak = volt.peak_rss_kib();
@@ -162,7 +165,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     let (copy_rate, volt_rate) = (rows as f64 / copy_secs, rows as f64 / sync_secs);
     println!("\n## S1: initial sync of a {rows}-row shape\n");
     println!(
-        "Body: {:.1} MB in {} responses; volt RSS {:.1} MiB before, peak {:.1} MiB.\n",
+        "Body: {:.1} MB in {} responses; volt used {cpu_per_row:.2} CPU-us per row; RSS {:.1} MiB before, peak {:.1} MiB.\n",
         bytes as f64 / 1e6,
         pages.len(),
         rss_before as f64 / 1024.0,
