@@ -435,3 +435,65 @@ async fn snapshots_reuse_idle_sessions_and_never_open_more_than_the_limit() -> a
     volt.stop().await;
     Ok(())
 }
+
+/// `SnapshotTx` on its own: the COPY prepared with the BEGIN and the ROLLBACK sent
+/// behind the rows still give every row, and a session that is free of its transaction.
+#[tokio::test]
+async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_transaction()
+-> anyhow::Result<()> {
+    use volt_pg::PgConfig;
+    use volt_pg::snapshot::{CopyLines, SnapshotTx};
+    let db = volt_test_support::TestDb::new("pipelined_snapshot").await?;
+    db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 5000) g;",
+    )
+    .await?;
+    let config = PgConfig::parse(&db.url())?;
+    let copy_all = |tx: SnapshotTx| async move {
+        let mut lines = CopyLines::default();
+        let mut ids = Vec::new();
+        let conn = tx
+            .copy_rows_then_end(|part| {
+                lines.feed(part, |row| {
+                    ids.push(row.get(0).unwrap().parse::<i32>().unwrap());
+                    Ok::<(), volt_pg::PgError>(())
+                })
+            })
+            .await?;
+        assert!(lines.is_complete());
+        anyhow::Ok((ids, conn.expect("the session is kept")))
+    };
+    let sql = Some("SELECT id, v FROM t");
+    let (ids, conn) = copy_all(SnapshotTx::begin(&config, sql).await?).await?;
+    assert_eq!(ids, (1..=5000).collect::<Vec<_>>());
+    // Out of the snapshot's transaction: a statement of its own starts a new one.
+    let rows = conn
+        .simple_query(
+            "SELECT current_setting('transaction_isolation'), now() = statement_timestamp()",
+        )
+        .await?;
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (row.get(0), row.get(1)),
+        (Some("read committed"), Some("t"))
+    );
+    // The kept session takes a new snapshot: it sees what was written since.
+    db.execute("INSERT INTO t VALUES (5001, 'new')").await?;
+    let (ids, _conn) = copy_all(SnapshotTx::begin_on(conn, sql).await?).await?;
+    assert_eq!(ids.len(), 5001);
+    // A failing reader ends the COPY with its own error, and the session is not kept.
+    let tx = SnapshotTx::begin(&config, sql).await?;
+    let failed = tx
+        .copy_rows_then_end(|_| Err::<(), _>(volt_pg::PgError::Protocol("stop".into())))
+        .await;
+    assert!(matches!(failed, Err(volt_pg::PgError::Protocol(m)) if m == "stop"));
+    db.cleanup().await;
+    Ok(())
+}

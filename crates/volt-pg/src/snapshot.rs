@@ -2,7 +2,7 @@
 //! tells which replicated transactions the snapshot already contains.
 
 use futures::{Stream, StreamExt};
-use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
+use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow, Statement};
 
 use crate::conn::{PgConfig, PgConn, parse_lsn};
 use crate::error::PgError;
@@ -66,22 +66,34 @@ impl PgSnapshot {
 pub struct SnapshotTx {
     conn: PgConn,
     pub snapshot: PgSnapshot,
+    /// The `COPY` of the rows, prepared with the transaction's start (`begin_on`).
+    copy: Option<Statement>,
 }
 
+const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                              SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text";
+
 impl SnapshotTx {
-    pub async fn begin(config: &PgConfig) -> Result<SnapshotTx, PgError> {
-        SnapshotTx::begin_on(config.connect().await?).await
+    pub async fn begin(config: &PgConfig, copy_sql: Option<&str>) -> Result<SnapshotTx, PgError> {
+        SnapshotTx::begin_on(config.connect().await?, copy_sql).await
     }
 
-    /// Begin on a session already open (one an earlier snapshot ended with `end`).
-    pub async fn begin_on(conn: PgConn) -> Result<SnapshotTx, PgError> {
-        // One round trip: a snapshot per new shape, and herds create thousands.
-        let messages = conn
-            .simple_query(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
-                 SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text",
-            )
-            .await?;
+    /// Begin on a session already open (one an earlier snapshot ended with `end`). With
+    /// `copy_sql`, `COPY (copy_sql) TO STDOUT` is prepared in the same round trip: the
+    /// two requests are sent together and Postgres answers them in order, so the COPY
+    /// is parsed inside the transaction. Herds create thousands of snapshots on few
+    /// sessions, and every round trip waits its turn on a busy machine.
+    pub async fn begin_on(conn: PgConn, copy_sql: Option<&str>) -> Result<SnapshotTx, PgError> {
+        let begin = conn.simple_query(BEGIN_SNAPSHOT);
+        let (messages, copy) = match copy_sql {
+            Some(sql) => {
+                let copy = format!("COPY ({sql}) TO STDOUT");
+                // `join` polls the BEGIN first: it is sent first.
+                let (messages, copy) = futures::join!(begin, conn.prepare(&copy));
+                (messages?, Some(copy?))
+            }
+            None => (begin.await?, None),
+        };
         let row = messages
             .iter()
             .find_map(|m| match m {
@@ -96,7 +108,11 @@ impl SnapshotTx {
         };
         let snapshot = PgSnapshot::parse(text, parse_lsn(lsn).unwrap_or(0))
             .ok_or_else(|| PgError::Protocol(format!("unexpected pg_current_snapshot {text}")))?;
-        Ok(SnapshotTx { conn, snapshot })
+        Ok(SnapshotTx {
+            conn,
+            snapshot,
+            copy,
+        })
     }
 
     /// Stream the rows of `sql`. The simple-query protocol returns every value in its
@@ -126,28 +142,52 @@ impl SnapshotTx {
     /// End the transaction and keep the session for another snapshot; None (the session
     /// closed) when it cannot be reused.
     pub async fn end(self) -> Option<PgConn> {
-        match self.conn.batch_execute("ROLLBACK").await {
-            Ok(()) if !self.conn.is_closed() => Some(self.conn),
+        let SnapshotTx { conn, copy, .. } = self;
+        // A prepared statement is closed when dropped: before the session is reused.
+        drop(copy);
+        let ended = conn.batch_execute("ROLLBACK").await;
+        SnapshotTx::reusable(conn, ended).await
+    }
+
+    async fn reusable(conn: PgConn, ended: Result<(), tokio_postgres::Error>) -> Option<PgConn> {
+        match ended {
+            Ok(()) if !conn.is_closed() => Some(conn),
             _ => {
-                self.close().await;
+                conn.close(std::time::Duration::from_secs(5)).await;
                 None
             }
         }
     }
 
-    /// The rows of `sql` as `COPY (sql) TO STDOUT` lines (text format: tab-separated,
-    /// backslash-escaped, `\N` for NULL): each value is the same text the simple-query
-    /// protocol returns, at the cost of Postgres's fastest way out. Decode a line with
-    /// `CopyLines`.
-    pub async fn copy_rows(
-        &self,
-        sql: &str,
-    ) -> Result<impl Stream<Item = Result<bytes::Bytes, PgError>> + '_, PgError> {
-        let stream = self
-            .conn
-            .copy_out(&format!("COPY ({sql}) TO STDOUT"))
-            .await?;
-        Ok(stream.map(|r| r.map_err(PgError::from)))
+    /// Run the COPY prepared by `begin_on` (text format: tab-separated,
+    /// backslash-escaped, `\N` for NULL: each value the text the simple-query protocol
+    /// returns, at the cost of Postgres's fastest way out), handing `part` each message
+    /// of its data (decode them with `CopyLines`), then end the transaction as `end`
+    /// does. The ROLLBACK is sent as soon as the COPY has started: it waits behind the
+    /// rows in the session, so ending costs no round trip of its own. On an error the
+    /// session is closed.
+    pub async fn copy_rows_then_end<E: From<PgError>>(
+        self,
+        mut part: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Option<PgConn>, E> {
+        let SnapshotTx { conn, copy, .. } = self;
+        let copy = copy
+            .ok_or_else(|| PgError::Protocol("the snapshot began without a COPY to run".into()))?;
+        let ended = {
+            let data = conn.copy_out(&copy).await.map_err(PgError::from)?;
+            futures::pin_mut!(data);
+            let mut rollback = std::pin::pin!(conn.batch_execute("ROLLBACK"));
+            // Polled once, the ROLLBACK is on its way; its answer is read after the rows.
+            if let std::task::Poll::Ready(Err(e)) = futures::poll!(rollback.as_mut()) {
+                return Err(PgError::from(e).into());
+            }
+            while let Some(bytes) = data.next().await {
+                part(&bytes.map_err(PgError::from)?)?;
+            }
+            rollback.await
+        };
+        drop(copy);
+        Ok(SnapshotTx::reusable(conn, ended).await)
     }
 }
 
@@ -208,11 +248,11 @@ impl volt_shapes::RowValues for CopyRow<'_> {
 
 impl CopyLines {
     /// Call `row` with each complete row of `data`.
-    pub fn feed(
+    pub fn feed<E: From<PgError>>(
         &mut self,
         data: &[u8],
-        mut row: impl FnMut(&CopyRow<'_>) -> Result<(), PgError>,
-    ) -> Result<(), PgError> {
+        mut row: impl FnMut(&CopyRow<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut rest = data;
         if !self.partial.is_empty() {
             let Some(end) = memchr::memchr(b'\n', rest) else {
@@ -368,7 +408,7 @@ mod tests {
                 lines
                     .feed(part, |r| {
                         rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
-                        Ok(())
+                        Ok::<(), PgError>(())
                     })
                     .unwrap();
             }
@@ -399,7 +439,7 @@ mod tests {
             CopyLines::default()
                 .feed(data, |r| {
                     out.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
-                    Ok(())
+                    Ok::<(), PgError>(())
                 })
                 .map(|()| out)
         };

@@ -43,8 +43,13 @@ impl SnapshotSessions {
     }
 
     /// Begin a snapshot transaction, waiting for a permit, on an idle session if one is
-    /// still open, else on a new one.
-    pub async fn begin(&self, config: &PgConfig) -> Result<Session<'_>, SessionError> {
+    /// still open, else on a new one; with `copy_sql`, prepare its COPY (see
+    /// `SnapshotTx::begin_on`).
+    pub async fn begin(
+        &self,
+        config: &PgConfig,
+        copy_sql: Option<&str>,
+    ) -> Result<Session<'_>, SessionError> {
         let permit = self
             .permits
             .acquire()
@@ -55,11 +60,11 @@ impl SnapshotSessions {
             if conn.is_closed() {
                 continue;
             }
-            if let Ok(tx) = SnapshotTx::begin_on(conn).await {
+            if let Ok(tx) = SnapshotTx::begin_on(conn, copy_sql).await {
                 return Ok(self.session(tx, permit));
             }
         }
-        let tx = SnapshotTx::begin(config).await?;
+        let tx = SnapshotTx::begin(config, copy_sql).await?;
         Ok(self.session(tx, permit))
     }
 
@@ -92,9 +97,26 @@ impl Session<'_> {
     /// End the transaction; the session goes back to the idle ones before the permit is
     /// released, so no snapshot ever opens a session beyond the limit.
     pub async fn end(self) {
-        if let Some(conn) = self.tx.end().await {
-            self.owner
-                .idle
+        let conn = self.tx.end().await;
+        self.owner.give_back(conn);
+    }
+
+    /// Run the COPY prepared at `begin` and end the transaction (see
+    /// `SnapshotTx::copy_rows_then_end`); the session goes back as `end` gives it.
+    pub async fn copy_rows_then_end<E: From<PgError>>(
+        self,
+        part: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let conn = self.tx.copy_rows_then_end(part).await?;
+        self.owner.give_back(conn);
+        Ok(())
+    }
+}
+
+impl SnapshotSessions {
+    fn give_back(&self, conn: Option<PgConn>) {
+        if let Some(conn) = conn {
+            self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(conn);

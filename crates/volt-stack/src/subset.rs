@@ -50,7 +50,7 @@ pub async fn query_subset(
 ) -> Result<SubsetRows, SubsetQueryError> {
     let tx = shared
         .snapshot_sessions
-        .begin(&shared.config.pg)
+        .begin(&shared.config.pg, None)
         .await
         .map_err(|e| match e {
             SessionError::Closed => SubsetQueryError::Unavailable(e.to_string()),

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
 use serde_json::json;
 use volt_pg::PgError;
@@ -40,6 +39,15 @@ pub struct SnapshotterState {
     _listed: Listed,
 }
 
+/// Why a snapshot failed, in the words its stop reason gives.
+struct Failure(String);
+
+impl From<PgError> for Failure {
+    fn from(e: PgError) -> Failure {
+        Failure(e.to_string())
+    }
+}
+
 async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     let shared = &args.shared;
     {
@@ -65,9 +73,11 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         }
     }
     let started = std::time::Instant::now();
+    // `log=changes_only`: the snapshot only fixes where the changes start.
+    let copy_sql = (args.shape.def.log == LogMode::Full).then(|| args.shape.snapshot_sql());
     let tx = shared
         .snapshot_sessions
-        .begin(&shared.config.pg)
+        .begin(&shared.config.pg, copy_sql.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let snapshot = tx.snapshot.clone();
@@ -81,42 +91,41 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         .cast(ConsumerMsg::SnapshotStarted(snapshot.clone()))
         .map_err(|_| "consumer is gone".to_string())?;
     let mut rows = 0u64;
-    // `log=changes_only`: the snapshot only fixes where the changes start.
-    if args.shape.def.log == LogMode::Full {
-        let sql = args.shape.snapshot_sql();
-        let data = tx.copy_rows(&sql).await.map_err(|e| e.to_string())?;
-        futures::pin_mut!(data);
+    if copy_sql.is_some() {
         let mut lines = CopyLines::default();
         let mut encoder = args.shape.snapshot_encoder(None);
         // Rows are appended in batches of this many bytes.
         const BATCH: usize = 64 * 1024;
         let mut batch = Vec::with_capacity(BATCH + 4096);
-        while let Some(part) = data.next().await {
-            let part = part.map_err(|e| e.to_string())?;
+        // Every row is read once this returns: the session goes to the next snapshot
+        // while this one's files are made durable.
+        tx.copy_rows_then_end(|part| {
             if args.log.is_closed() {
-                return Err("the shape was removed during its snapshot".into());
+                return Err(Failure("the shape was removed during its snapshot".into()));
             }
-            lines
-                .feed(&part, |values| {
-                    rows += 1;
-                    encoder.encode(&mut batch, values);
-                    batch.push(b'\n');
-                    if batch.len() >= BATCH {
-                        args.log
-                            .append_snapshot_lines(&batch)
-                            .map_err(|e| PgError::Protocol(e.to_string()))?;
-                        batch.clear();
-                    }
-                    Ok(())
-                })
-                .map_err(|e| e.to_string())?;
-        }
+            lines.feed(part, |values| {
+                rows += 1;
+                encoder.encode(&mut batch, values);
+                batch.push(b'\n');
+                if batch.len() >= BATCH {
+                    args.log
+                        .append_snapshot_lines(&batch)
+                        .map_err(|e| Failure(e.to_string()))?;
+                    batch.clear();
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|Failure(e)| e)?;
         args.log
             .append_snapshot_lines(&batch)
             .map_err(|e| e.to_string())?;
         if !lines.is_complete() {
             return Err("the snapshot query's output ended mid-row".into());
         }
+    } else {
+        tx.end().await;
     }
     let end = json!({"headers": {
         "control": "snapshot-end",
@@ -127,9 +136,6 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     args.log
         .append_snapshot_line(&end.to_string())
         .map_err(|e| e.to_string())?;
-    // Every row is read: the session goes to the next snapshot while this one's files
-    // are made durable.
-    tx.end().await;
     let read = started.elapsed();
     args.log.finish_snapshot().map_err(|e| e.to_string())?;
     let took = started.elapsed();
