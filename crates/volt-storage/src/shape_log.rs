@@ -270,6 +270,12 @@ impl SnapshotWriter {
                 body.push(b'[');
             }
             lines_into_array(&mut body);
+            // A small chunk grew by doubling: up to half its allocation would stay
+            // unused for as long as the body is kept (idle shapes keep theirs). Large
+            // ones were allocated whole.
+            if body.len() < SNAPSHOT_WRITE_BUFFER {
+                body.shrink_to_fit();
+            }
             self.recent.insert(log, self.chunk, body.into());
         }
         self.recent
