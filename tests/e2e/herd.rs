@@ -497,3 +497,50 @@ async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_
     db.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_snapshot_postgres_refuses_costs_one_idle_session_not_all_of_them() -> anyhow::Result<()>
+{
+    use volt_pg::{PgConfig, PgError};
+    use volt_stack::snapshot_sessions::{SessionError, SnapshotSessions};
+    let db = volt_test_support::TestDb::new("refused_snapshot").await?;
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await?;
+    let config = PgConfig::parse(&db.url())?;
+    let sessions = SnapshotSessions::new(4);
+    let sql = Some("SELECT id FROM t");
+    // Three sessions at once, each left idle by its snapshot's end.
+    let (a, b, c) = futures::try_join!(
+        sessions.begin(&config, sql),
+        sessions.begin(&config, sql),
+        sessions.begin(&config, sql)
+    )?;
+    for s in [a, b, c] {
+        s.copy_rows_then_end(|_| Ok::<(), PgError>(())).await?;
+    }
+    assert_eq!(sessions.idle_count(), 3);
+    // Refused as it is prepared, with the BEGIN.
+    let refused = sessions
+        .begin(&config, Some("SELECT id FROM t WHERE"))
+        .await;
+    assert!(
+        matches!(refused, Err(SessionError::Pg(PgError::Query { .. }))),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(
+        sessions.idle_count(),
+        2,
+        "only the session that ran it is gone"
+    );
+    // Refused as it runs (COPY's query is analysed only then): that session goes too.
+    let missing = sessions
+        .begin(&config, Some("SELECT id FROM no_such_table"))
+        .await?;
+    let failed = missing.copy_rows_then_end(|_| Ok::<(), PgError>(())).await;
+    assert!(matches!(failed, Err(PgError::Query { .. })), "{failed:?}");
+    assert_eq!(sessions.idle_count(), 1);
+    sessions.close_idle().await;
+    db.cleanup().await;
+    Ok(())
+}

@@ -178,13 +178,17 @@ impl SnapshotTx {
             futures::pin_mut!(data);
             let mut rollback = std::pin::pin!(conn.batch_execute("ROLLBACK"));
             // Polled once, the ROLLBACK is on its way; its answer is read after the rows.
-            if let std::task::Poll::Ready(Err(e)) = futures::poll!(rollback.as_mut()) {
-                return Err(PgError::from(e).into());
-            }
+            let early = match futures::poll!(rollback.as_mut()) {
+                std::task::Poll::Ready(ended) => Some(ended),
+                std::task::Poll::Pending => None,
+            };
             while let Some(bytes) = data.next().await {
                 part(&bytes.map_err(PgError::from)?)?;
             }
-            rollback.await
+            match early {
+                Some(ended) => ended,
+                None => rollback.await,
+            }
         };
         drop(copy);
         Ok(SnapshotTx::reusable(conn, ended).await)

@@ -60,8 +60,12 @@ impl SnapshotSessions {
             if conn.is_closed() {
                 continue;
             }
-            if let Ok(tx) = SnapshotTx::begin_on(conn, copy_sql).await {
-                return Ok(self.session(tx, permit));
+            match SnapshotTx::begin_on(conn, copy_sql).await {
+                Ok(tx) => return Ok(self.session(tx, permit)),
+                // Postgres refused the statement (a table dropped since, say): every
+                // other session would refuse it too, and be closed for it.
+                Err(e) if !e.is_retryable() => return Err(e.into()),
+                Err(_) => {}
             }
         }
         let tx = SnapshotTx::begin(config, copy_sql).await?;

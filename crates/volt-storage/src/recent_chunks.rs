@@ -4,7 +4,7 @@
 //! sync). Both the chunks being built and the closed bodies are bounded in bytes, so
 //! many concurrent or unread snapshots cost memory no more than the bounds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -28,9 +28,11 @@ pub struct RecentChunks {
 
 #[derive(Default)]
 struct Inner {
-    /// By (log id, chunk).
-    bodies: HashMap<(u64, u32), Bytes>,
-    /// Insertion order, for eviction.
+    /// By (log id, chunk): a log's bodies are one range, so forgetting a log costs its
+    /// own bodies, not a scan of everyone's.
+    bodies: BTreeMap<(u64, u32), Bytes>,
+    /// Insertion order, for eviction. Keys of forgotten bodies stay until they reach
+    /// the front, or until they are half the queue and it is compacted.
     order: VecDeque<(u64, u32)>,
     bytes: usize,
 }
@@ -107,18 +109,23 @@ impl RecentChunks {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if !inner.order.iter().any(|&(l, _)| l == log) {
+        let keys: Vec<(u64, u32)> = inner
+            .bodies
+            .range((log, 0)..=(log, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        if keys.is_empty() {
             return;
         }
-        inner.order.retain(|&(l, _)| l != log);
-        let Inner { bodies, bytes, .. } = &mut *inner;
-        bodies.retain(|&(l, _), b| {
-            let keep = l != log;
-            if !keep {
-                *bytes -= b.len();
+        for key in keys {
+            if let Some(b) = inner.bodies.remove(&key) {
+                inner.bytes -= b.len();
             }
-            keep
-        });
+        }
+        if inner.order.len() > 2 * inner.bodies.len() + 64 {
+            let Inner { bodies, order, .. } = &mut *inner;
+            order.retain(|k| bodies.contains_key(k));
+        }
     }
 }
 

@@ -202,26 +202,31 @@ impl SnapshotWriter {
 
     /// Add lines to the chunk; they go to the file once a write buffer's worth waits.
     fn write(&mut self, lines: &[u8], chunk_bytes: u64) -> io::Result<()> {
+        if self.keep {
+            // `[`, the lines, and room for the `]` the body ends with.
+            let want = self.body.len().max(1) + lines.len() + 1;
+            if want > self.counted {
+                // The allocation is counted before it is made. A chunk past the write
+                // buffer is allocated whole once, instead of copied at each doubling.
+                let grow_to = if want > SNAPSHOT_WRITE_BUFFER {
+                    usize::try_from(chunk_bytes)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(2)
+                        .max(want)
+                } else {
+                    want.next_power_of_two()
+                };
+                if self.recent.reserve_building(grow_to - self.counted) {
+                    self.body.reserve_exact(grow_to - self.body.len());
+                    self.counted = grow_to;
+                } else {
+                    self.stop_keeping();
+                }
+            }
+        }
         if self.body.is_empty() {
             self.body.push(b'[');
             self.written = 1;
-        }
-        if self.keep {
-            if self.recent.reserve_building(lines.len()) {
-                self.counted += lines.len();
-                // A chunk that outgrows the write buffer is allocated whole once,
-                // instead of copied at each doubling.
-                let want = self.body.len() + lines.len();
-                if want > self.body.capacity() && want > SNAPSHOT_WRITE_BUFFER {
-                    let whole = usize::try_from(chunk_bytes)
-                        .unwrap_or(usize::MAX)
-                        .saturating_add(2)
-                        .max(want);
-                    self.body.reserve_exact(whole - self.body.len());
-                }
-            } else {
-                self.stop_keeping();
-            }
         }
         self.body.extend_from_slice(lines);
         self.len += lines.len() as u64;
@@ -241,19 +246,22 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Over the building budget: this chunk is served from its file.
+    /// Serve this chunk from its file: over the building budget, or the log is closed.
     fn stop_keeping(&mut self) {
         self.keep = false;
         self.recent
             .release_building(std::mem::take(&mut self.counted));
+        if self.body.is_empty() {
+            return;
+        }
         self.body.drain(1..self.written);
         self.written = 1;
         self.body.shrink_to(2 * SNAPSHOT_WRITE_BUFFER);
     }
 
     /// Close the current chunk: written out, its fsync started in the background, its
-    /// body (if kept) handed to `recent_chunks` under `log`'s id.
-    fn close_chunk(&mut self, dir: &Path, log: u64) -> Result<(), StorageError> {
+    /// body (if kept, and `keep_body`) handed to `recent` under `log`'s id.
+    fn close_chunk(&mut self, dir: &Path, log: u64, keep_body: bool) -> Result<(), StorageError> {
         let path = dir.join(snapshot_file(self.chunk));
         if !self.body.is_empty() {
             self.flush().map_err(|e| StorageError::io(&path, e))?;
@@ -264,16 +272,16 @@ impl SnapshotWriter {
             .map_err(|e| StorageError::io(&path, e))?;
         self.syncing
             .push(std::thread::spawn(move || file.sync_data()));
-        if self.keep {
+        if self.keep && keep_body {
             let mut body = std::mem::take(&mut self.body);
             if body.is_empty() {
                 body.push(b'[');
             }
             lines_into_array(&mut body);
-            // A small chunk grew by doubling: up to half its allocation would stay
-            // unused for as long as the body is kept (idle shapes keep theirs). Large
-            // ones were allocated whole.
-            if body.len() < SNAPSHOT_WRITE_BUFFER {
+            // A chunk allocated whole but closed short of it (the last one, or one
+            // closed early by a large item) would keep the rest allocated for as long
+            // as it is kept; the cache counts lengths.
+            if body.capacity() > body.len() + body.len() / 8 {
                 body.shrink_to_fit();
             }
             self.recent.insert(log, self.chunk, body.into());
@@ -993,7 +1001,7 @@ impl ShapeLog {
                     // the background) before the snapshot counts as complete. Until then
                     // a crash discards the shape, so nothing served from a chunk lost in
                     // a crash can be served again.
-                    s.close_chunk(dir, self.id)?;
+                    s.close_chunk(dir, self.id, !self.is_closed())?;
                     s.next_chunk(dir)?;
                     let next = s.chunk;
                     self.snapshot.send_modify(|p| p.chunks_complete = next);
@@ -1027,7 +1035,7 @@ impl ShapeLog {
         let Some(mut s) = w.snapshot.take() else {
             return Ok(());
         };
-        s.close_chunk(&self.dir, self.id)?;
+        s.close_chunk(&self.dir, self.id, !self.is_closed())?;
         s.wait_synced(&self.dir)?;
         let chunks = s.chunk + 1;
         w.meta.snapshot_chunks = Some(chunks);
@@ -1447,6 +1455,13 @@ impl ShapeLog {
         self.closed.store(true, Ordering::Release);
         open_files::change_logs().forget(self.id);
         self.recent.forget_log(self.id);
+        // A snapshot still running lets go of the body it was building (it ends at its
+        // next message). Not waited for: a commit may hold the writer through an fsync.
+        if let Ok(mut w) = self.writer.try_lock()
+            && let Some(s) = w.snapshot.as_mut()
+        {
+            s.stop_keeping();
+        }
         self.committed.send_modify(|_| {});
         self.snapshot.send_if_modified(|p| {
             if matches!(p.state, SnapshotState::Pending | SnapshotState::Started) {
@@ -1989,9 +2004,82 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, recent) = log_with_recent(dir.path(), 1 << 20, 1 << 20, 1 << 20);
         log.append_snapshot_lines(b"{\"a\":1}\n").unwrap();
-        assert_eq!(recent.building_bytes(), 8);
+        assert!(
+            recent.building_bytes() >= 10,
+            "`[`, the line and `]` are counted"
+        );
         drop(log);
         assert_eq!(recent.building_bytes(), 0);
+    }
+
+    /// Lines of about 100 bytes, `n` of them.
+    fn lines(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| format!("{{\"row\":{i},\"pad\":\"{}\"}}\n", "p".repeat(80)))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    #[test]
+    fn large_chunks_are_kept_only_when_their_whole_allocation_fits_the_building_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = lines(40_000); // ~4 MB: two 2 MB chunks and a part.
+        let (plain, _) = log_with_recent(&dir.path().join("plain"), 2 << 20, 64 << 20, 64 << 20);
+        // Room for one whole 2 MB chunk at a time, but not for two.
+        let (roomy, roomy_recent) =
+            log_with_recent(&dir.path().join("roomy"), 2 << 20, 64 << 20, 3 << 20);
+        // Too little for any chunk past the write buffer: written through after the
+        // first 256 KiB were flushed.
+        let (tight, tight_recent) =
+            log_with_recent(&dir.path().join("tight"), 2 << 20, 64 << 20, 600 << 10);
+        for log in [&plain, &roomy, &tight] {
+            // Batches of whole lines, as the Snapshotter appends them.
+            let mut batch = Vec::new();
+            for line in data.split_inclusive(|&b| b == b'\n') {
+                batch.extend_from_slice(line);
+                if batch.len() >= 64 * 1024 {
+                    log.append_snapshot_lines(&batch).unwrap();
+                    batch.clear();
+                }
+            }
+            log.append_snapshot_lines(&batch).unwrap();
+            log.finish_snapshot().unwrap();
+        }
+        let SnapshotState::Done { chunks } = plain.snapshot_progress().borrow().state.clone()
+        else {
+            panic!("snapshot not done");
+        };
+        assert!(chunks >= 2);
+        for k in 0..chunks {
+            let expected = plain.read_snapshot_file(k).unwrap();
+            assert_eq!(roomy.read_snapshot_body(k).unwrap(), expected, "chunk {k}");
+            assert_eq!(tight.read_snapshot_body(k).unwrap(), expected, "chunk {k}");
+            assert!(roomy_recent.get(roomy.id, k).is_some(), "chunk {k} kept");
+            assert!(
+                tight_recent.get(tight.id, k).is_none(),
+                "chunk {k} not kept"
+            );
+        }
+        assert_eq!(roomy_recent.building_bytes(), 0);
+        assert_eq!(tight_recent.building_bytes(), 0);
+    }
+
+    #[test]
+    fn a_log_closed_during_its_snapshot_lets_go_of_its_body_and_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, recent) = log_with_recent(dir.path(), 1 << 20, 64 << 20, 64 << 20);
+        log.append_snapshot_lines(&lines(100)).unwrap();
+        assert!(recent.building_bytes() > 0);
+        log.close();
+        assert_eq!(recent.building_bytes(), 0);
+        // A snapshot that has not noticed yet goes on, keeping nothing.
+        log.append_snapshot_lines(&lines(100)).unwrap();
+        log.finish_snapshot().unwrap();
+        assert_eq!((recent.building_bytes(), recent.kept_bytes()), (0, 0));
+        assert!(
+            log.read_snapshot_body(0).is_ok(),
+            "still served from its file"
+        );
     }
 
     /// Every response a reader can get, from every offset the log holds.
