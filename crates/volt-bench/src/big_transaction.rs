@@ -113,14 +113,14 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         .await?;
     client.batch_execute("VACUUM ANALYZE items").await?;
 
-    let storage = tempfile::tempdir()?;
+    let storage = env.storage()?;
     let port = free_port()?;
     // Parked requests must still be parked when the transaction lands, however long the
     // UPDATE takes: a timed-out stalled client would never ask again.
     let (volt, _) = Volt::start_with(
         env,
         &db_url,
-        storage.path(),
+        &storage,
         port,
         &[("ELECTRIC_LONG_POLL_TIMEOUT", "10m")],
     )

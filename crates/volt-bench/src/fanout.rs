@@ -525,8 +525,8 @@ pub async fn run(env: &BenchEnv, clients: &[usize], secs: Option<u64>) -> anyhow
             "CREATE TABLE items (id bigserial PRIMARY KEY, batch int NOT NULL, title text NOT NULL)",
         )
         .await?;
-    let storage = tempfile::tempdir()?;
-    let (volt, _) = Volt::start(env, &db_url, storage.path(), free_port()?).await?;
+    let storage = env.storage()?;
+    let (volt, _) = Volt::start(env, &db_url, &storage, free_port()?).await?;
     let http = reqwest::Client::new();
     let mut rows = Vec::new();
     for (round, &n) in counts.iter().enumerate() {

@@ -136,11 +136,11 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for coalesce in ["true", "false"] {
         let (db_url, client) = items_db(env, &format!("herd_a_{coalesce}"), 1000, rows).await?;
-        let storage = tempfile::tempdir()?;
+        let storage = env.storage()?;
         let (volt, _) = Volt::start_with(
             env,
             &db_url,
-            storage.path(),
+            &storage,
             free_port()?,
             &[
                 (
@@ -177,11 +177,11 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
 
     // (b) and (c) on one volt with the default caps.
     let (db_url, _client) = items_db(env, "herd_b", n, rows).await?;
-    let storage = tempfile::tempdir()?;
+    let storage = env.storage()?;
     let (volt, _) = Volt::start_with(
         env,
         &db_url,
-        storage.path(),
+        &storage,
         free_port()?,
         &[("ELECTRIC_ENABLE_INTEGRATION_TESTING", "true")],
     )

@@ -84,9 +84,9 @@ pub async fn run(env: &BenchEnv, n: usize) -> anyhow::Result<()> {
             n * 10
         ))
         .await?;
-    let storage = tempfile::tempdir()?;
+    let storage = env.storage()?;
     let port = free_port()?;
-    let (volt, _) = Volt::start(env, &db_url, storage.path(), port).await?;
+    let (volt, _) = Volt::start(env, &db_url, &storage, port).await?;
     // Baseline: the empty service (after one request, so lazily built parts exist).
     let _ = volt
         .http
@@ -109,10 +109,10 @@ pub async fn run(env: &BenchEnv, n: usize) -> anyhow::Result<()> {
     // The registry write buffer must be on disk before the kill: volt says when.
     volt.wait_registry_written().await?;
     let rss = volt.rss_kib();
-    let disk = dir_bytes(storage.path());
+    let disk = dir_bytes(&storage);
     volt.kill_9().await?;
 
-    let (volt, to_active) = Volt::start(env, &db_url, storage.path(), port).await?;
+    let (volt, to_active) = Volt::start(env, &db_url, &storage, port).await?;
     let t = Instant::now();
     while !servable(&volt, &shapes[0]).await? {}
     let first = to_active + t.elapsed();

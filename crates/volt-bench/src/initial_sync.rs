@@ -135,8 +135,8 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     // Alone: VACUUM cannot run inside the implicit transaction of a multi-statement query.
     client.batch_execute("VACUUM ANALYZE items").await?;
 
-    let storage = tempfile::tempdir()?;
-    let (volt, _) = Volt::start_with(env, &db_url, storage.path(), free_port()?, &[]).await?;
+    let storage = env.storage()?;
+    let (volt, _) = Volt::start_with(env, &db_url, &storage, free_port()?, &[]).await?;
     let rss_before = volt.rss_kib();
     let http = reqwest::Client::new();
     // The cold figures alternate the baseline and volt over a few rounds, each on a

@@ -79,8 +79,8 @@ async fn volt_run(
     rows: usize,
     settings: &[(&str, &str)],
 ) -> anyhow::Result<VoltRun> {
-    let storage = tempfile::tempdir()?;
-    let (volt, _) = Volt::start_with(env, db_url, storage.path(), free_port()?, settings).await?;
+    let storage = env.storage()?;
+    let (volt, _) = Volt::start_with(env, db_url, &storage, free_port()?, settings).await?;
     let conns: Sampler<(i64, i64)> =
         connection_sampler(env.client(db).await?, Duration::from_millis(20));
     // Distinct users: one connection per client, none shared.

@@ -40,9 +40,9 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
              INSERT INTO items SELECT g, g % 10, 'seed row ' || g FROM generate_series(1, 100) g;",
         )
         .await?;
-    let storage = tempfile::tempdir()?;
+    let storage = env.storage()?;
     let port = free_port()?;
-    let (volt, _) = Volt::start(env, &db_url, storage.path(), port).await?;
+    let (volt, _) = Volt::start(env, &db_url, &storage, port).await?;
     let volt = Arc::new(volt);
 
     let t = Instant::now();
