@@ -55,7 +55,7 @@ pub async fn stats(State(app): State<AppState>) -> Response {
             // Bounded caches of response bodies (64 MiB each): what RSS holds for them.
             "cache_bytes": {
                 "live_reads": app.live_reads.kept_bytes(),
-                "snapshot_chunks": app.chunk_cache.kept_bytes(),
+                "snapshot_chunks": volt_storage::recent_chunks::recent_chunks().kept_bytes(),
             },
         }),
     )

@@ -3,7 +3,6 @@
 mod admin;
 pub mod admission;
 mod auth;
-mod chunk_cache;
 mod cors;
 mod envelope;
 mod live_reads;
@@ -73,7 +72,6 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     pub admission: Arc<admission::Admission>,
     pub schema_loads: Arc<shape_api::SchemaLoads>,
-    pub chunk_cache: Arc<chunk_cache::ChunkCache>,
     pub live_reads: Arc<live_reads::LiveReads>,
 }
 
@@ -93,7 +91,6 @@ pub fn router_with_admission(
         config: Arc::new(config),
         admission,
         schema_loads: Arc::default(),
-        chunk_cache: Arc::new(chunk_cache::ChunkCache::new(64 * 1024 * 1024)),
         live_reads: Arc::new(live_reads::LiveReads::new(64 * 1024 * 1024, 4096)),
     };
     let mut guarded = Router::new()

@@ -532,13 +532,12 @@ async fn serve_snapshot(
         return None;
     }
     let log = entry.log.clone();
-    let body = match app.chunk_cache.get(&entry.handle, k) {
+    // A herd reading the same new shape shares one kept body instead of reading and
+    // copying the file once per request.
+    let body = match log.kept_snapshot_body(k) {
         Some(body) => body,
         None => match tokio::task::spawn_blocking(move || log.read_snapshot_body(k)).await {
-            Ok(Ok(body)) => {
-                app.chunk_cache.insert(&entry.handle, k, body.clone());
-                body
-            }
+            Ok(Ok(body)) => body,
             Ok(Err(e)) => return Some(storage_error(app, entry, &e)),
             Err(_) => {
                 return Some(error(

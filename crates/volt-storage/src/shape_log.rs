@@ -1318,13 +1318,23 @@ impl ShapeLog {
         self.committed.subscribe()
     }
 
-    /// Snapshot chunk `k` as the JSON array a response sends: the body kept since the
-    /// chunk closed, or else read from its file.
+    /// Snapshot chunk `k`'s body if it is kept in memory: no I/O, so callers that must
+    /// not block can try it first.
+    pub fn kept_snapshot_body(&self, k: u32) -> Option<bytes::Bytes> {
+        self.recent.get(self.id, k)
+    }
+
+    /// Snapshot chunk `k` as the JSON array a response sends: the body kept in memory,
+    /// or else read from its file (and kept: a complete chunk never changes).
     pub fn read_snapshot_body(&self, k: u32) -> Result<bytes::Bytes, StorageError> {
-        if let Some(body) = self.recent.get(self.id, k) {
+        if let Some(body) = self.kept_snapshot_body(k) {
             return Ok(body);
         }
-        self.read_snapshot_file(k)
+        let body = self.read_snapshot_file(k)?;
+        if !self.is_closed() {
+            self.recent.insert(self.id, k, body.clone());
+        }
+        Ok(body)
     }
 
     /// Snapshot chunk `k` read from its file into the one buffer it is sent from.
@@ -2051,13 +2061,18 @@ mod tests {
         };
         assert!(chunks >= 2);
         for k in 0..chunks {
-            let expected = plain.read_snapshot_file(k).unwrap();
-            assert_eq!(roomy.read_snapshot_body(k).unwrap(), expected, "chunk {k}");
-            assert_eq!(tight.read_snapshot_body(k).unwrap(), expected, "chunk {k}");
             assert!(roomy_recent.get(roomy.id, k).is_some(), "chunk {k} kept");
             assert!(
                 tight_recent.get(tight.id, k).is_none(),
                 "chunk {k} not kept"
+            );
+            let expected = plain.read_snapshot_file(k).unwrap();
+            assert_eq!(roomy.read_snapshot_body(k).unwrap(), expected, "chunk {k}");
+            assert_eq!(tight.read_snapshot_body(k).unwrap(), expected, "chunk {k}");
+            // Read from its file once, kept from then on.
+            assert!(
+                tight_recent.get(tight.id, k).is_some(),
+                "chunk {k} kept once read"
             );
         }
         assert_eq!(roomy_recent.building_bytes(), 0);
