@@ -51,6 +51,20 @@ impl BenchEnv {
         })
     }
 
+    /// Microseconds to create an empty file where volt's storage goes, over 200 files
+    /// (kept until the bench ends: removing them would slow the next creations). Scenarios
+    /// that create thousands of shapes print it: on these machines it moved between ~40
+    /// and ~700 us with the files removed in the minutes before, which moved S2 more than
+    /// any change of volt's.
+    pub fn file_creation_micros(&self) -> anyhow::Result<f64> {
+        let dir = self.storage()?;
+        let started = Instant::now();
+        for i in 0..200 {
+            std::fs::File::create(dir.join(format!("probe-{i}")))?;
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e6 / 200.0)
+    }
+
     /// A new, empty storage directory for a volt run, kept until the bench ends. On
     /// ext4 without a journal (these machines), a new file's inode skips every inode
     /// deleted in the last minutes, one lookup each: removing a run's ~10,000 shape
