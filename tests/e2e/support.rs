@@ -554,11 +554,7 @@ impl VoltProcess {
     }
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+pub use volt_pg::cluster::free_port;
 
 impl VoltProcess {
     /// Peak resident memory of the process so far, in KiB (`VmHWM`).

@@ -848,7 +848,7 @@ fn validate_setting_name(name: &str) -> Result<(), ClusterError> {
 }
 
 /// A port that was free a moment ago (bind 127.0.0.1:0 and release it).
-fn free_port() -> Result<u16, ClusterError> {
+pub fn free_port() -> Result<u16, ClusterError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
     let port = listener

@@ -16,13 +16,6 @@ fn health_status(port: u16) -> Option<String> {
     out.lines().next().map(str::to_string)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn process_exists(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid, 0) == 0 }
@@ -39,7 +32,7 @@ fn postmaster_pid(storage: &Path) -> i32 {
 #[test]
 fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
     let storage = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = volt_pg::cluster::free_port().expect("a free port");
     // Only what this test sets: an ELECTRIC_* of the caller's must not change the run.
     let mut volt = Command::new(env!("CARGO_BIN_EXE_volt"))
         .arg("dev")
