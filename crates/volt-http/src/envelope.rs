@@ -41,13 +41,8 @@ fn request_id(req: &Request) -> HeaderValue {
     if let Some(id) = req.headers().get("x-request-id").filter(|v| v.len() <= 200) {
         return id.clone();
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = rand::random::<u64>();
-    let mut digits = [0u8; 16];
-    for (i, d) in digits.iter_mut().enumerate() {
-        *d = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&digits).unwrap_or(HeaderValue::from_static("unknown"))
+    HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
+        .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 fn route_label(path: &str) -> &'static str {
@@ -122,7 +117,7 @@ fn needs_normalizing(path: &str) -> bool {
 }
 
 /// Percent-decode unreserved characters, collapse repeated slashes, drop a trailing one.
-pub(crate) fn normal_path(path: &str) -> String {
+fn normal_path(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;

@@ -202,7 +202,7 @@ impl SnapshotEncoder {
     }
 
     /// Append one row's item (values in `snapshot_columns` order) to `out`.
-    pub fn encode(&mut self, out: &mut Vec<u8>, values: &(impl RowValues + ?Sized)) {
+    pub fn encode(&self, out: &mut Vec<u8>, values: &(impl RowValues + ?Sized)) {
         let value = |slot: usize| values.value(slot);
         // `head` ends with the key's opening quote and its escaped table prefix: the key
         // is written escaped as it is built (every key holds quotes, so escaping it
@@ -795,7 +795,7 @@ mod tests {
             let s = shape(columns);
             let width = s.snapshot_columns().len();
             for mark in [None, Some(7)] {
-                let mut enc = s.snapshot_encoder(mark);
+                let enc = s.snapshot_encoder(mark);
                 for start in 0..awkward.len() {
                     let row: Vec<Option<&str>> = (0..width)
                         .map(|i| awkward[(start + i) % awkward.len()])

@@ -84,6 +84,16 @@ impl SnapshotSessions {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
+    /// Keep an ended snapshot's session for the next one (None: it closed).
+    fn give_back(&self, conn: Option<PgConn>) {
+        if let Some(conn) = conn {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+
     /// Sessions open and unused.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -114,17 +124,6 @@ impl Session<'_> {
         let conn = self.tx.copy_rows_then_end(part).await?;
         self.owner.give_back(conn);
         Ok(())
-    }
-}
-
-impl SnapshotSessions {
-    fn give_back(&self, conn: Option<PgConn>) {
-        if let Some(conn) = conn {
-            self.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
-        }
     }
 }
 

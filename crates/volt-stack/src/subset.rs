@@ -63,7 +63,7 @@ pub async fn query_subset(
     {
         let rows = tx.rows(&sql).await?;
         futures::pin_mut!(rows);
-        let mut encoder = shape.snapshot_encoder(Some(mark));
+        let encoder = shape.snapshot_encoder(Some(mark));
         while let Some(row) = rows.next().await {
             let mut item = Vec::new();
             encoder.encode(&mut item, &row?.values()[..]);

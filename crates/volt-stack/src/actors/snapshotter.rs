@@ -93,7 +93,7 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     let mut rows = 0u64;
     if copy_sql.is_some() {
         let mut lines = CopyLines::default();
-        let mut encoder = args.shape.snapshot_encoder(None);
+        let encoder = args.shape.snapshot_encoder(None);
         // Rows are appended in batches of this many bytes.
         const BATCH: usize = 64 * 1024;
         let mut batch = Vec::with_capacity(BATCH + 4096);
