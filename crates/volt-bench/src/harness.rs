@@ -66,6 +66,31 @@ impl BenchEnv {
         Ok(started.elapsed().as_secs_f64() * 1e6 / 200.0)
     }
 
+    /// CPU seconds used so far by the Postgres processes alive now (the postmaster and
+    /// its children): a backend's time is lost once it exits, so read this while the
+    /// connections being measured are still open.
+    pub fn postgres_cpu_secs(&self) -> f64 {
+        let Some(postmaster) =
+            std::fs::read_to_string(self.cluster.data_dir().join("postmaster.pid"))
+                .ok()
+                .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return 0.0;
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0.0;
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                pid == postmaster
+                    || proc_stat(pid).get(1).and_then(|p| p.parse::<u32>().ok()) == Some(postmaster)
+            })
+            .map(proc_cpu_secs)
+            .sum()
+    }
+
     /// A new, empty storage directory for a volt run, kept until the bench ends. On
     /// ext4 without a journal (these machines), a new file's inode skips every inode
     /// deleted in the last minutes, one lookup each: removing a run's ~10,000 shape
@@ -208,21 +233,7 @@ impl Volt {
 
     /// CPU seconds (user + system) used so far.
     pub fn cpu_secs(&self) -> f64 {
-        let Some(pid) = self.pid() else { return 0.0 };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return 0.0;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        self.pid().map_or(0.0, proc_cpu_secs)
     }
 
     pub async fn kill_9(mut self) -> anyhow::Result<()> {
@@ -230,6 +241,29 @@ impl Volt {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (the state is field 0).
+fn proc_stat(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().map(str::to_string).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// CPU seconds (user + system) a process has used so far; 0 once it is gone.
+pub fn proc_cpu_secs(pid: u32) -> f64 {
+    let fields = proc_stat(pid);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 pub fn proc_status(pid: Option<u32>, key: &str) -> u64 {

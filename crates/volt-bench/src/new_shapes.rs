@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use crate::harness::{BenchEnv, Volt, free_port};
 use crate::load::{Sampler, connection_sampler, ms, percentile, sync};
 
@@ -15,6 +17,34 @@ const POOL: usize = 20;
 struct Outcome {
     secs: f64,
     sorted: Vec<Duration>,
+    /// CPU seconds of Postgres and of this process (the clients) over the run.
+    cpu: Cpu,
+}
+
+/// CPU seconds used by Postgres and by this process (the load generator), from a
+/// starting point: the machine's 2 cores are shared by volt, Postgres and the clients,
+/// so what the others need bounds what volt can reach.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    postgres: f64,
+    clients: f64,
+}
+
+impl Cpu {
+    fn now(env: &BenchEnv) -> Cpu {
+        Cpu {
+            postgres: env.postgres_cpu_secs(),
+            clients: crate::harness::proc_cpu_secs(std::process::id()),
+        }
+    }
+
+    fn since(self, env: &BenchEnv) -> Cpu {
+        let now = Cpu::now(env);
+        Cpu {
+            postgres: now.postgres - self.postgres,
+            clients: now.clients - self.clients,
+        }
+    }
 }
 
 impl Outcome {
@@ -31,6 +61,7 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
         conns.push(env.client(db).await?);
     }
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu = Cpu::now(env);
     let started = Instant::now();
     let workers: Vec<_> = conns
         .into_iter()
@@ -41,7 +72,8 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
                 loop {
                     let g = next.fetch_add(1, Ordering::Relaxed);
                     if g >= shapes {
-                        return anyhow::Ok(done);
+                        // The connection is kept until its backend's CPU is read.
+                        return anyhow::Ok((done, c));
                     }
                     c.simple_query(&format!("SELECT id, grp, title FROM items WHERE grp = {g}"))
                         .await?;
@@ -51,12 +83,75 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
         })
         .collect();
     let mut sorted = Vec::new();
+    let mut open = Vec::new();
     for w in workers {
-        sorted.extend(w.await??);
+        let (done, c) = w.await??;
+        sorted.extend(done);
+        open.push(c);
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu.since(env);
     sorted.sort();
-    Ok(Outcome { secs, sorted })
+    Ok(Outcome { secs, sorted, cpu })
+}
+
+/// Postgres's part of volt's snapshots: the same sessions (`POOL`), queries and protocol
+/// as volt's snapshotter (`BEGIN REPEATABLE READ` with `pg_current_snapshot()`, the rows
+/// by `COPY ... TO STDOUT`, `ROLLBACK`), each row split out of the COPY data and nothing
+/// else done with it. What is left of volt's time once this is taken away is volt's own.
+async fn snapshot_baseline(env: &BenchEnv, db_url: &str, shapes: usize) -> anyhow::Result<Outcome> {
+    let config = volt_pg::PgConfig::parse(db_url)?;
+    let mut sessions = Vec::new();
+    for _ in 0..POOL {
+        sessions.push(config.connect().await?);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu = Cpu::now(env);
+    let started = Instant::now();
+    let workers: Vec<_> = sessions
+        .into_iter()
+        .map(|conn| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                let mut conn = Some(conn);
+                loop {
+                    let g = next.fetch_add(1, Ordering::Relaxed);
+                    if g >= shapes {
+                        return anyhow::Ok((done, conn));
+                    }
+                    let sql = format!(
+                        r#"SELECT "id", "grp", "title" FROM "public"."items" WHERE ("grp" = '{g}'::int4)"#
+                    );
+                    let session = conn.take().context("a snapshot session closed")?;
+                    let tx = volt_pg::snapshot::SnapshotTx::begin_on(session, Some(&sql)).await?;
+                    let mut lines = volt_pg::snapshot::CopyLines::default();
+                    let mut rows = 0usize;
+                    conn = tx
+                        .copy_rows_then_end(|part| {
+                            lines.feed(part, |_| {
+                                rows += 1;
+                                Ok::<(), volt_pg::PgError>(())
+                            })
+                        })
+                        .await?;
+                    anyhow::ensure!(rows > 0, "group {g}: no rows");
+                    done.push(started.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut sorted = Vec::new();
+    let mut open = Vec::new();
+    for w in workers {
+        let (done, conn) = w.await??;
+        sorted.extend(done);
+        open.push(conn);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu.since(env);
+    sorted.sort();
+    Ok(Outcome { secs, sorted, cpu })
 }
 
 struct VoltRun {
@@ -89,6 +184,7 @@ async fn volt_run(
         .timeout(Duration::from_secs(120))
         .build()?;
     let cpu0 = volt.cpu_secs();
+    let others = Cpu::now(env);
     let started = Instant::now();
     let clients: Vec<_> = (0..shapes)
         .map(|g| {
@@ -117,12 +213,17 @@ async fn volt_run(
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = volt.cpu_secs() - cpu0;
+    let others = others.since(env);
     let peak = volt.peak_rss_kib();
     let samples = conns.stop().await;
     sorted.sort();
     volt.kill_9().await?;
     Ok(VoltRun {
-        out: Outcome { secs, sorted },
+        out: Outcome {
+            secs,
+            sorted,
+            cpu: others,
+        },
         retried,
         errors,
         first_error,
@@ -151,6 +252,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     client.batch_execute("VACUUM ANALYZE items").await?;
 
     let floor = pool_baseline(env, db, shapes).await?;
+    let snapshots = snapshot_baseline(env, &db_url, shapes).await?;
 
     let pool = POOL.to_string();
     let fs_before_shed = env.file_creation_micros()?;
@@ -194,16 +296,17 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         "volt: ELECTRIC_DB_POOL_SIZE={POOL}; clients retry 503 as @electric-sql/client does (max(Retry-After, random backoff from 1 s doubling)).\n"
     );
     println!(
-        "| | shapes/s | p50 to up-to-date ms | p99 ms | p99 ratio (target <= 2x) | 503s retried | errors | Postgres connections (max seen) | CPU ms per shape | peak RSS MiB |"
+        "| | shapes/s | p50 to up-to-date ms | p99 ms | p99 ratio (target <= 2x) | 503s retried | errors | Postgres connections (max seen) | CPU ms per shape: volt / Postgres / clients | peak RSS MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    let per_shape = |secs: f64| secs * 1000.0 / shapes as f64;
     for (name, r) in [
         ("volt, default admission (initial 300)", &shed),
         ("volt, admission raised (nothing shed)", &unshed),
     ] {
         let p99 = percentile(&r.out.sorted, 0.99);
         println!(
-            "| {name} | {:.0} | {} | {} | {:.2}x | {} | {} | {} `volt` (pool {POOL} + 1 admin{}) + {} replication, {} samples | {:.2} | {:.1} |",
+            "| {name} | {:.0} | {} | {} | {:.2}x | {} | {} | {} `volt` (pool {POOL} + 1 admin{}) + {} replication, {} samples | {:.2} / {:.2} / {:.2} | {:.1} |",
             r.out.rate(),
             ms(percentile(&r.out.sorted, 0.5)),
             ms(p99),
@@ -218,7 +321,9 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
             },
             r.max_repl,
             r.samples,
-            r.cpu * 1000.0 / shapes as f64,
+            per_shape(r.cpu),
+            per_shape(r.out.cpu.postgres),
+            per_shape(r.out.cpu.clients),
             r.peak_kib as f64 / 1024.0,
         );
         if let Some(e) = &r.first_error {
@@ -226,10 +331,21 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         }
     }
     println!(
-        "| {POOL}-connection pool | {:.0} | {} | {} | 1x | - | 0 | {POOL} | - | - |",
+        "| {POOL}-connection pool | {:.0} | {} | {} | 1x | - | 0 | {POOL} | - / {:.2} / {:.2} | - |",
         floor.rate(),
         ms(percentile(&floor.sorted, 0.5)),
         ms(p99_floor),
+        per_shape(floor.cpu.postgres),
+        per_shape(floor.cpu.clients),
+    );
+    println!(
+        "| Postgres alone, volt's snapshot queries through {POOL} sessions | {:.0} | {} | {} | {:.2}x | - | 0 | {POOL} | - / {:.2} / {:.2} | - |",
+        snapshots.rate(),
+        ms(percentile(&snapshots.sorted, 0.5)),
+        ms(percentile(&snapshots.sorted, 0.99)),
+        percentile(&snapshots.sorted, 0.99).as_secs_f64() / p99_floor.as_secs_f64().max(1e-6),
+        per_shape(snapshots.cpu.postgres),
+        per_shape(snapshots.cpu.clients),
     );
     println!(
         "\nCreating an empty file where volt's storage goes took {fs_before_shed:.0} us before the first volt run and {fs_before_unshed:.0} us before the second (a shape makes five; ext4 without a journal skips every inode deleted in the last minutes)."
