@@ -348,7 +348,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         per_shape(snapshots.cpu.clients),
     );
     println!(
-        "\nCreating an empty file where volt's storage goes took {fs_before_shed:.0} us before the first volt run and {fs_before_unshed:.0} us before the second (a shape makes five; ext4 without a journal skips every inode deleted in the last minutes)."
+        "\nCreating an empty file where volt's storage goes took {fs_before_shed:.0} us before the first volt run and {fs_before_unshed:.0} us before the second (a shape makes four; ext4 without a journal skips every inode deleted in the last minutes)."
     );
     Ok(())
 }

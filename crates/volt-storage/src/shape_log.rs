@@ -10,8 +10,12 @@
 //!   marks the last record of a transaction: recovery truncates everything after the last
 //!   such record, so a crash mid-transaction or mid-write leaves no trace.
 //! - `log.idx`: the chunk index, 24-byte entries `first tx | first op | file position`,
-//!   one per change-log chunk. A read from any offset finds its chunk here and scans at
-//!   most that chunk.
+//!   one per change-log chunk after the first. A read from any offset finds its chunk
+//!   here and scans at most that chunk. The first chunk starts at position 0 with the
+//!   log's first record, so it needs no entry, and the index file is only created once a
+//!   second chunk starts: most shapes never fill a chunk, and every file made per shape
+//!   costs an inode allocation. (Indexes written before this hold an entry for the first
+//!   chunk too; they are read the same way.)
 //!
 //! Readers follow the writer through a `watch` of the latest committed offset and never
 //! read past it, so they never see half a transaction.
@@ -259,19 +263,33 @@ impl SnapshotWriter {
         self.body.shrink_to(2 * SNAPSHOT_WRITE_BUFFER);
     }
 
-    /// Close the current chunk: written out, its fsync started in the background, its
-    /// body (if kept, and `keep_body`) handed to `recent` under `log`'s id.
-    fn close_chunk(&mut self, dir: &Path, log: u64, keep_body: bool) -> Result<(), StorageError> {
+    /// Close the current chunk: written out, its fsync started in the background (or,
+    /// for the `last`, done here: the snapshot waits for it anyway, and most snapshots
+    /// are one chunk, which would cost a thread each), its body (if kept, and
+    /// `keep_body`) handed to `recent` under `log`'s id.
+    fn close_chunk(
+        &mut self,
+        dir: &Path,
+        log: u64,
+        keep_body: bool,
+        last: bool,
+    ) -> Result<(), StorageError> {
         let path = dir.join(snapshot_file(self.chunk));
         if !self.body.is_empty() {
             self.flush().map_err(|e| StorageError::io(&path, e))?;
         }
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|e| StorageError::io(&path, e))?;
-        self.syncing
-            .push(std::thread::spawn(move || file.sync_data()));
+        if last {
+            self.file
+                .sync_data()
+                .map_err(|e| StorageError::io(&path, e))?;
+        } else {
+            let file = self
+                .file
+                .try_clone()
+                .map_err(|e| StorageError::io(&path, e))?;
+            self.syncing
+                .push(std::thread::spawn(move || file.sync_data()));
+        }
         if self.keep && keep_body {
             let mut body = std::mem::take(&mut self.body);
             if body.is_empty() {
@@ -492,6 +510,16 @@ fn index_entry(c: &Chunk) -> [u8; INDEX_ENTRY] {
     e
 }
 
+/// Whether a chunk has an index entry: all but the first (see the module's doc).
+fn indexed(c: &Chunk) -> bool {
+    c.pos > 0
+}
+
+/// Bytes the index holds for these chunks.
+fn index_bytes(chunks: &[Chunk]) -> u64 {
+    (chunks.iter().filter(|c| indexed(c)).count() * INDEX_ENTRY) as u64
+}
+
 /// The change log and its index are created by their first write: most shapes never get
 /// a change, and each file made per shape costs an inode allocation, which dominates
 /// creating many shapes. Missing means empty.
@@ -524,6 +552,25 @@ fn read_index(path: &Path) -> Result<Vec<Chunk>, StorageError> {
             pos: u64::from_be_bytes(e[16..24].try_into().unwrap_or_default()),
         })
         .collect())
+}
+
+/// The first chunk of a log whose index does not name it: it starts at position 0, with
+/// the offset of the record there. `None` if that record is incomplete or corrupt.
+fn first_chunk(path: &Path, file_len: u64) -> Result<Option<Chunk>, StorageError> {
+    let header = read_range(path, 0, file_len.min(RECORD_HEADER as u64))?;
+    let Some(len) = header
+        .get(17..RECORD_HEADER)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+    else {
+        return Ok(None);
+    };
+    let end = (RECORD_HEADER + RECORD_TRAILER) as u64 + u64::from(len);
+    let record = read_range(path, 0, file_len.min(end))?;
+    Ok(decode(&record, 0).map(|rec| Chunk {
+        first: rec.offset,
+        pos: 0,
+    }))
 }
 
 /// Bytes `from..to` of a file.
@@ -731,6 +778,13 @@ impl ShapeLog {
         let file_len = len_or_zero(&log_path)?;
         let mut chunks = read_index(&dir.join(INDEX_FILE))?;
         chunks.retain(|c| c.pos < file_len);
+        if chunks.first().is_some_and(|c| c.pos > 0) {
+            // The first chunk is not indexed (see the module's doc); the later ones are
+            // only read after it, so a log whose first record is unreadable is lost.
+            let first = first_chunk(&log_path, file_len)?
+                .ok_or_else(|| corrupt("the change log's first record is unreadable"))?;
+            chunks.insert(0, first);
+        }
 
         // Scan from the start of the last indexed chunk to find the last complete
         // transaction; everything after it is a torn tail (or, for a follower, a
@@ -753,7 +807,7 @@ impl ShapeLog {
             .filter_map(|c| fs::metadata(dir.join(snapshot_file(c))).ok())
             .map(|m| m.len())
             .sum();
-        let on_disk = snapshot_bytes + scanned.committed_pos + (chunks.len() * INDEX_ENTRY) as u64;
+        let on_disk = snapshot_bytes + scanned.committed_pos + index_bytes(&chunks);
         let log = ShapeLog {
             dir,
             chunk_bytes,
@@ -820,6 +874,7 @@ impl ShapeLog {
             .map_err(|_| StorageError::Poisoned)?
             .chunks
             .iter()
+            .filter(|c| indexed(c))
             .flat_map(index_entry)
             .collect();
         if valid_index != index_bytes {
@@ -1001,7 +1056,7 @@ impl ShapeLog {
                     // the background) before the snapshot counts as complete. Until then
                     // a crash discards the shape, so nothing served from a chunk lost in
                     // a crash can be served again.
-                    s.close_chunk(dir, self.id, !self.is_closed())?;
+                    s.close_chunk(dir, self.id, !self.is_closed(), false)?;
                     s.next_chunk(dir)?;
                     let next = s.chunk;
                     self.snapshot.send_modify(|p| p.chunks_complete = next);
@@ -1035,7 +1090,7 @@ impl ShapeLog {
         let Some(mut s) = w.snapshot.take() else {
             return Ok(());
         };
-        s.close_chunk(&self.dir, self.id, !self.is_closed())?;
+        s.close_chunk(&self.dir, self.id, !self.is_closed(), true)?;
         s.wait_synced(&self.dir)?;
         let chunks = s.chunk + 1;
         w.meta.snapshot_chunks = Some(chunks);
@@ -1044,13 +1099,12 @@ impl ShapeLog {
         if self.is_unsynced() {
             self.sync()?;
         }
-        // The change files are created here, made durable by the metadata's directory
+        // The change log is created here, made durable by the metadata's directory
         // sync, rather than by the shape's first change: creating files is slow (ext4
         // inode allocation), and on the replication path it holds back every shape
-        // (750 new shapes hit by one transaction took ~0.5 s longer to see it).
-        for name in [LOG_FILE, INDEX_FILE] {
-            open_append(&self.dir.join(name))?;
-        }
+        // (750 new shapes hit by one transaction took ~0.5 s longer to see it). The
+        // index waits for a second chunk (see the module's doc).
+        open_append(&self.dir.join(LOG_FILE))?;
         write_meta(&self.dir, &w.meta)?;
         w.change_files_durable = true;
         drop(w);
@@ -1135,9 +1189,15 @@ impl ShapeLog {
     pub fn commit(&self, offset: LogOffset) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         self.write_out(&mut w, false)?;
-        if !w.new_chunks.is_empty() {
+        let mut created_index = false;
+        let bytes: Vec<u8> = w
+            .new_chunks
+            .iter()
+            .filter(|c| indexed(c))
+            .flat_map(index_entry)
+            .collect();
+        if !bytes.is_empty() {
             let path = self.dir.join(INDEX_FILE);
-            let bytes: Vec<u8> = w.new_chunks.iter().flat_map(index_entry).collect();
             let mut f = open_append(&path)?;
             let before = f.metadata().map_err(|e| StorageError::io(&path, e))?.len();
             if let Err(e) = f.write_all(&bytes) {
@@ -1146,15 +1206,17 @@ impl ShapeLog {
                 let _ = f.set_len(before);
                 return Err(StorageError::io(&path, e));
             }
+            created_index = before == 0;
         }
         let new_chunks = std::mem::take(&mut w.new_chunks);
         let end_pos = w.end_pos;
         w.committed_chunk_len = w.chunk_len;
         let files_durable = w.change_files_durable;
         drop(w);
-        // The first commit creates both files (its first record starts a chunk), unless
-        // the snapshot's completion did.
-        if !files_durable && !new_chunks.is_empty() && new_chunks[0].pos == 0 {
+        // The first commit creates the change log (its first record starts a chunk),
+        // unless the snapshot's completion did; the index is created by the second
+        // chunk's.
+        if created_index || (!files_durable && new_chunks.first().is_some_and(|c| c.pos == 0)) {
             self.new_files.store(true, Ordering::Release);
         }
         self.unsynced.store(true, Ordering::Release);
@@ -1197,9 +1259,12 @@ impl ShapeLog {
             .into_iter()
             .try_for_each(|name| {
                 let path = self.dir.join(name);
-                File::open(&path)
-                    .and_then(|f| f.sync_data())
-                    .map_err(|e| StorageError::io(&path, e))
+                match File::open(&path) {
+                    Ok(f) => f.sync_data().map_err(|e| StorageError::io(&path, e)),
+                    // No second chunk yet: no index.
+                    Err(e) if name == INDEX_FILE && e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(StorageError::io(&path, e)),
+                }
             })
             .and_then(|()| {
                 if new_files {
@@ -1231,8 +1296,7 @@ impl ShapeLog {
     ) -> Result<(), StorageError> {
         let grown = {
             let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
-            let grown =
-                end_pos.saturating_sub(v.committed_pos) + (new_chunks.len() * INDEX_ENTRY) as u64;
+            let grown = end_pos.saturating_sub(v.committed_pos) + index_bytes(&new_chunks);
             v.chunks.extend(new_chunks);
             v.committed_pos = end_pos;
             if v.commits.back().is_none_or(|(o, _)| latest > *o) {
@@ -2321,13 +2385,13 @@ mod tests {
         let index = fs::read(d.path().join("shape").join(INDEX_FILE)).unwrap();
         assert_eq!(
             index.len(),
-            2 * INDEX_ENTRY,
-            "one entry per chunk, none twice"
+            INDEX_ENTRY,
+            "one entry per chunk after the first, none twice"
         );
     }
 
     #[test]
-    fn a_finished_snapshot_has_empty_change_files_and_a_log_without_them_still_reopens() {
+    fn a_finished_snapshot_has_an_empty_change_log_and_a_log_without_it_still_reopens() {
         let (d, log) = log(1 << 20);
         let files = |d: &tempfile::TempDir| {
             let mut names: Vec<String> = fs::read_dir(d.path().join("shape"))
@@ -2337,39 +2401,31 @@ mod tests {
             names.sort();
             names
         };
-        assert_eq!(
-            files(&d),
-            [LOG_FILE, INDEX_FILE, META_FILE, "snapshot.0.jsonl"]
-        );
+        assert_eq!(files(&d), [LOG_FILE, META_FILE, "snapshot.0.jsonl"]);
         assert_eq!(
             fs::metadata(d.path().join("shape").join(LOG_FILE))
                 .unwrap()
                 .len(),
             0
         );
-        // Their directory entries were synced with the metadata: no directory sync
-        // for the first change.
+        // Its directory entry was synced with the metadata: no directory sync for the
+        // first change.
         log.append(LogOffset::new(4, 0), "{}", true).unwrap();
         log.commit(LogOffset::new(4, 0)).unwrap();
         assert!(!log.new_files.load(Ordering::SeqCst));
         drop(log);
         // As an earlier volt left a shape without changes.
-        for name in [LOG_FILE, INDEX_FILE] {
-            fs::remove_file(d.path().join("shape").join(name)).unwrap();
-        }
+        fs::remove_file(d.path().join("shape").join(LOG_FILE)).unwrap();
         let log = reopen(&d, 1 << 20);
         let follower = ShapeLog::open_follower(d.path().join("shape"), 1 << 20).unwrap();
         follower.follow().unwrap();
         assert!(!follower.is_closed());
         log.append(LogOffset::new(5, 0), "{}", true).unwrap();
         log.commit(LogOffset::new(5, 0)).unwrap();
-        // This commit created them: their entries need the directory synced.
+        // This commit created it: its entry needs the directory synced.
         assert!(log.new_files.load(Ordering::SeqCst));
         log.sync().unwrap();
-        assert_eq!(
-            files(&d),
-            [LOG_FILE, INDEX_FILE, META_FILE, "snapshot.0.jsonl"]
-        );
+        assert_eq!(files(&d), [LOG_FILE, META_FILE, "snapshot.0.jsonl"]);
         follower.follow().unwrap();
         assert_eq!(follower.latest_offset(), LogOffset::new(5, 0));
     }
@@ -2385,5 +2441,102 @@ mod tests {
         assert!(log.is_unsynced());
         log.finish_snapshot().unwrap();
         assert!(!log.is_unsynced());
+    }
+
+    #[test]
+    fn the_index_is_created_by_the_second_chunk_and_names_every_chunk_after_the_first() {
+        // Three 35-byte records per chunk.
+        let (d, log) = log(105);
+        let index = d.path().join("shape").join(INDEX_FILE);
+        for tx in 1..=3 {
+            log.append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+            log.sync().unwrap();
+        }
+        assert!(!index.exists(), "one chunk needs no index");
+        log.append(LogOffset::new(4, 0), "0123456789", true)
+            .unwrap();
+        log.commit(LogOffset::new(4, 0)).unwrap();
+        assert!(
+            log.new_files.load(Ordering::SeqCst),
+            "the new index's directory entry must be synced"
+        );
+        log.sync().unwrap();
+        for tx in 5..=7 {
+            log.append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        assert_eq!(
+            read_index(&index).unwrap(),
+            [
+                Chunk {
+                    first: LogOffset::new(4, 0),
+                    pos: 105
+                },
+                Chunk {
+                    first: LogOffset::new(7, 0),
+                    pos: 210
+                }
+            ]
+        );
+        drop(log);
+        let reads = |log: &ShapeLog| -> Vec<Option<LogOffset>> {
+            (0..=7)
+                .map(|tx| {
+                    let after = if tx == 0 {
+                        LogOffset::SNAPSHOT_END
+                    } else {
+                        LogOffset::new(tx, 0)
+                    };
+                    log.read_after(after).unwrap().last
+                })
+                .collect()
+        };
+        let reopened = reopen(&d, 105);
+        let expected = reads(&reopened);
+        assert_eq!(
+            expected[0],
+            Some(LogOffset::new(3, 0)),
+            "a read stops at its chunk's end"
+        );
+        assert_eq!(expected[7], None);
+        assert_eq!(reopened.latest_offset(), LogOffset::new(7, 0));
+        drop(reopened);
+        // An index written before the first chunk went unindexed holds its entry too.
+        let mut old = index_entry(&Chunk {
+            first: LogOffset::new(1, 0),
+            pos: 0,
+        })
+        .to_vec();
+        old.extend(fs::read(&index).unwrap());
+        fs::write(&index, &old).unwrap();
+        let reopened = reopen(&d, 105);
+        assert_eq!(reads(&reopened), expected);
+        assert_eq!(
+            fs::read(&index).unwrap().len(),
+            2 * INDEX_ENTRY,
+            "rewritten without it"
+        );
+    }
+
+    #[test]
+    fn a_log_whose_unindexed_first_record_is_unreadable_is_corrupt_not_misread() {
+        let (d, log) = log(105);
+        for tx in 1..=4 {
+            log.append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        drop(log);
+        let path = d.path().join("shape").join(LOG_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[RECORD_HEADER] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            ShapeLog::open(d.path().join("shape"), 105),
+            Err(StorageError::Corrupt { .. })
+        ));
     }
 }
