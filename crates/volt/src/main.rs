@@ -2,6 +2,7 @@
 
 mod config;
 mod dev;
+mod signals;
 mod tree;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use volt_pg::PgConfig;
 use volt_stack::{Stack, StackConfig};
 
 use crate::config::{Cli, Command, Settings};
+use crate::signals::Signals;
 
 /// jemalloc: freed memory goes back to the OS after a large transaction, where glibc's
 /// per-thread arenas kept hundreds of MiB (S7 in BENCHMARKS.md).
@@ -44,10 +46,19 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let result = runtime.block_on(async move {
+        let signals = Signals::install().context("cannot install the signal handlers")?;
+        // A second signal ends the process at once, whatever it is doing (what was
+        // acknowledged to Postgres is on disk either way).
+        let second = signals.received(2);
+        let _second = volt_stack::task::OwnedTask::spawn(async move {
+            second.await;
+            eprintln!("volt: second signal: exiting at once");
+            exit_at_once(130);
+        });
         if dev {
-            run_dev(cli.settings).await
+            run_dev(cli.settings, &signals).await
         } else {
-            serve(cli.settings).await
+            serve(cli.settings, &signals).await
         }
     });
     match result {
@@ -82,8 +93,9 @@ fn init_tracing(level: &str, format: &str) {
     }
 }
 
-async fn run_dev(mut settings: Settings) -> anyhow::Result<()> {
+async fn run_dev(mut settings: Settings, signals: &Signals) -> anyhow::Result<()> {
     let dir = settings.storage_dir.clone();
+    // Not cancellable: a signal meanwhile is counted, and the server is stopped below.
     let cluster = tokio::task::spawn_blocking(move || dev::start_cluster(&dir))
         .await
         .context("embedded Postgres start-up panicked")??;
@@ -95,7 +107,20 @@ async fn run_dev(mut settings: Settings) -> anyhow::Result<()> {
             eprintln!("volt: could not stop the embedded Postgres: {e}");
         }
     }));
-    dev::create_demo_table(&url).await?;
+    let stop = |mut cluster: volt_pg::cluster::LocalCluster| async move {
+        tokio::task::spawn_blocking(move || cluster.stop())
+            .await
+            .context("embedded Postgres shutdown panicked")?
+            .context("could not stop the embedded Postgres")
+    };
+    let interrupted = signals.received(1);
+    tokio::select! {
+        created = dev::create_demo_table(&url) => created?,
+        () = interrupted => {
+            tracing::info!("interrupted during start-up: stopping the embedded Postgres");
+            return stop(cluster).await;
+        }
+    }
     tracing::warn!(
         "volt dev runs in insecure mode: no secret is required. Never use it in production."
     );
@@ -112,16 +137,12 @@ async fn run_dev(mut settings: Settings) -> anyhow::Result<()> {
     settings.database_url = Some(url);
     settings.secret = None;
     settings.insecure = true;
-    let result = serve(settings).await;
-    let mut cluster = cluster;
-    tokio::task::spawn_blocking(move || cluster.stop())
-        .await
-        .context("embedded Postgres shutdown panicked")?
-        .context("could not stop the embedded Postgres")?;
+    let result = serve(settings, signals).await;
+    stop(cluster).await?;
     result
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, signals: &Signals) -> anyhow::Result<()> {
     let url = settings
         .database_url
         .as_deref()
@@ -212,27 +233,23 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         listener.local_addr().unwrap_or(addr)
     );
     let mut signalled = shutdown_tx.subscribe();
+    // A signal during the start-up (counted since the process began) shuts down as
+    // soon as the server is up.
+    let first = signals.received(1);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        first.await;
         tracing::info!("shutdown requested: answering parked requests, then stopping");
         // Parked long-polls answer now instead of holding the shutdown.
         shutdown_tx.send_replace(true);
     });
-    // Once a shutdown starts, it is bounded: a second signal or the timeout ends the
-    // process at once (what was acknowledged to Postgres is on disk either way).
+    // Once a shutdown starts, it is bounded: the timeout (or a second signal, see
+    // `main`) ends the process at once.
     let timeout = settings.shutdown_timeout;
     let _guard = volt_stack::task::OwnedTask::spawn(async move {
         let _ = signalled.wait_for(|s| *s).await;
-        tokio::select! {
-            () = shutdown_signal() => {
-                eprintln!("volt: second signal: exiting at once");
-                exit_at_once(130);
-            }
-            () = tokio::time::sleep(timeout) => {
-                eprintln!("volt: shutdown took longer than {timeout:?}: exiting");
-                exit_at_once(1);
-            }
-        }
+        tokio::time::sleep(timeout).await;
+        eprintln!("volt: shutdown took longer than {timeout:?}: exiting");
+        exit_at_once(1);
     });
     tokio::select! {
         res = server => res.context("HTTP server failed")?,
@@ -254,25 +271,4 @@ fn exit_at_once(code: i32) -> ! {
         hook();
     }
     std::process::exit(code);
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -80,6 +80,88 @@ fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
     }
 }
 
+#[test]
+fn a_ctrl_c_during_volt_dev_start_up_stops_its_postgres() {
+    let storage = tempfile::tempdir().unwrap();
+    let port = volt_pg::cluster::free_port().expect("a free port");
+    let mut volt = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .arg("dev")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("ELECTRIC_STORAGE_DIR", storage.path())
+        .env("ELECTRIC_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The moment the postmaster exists, long before volt serves: the start-up is
+    // still running (the demo table, the stack).
+    let pid_file = storage.path().join("dev-postgres").join("postmaster.pid");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pid_file.exists() {
+        assert!(
+            volt.try_wait().unwrap().is_none(),
+            "volt dev exited before starting Postgres"
+        );
+        assert!(Instant::now() < deadline, "volt dev never started Postgres");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let postgres = wait_for_postmaster_pid(storage.path());
+    let _reaper = Reaper(postgres);
+
+    // SAFETY: sends SIGINT to the child we started.
+    unsafe { libc::kill(volt.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = volt.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "volt dev did not exit after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    volt.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        status.success(),
+        "volt dev failed on Ctrl-C ({status}): {stderr}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_exists(postgres) && !is_zombie(postgres) {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded Postgres (pid {postgres}) outlived volt dev: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The postmaster's pid, once its pid file (created empty, then written) holds it.
+fn wait_for_postmaster_pid(storage: &Path) -> i32 {
+    let pid_file = storage.join("dev-postgres").join("postmaster.pid");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|c| c.lines().next().and_then(|l| l.trim().parse().ok()))
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pid in {}",
+            pid_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 struct Reaper(i32);
 
 impl Drop for Reaper {
