@@ -10,12 +10,11 @@
 //!   marks the last record of a transaction: recovery truncates everything after the last
 //!   such record, so a crash mid-transaction or mid-write leaves no trace.
 //! - `log.idx`: the chunk index, 24-byte entries `first tx | first op | file position`,
-//!   one per change-log chunk after the first. A read from any offset finds its chunk
-//!   here and scans at most that chunk. The first chunk starts at position 0 with the
-//!   log's first record, so it needs no entry, and the index file is only created once a
-//!   second chunk starts: most shapes never fill a chunk, and every file made per shape
-//!   costs an inode allocation. (Indexes written before this hold an entry for the first
-//!   chunk too; they are read the same way.)
+//!   one per change-log chunk. A read from any offset finds its chunk here and scans at
+//!   most that chunk. It is created when the log's second chunk starts, with the first
+//!   chunk's entry too: a log of one chunk is read from position 0 without it, most
+//!   shapes never fill a chunk, and every file made per shape costs an inode allocation.
+//!   (Builds that created it with the log read a missing index as an empty one.)
 //!
 //! Readers follow the writer through a `watch` of the latest committed offset and never
 //! read past it, so they never see half a transaction.
@@ -160,9 +159,18 @@ struct Writer {
     meta: Meta,
     /// Set by `fence`: nothing may be written any more.
     fenced: bool,
-    /// The change log and index exist and their directory entries are durable (made
-    /// with the snapshot's metadata): a first commit does not need a directory sync.
+    /// The change log exists and its directory entry is durable (made with the
+    /// snapshot's metadata): a first commit does not need a directory sync.
     change_files_durable: bool,
+    index: Index,
+}
+
+/// Whether the chunk index exists yet (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Index {
+    /// Not yet: the log has at most this one chunk, which the index will start with.
+    Missing(Option<Chunk>),
+    Exists,
 }
 
 struct SnapshotWriter {
@@ -374,8 +382,8 @@ pub struct ShapeLog {
     /// Committed bytes may not be durable yet: the log is (or is about to be) in a
     /// `SyncQueue`.
     unsynced: AtomicBool,
-    /// The change log and its index were created since the last sync: their directory
-    /// entries are synced with them.
+    /// The change log or its index was created since the last sync: the directory entry
+    /// is synced with them.
     new_files: AtomicBool,
     /// This instance's key among the change logs kept open (`open_files`) and the
     /// snapshot bodies kept in memory (`recent`).
@@ -510,19 +518,10 @@ fn index_entry(c: &Chunk) -> [u8; INDEX_ENTRY] {
     e
 }
 
-/// Whether a chunk has an index entry: all but the first (see the module's doc).
-fn indexed(c: &Chunk) -> bool {
-    c.pos > 0
-}
-
-/// Bytes the index holds for these chunks.
-fn index_bytes(chunks: &[Chunk]) -> u64 {
-    (chunks.iter().filter(|c| indexed(c)).count() * INDEX_ENTRY) as u64
-}
-
-/// The change log and its index are created by their first write: most shapes never get
-/// a change, and each file made per shape costs an inode allocation, which dominates
-/// creating many shapes. Missing means empty.
+/// The change log (made when the snapshot completes, or by the first change of a log
+/// that predates that) and its index (made by the second chunk) may not exist yet: each
+/// file made per shape costs an inode allocation, which dominates creating many shapes.
+/// Missing means empty.
 fn read_or_empty(path: &Path) -> Result<Vec<u8>, StorageError> {
     match fs::read(path) {
         Ok(b) => Ok(b),
@@ -552,25 +551,6 @@ fn read_index(path: &Path) -> Result<Vec<Chunk>, StorageError> {
             pos: u64::from_be_bytes(e[16..24].try_into().unwrap_or_default()),
         })
         .collect())
-}
-
-/// The first chunk of a log whose index does not name it: it starts at position 0, with
-/// the offset of the record there. `None` if that record is incomplete or corrupt.
-fn first_chunk(path: &Path, file_len: u64) -> Result<Option<Chunk>, StorageError> {
-    let header = read_range(path, 0, file_len.min(RECORD_HEADER as u64))?;
-    let Some(len) = header
-        .get(17..RECORD_HEADER)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-    else {
-        return Ok(None);
-    };
-    let end = (RECORD_HEADER + RECORD_TRAILER) as u64 + u64::from(len);
-    let record = read_range(path, 0, file_len.min(end))?;
-    Ok(decode(&record, 0).map(|rec| Chunk {
-        first: rec.offset,
-        pos: 0,
-    }))
 }
 
 /// Bytes `from..to` of a file.
@@ -710,6 +690,7 @@ impl ShapeLog {
                 meta,
                 fenced: false,
                 change_files_durable: false,
+                index: Index::Missing(None),
             }),
             committed: watch::Sender::new(LogOffset::SNAPSHOT_END),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -776,15 +757,9 @@ impl ShapeLog {
         };
         let log_path = dir.join(LOG_FILE);
         let file_len = len_or_zero(&log_path)?;
-        let mut chunks = read_index(&dir.join(INDEX_FILE))?;
+        let index_path = dir.join(INDEX_FILE);
+        let mut chunks = read_index(&index_path)?;
         chunks.retain(|c| c.pos < file_len);
-        if chunks.first().is_some_and(|c| c.pos > 0) {
-            // The first chunk is not indexed (see the module's doc); the later ones are
-            // only read after it, so a log whose first record is unreadable is lost.
-            let first = first_chunk(&log_path, file_len)?
-                .ok_or_else(|| corrupt("the change log's first record is unreadable"))?;
-            chunks.insert(0, first);
-        }
 
         // Scan from the start of the last indexed chunk to find the last complete
         // transaction; everything after it is a torn tail (or, for a follower, a
@@ -803,11 +778,12 @@ impl ShapeLog {
             chunks.pop();
         };
         chunks.extend(scanned.chunks);
+        let first = chunks.first().copied();
         let snapshot_bytes: u64 = (0..snapshot_chunks)
             .filter_map(|c| fs::metadata(dir.join(snapshot_file(c))).ok())
             .map(|m| m.len())
             .sum();
-        let on_disk = snapshot_bytes + scanned.committed_pos + index_bytes(&chunks);
+        let on_disk = snapshot_bytes + scanned.committed_pos + (chunks.len() * INDEX_ENTRY) as u64;
         let log = ShapeLog {
             dir,
             chunk_bytes,
@@ -827,6 +803,11 @@ impl ShapeLog {
                 fenced: false,
                 // Logs from before volt created them with the snapshot may have none.
                 change_files_durable: log_path.exists(),
+                index: if index_path.exists() {
+                    Index::Exists
+                } else {
+                    Index::Missing(first)
+                },
             }),
             committed: watch::Sender::new(scanned.latest.unwrap_or(LogOffset::SNAPSHOT_END)),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -867,20 +848,26 @@ impl ShapeLog {
                 .map_err(|e| StorageError::io(&log_path, e))?;
         }
         let index_path = self.dir.join(INDEX_FILE);
-        let index_bytes = read_or_empty(&index_path)?;
-        let valid_index: Vec<u8> = self
+        let existed = index_path.exists();
+        let on_file = read_or_empty(&index_path)?;
+        let chunks: Vec<Chunk> = self
             .visible
             .read()
             .map_err(|_| StorageError::Poisoned)?
             .chunks
-            .iter()
-            .filter(|c| indexed(c))
-            .flat_map(index_entry)
-            .collect();
-        if valid_index != index_bytes {
+            .clone();
+        let valid_index: Vec<u8> = chunks.iter().flat_map(index_entry).collect();
+        // A log of one chunk needs no index (see the module's doc).
+        if valid_index != on_file && (existed || chunks.len() > 1) {
             fs::write(&index_path, &valid_index)
                 .and_then(|_| File::open(&index_path)?.sync_all())
                 .map_err(|e| StorageError::io(&index_path, e))?;
+            if !existed {
+                sync_dir(&self.dir)?;
+            }
+            w.index = Index::Exists;
+        } else if !existed {
+            w.index = Index::Missing(chunks.first().copied());
         }
         Ok(())
     }
@@ -1190,14 +1177,20 @@ impl ShapeLog {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         self.write_out(&mut w, false)?;
         let mut created_index = false;
-        let bytes: Vec<u8> = w
-            .new_chunks
-            .iter()
-            .filter(|c| indexed(c))
-            .flat_map(index_entry)
-            .collect();
-        if !bytes.is_empty() {
+        let entries: Vec<Chunk> = match (w.index, w.new_chunks.as_slice()) {
+            (_, []) => Vec::new(),
+            // The log's first chunk: no index yet (see the module's doc).
+            (Index::Missing(None), [first]) => {
+                w.index = Index::Missing(Some(*first));
+                Vec::new()
+            }
+            // A second chunk: the index starts, with the first one's entry.
+            (Index::Missing(first), new) => first.iter().chain(new).copied().collect(),
+            (Index::Exists, new) => new.to_vec(),
+        };
+        if !entries.is_empty() {
             let path = self.dir.join(INDEX_FILE);
+            let bytes: Vec<u8> = entries.iter().flat_map(index_entry).collect();
             let mut f = open_append(&path)?;
             let before = f.metadata().map_err(|e| StorageError::io(&path, e))?.len();
             if let Err(e) = f.write_all(&bytes) {
@@ -1206,7 +1199,8 @@ impl ShapeLog {
                 let _ = f.set_len(before);
                 return Err(StorageError::io(&path, e));
             }
-            created_index = before == 0;
+            created_index = matches!(w.index, Index::Missing(_));
+            w.index = Index::Exists;
         }
         let new_chunks = std::mem::take(&mut w.new_chunks);
         let end_pos = w.end_pos;
@@ -1296,7 +1290,8 @@ impl ShapeLog {
     ) -> Result<(), StorageError> {
         let grown = {
             let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
-            let grown = end_pos.saturating_sub(v.committed_pos) + index_bytes(&new_chunks);
+            let grown =
+                end_pos.saturating_sub(v.committed_pos) + (new_chunks.len() * INDEX_ENTRY) as u64;
             v.chunks.extend(new_chunks);
             v.committed_pos = end_pos;
             if v.commits.back().is_none_or(|(o, _)| latest > *o) {
@@ -2385,8 +2380,8 @@ mod tests {
         let index = fs::read(d.path().join("shape").join(INDEX_FILE)).unwrap();
         assert_eq!(
             index.len(),
-            INDEX_ENTRY,
-            "one entry per chunk after the first, none twice"
+            2 * INDEX_ENTRY,
+            "one entry per chunk, none twice"
         );
     }
 
@@ -2443,8 +2438,29 @@ mod tests {
         assert!(!log.is_unsynced());
     }
 
+    /// Reads from every offset of a log of seven one-record transactions.
+    fn reads(log: &ShapeLog) -> Vec<Option<LogOffset>> {
+        (0..=7)
+            .map(|tx| {
+                let after = if tx == 0 {
+                    LogOffset::SNAPSHOT_END
+                } else {
+                    LogOffset::new(tx, 0)
+                };
+                log.read_after(after).unwrap().last
+            })
+            .collect()
+    }
+
+    fn chunk(tx: u64, pos: u64) -> Chunk {
+        Chunk {
+            first: LogOffset::new(tx, 0),
+            pos,
+        }
+    }
+
     #[test]
-    fn the_index_is_created_by_the_second_chunk_and_names_every_chunk_after_the_first() {
+    fn the_index_is_created_by_the_second_chunk_and_names_every_chunk() {
         // Three 35-byte records per chunk.
         let (d, log) = log(105);
         let index = d.path().join("shape").join(INDEX_FILE);
@@ -2468,32 +2484,9 @@ mod tests {
                 .unwrap();
             log.commit(LogOffset::new(tx, 0)).unwrap();
         }
-        assert_eq!(
-            read_index(&index).unwrap(),
-            [
-                Chunk {
-                    first: LogOffset::new(4, 0),
-                    pos: 105
-                },
-                Chunk {
-                    first: LogOffset::new(7, 0),
-                    pos: 210
-                }
-            ]
-        );
+        let all = [chunk(1, 0), chunk(4, 105), chunk(7, 210)];
+        assert_eq!(read_index(&index).unwrap(), all);
         drop(log);
-        let reads = |log: &ShapeLog| -> Vec<Option<LogOffset>> {
-            (0..=7)
-                .map(|tx| {
-                    let after = if tx == 0 {
-                        LogOffset::SNAPSHOT_END
-                    } else {
-                        LogOffset::new(tx, 0)
-                    };
-                    log.read_after(after).unwrap().last
-                })
-                .collect()
-        };
         let reopened = reopen(&d, 105);
         let expected = reads(&reopened);
         assert_eq!(
@@ -2502,41 +2495,32 @@ mod tests {
             "a read stops at its chunk's end"
         );
         assert_eq!(expected[7], None);
-        assert_eq!(reopened.latest_offset(), LogOffset::new(7, 0));
         drop(reopened);
-        // An index written before the first chunk went unindexed holds its entry too.
-        let mut old = index_entry(&Chunk {
-            first: LogOffset::new(1, 0),
-            pos: 0,
-        })
-        .to_vec();
-        old.extend(fs::read(&index).unwrap());
-        fs::write(&index, &old).unwrap();
+        // A crash lost the index: the log is scanned and the index made again.
+        fs::remove_file(&index).unwrap();
         let reopened = reopen(&d, 105);
         assert_eq!(reads(&reopened), expected);
-        assert_eq!(
-            fs::read(&index).unwrap().len(),
-            2 * INDEX_ENTRY,
-            "rewritten without it"
-        );
+        assert_eq!(read_index(&index).unwrap(), all);
     }
 
     #[test]
-    fn a_log_whose_unindexed_first_record_is_unreadable_is_corrupt_not_misread() {
+    fn a_log_of_one_chunk_reopens_without_an_index_and_its_second_chunk_starts_one() {
         let (d, log) = log(105);
-        for tx in 1..=4 {
+        let index = d.path().join("shape").join(INDEX_FILE);
+        for tx in 1..=2 {
             log.append(LogOffset::new(tx, 0), "0123456789", true)
                 .unwrap();
             log.commit(LogOffset::new(tx, 0)).unwrap();
         }
         drop(log);
-        let path = d.path().join("shape").join(LOG_FILE);
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[RECORD_HEADER] ^= 0xff;
-        fs::write(&path, &bytes).unwrap();
-        assert!(matches!(
-            ShapeLog::open(d.path().join("shape"), 105),
-            Err(StorageError::Corrupt { .. })
-        ));
+        let log = reopen(&d, 105);
+        assert!(!index.exists());
+        for tx in 3..=4 {
+            log.append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        assert_eq!(read_index(&index).unwrap(), [chunk(1, 0), chunk(4, 105)]);
+        assert!(log.new_files.load(Ordering::SeqCst));
     }
 }
