@@ -321,6 +321,11 @@ impl RunAs {
         };
         // English messages, so that log tails are readable and "Address already in use" matches.
         cmd.current_dir(cwd).env("LC_ALL", "C").env("LANG", "C");
+        // A process group of its own: a Ctrl-C at the terminal goes to the program that
+        // runs the cluster (`volt dev` stops it), not to an `initdb` or `pg_ctl` half way
+        // (`pg_ctl` would pass it to a postmaster still starting, and `runuser` may leave
+        // `pg_ctl` running on its own).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd
     }
 

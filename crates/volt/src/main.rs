@@ -48,15 +48,22 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let signals = Signals::install().context("cannot install the signal handlers")?;
         // A second signal ends the process at once, whatever it is doing (what was
-        // acknowledged to Postgres is on disk either way).
+        // acknowledged to Postgres is on disk either way), except while `volt dev`'s
+        // Postgres starts: it could not be stopped yet, and would be left running.
+        let (postgres_starting, starting) = tokio::sync::watch::channel(false);
         let second = signals.received(2);
         let _second = volt_stack::task::OwnedTask::spawn(async move {
             second.await;
+            let mut starting = starting;
+            if *starting.borrow() {
+                eprintln!("volt: second signal: exiting once the embedded Postgres has started, to stop it");
+            }
+            let _ = starting.wait_for(|s| !*s).await;
             eprintln!("volt: second signal: exiting at once");
             exit_at_once(130);
         });
         if dev {
-            run_dev(cli.settings, &signals).await
+            run_dev(cli.settings, &signals, postgres_starting).await
         } else {
             serve(cli.settings, &signals).await
         }
@@ -93,12 +100,34 @@ fn init_tracing(level: &str, format: &str) {
     }
 }
 
-async fn run_dev(mut settings: Settings, signals: &Signals) -> anyhow::Result<()> {
+async fn run_dev(
+    mut settings: Settings,
+    signals: &Signals,
+    postgres_starting: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<()> {
     let dir = settings.storage_dir.clone();
+    postgres_starting.send_replace(true);
     // Not cancellable: a signal meanwhile is counted, and the server is stopped below.
-    let cluster = tokio::task::spawn_blocking(move || dev::start_cluster(&dir))
-        .await
-        .context("embedded Postgres start-up panicked")??;
+    let mut start = tokio::task::spawn_blocking(move || dev::start_cluster(&dir));
+    let interrupted = signals.received(1);
+    let started = tokio::select! {
+        started = &mut start => started,
+        () = interrupted => {
+            eprintln!("volt: interrupted: stopping the embedded Postgres once it has started");
+            start.await
+        }
+    };
+    let cluster = match started.context("embedded Postgres start-up panicked")? {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            postgres_starting.send_replace(false);
+            if signals.any() {
+                tracing::info!(error = %e, "the embedded Postgres did not start: interrupted");
+                return Ok(());
+            }
+            return Err(e);
+        }
+    };
     let url = cluster.url("postgres");
     let stopper = cluster.stopper();
     let _ = ON_EXIT_AT_ONCE.set(Box::new(move || {
@@ -107,6 +136,7 @@ async fn run_dev(mut settings: Settings, signals: &Signals) -> anyhow::Result<()
             eprintln!("volt: could not stop the embedded Postgres: {e}");
         }
     }));
+    postgres_starting.send_replace(false);
     let stop = |mut cluster: volt_pg::cluster::LocalCluster| async move {
         tokio::task::spawn_blocking(move || cluster.stop())
             .await

@@ -45,6 +45,11 @@ impl Signals {
         })
     }
 
+    /// Whether a signal came.
+    pub fn any(&self) -> bool {
+        *self.received.borrow() > 0
+    }
+
     /// Completes once `n` signals in all have come (at once if they already have).
     pub fn received(&self, n: u32) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.received.clone();

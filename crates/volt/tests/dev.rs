@@ -82,6 +82,7 @@ fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
 
 #[test]
 fn a_ctrl_c_during_volt_dev_start_up_stops_its_postgres() {
+    use std::os::unix::process::CommandExt;
     let storage = tempfile::tempdir().unwrap();
     let port = volt_pg::cluster::free_port().expect("a free port");
     let mut volt = Command::new(env!("CARGO_BIN_EXE_volt"))
@@ -92,8 +93,12 @@ fn a_ctrl_c_during_volt_dev_start_up_stops_its_postgres() {
         .env("ELECTRIC_PORT", port.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group, as a terminal's foreground job: the Ctrl-C below goes
+        // to the whole group.
+        .process_group(0)
         .spawn()
         .unwrap();
+    let _volt_reaper = GroupReaper(volt.id() as i32);
     // The moment the postmaster exists, long before volt serves: the start-up is
     // still running (the demo table, the stack).
     let pid_file = storage.path().join("dev-postgres").join("postmaster.pid");
@@ -109,8 +114,9 @@ fn a_ctrl_c_during_volt_dev_start_up_stops_its_postgres() {
     let postgres = wait_for_postmaster_pid(storage.path());
     let _reaper = Reaper(postgres);
 
-    // SAFETY: sends SIGINT to the child we started.
-    unsafe { libc::kill(volt.id() as i32, libc::SIGINT) };
+    // SAFETY: sends SIGINT to the process group of the child we started, as a
+    // terminal's Ctrl-C does.
+    unsafe { libc::kill(-(volt.id() as i32), libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = volt.try_wait().unwrap() {
@@ -163,6 +169,18 @@ fn wait_for_postmaster_pid(storage: &Path) -> i32 {
 }
 
 struct Reaper(i32);
+
+/// Kills a process group left by a failed test.
+struct GroupReaper(i32);
+
+impl Drop for GroupReaper {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: SIGKILL to the test's own child process group.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+}
 
 impl Drop for Reaper {
     fn drop(&mut self) {
