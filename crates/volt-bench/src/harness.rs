@@ -66,9 +66,9 @@ impl BenchEnv {
         Ok(started.elapsed().as_secs_f64() * 1e6 / 200.0)
     }
 
-    /// CPU seconds used so far by the Postgres processes alive now (the postmaster and
-    /// its children): a backend's time is lost once it exits, so read this while the
-    /// connections being measured are still open.
+    /// CPU seconds used so far by this cluster's Postgres: the postmaster, its children
+    /// alive now, and those that exited (the postmaster waits for each, which adds its
+    /// time to the postmaster's own count of its children's).
     pub fn postgres_cpu_secs(&self) -> f64 {
         let Some(postmaster) =
             std::fs::read_to_string(self.cluster.data_dir().join("postmaster.pid"))
@@ -84,11 +84,11 @@ impl BenchEnv {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .filter(|&pid| {
-                pid == postmaster
-                    || proc_stat(pid).get(1).and_then(|p| p.parse::<u32>().ok()) == Some(postmaster)
+                proc_stat(pid).get(1).and_then(|p| p.parse::<u32>().ok()) == Some(postmaster)
             })
             .map(proc_cpu_secs)
-            .sum()
+            .sum::<f64>()
+            + proc_cpu_with_reaped_secs(postmaster)
     }
 
     /// A new, empty storage directory for a volt run, kept until the bench ends. On
@@ -256,14 +256,20 @@ fn proc_stat(pid: u32) -> Vec<String> {
 
 /// CPU seconds (user + system) a process has used so far; 0 once it is gone.
 pub fn proc_cpu_secs(pid: u32) -> f64 {
-    let fields = proc_stat(pid);
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    proc_ticks(pid, 11..=12)
+}
+
+/// `proc_cpu_secs`, plus what its children that exited and were waited for used.
+fn proc_cpu_with_reaped_secs(pid: u32) -> f64 {
+    proc_ticks(pid, 11..=14)
+}
+
+fn proc_ticks(pid: u32, fields: std::ops::RangeInclusive<usize>) -> f64 {
+    let stat = proc_stat(pid);
+    fields
+        .filter_map(|i| stat.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / 100.0
 }
 
 pub fn proc_status(pid: Option<u32>, key: &str) -> u64 {

@@ -72,8 +72,7 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
                 loop {
                     let g = next.fetch_add(1, Ordering::Relaxed);
                     if g >= shapes {
-                        // The connection is kept until its backend's CPU is read.
-                        return anyhow::Ok((done, c));
+                        return anyhow::Ok(done);
                     }
                     c.simple_query(&format!("SELECT id, grp, title FROM items WHERE grp = {g}"))
                         .await?;
@@ -83,11 +82,8 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
         })
         .collect();
     let mut sorted = Vec::new();
-    let mut open = Vec::new();
     for w in workers {
-        let (done, c) = w.await??;
-        sorted.extend(done);
-        open.push(c);
+        sorted.extend(w.await??);
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu.since(env);
@@ -118,7 +114,7 @@ async fn snapshot_baseline(env: &BenchEnv, db_url: &str, shapes: usize) -> anyho
                 loop {
                     let g = next.fetch_add(1, Ordering::Relaxed);
                     if g >= shapes {
-                        return anyhow::Ok((done, conn));
+                        return anyhow::Ok(done);
                     }
                     let sql = format!(
                         r#"SELECT "id", "grp", "title" FROM "public"."items" WHERE ("grp" = '{g}'::int4)"#
@@ -127,7 +123,7 @@ async fn snapshot_baseline(env: &BenchEnv, db_url: &str, shapes: usize) -> anyho
                     let tx = volt_pg::snapshot::SnapshotTx::begin_on(session, Some(&sql)).await?;
                     let mut lines = volt_pg::snapshot::CopyLines::default();
                     let mut rows = 0usize;
-                    conn = tx
+                    let ended = tx
                         .copy_rows_then_end(|part| {
                             lines.feed(part, |_| {
                                 rows += 1;
@@ -135,6 +131,7 @@ async fn snapshot_baseline(env: &BenchEnv, db_url: &str, shapes: usize) -> anyho
                             })
                         })
                         .await?;
+                    conn = Some(ended.context("a snapshot session closed")?);
                     anyhow::ensure!(rows > 0, "group {g}: no rows");
                     done.push(started.elapsed());
                 }
@@ -142,11 +139,8 @@ async fn snapshot_baseline(env: &BenchEnv, db_url: &str, shapes: usize) -> anyho
         })
         .collect();
     let mut sorted = Vec::new();
-    let mut open = Vec::new();
     for w in workers {
-        let (done, conn) = w.await??;
-        sorted.extend(done);
-        open.push(conn);
+        sorted.extend(w.await??);
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu.since(env);
@@ -176,8 +170,14 @@ async fn volt_run(
 ) -> anyhow::Result<VoltRun> {
     let storage = env.storage()?;
     let (volt, _) = Volt::start_with(env, db_url, &storage, free_port()?, settings).await?;
-    let conns: Sampler<(i64, i64)> =
-        connection_sampler(env.client(db).await?, Duration::from_millis(20));
+    let sampler = env.client(db).await?;
+    // Its backend's CPU is the bench's, not volt's: taken out of Postgres's below.
+    let sampler_pid: i32 = sampler
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let sampler_cpu = || crate::harness::proc_cpu_secs(sampler_pid as u32);
+    let conns: Sampler<(i64, i64)> = connection_sampler(sampler, Duration::from_millis(20));
     // Distinct users: one connection per client, none shared.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -185,6 +185,7 @@ async fn volt_run(
         .build()?;
     let cpu0 = volt.cpu_secs();
     let others = Cpu::now(env);
+    let sampler_cpu0 = sampler_cpu();
     let started = Instant::now();
     let clients: Vec<_> = (0..shapes)
         .map(|g| {
@@ -213,7 +214,8 @@ async fn volt_run(
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = volt.cpu_secs() - cpu0;
-    let others = others.since(env);
+    let mut others = others.since(env);
+    others.postgres -= sampler_cpu() - sampler_cpu0;
     let peak = volt.peak_rss_kib();
     let samples = conns.stop().await;
     sorted.sort();
