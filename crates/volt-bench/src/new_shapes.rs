@@ -53,29 +53,36 @@ impl Outcome {
     }
 }
 
-/// The floor: the same SELECTs (simple protocol, text rows, as volt's snapshot reads
-/// them) through `POOL` connections, all requested at once.
-async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Result<Outcome> {
-    let mut conns = Vec::new();
-    for _ in 0..POOL {
-        conns.push(env.client(db).await?);
-    }
+/// Runs `job` for each of `shapes` groups on `conns`, one worker per connection, all
+/// started at once: each job's completion time, and the CPU Postgres and this process
+/// used meanwhile. A job hands its connection back for the next one.
+async fn through_pool<C, F, Fut>(
+    env: &BenchEnv,
+    conns: Vec<C>,
+    shapes: usize,
+    job: F,
+) -> anyhow::Result<Outcome>
+where
+    C: Send + 'static,
+    F: Fn(C, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<C>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let cpu = Cpu::now(env);
     let started = Instant::now();
     let workers: Vec<_> = conns
         .into_iter()
-        .map(|c| {
-            let next = next.clone();
+        .map(|conn| {
+            let (next, job) = (next.clone(), job.clone());
             tokio::spawn(async move {
                 let mut done = Vec::new();
+                let mut conn = conn;
                 loop {
                     let g = next.fetch_add(1, Ordering::Relaxed);
                     if g >= shapes {
                         return anyhow::Ok(done);
                     }
-                    c.simple_query(&format!("SELECT id, grp, title FROM items WHERE grp = {g}"))
-                        .await?;
+                    conn = job(conn, g).await?;
                     done.push(started.elapsed());
                 }
             })
@@ -91,6 +98,21 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
     Ok(Outcome { secs, sorted, cpu })
 }
 
+/// The floor: the same SELECTs (simple protocol, text rows, as volt's snapshot reads
+/// them) through `POOL` connections, all requested at once.
+async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Result<Outcome> {
+    let mut conns = Vec::new();
+    for _ in 0..POOL {
+        conns.push(env.client(db).await?);
+    }
+    through_pool(env, conns, shapes, |c, g| async move {
+        c.simple_query(&format!("SELECT id, grp, title FROM items WHERE grp = {g}"))
+            .await?;
+        Ok(c)
+    })
+    .await
+}
+
 /// Postgres's part of volt's snapshots: the same sessions (`POOL`), queries and protocol
 /// as volt's snapshotter (`BEGIN REPEATABLE READ` with `pg_current_snapshot()`, the rows
 /// by `COPY ... TO STDOUT`, `ROLLBACK`), each row split out of the COPY data and nothing
@@ -101,51 +123,25 @@ async fn snapshot_baseline(env: &BenchEnv, db_url: &str, shapes: usize) -> anyho
     for _ in 0..POOL {
         sessions.push(config.connect().await?);
     }
-    let next = Arc::new(AtomicUsize::new(0));
-    let cpu = Cpu::now(env);
-    let started = Instant::now();
-    let workers: Vec<_> = sessions
-        .into_iter()
-        .map(|conn| {
-            let next = next.clone();
-            tokio::spawn(async move {
-                let mut done = Vec::new();
-                let mut conn = Some(conn);
-                loop {
-                    let g = next.fetch_add(1, Ordering::Relaxed);
-                    if g >= shapes {
-                        return anyhow::Ok(done);
-                    }
-                    let sql = format!(
-                        r#"SELECT "id", "grp", "title" FROM "public"."items" WHERE ("grp" = '{g}'::int4)"#
-                    );
-                    let session = conn.take().context("a snapshot session closed")?;
-                    let tx = volt_pg::snapshot::SnapshotTx::begin_on(session, Some(&sql)).await?;
-                    let mut lines = volt_pg::snapshot::CopyLines::default();
-                    let mut rows = 0usize;
-                    let ended = tx
-                        .copy_rows_then_end(|part| {
-                            lines.feed(part, |_| {
-                                rows += 1;
-                                Ok::<(), volt_pg::PgError>(())
-                            })
-                        })
-                        .await?;
-                    conn = Some(ended.context("a snapshot session closed")?);
-                    anyhow::ensure!(rows > 0, "group {g}: no rows");
-                    done.push(started.elapsed());
-                }
+    through_pool(env, sessions, shapes, |session, g| async move {
+        let sql = format!(
+            r#"SELECT "id", "grp", "title" FROM "public"."items" WHERE ("grp" = '{g}'::int4)"#
+        );
+        let tx = volt_pg::snapshot::SnapshotTx::begin_on(session, Some(&sql)).await?;
+        let mut lines = volt_pg::snapshot::CopyLines::default();
+        let mut rows = 0usize;
+        let ended = tx
+            .copy_rows_then_end(|part| {
+                lines.feed(part, |_| {
+                    rows += 1;
+                    Ok::<(), volt_pg::PgError>(())
+                })
             })
-        })
-        .collect();
-    let mut sorted = Vec::new();
-    for w in workers {
-        sorted.extend(w.await??);
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu.since(env);
-    sorted.sort();
-    Ok(Outcome { secs, sorted, cpu })
+            .await?;
+        anyhow::ensure!(rows > 0, "group {g}: no rows");
+        ended.context("a snapshot session closed")
+    })
+    .await
 }
 
 struct VoltRun {

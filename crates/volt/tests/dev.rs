@@ -29,21 +29,40 @@ fn postmaster_pid(storage: &Path) -> i32 {
         .unwrap_or_else(|| panic!("no postmaster.pid at {}", pid_file.display()))
 }
 
+/// `volt dev` on `storage` and `port`, stderr piped.
+fn volt_dev(storage: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volt"));
+    // Only what the test sets: an ELECTRIC_* of the caller's must not change the run.
+    cmd.arg("dev")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("ELECTRIC_STORAGE_DIR", storage)
+        .env("ELECTRIC_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits (with a deadline) for the postmaster to be gone. pg_ctl waits for the server
+/// to stop, but its postmaster may still be a zombie of the init process for a moment.
+fn assert_postgres_stops(postgres: i32, stderr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_exists(postgres) && !is_zombie(postgres) {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded Postgres (pid {postgres}) outlived volt dev: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
     let storage = tempfile::tempdir().unwrap();
     let port = volt_pg::cluster::free_port().expect("a free port");
-    // Only what this test sets: an ELECTRIC_* of the caller's must not change the run.
-    let mut volt = Command::new(env!("CARGO_BIN_EXE_volt"))
-        .arg("dev")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("ELECTRIC_STORAGE_DIR", storage.path())
-        .env("ELECTRIC_PORT", port.to_string())
+    let mut volt = volt_dev(storage.path(), port)
         // Any shutdown overruns this: volt exits at once, as on a second Ctrl-C.
         .env("ELECTRIC_SHUTDOWN_TIMEOUT", "1ms")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -68,16 +87,7 @@ fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
         stderr.contains("shutdown took longer than"),
         "volt did not exit at once: {stderr}"
     );
-    // pg_ctl waits for the server to stop, but its postmaster may still be a zombie of
-    // the init process for a moment.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while process_exists(postgres) && !is_zombie(postgres) {
-        assert!(
-            Instant::now() < deadline,
-            "the embedded Postgres (pid {postgres}) outlived volt dev: {stderr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_postgres_stops(postgres, &stderr);
 }
 
 #[test]
@@ -85,14 +95,7 @@ fn a_ctrl_c_during_volt_dev_start_up_stops_its_postgres() {
     use std::os::unix::process::CommandExt;
     let storage = tempfile::tempdir().unwrap();
     let port = volt_pg::cluster::free_port().expect("a free port");
-    let mut volt = Command::new(env!("CARGO_BIN_EXE_volt"))
-        .arg("dev")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("ELECTRIC_STORAGE_DIR", storage.path())
-        .env("ELECTRIC_PORT", port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut volt = volt_dev(storage.path(), port)
         // Its own process group, as a terminal's foreground job: the Ctrl-C below goes
         // to the whole group.
         .process_group(0)
@@ -138,14 +141,7 @@ fn a_ctrl_c_during_volt_dev_start_up_stops_its_postgres() {
         status.success(),
         "volt dev failed on Ctrl-C ({status}): {stderr}"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while process_exists(postgres) && !is_zombie(postgres) {
-        assert!(
-            Instant::now() < deadline,
-            "the embedded Postgres (pid {postgres}) outlived volt dev: {stderr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_postgres_stops(postgres, &stderr);
 }
 
 /// The postmaster's pid, once its pid file (created empty, then written) holds it.
