@@ -137,7 +137,11 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         .append_snapshot_line(&end.to_string())
         .map_err(|e| e.to_string())?;
     let read = started.elapsed();
-    args.log.finish_snapshot().map_err(|e| e.to_string())?;
+    // fsyncs (a few ms each on a slow disk): the worker's other tasks (requests, other
+    // snapshots' rows) move to another thread meanwhile instead of waiting behind them.
+    // Not `spawn_blocking`: a Snapshotter killed meanwhile must not have its snapshot
+    // complete behind its Consumer's back.
+    blocking(|| args.log.finish_snapshot()).map_err(|e| e.to_string())?;
     let took = started.elapsed();
     metrics::histogram!("volt_snapshot_duration_seconds").record(took.as_secs_f64());
     tracing::info!(
@@ -148,6 +152,15 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         "snapshot complete"
     );
     Ok(())
+}
+
+/// Runs blocking `f` in place, letting the runtime move this worker's other tasks to
+/// another thread first where it can (not on a current-thread runtime, as in tests).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 impl Actor for Snapshotter {
@@ -198,5 +211,38 @@ impl Actor for Snapshotter {
             }
             SnapshotterMsg::Failed(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_blocking_step_lets_its_workers_other_tasks_run_meanwhile() {
+        let (inside_tx, inside_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        // On the only worker: inline, the task spawned below could not run until this
+        // returned, and this waits for it.
+        let blocked = tokio::spawn(async move {
+            blocking(|| {
+                inside_tx.send(()).unwrap();
+                done_rx.recv_timeout(Duration::from_secs(20)).is_ok()
+            })
+        });
+        inside_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let other = tokio::spawn(async move { done_tx.send(()).unwrap() });
+        assert!(
+            blocked.await.unwrap(),
+            "the other task did not run while the step blocked"
+        );
+        other.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_blocking_step_runs_in_place_on_a_current_thread_runtime() {
+        assert_eq!(blocking(|| 7), 7);
     }
 }
