@@ -49,7 +49,7 @@ impl SyncQueue {
 /// Make everything `logs` committed before this call durable; `fs` is any path on their
 /// filesystem. Returns the logs that could not be synced, with why. Blocking.
 pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> Vec<(Arc<ShapeLog>, StorageError)> {
-    if logs.len() >= SYNCFS_FROM && syncfs(&logs, fs).is_ok() {
+    if logs.len() >= SYNCFS_FROM && syncfs_reports_errors() && syncfs(&logs, fs).is_ok() {
         return Vec::new();
     }
     let per_thread = logs.len().div_ceil(SYNC_THREADS).max(1);
@@ -70,6 +70,36 @@ pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> Vec<(Arc<ShapeLog>, Sto
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     })
+}
+
+/// Whether `syncfs` says when writing back failed: Linux does so from 5.8 on; before, it
+/// returns success whatever happened, so the logs are fsynced one by one instead (an
+/// fsync does report it).
+fn syncfs_reports_errors() -> bool {
+    static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REPORTS.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let reports = kernel_at_least(release.trim(), (5, 8));
+        if !reports {
+            tracing::info!(
+                kernel = release.trim(),
+                "syncfs does not report write errors before Linux 5.8: flush rounds fsync each log"
+            );
+        }
+        reports
+    })
+}
+
+/// Whether a kernel release (`uname -r`: "6.1.0-18-amd64") is at least `major.minor`;
+/// false if it does not parse.
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
 }
 
 /// One sync of the whole filesystem holding the logs. On failure the caller syncs each
@@ -103,6 +133,22 @@ fn syncfs(_: &[Arc<ShapeLog>], fs: &Path) -> Result<(), StorageError> {
 mod tests {
     use super::*;
     use crate::LogOffset;
+
+    #[test]
+    fn syncfs_is_trusted_from_linux_5_8_on_and_never_on_a_release_that_does_not_parse() {
+        for (release, trusted) in [
+            ("5.8.0", true),
+            ("5.10.0-28-amd64", true),
+            ("6.18.44-fc-v782", true),
+            ("5.7.19", false),
+            ("5.4.0-150-generic", false),
+            ("4.19.0", false),
+            ("", false),
+            ("linux", false),
+        ] {
+            assert_eq!(kernel_at_least(release, (5, 8)), trusted, "{release}");
+        }
+    }
 
     fn committed_logs(n: usize) -> (tempfile::TempDir, Vec<Arc<ShapeLog>>) {
         let dir = tempfile::tempdir().unwrap();
