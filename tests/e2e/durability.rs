@@ -160,6 +160,53 @@ async fn published(volt: &TestVolt, table: &str) -> anyhow::Result<bool> {
         .is_some())
 }
 
+#[tokio::test]
+async fn a_shape_whose_log_is_unreadable_is_removed_and_its_clients_sync_again()
+-> anyhow::Result<()> {
+    let volt = TestVolt::start("unreadable_log").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut first = Follower::new("table=items");
+    first.catch_up(&volt).await?;
+    let handle = first.handle.clone().context("no handle")?;
+    volt.db
+        .execute("INSERT INTO items VALUES (21, 'row 21', 0)")
+        .await?;
+    first
+        .until(&volt, "the insert arrives", |f| f.rows.len() == 21)
+        .await?;
+    // The record's bytes change on disk (a media error, or a crash that lost a page the
+    // index says was written): its checksum no longer matches.
+    let log = volt
+        .storage
+        .path()
+        .join("shapes")
+        .join(&handle)
+        .join("log.bin");
+    let mut bytes = std::fs::read(&log)?;
+    let json_start = 21;
+    bytes[json_start] ^= 0x20;
+    std::fs::write(&log, &bytes)?;
+    // A later change, so that no read made before the damage answers for the log's
+    // start (live responses are shared from memory).
+    volt.db
+        .execute("INSERT INTO items VALUES (22, 'row 22', 0)")
+        .await?;
+    first
+        .until(&volt, "the second insert arrives", |f| f.rows.len() == 22)
+        .await?;
+
+    // Read from the start, the log is unreadable: the shape goes, and the client's
+    // refetch builds it again from Postgres, with every row.
+    let mut second = Follower::new("table=items");
+    second.catch_up(&volt).await?;
+    assert_eq!(second.refetches, 1, "one 409, then a new shape");
+    assert_ne!(second.handle.as_deref(), Some(handle.as_str()));
+    assert_eq!(second.column("title"), first.column("title"));
+    assert!(!shape_dir_exists(&volt, &handle), "its files are gone");
+    volt.stop().await;
+    Ok(())
+}
+
 fn shape_dir_exists(volt: &TestVolt, handle: &str) -> bool {
     volt.storage.path().join("shapes").join(handle).exists()
 }

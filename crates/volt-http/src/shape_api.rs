@@ -611,6 +611,14 @@ pub(crate) fn storage_error(
     if entry.log.is_closed() {
         return must_refetch(current_handle(app, entry).as_deref());
     }
+    // Records that fail their checksum will not read any better later: the shape goes,
+    // so its clients build it again from Postgres instead of getting errors for good.
+    // A follower's files are another instance's to remove.
+    if e.is_corrupt() && !entry.log.is_follower() {
+        tracing::error!(handle = %entry.handle, error = %e, "the shape's log is unreadable: removing the shape, its clients sync again");
+        volt_stack::shapes::invalidate(&app.shared, &entry.handle);
+        return must_refetch(current_handle(app, entry).as_deref());
+    }
     tracing::error!(handle = %entry.handle, error = %e, "cannot read the shape log");
     if e.is_disk_full() {
         return unavailable("The storage disk is full", 10);

@@ -111,6 +111,12 @@ impl StorageError {
         }
     }
 
+    /// Whether what was read is not what was written (a failed checksum, a record cut
+    /// short): reading again will not help.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StorageError::Corrupt { .. })
+    }
+
     /// Whether the disk is full (or over quota): worth reporting as such.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StorageError::Io { source, .. }
