@@ -240,6 +240,27 @@ fn log_encoding(c: &mut Criterion) {
             })
         });
     }
+    // A snapshot row (COPY's values, in the shape's snapshot column order) into its item.
+    let all = {
+        let def = ShapeDef::from_params(Some("items"), None, vec![], None, None, None)
+            .expect("valid definition");
+        Shape::new(def, t.clone()).expect("valid shape")
+    };
+    let encoder = all.snapshot_encoder(None);
+    let values = ["123456", "4242", "open", "17", TITLE];
+    let by_slot: Vec<Option<&str>> = all
+        .snapshot_columns()
+        .iter()
+        .map(|&c| Some(values[c]))
+        .collect();
+    let mut out = Vec::with_capacity(64 * 1024);
+    g.bench_function("snapshot_encode", |b| {
+        b.iter(|| {
+            out.clear();
+            encoder.encode(&mut out, black_box(by_slot.as_slice()));
+            black_box(out.len())
+        })
+    });
     let line = s.convert(&insert)[0].to_json(("public", "items"), 7, 123456, true);
     const RECORDS: u64 = 1000;
     g.throughput(Throughput::Elements(RECORDS));
