@@ -179,6 +179,17 @@ enum Index {
     Exists,
 }
 
+impl Index {
+    /// The state of a log with these chunks whose index file `exists` or not.
+    fn of(exists: bool, chunks: &[Chunk]) -> Index {
+        if exists {
+            Index::Exists
+        } else {
+            Index::Missing(chunks.first().copied())
+        }
+    }
+}
+
 struct SnapshotWriter {
     file: File,
     chunk: u32,
@@ -784,7 +795,7 @@ impl ShapeLog {
             chunks.pop();
         };
         chunks.extend(scanned.chunks);
-        let first = chunks.first().copied();
+        let index = Index::of(index_path.exists(), &chunks);
         let snapshot_bytes: u64 = (0..snapshot_chunks)
             .filter_map(|c| fs::metadata(dir.join(snapshot_file(c))).ok())
             .map(|m| m.len())
@@ -809,11 +820,7 @@ impl ShapeLog {
                 fenced: false,
                 // Logs from before volt created them with the snapshot may have none.
                 change_files_durable: log_path.exists(),
-                index: if index_path.exists() {
-                    Index::Exists
-                } else {
-                    Index::Missing(first)
-                },
+                index,
             }),
             committed: watch::Sender::new(scanned.latest.unwrap_or(LogOffset::SNAPSHOT_END)),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -856,24 +863,20 @@ impl ShapeLog {
         let index_path = self.dir.join(INDEX_FILE);
         let existed = index_path.exists();
         let on_file = read_or_empty(&index_path)?;
-        let chunks: Vec<Chunk> = self
-            .visible
-            .read()
-            .map_err(|_| StorageError::Poisoned)?
-            .chunks
-            .clone();
-        let valid_index: Vec<u8> = chunks.iter().flat_map(index_entry).collect();
+        let visible = self.visible.read().map_err(|_| StorageError::Poisoned)?;
+        let valid_index: Vec<u8> = visible.chunks.iter().flat_map(index_entry).collect();
         // A log of one chunk needs no index (see the module's doc).
-        if valid_index != on_file && (existed || chunks.len() > 1) {
+        let write = valid_index != on_file && (existed || visible.chunks.len() > 1);
+        // Set here whatever `load` found: a promoted follower has read chunks since.
+        w.index = Index::of(existed || write, &visible.chunks);
+        drop(visible);
+        if write {
             fs::write(&index_path, &valid_index)
                 .and_then(|_| File::open(&index_path)?.sync_all())
                 .map_err(|e| StorageError::io(&index_path, e))?;
             if !existed {
                 sync_dir(&self.dir)?;
             }
-            w.index = Index::Exists;
-        } else if !existed {
-            w.index = Index::Missing(chunks.first().copied());
         }
         Ok(())
     }
@@ -2528,5 +2531,35 @@ mod tests {
         }
         assert_eq!(read_index(&index).unwrap(), [chunk(1, 0), chunk(4, 105)]);
         assert!(log.new_files.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_promoted_follower_indexes_its_next_chunk_at_its_commit() {
+        let (d, writer) = log(105);
+        let index = d.path().join("shape").join(INDEX_FILE);
+        // The follower starts while the log is empty; the writer then starts the index.
+        let follower = ShapeLog::open_follower(d.path().join("shape"), 105).unwrap();
+        for tx in 1..=4 {
+            writer
+                .append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            writer.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        drop(writer);
+        follower.promote().unwrap();
+        for tx in 5..=7 {
+            follower
+                .append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            follower.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        assert_eq!(
+            read_index(&index).unwrap(),
+            [chunk(1, 0), chunk(4, 105), chunk(7, 210)]
+        );
+        assert!(
+            !follower.new_files.load(Ordering::SeqCst),
+            "the index was there: no directory sync"
+        );
     }
 }
