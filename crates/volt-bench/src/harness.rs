@@ -70,11 +70,7 @@ impl BenchEnv {
     /// alive now, and those that exited (the postmaster waits for each, which adds its
     /// time to the postmaster's own count of its children's).
     pub fn postgres_cpu_secs(&self) -> f64 {
-        let Some(postmaster) =
-            std::fs::read_to_string(self.cluster.data_dir().join("postmaster.pid"))
-                .ok()
-                .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-        else {
+        let Some(postmaster) = volt_pg::cluster::postmaster_pid(self.cluster.data_dir()) else {
             return 0.0;
         };
         let Ok(entries) = std::fs::read_dir("/proc") else {

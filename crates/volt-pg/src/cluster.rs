@@ -580,15 +580,9 @@ impl LocalCluster {
     /// not a postmaster of this data dir) is stale and removed.
     fn stop_leftover_server(&self) -> Result<(), ClusterError> {
         let pid_file = self.data_dir.join("postmaster.pid");
-        let Ok(contents) = fs::read_to_string(&pid_file) else {
+        // Missing, or malformed: postgres itself rejects or replaces a malformed lock file.
+        let Some(pid) = postmaster_pid(&self.data_dir) else {
             return Ok(());
-        };
-        let Some(pid) = contents
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<u32>().ok())
-        else {
-            return Ok(()); // postgres itself rejects or replaces a malformed lock file
         };
         if is_postmaster_of(pid, &self.data_dir) {
             if let Some(owner) = self.live_owner() {
@@ -795,6 +789,18 @@ impl Drop for LocalCluster {
         self.running = false;
         self.remove_owner();
     }
+}
+
+/// The pid in `data_dir`'s `postmaster.pid` (its first line), if the file is there and
+/// holds one. The server may have exited since.
+pub fn postmaster_pid(data_dir: &Path) -> Option<u32> {
+    fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether `pid` is a running postmaster for `data_dir` (Linux: judged by /proc/<pid>/cmdline).

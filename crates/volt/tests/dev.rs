@@ -21,12 +21,9 @@ fn process_exists(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-fn postmaster_pid(storage: &Path) -> i32 {
-    let pid_file = storage.join("dev-postgres").join("postmaster.pid");
-    std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|c| c.lines().next().and_then(|l| l.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no postmaster.pid at {}", pid_file.display()))
+/// The pid of `volt dev`'s Postgres on `storage`, if its pid file holds one yet.
+fn postmaster_pid(storage: &Path) -> Option<i32> {
+    volt_pg::cluster::postmaster_pid(&storage.join("dev-postgres")).map(|pid| pid as i32)
 }
 
 /// `volt dev` on `storage` and `port`, stderr piped.
@@ -74,7 +71,7 @@ fn volt_dev_stops_its_postgres_when_it_exits_without_an_orderly_shutdown() {
         assert!(Instant::now() < deadline, "volt dev never became healthy");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let postgres = postmaster_pid(storage.path());
+    let postgres = postmaster_pid(storage.path()).expect("the embedded Postgres's pid");
     assert!(process_exists(postgres));
     // A failed assertion below must not leave the server running on the CI machine.
     let _reaper = Reaper(postgres);
@@ -104,17 +101,18 @@ fn a_ctrl_c_during_volt_dev_start_up_stops_its_postgres() {
     let _volt_reaper = GroupReaper(volt.id() as i32);
     // The moment the postmaster exists, long before volt serves: the start-up is
     // still running (the demo table, the stack).
-    let pid_file = storage.path().join("dev-postgres").join("postmaster.pid");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !pid_file.exists() {
+    let postgres = loop {
+        if let Some(pid) = postmaster_pid(storage.path()) {
+            break pid;
+        }
         assert!(
             volt.try_wait().unwrap().is_none(),
             "volt dev exited before starting Postgres"
         );
         assert!(Instant::now() < deadline, "volt dev never started Postgres");
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let postgres = wait_for_postmaster_pid(storage.path());
+    };
     let _reaper = Reaper(postgres);
 
     // SAFETY: sends SIGINT to the process group of the child we started, as a
@@ -142,26 +140,6 @@ fn a_ctrl_c_during_volt_dev_start_up_stops_its_postgres() {
         "volt dev failed on Ctrl-C ({status}): {stderr}"
     );
     assert_postgres_stops(postgres, &stderr);
-}
-
-/// The postmaster's pid, once its pid file (created empty, then written) holds it.
-fn wait_for_postmaster_pid(storage: &Path) -> i32 {
-    let pid_file = storage.join("dev-postgres").join("postmaster.pid");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|c| c.lines().next().and_then(|l| l.trim().parse().ok()))
-        {
-            return pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no pid in {}",
-            pid_file.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 struct Reaper(i32);
