@@ -740,6 +740,7 @@ pub(crate) fn write_head(out: &mut Vec<u8>, extra: Option<&(String, String)>, la
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::test_column;
 
     #[test]
     fn the_word_at_a_time_escape_check_agrees_with_the_byte_by_byte_one() {
@@ -758,7 +759,6 @@ mod tests {
             }
         }
     }
-    use crate::schema::test_column;
 
     fn shape(columns: Option<&str>) -> Shape {
         let col = |name: &str, pk: Option<usize>| test_column(name, "text", 25, pk);

@@ -49,7 +49,7 @@ impl SyncQueue {
 /// Make everything `logs` committed before this call durable; `fs` is any path on their
 /// filesystem. Returns the logs that could not be synced, with why. Blocking.
 pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> Vec<(Arc<ShapeLog>, StorageError)> {
-    if logs.len() >= SYNCFS_FROM && syncfs_reports_errors() && syncfs(&logs, fs).is_ok() {
+    if logs.len() >= SYNCFS_FROM && syncfs(&logs, fs).is_ok() {
         return Vec::new();
     }
     let per_thread = logs.len().div_ceil(SYNC_THREADS).max(1);
@@ -75,6 +75,7 @@ pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> Vec<(Arc<ShapeLog>, Sto
 /// Whether `syncfs` says when writing back failed: Linux does so from 5.8 on; before, it
 /// returns success whatever happened, so the logs are fsynced one by one instead (an
 /// fsync does report it).
+#[cfg(target_os = "linux")]
 fn syncfs_reports_errors() -> bool {
     static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *REPORTS.get_or_init(|| {
@@ -92,6 +93,7 @@ fn syncfs_reports_errors() -> bool {
 
 /// Whether a kernel release (`uname -r`: "6.1.0-18-amd64") is at least `major.minor`;
 /// false if it does not parse.
+#[cfg(any(target_os = "linux", test))]
 fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
@@ -107,6 +109,15 @@ fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
 #[cfg(target_os = "linux")]
 fn syncfs(logs: &[Arc<ShapeLog>], fs: &Path) -> Result<(), StorageError> {
     use std::os::fd::AsRawFd;
+    if !syncfs_reports_errors() {
+        return Err(StorageError::io(
+            fs,
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "syncfs does not report write errors before Linux 5.8",
+            ),
+        ));
+    }
     let dir = std::fs::File::open(fs).map_err(|e| StorageError::io(fs, e))?;
     // Cleared first, as `ShapeLog::sync` does: a commit landing during the sync queues
     // its log again.
