@@ -1738,9 +1738,7 @@ mod tests {
         // Three 35-byte records per chunk; one transaction per record.
         let (_d, log) = log(105);
         for tx in 1..=7 {
-            log.append(LogOffset::new(tx, 0), "0123456789", true)
-                .unwrap();
-            log.commit(LogOffset::new(tx, 0)).unwrap();
+            commit_tx(&log, tx);
         }
         // tx 3 ends the first chunk: the answer is the second chunk, whole.
         let read = log.read_after(LogOffset::new(3, 0)).unwrap();
@@ -2363,9 +2361,7 @@ mod tests {
         // Three 35-byte records per chunk: tx 4 starts the second chunk.
         let (d, log) = log(105);
         for tx in 1..=4 {
-            log.append(LogOffset::new(tx, 0), "0123456789", true)
-                .unwrap();
-            log.commit(LogOffset::new(tx, 0)).unwrap();
+            commit_tx(&log, tx);
         }
         drop(log);
         // A machine crash kept the index entry of the second chunk but not its record.
@@ -2379,9 +2375,7 @@ mod tests {
         let log = reopen(&d, 105);
         assert_eq!(log.latest_offset(), LogOffset::new(3, 0));
         // Postgres sends tx 4 again: it is written as before, at the same place.
-        log.append(LogOffset::new(4, 0), "0123456789", true)
-            .unwrap();
-        log.commit(LogOffset::new(4, 0)).unwrap();
+        commit_tx(&log, 4);
         drop(log);
         let log = reopen(&d, 105);
         let read = log.read_after(LogOffset::new(3, 0)).unwrap();
@@ -2447,6 +2441,13 @@ mod tests {
         assert!(!log.is_unsynced());
     }
 
+    /// Transaction `tx`: one 35-byte record (a 10-byte item), committed.
+    fn commit_tx(log: &ShapeLog, tx: u64) {
+        log.append(LogOffset::new(tx, 0), "0123456789", true)
+            .unwrap();
+        log.commit(LogOffset::new(tx, 0)).unwrap();
+    }
+
     /// Reads from every offset of a log of seven one-record transactions.
     fn reads(log: &ShapeLog) -> Vec<Option<LogOffset>> {
         (0..=7)
@@ -2474,24 +2475,18 @@ mod tests {
         let (d, log) = log(105);
         let index = d.path().join("shape").join(INDEX_FILE);
         for tx in 1..=3 {
-            log.append(LogOffset::new(tx, 0), "0123456789", true)
-                .unwrap();
-            log.commit(LogOffset::new(tx, 0)).unwrap();
+            commit_tx(&log, tx);
             log.sync().unwrap();
         }
         assert!(!index.exists(), "one chunk needs no index");
-        log.append(LogOffset::new(4, 0), "0123456789", true)
-            .unwrap();
-        log.commit(LogOffset::new(4, 0)).unwrap();
+        commit_tx(&log, 4);
         assert!(
             log.new_files.load(Ordering::SeqCst),
             "the new index's directory entry must be synced"
         );
         log.sync().unwrap();
         for tx in 5..=7 {
-            log.append(LogOffset::new(tx, 0), "0123456789", true)
-                .unwrap();
-            log.commit(LogOffset::new(tx, 0)).unwrap();
+            commit_tx(&log, tx);
         }
         let all = [chunk(1, 0), chunk(4, 105), chunk(7, 210)];
         assert_eq!(read_index(&index).unwrap(), all);
@@ -2517,17 +2512,13 @@ mod tests {
         let (d, log) = log(105);
         let index = d.path().join("shape").join(INDEX_FILE);
         for tx in 1..=2 {
-            log.append(LogOffset::new(tx, 0), "0123456789", true)
-                .unwrap();
-            log.commit(LogOffset::new(tx, 0)).unwrap();
+            commit_tx(&log, tx);
         }
         drop(log);
         let log = reopen(&d, 105);
         assert!(!index.exists());
         for tx in 3..=4 {
-            log.append(LogOffset::new(tx, 0), "0123456789", true)
-                .unwrap();
-            log.commit(LogOffset::new(tx, 0)).unwrap();
+            commit_tx(&log, tx);
         }
         assert_eq!(read_index(&index).unwrap(), [chunk(1, 0), chunk(4, 105)]);
         assert!(log.new_files.load(Ordering::SeqCst));
@@ -2540,18 +2531,12 @@ mod tests {
         // The follower starts while the log is empty; the writer then starts the index.
         let follower = ShapeLog::open_follower(d.path().join("shape"), 105).unwrap();
         for tx in 1..=4 {
-            writer
-                .append(LogOffset::new(tx, 0), "0123456789", true)
-                .unwrap();
-            writer.commit(LogOffset::new(tx, 0)).unwrap();
+            commit_tx(&writer, tx);
         }
         drop(writer);
         follower.promote().unwrap();
         for tx in 5..=7 {
-            follower
-                .append(LogOffset::new(tx, 0), "0123456789", true)
-                .unwrap();
-            follower.commit(LogOffset::new(tx, 0)).unwrap();
+            commit_tx(&follower, tx);
         }
         assert_eq!(
             read_index(&index).unwrap(),
