@@ -150,8 +150,27 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                if !failed.is_empty() {
-                    for (log, e) in failed {
+                let unwritten = !failed.unwritten.is_empty();
+                for (log, e) in failed.unwritten {
+                    let handle = log
+                        .dir()
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .map(str::to_owned);
+                    if e.is_disk_full() {
+                        // Still in memory, readable and intact: written by a later round
+                        // once there is space, and acknowledged only then.
+                        if !shared.storage_full.swap(true, Ordering::Relaxed) {
+                            tracing::error!(error = %e, "the storage disk is full; holding acknowledgements until it has space");
+                        }
+                        d.queue.push(&log);
+                    } else if let Some(handle) = handle {
+                        tracing::error!(%handle, error = %e, "a shape log could not be written out; invalidating the shape");
+                        shapes::invalidate(&shared, &handle);
+                    }
+                }
+                if !failed.unsynced.is_empty() {
+                    for (log, e) in failed.unsynced {
                         if e.is_disk_full() && !shared.storage_full.swap(true, Ordering::Relaxed) {
                             tracing::error!(error = %e, "the storage disk is full");
                         }
@@ -166,6 +185,13 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                     // The removals are made durable by the next round, before the LSN
                     // is declared durable.
                     continue;
+                }
+                if unwritten {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                if shared.storage_full.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the storage disk has space again");
                 }
                 let took = started.elapsed();
                 metrics::histogram!("volt_flush_round_seconds").record(took.as_secs_f64());

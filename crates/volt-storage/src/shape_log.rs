@@ -17,14 +17,17 @@
 //!   (Builds that created it with the log read a missing index as an empty one.)
 //!
 //! Readers follow the writer through a `watch` of the latest committed offset and never
-//! read past it, so they never see half a transaction.
+//! read past it, so they never see half a transaction. Committed change records stay in
+//! memory (`Visible::tail`) until a flush round writes them out (`write_committed`),
+//! and readers read them from there meanwhile: a follower instance, reading the files,
+//! sees a commit once a round of its writer has written it.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -47,6 +50,12 @@ const COMMIT_POINTS: usize = 256;
 /// Buffered change bytes are written out (not yet fsynced) past this size, so a large
 /// transaction never sits in memory.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// Committed bytes held in memory across all logs (see `Visible::tail`) past which a
+/// commit writes its log out itself instead of leaving it to the next flush round.
+const TAIL_BUDGET: u64 = 64 << 20;
+
+/// Committed change bytes of every log of this process not written to their files yet.
+static TAIL_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Bytes of every open shape log of this process on disk (snapshot chunks, change log,
 /// chunk index), for the storage metric.
@@ -149,11 +158,21 @@ struct Visible {
     /// its position instead of its chunk's start keeps each read proportional to what
     /// is new, not to how full the chunk is.
     commits: VecDeque<(LogOffset, u64)>,
+    /// Committed bytes from `tail_start` on that are not in the file yet. A commit
+    /// leaves its bytes here and the next flush round writes them out together with
+    /// everything else the shape got since (`write_committed`): a write per shape per
+    /// round instead of one per shape per transaction (with 10,000 shapes each hit now
+    /// and then, the writes were a quarter of volt's CPU). Readers read them from here.
+    tail: Vec<u8>,
+    /// Where `tail` starts in the change log: the end of the file while it is empty.
+    tail_start: u64,
 }
 
 struct Writer {
-    /// End of everything appended (written or buffered).
+    /// End of everything appended (written, in the committed tail or buffered).
     end_pos: u64,
+    /// End of what is in the file: the committed tail and then `buffer` follow it.
+    written_pos: u64,
     /// Bytes in the current chunk.
     chunk_len: u64,
     /// `chunk_len` at the last commit, to roll back to.
@@ -419,6 +438,9 @@ fn next_log_id() -> u64 {
 impl Drop for ShapeLog {
     fn drop(&mut self) {
         STORED_BYTES.fetch_sub(*self.bytes.get_mut(), Ordering::Relaxed);
+        if let Ok(v) = self.visible.get_mut() {
+            TAIL_BYTES.fetch_sub(v.tail.len() as u64, Ordering::Relaxed);
+        }
         open_files::change_logs().forget(self.id);
         self.recent.forget_log(self.id);
     }
@@ -696,9 +718,12 @@ impl ShapeLog {
                 chunks: Vec::new(),
                 committed_pos: 0,
                 commits: VecDeque::new(),
+                tail: Vec::new(),
+                tail_start: 0,
             }),
             writer: Mutex::new(Writer {
                 end_pos: 0,
+                written_pos: 0,
                 chunk_len: 0,
                 committed_chunk_len: 0,
                 buffer: Vec::new(),
@@ -808,9 +833,13 @@ impl ShapeLog {
                 chunks,
                 committed_pos: scanned.committed_pos,
                 commits: VecDeque::new(),
+                tail: Vec::new(),
+                tail_start: scanned.committed_pos,
             }),
             writer: Mutex::new(Writer {
                 end_pos: scanned.committed_pos,
+                // A writer's file is cut to it (`recover`); a follower writes nothing.
+                written_pos: scanned.committed_pos,
                 chunk_len: scanned.chunk_len,
                 committed_chunk_len: scanned.chunk_len,
                 buffer: Vec::new(),
@@ -860,10 +889,12 @@ impl ShapeLog {
                 .and_then(|_| file.sync_all())
                 .map_err(|e| StorageError::io(&log_path, e))?;
         }
+        w.written_pos = w.end_pos;
         let index_path = self.dir.join(INDEX_FILE);
         let existed = index_path.exists();
         let on_file = read_or_empty(&index_path)?;
-        let visible = self.visible.read().map_err(|_| StorageError::Poisoned)?;
+        let mut visible = self.visible.write().map_err(|_| StorageError::Poisoned)?;
+        visible.tail_start = w.written_pos;
         let valid_index: Vec<u8> = visible.chunks.iter().flat_map(index_entry).collect();
         // A log of one chunk needs no index (see the module's doc).
         let write = valid_index != on_file && (existed || visible.chunks.len() > 1);
@@ -939,11 +970,18 @@ impl ShapeLog {
             return Ok(());
         };
         w.end_pos = scanned.committed_pos;
+        w.written_pos = scanned.committed_pos;
         w.chunk_len = scanned.chunk_len;
         w.committed_chunk_len = scanned.chunk_len;
         // Still holding the writer's lock: two follows at once (a request's and the
         // follower task's) publish in the order they read.
-        self.publish(scanned.chunks, scanned.committed_pos, latest)
+        self.publish(
+            scanned.chunks,
+            scanned.committed_pos,
+            latest,
+            (w.written_pos, &[]),
+        )
+        .map(|_| ())
     }
 
     /// Become the writer of a followed log (the instance that wrote it is gone): take
@@ -1093,7 +1131,8 @@ impl ShapeLog {
         // Changes buffered during the snapshot and committed since are made durable
         // first: once the metadata is, a restore takes the log as it is.
         if self.is_unsynced() {
-            self.sync()?;
+            self.write_tail(&mut w)?;
+            self.sync_files()?;
         }
         // The change log is created here, made durable by the metadata's directory
         // sync, rather than by the shape's first change: creating files is slow (ext4
@@ -1144,7 +1183,29 @@ impl ShapeLog {
         Ok(())
     }
 
+    /// Write out the committed tail, then what the transaction in progress appended so
+    /// far; `sync`: and make the file durable.
     fn write_out(&self, w: &mut Writer, sync: bool) -> Result<(), StorageError> {
+        let f = self.write_tail(w)?;
+        let buffer = std::mem::take(&mut w.buffer);
+        let written = self.append_to_file(w, &f, &buffer);
+        w.buffer = buffer;
+        written?;
+        w.buffer.clear();
+        // Idle shapes must not keep a large transaction's buffer.
+        if w.buffer.capacity() > 16 * 1024 {
+            w.buffer = Vec::new();
+        }
+        if sync {
+            let path = self.dir.join(LOG_FILE);
+            f.sync_data().map_err(|e| StorageError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Write the committed tail to the file (readers find it there from now on), and
+    /// return the file, kept open.
+    fn write_tail(&self, w: &mut Writer) -> Result<Arc<File>, StorageError> {
         let path = self.dir.join(LOG_FILE);
         self.writable(w, &path)?;
         // Kept open while the log is among those written most recently: a shape not
@@ -1158,33 +1219,57 @@ impl ShapeLog {
             // just before this open kept it again: a removed shape keeps no descriptor.
             files.forget(self.id);
         }
-        if let Err(e) = (&*f).write_all(&w.buffer) {
-            // Leave the file as it was, so that writing the same buffer again (after the
+        // Only a commit, which holds the writer's lock as this does, adds to the tail:
+        // readers go on reading it from memory until it is dropped below.
+        let written = {
+            let v = self.visible.read().map_err(|_| StorageError::Poisoned)?;
+            self.append_to_file(w, &f, &v.tail)?;
+            v.tail.len()
+        };
+        if written > 0 {
+            let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
+            v.tail = Vec::new();
+            v.tail_start = w.written_pos;
+            TAIL_BYTES.fetch_sub(written as u64, Ordering::Relaxed);
+        }
+        Ok(f)
+    }
+
+    /// Append `bytes` at the end of the file, `w.written_pos`.
+    fn append_to_file(&self, w: &mut Writer, f: &File, bytes: &[u8]) -> Result<(), StorageError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = (&*f).write_all(bytes) {
+            // Leave the file as it was, so that writing the same bytes again (after the
             // disk got space back) does not duplicate what made it out.
-            let before = w.end_pos - w.buffer.len() as u64;
-            let _ = f.set_len(before);
-            return Err(StorageError::io(&path, e));
+            let _ = f.set_len(w.written_pos);
+            return Err(StorageError::io(&self.dir.join(LOG_FILE), e));
         }
-        w.buffer.clear();
-        // Idle shapes must not keep a large transaction's buffer.
-        if w.buffer.capacity() > 16 * 1024 {
-            w.buffer = Vec::new();
-        }
-        if sync {
-            f.sync_data().map_err(|e| StorageError::io(&path, e))?;
-        }
+        w.written_pos += bytes.len() as u64;
         Ok(())
     }
 
-    /// Write out everything appended and let readers see it up to `offset`. It is not
-    /// durable yet: `sync` makes it so (a `SyncQueue` syncs many logs at once), and only
-    /// then may the transaction be acknowledged to Postgres. Readers may see it first: a
-    /// crash of the process leaves it in the page cache, and a crash of the machine
-    /// loses only what Postgres sends again, which the shape writes again as the same
-    /// records at the same offsets.
+    /// Write out what was committed and is still held in memory (the flush round does,
+    /// before it syncs). A fenced log or a follower has nothing of its own to write.
+    pub fn write_committed(&self) -> Result<(), StorageError> {
+        let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        if w.fenced || self.is_follower() || self.is_closed() {
+            return Ok(());
+        }
+        self.write_tail(&mut w).map(|_| ())
+    }
+
+    /// Let readers see everything appended, up to `offset`. It stays in memory, where
+    /// readers find it, until the next flush round writes it out with the log's other
+    /// commits since (`write_committed`) and syncs it: only then may the transaction be
+    /// acknowledged to Postgres. Readers may see it first: a crash of the process or
+    /// the machine loses only what Postgres sends again, which the shape writes again as
+    /// the same records at the same offsets (a client ahead of the log meanwhile waits
+    /// for it to catch up).
     pub fn commit(&self, offset: LogOffset) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        self.write_out(&mut w, false)?;
+        self.writable(&w, &self.dir.join(LOG_FILE))?;
         let mut created_index = false;
         let entries: Vec<Chunk> = match (w.index, w.new_chunks.as_slice()) {
             (_, []) => Vec::new(),
@@ -1214,16 +1299,29 @@ impl ShapeLog {
         let new_chunks = std::mem::take(&mut w.new_chunks);
         let end_pos = w.end_pos;
         w.committed_chunk_len = w.chunk_len;
-        let files_durable = w.change_files_durable;
-        drop(w);
         // The first commit creates the change log (its first record starts a chunk),
         // unless the snapshot's completion did; the index is created by the second
         // chunk's.
-        if created_index || (!files_durable && new_chunks.first().is_some_and(|c| c.pos == 0)) {
+        if created_index
+            || (!w.change_files_durable && new_chunks.first().is_some_and(|c| c.pos == 0))
+        {
             self.new_files.store(true, Ordering::Release);
         }
         self.unsynced.store(true, Ordering::Release);
-        self.publish(new_chunks, end_pos, offset)
+        let buffer = std::mem::take(&mut w.buffer);
+        let tail = self.publish(new_chunks, end_pos, offset, (w.written_pos, &buffer));
+        w.buffer = buffer;
+        w.buffer.clear();
+        if w.buffer.capacity() > 16 * 1024 {
+            w.buffer = Vec::new();
+        }
+        // Bounded memory: a log with a large tail, or any log while the tails of all
+        // together are over budget, writes out now rather than at the next round. A
+        // retried commit (the disk was full) finds everything published already.
+        if tail? >= WRITE_BUFFER || TAIL_BYTES.load(Ordering::Relaxed) > TAIL_BUDGET {
+            self.write_tail(&mut w)?;
+        }
+        Ok(())
     }
 
     /// Whether committed bytes may not be durable yet.
@@ -1243,9 +1341,16 @@ impl ShapeLog {
         self.new_files.store(false, Ordering::SeqCst);
     }
 
-    /// Make everything committed durable: the change log first, then its index. A log
-    /// that was closed (its shape removed, its directory gone) has nothing left to keep.
+    /// Make everything committed durable: written out, then the change log synced, then
+    /// its index. A log that was closed (its shape removed, its directory gone) has
+    /// nothing left to keep.
     pub fn sync(&self) -> Result<(), StorageError> {
+        self.write_committed()?;
+        self.sync_files()
+    }
+
+    /// `sync` of what is written out already.
+    pub(crate) fn sync_files(&self) -> Result<(), StorageError> {
         self.begin_sync();
         // Never given a change: its change log and index do not exist yet.
         if self
@@ -1290,15 +1395,23 @@ impl ShapeLog {
     }
 
     /// Let readers see the log up to `end_pos` (`latest` the offset of its last record),
-    /// with the chunks that start before it, and wake those waiting.
+    /// with the chunks that start before it, and wake those waiting. `tail`: where the
+    /// file ends, and committed bytes that follow it, kept in memory. Returns how many
+    /// bytes the log now keeps in memory.
     fn publish(
         &self,
         new_chunks: Vec<Chunk>,
         end_pos: u64,
         latest: LogOffset,
-    ) -> Result<(), StorageError> {
-        let grown = {
+        (written_pos, tail): (u64, &[u8]),
+    ) -> Result<usize, StorageError> {
+        let (grown, kept) = {
             let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
+            if v.tail.is_empty() {
+                v.tail_start = written_pos;
+            }
+            v.tail.extend_from_slice(tail);
+            TAIL_BYTES.fetch_add(tail.len() as u64, Ordering::Relaxed);
             let grown =
                 end_pos.saturating_sub(v.committed_pos) + (new_chunks.len() * INDEX_ENTRY) as u64;
             v.chunks.extend(new_chunks);
@@ -1309,7 +1422,7 @@ impl ShapeLog {
                 }
                 v.commits.push_back((latest, end_pos));
             }
-            grown
+            (grown, v.tail.len())
         };
         self.account(grown);
         self.committed.send_if_modified(|cur| {
@@ -1320,7 +1433,7 @@ impl ShapeLog {
                 false
             }
         });
-        Ok(())
+        Ok(kept)
     }
 
     /// Forget everything appended since the last commit (the transaction will be sent
@@ -1336,18 +1449,22 @@ impl ShapeLog {
         w.new_chunks.clear();
         w.chunk_len = w.committed_chunk_len;
         self.writable(&w, &self.dir.join(LOG_FILE))?;
-        if w.end_pos != committed_pos {
+        // Only a transaction larger than the write buffer reaches the file before its
+        // commit (the file is shorter than the committed log while a tail is held).
+        if w.written_pos > committed_pos {
             let path = self.dir.join(LOG_FILE);
-            match OpenOptions::new().write(true).open(&path) {
-                Ok(f) => f
-                    .set_len(committed_pos)
-                    .map_err(|e| StorageError::io(&path, e))?,
-                // Only buffered so far: nothing on disk to cut.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io(&path, e)),
-            }
-            w.end_pos = committed_pos;
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(committed_pos))
+                .map_err(|e| StorageError::io(&path, e))?;
+            w.written_pos = committed_pos;
+            self.visible
+                .write()
+                .map_err(|_| StorageError::Poisoned)?
+                .tail_start = committed_pos;
         }
+        w.end_pos = committed_pos;
         Ok(())
     }
 
@@ -1361,6 +1478,15 @@ impl ShapeLog {
             .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // What it committed is kept, as a crash would have left it had the flush round
+        // written it: the successor recovers it and Postgres need not send it again.
+        if !w.fenced
+            && !self.is_follower()
+            && !self.is_closed()
+            && let Err(e) = self.write_tail(&mut w)
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not write out a fenced log's committed changes; the stream sends them again");
+        }
         w.fenced = true;
         w.buffer = Vec::new();
         open_files::change_logs().forget(self.id);
@@ -1471,12 +1597,17 @@ impl ShapeLog {
             }
             let len = (stop - start) as usize;
             let mut buf = vec![0u8; len];
-            let f = match &mut file {
-                Some(f) => f,
-                None => file.insert(File::open(&path).map_err(io_err)?),
-            };
-            f.seek(SeekFrom::Start(start)).map_err(io_err)?;
-            f.read_exact(&mut buf).map_err(io_err)?;
+            // The part still held in memory first: what is not there any more was
+            // written out before it was dropped.
+            let in_file = self.copy_tail(start, &mut buf)?;
+            if in_file > 0 {
+                let f = match &mut file {
+                    Some(f) => f,
+                    None => file.insert(File::open(&path).map_err(io_err)?),
+                };
+                f.seek(SeekFrom::Start(start)).map_err(io_err)?;
+                f.read_exact(&mut buf[..in_file]).map_err(io_err)?;
+            }
             // Each record's JSON moves down over the headers before it: `[` and the
             // commas take less room than a record's header, so the write position
             // never passes the read position.
@@ -1526,6 +1657,24 @@ impl ShapeLog {
             }
             i += 1;
         }
+    }
+
+    /// Copy the committed bytes at `start..start + buf.len()` that are held in memory
+    /// into `buf`; returns how many bytes at its front are to be read from the file.
+    fn copy_tail(&self, start: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
+        let v = self.visible.read().map_err(|_| StorageError::Poisoned)?;
+        let stop = start + buf.len() as u64;
+        let tail_end = v.tail_start + v.tail.len() as u64;
+        if v.tail.is_empty() || stop <= v.tail_start || start >= tail_end {
+            return Ok(buf.len());
+        }
+        let from = start.max(v.tail_start);
+        let to = stop.min(tail_end);
+        let at = (from - start) as usize;
+        let len = (to - from) as usize;
+        let tail_at = (from - v.tail_start) as usize;
+        buf[at..at + len].copy_from_slice(&v.tail[tail_at..tail_at + len]);
+        Ok(at)
     }
 
     /// The shape is gone: wake every reader so it can tell its client to refetch.
@@ -1594,6 +1743,7 @@ mod tests {
         let written = |log: &ShapeLog, tx: u64| {
             log.append(LogOffset::new(tx, 0), "{}", true).unwrap();
             log.commit(LogOffset::new(tx, 0)).unwrap();
+            log.write_committed().unwrap();
         };
         let (d, log) = log(1 << 20);
         written(&log, 10);
@@ -1606,7 +1756,8 @@ mod tests {
         assert!(files.is_open(log.id));
         log.close();
         assert!(!files.is_open(log.id));
-        // A commit that was under way when the shape was removed does not keep it open.
+        // A commit that was under way when the shape was removed does not keep it open
+        // (nor is it written: the shape's files are gone).
         written(&log, 12);
         assert!(!files.is_open(log.id));
 
@@ -1619,7 +1770,8 @@ mod tests {
         let read = reopen(&d, 1 << 20)
             .read_after(LogOffset::SNAPSHOT_END)
             .unwrap();
-        assert_eq!(read.items(), vec!["{}"; 4]);
+        assert_eq!(read.last, Some(LogOffset::new(13, 0)));
+        assert_eq!(read.items(), vec!["{}"; 3]);
     }
 
     #[test]
@@ -1781,6 +1933,7 @@ mod tests {
         }
         assert_eq!(seen, 10);
         // And the boundaries survive a restart.
+        log.write_committed().unwrap();
         drop(log);
         let log = reopen(&d, 105);
         assert_eq!(
@@ -1795,6 +1948,7 @@ mod tests {
         log.append(LogOffset::new(5, 0), "a", false).unwrap();
         log.append(LogOffset::new(5, 2), "b", true).unwrap();
         log.commit(LogOffset::new(5, 2)).unwrap();
+        log.write_committed().unwrap();
         drop(log);
         let log = reopen(&d, 1 << 20);
         assert_eq!(log.latest_offset(), LogOffset::new(5, 2));
@@ -1806,6 +1960,7 @@ mod tests {
         // And it keeps going.
         log.append(LogOffset::new(6, 0), "c", true).unwrap();
         log.commit(LogOffset::new(6, 0)).unwrap();
+        log.write_committed().unwrap();
         let log2 = reopen(&d, 1 << 20);
         assert_eq!(
             log2.read_after(LogOffset::new(5, 2)).unwrap().items(),
@@ -1872,6 +2027,7 @@ mod tests {
         log.commit(LogOffset::new(5, 0)).unwrap();
         log.append(LogOffset::new(6, 0), "flipped", true).unwrap();
         log.commit(LogOffset::new(6, 0)).unwrap();
+        log.write_committed().unwrap();
         drop(log);
         let path = d.path().join("shape").join(LOG_FILE);
         let mut bytes = fs::read(&path).unwrap();
@@ -1899,6 +2055,7 @@ mod tests {
             log.read_after(LogOffset::SNAPSHOT_END).unwrap().items(),
             ["kept", "replayed"]
         );
+        log.write_committed().unwrap();
         drop(log);
         assert_eq!(
             reopen(&d, 1 << 20)
@@ -2215,6 +2372,8 @@ mod tests {
                     .unwrap();
             }
             writer.commit(LogOffset::new(tx, 2)).unwrap();
+            // What a follower reads is what the writer's flush rounds wrote out.
+            writer.write_committed().unwrap();
             if tx % 7 == 0 {
                 follower.follow().unwrap();
                 assert!(
@@ -2262,6 +2421,13 @@ mod tests {
         writer.append(LogOffset::new(6, 1), "end", true).unwrap();
         writer.commit(LogOffset::new(6, 1)).unwrap();
         follower.follow().unwrap();
+        assert_eq!(
+            follower.latest_offset(),
+            LogOffset::new(5, 0),
+            "not written out yet"
+        );
+        writer.write_committed().unwrap();
+        follower.follow().unwrap();
         assert_eq!(follower.latest_offset(), LogOffset::new(6, 1));
     }
 
@@ -2294,6 +2460,7 @@ mod tests {
                 .items(),
             ["kept", "resent"]
         );
+        follower.write_committed().unwrap();
         let reopened = reopen(&d, 1 << 20);
         assert_eq!(
             reopened
@@ -2337,6 +2504,7 @@ mod tests {
             log.commit(LogOffset::new(tx, 0)).unwrap();
         }
         let path = dir.path().join("shape");
+        log.write_committed().unwrap();
         assert_eq!(log.bytes.load(Ordering::Relaxed), on_disk(&path));
         let reopened = ShapeLog::open(&path, 64).unwrap();
         assert_eq!(reopened.bytes.load(Ordering::Relaxed), on_disk(&path));
@@ -2354,6 +2522,98 @@ mod tests {
         assert!(log.is_unsynced());
         log.sync().unwrap();
         assert!(!log.is_unsynced());
+    }
+
+    fn file_len(d: &tempfile::TempDir) -> u64 {
+        len_or_zero(&d.path().join("shape").join(LOG_FILE)).unwrap()
+    }
+
+    #[test]
+    fn a_commit_is_read_from_memory_until_a_flush_round_writes_it_out() {
+        // Three 35-byte records per chunk.
+        let (d, log) = log(105);
+        commit_tx(&log, 1);
+        for tx in 2..=5 {
+            log.append(LogOffset::new(tx, 0), "0123456789", true)
+                .unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+        }
+        // Tx 1 is in the file, 2 to 5 only in memory: reads span both.
+        assert_eq!(file_len(&d), 35);
+        let before = reads(&log);
+        assert_eq!(
+            before[..5],
+            [
+                Some(LogOffset::new(3, 0)),
+                Some(LogOffset::new(3, 0)),
+                Some(LogOffset::new(3, 0)),
+                Some(LogOffset::new(5, 0)),
+                Some(LogOffset::new(5, 0)),
+            ]
+        );
+        log.write_committed().unwrap();
+        assert_eq!(file_len(&d), 5 * 35);
+        assert_eq!(reads(&log), before);
+        assert_eq!(reads(&reopen(&d, 105)), before);
+    }
+
+    #[test]
+    fn a_rollback_leaves_the_committed_tail_in_memory_and_the_file_as_it_was() {
+        let (d, log) = log(1 << 20);
+        log.append(LogOffset::new(5, 0), "kept", true).unwrap();
+        log.commit(LogOffset::new(5, 0)).unwrap();
+        log.append(LogOffset::new(6, 0), "partial", false).unwrap();
+        log.rollback().unwrap();
+        assert_eq!(
+            file_len(&d),
+            0,
+            "nothing was written: nothing cut, nothing grown"
+        );
+        log.append(LogOffset::new(6, 0), "replayed", true).unwrap();
+        log.commit(LogOffset::new(6, 0)).unwrap();
+        log.write_committed().unwrap();
+        let items = |log: &ShapeLog| {
+            log.read_after(LogOffset::SNAPSHOT_END)
+                .unwrap()
+                .items()
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(items(&log), ["kept", "replayed"]);
+        assert_eq!(items(&reopen(&d, 1 << 20)), ["kept", "replayed"]);
+    }
+
+    #[test]
+    fn a_fenced_log_writes_out_what_it_committed_and_nothing_after() {
+        let (d, old) = log(1 << 20);
+        old.append(LogOffset::new(5, 0), "kept", true).unwrap();
+        old.commit(LogOffset::new(5, 0)).unwrap();
+        old.append(LogOffset::new(6, 0), "late", true).unwrap();
+        old.fence();
+        let new = reopen(&d, 1 << 20);
+        assert_eq!(new.latest_offset(), LogOffset::new(5, 0));
+        assert!(
+            old.write_committed().is_ok(),
+            "a fenced log has nothing to write"
+        );
+        assert_eq!(file_len(&d), (RECORD_HEADER + 4 + RECORD_TRAILER) as u64);
+    }
+
+    #[test]
+    fn a_log_whose_tail_outgrows_the_write_buffer_writes_it_out_at_its_commit() {
+        let (d, log) = log(1 << 20);
+        let item = "x".repeat(1000);
+        let mut tx = 1;
+        while file_len(&d) == 0 {
+            assert!(tx < 100, "never written out");
+            log.append(LogOffset::new(tx, 0), &item, true).unwrap();
+            log.commit(LogOffset::new(tx, 0)).unwrap();
+            tx += 1;
+        }
+        let record = (RECORD_HEADER + 1000 + RECORD_TRAILER) as u64;
+        assert_eq!(file_len(&d), (tx - 1) * record);
+        assert!((tx - 1) * record >= WRITE_BUFFER as u64);
     }
 
     #[test]
@@ -2441,11 +2701,13 @@ mod tests {
         assert!(!log.is_unsynced());
     }
 
-    /// Transaction `tx`: one 35-byte record (a 10-byte item), committed.
+    /// Transaction `tx`: one 35-byte record (a 10-byte item), committed and written
+    /// out (as the next flush round does).
     fn commit_tx(log: &ShapeLog, tx: u64) {
         log.append(LogOffset::new(tx, 0), "0123456789", true)
             .unwrap();
         log.commit(LogOffset::new(tx, 0)).unwrap();
+        log.write_committed().unwrap();
     }
 
     /// Reads from every offset of a log of seven one-record transactions.

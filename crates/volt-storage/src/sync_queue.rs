@@ -46,21 +46,49 @@ impl SyncQueue {
     }
 }
 
-/// Make everything `logs` committed before this call durable; `fs` is any path on their
-/// filesystem. Returns the logs that could not be synced, with why. Blocking.
-pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> Vec<(Arc<ShapeLog>, StorageError)> {
+/// What a flush round could not do.
+#[derive(Default)]
+pub struct RoundFailures {
+    /// Logs whose committed bytes could not be written out (a full disk, say): they are
+    /// still in memory, readable and intact, for a later round to write.
+    pub unwritten: Vec<(Arc<ShapeLog>, StorageError)>,
+    /// Logs that could not be synced: what the kernel held for them may be lost.
+    pub unsynced: Vec<(Arc<ShapeLog>, StorageError)>,
+}
+
+impl RoundFailures {
+    pub fn is_empty(&self) -> bool {
+        self.unwritten.is_empty() && self.unsynced.is_empty()
+    }
+}
+
+/// Make everything `logs` committed before this call durable: write out what their
+/// commits left in memory, then sync them; `fs` is any path on their filesystem.
+/// Blocking.
+pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> RoundFailures {
+    let mut failures = RoundFailures::default();
+    let logs: Vec<Arc<ShapeLog>> = logs
+        .into_iter()
+        .filter(|log| match log.write_committed() {
+            Ok(()) => true,
+            Err(e) => {
+                failures.unwritten.push((log.clone(), e));
+                false
+            }
+        })
+        .collect();
     if logs.len() >= SYNCFS_FROM && syncfs(&logs, fs).is_ok() {
-        return Vec::new();
+        return failures;
     }
     let per_thread = logs.len().div_ceil(SYNC_THREADS).max(1);
-    std::thread::scope(|scope| {
+    failures.unsynced = std::thread::scope(|scope| {
         let workers: Vec<_> = logs
             .chunks(per_thread)
             .map(|group| {
                 scope.spawn(move || {
                     group
                         .iter()
-                        .filter_map(|log| log.sync().err().map(|e| (log.clone(), e)))
+                        .filter_map(|log| log.sync_files().err().map(|e| (log.clone(), e)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -69,7 +97,8 @@ pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> Vec<(Arc<ShapeLog>, Sto
             .into_iter()
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
-    })
+    });
+    failures
 }
 
 /// Whether `syncfs` says when writing back failed: Linux does so from 5.8 on; before, it
@@ -216,8 +245,18 @@ mod tests {
         }
         logs[1].close();
         let failed = sync_logs(logs.clone(), d.path());
-        assert_eq!(failed.len(), 1);
-        assert!(Arc::ptr_eq(&failed[0].0, &logs[0]));
+        // Its commit is still in memory: writing it out is what fails.
+        assert!(failed.unsynced.is_empty());
+        assert_eq!(failed.unwritten.len(), 1);
+        assert!(Arc::ptr_eq(&failed.unwritten[0].0, &logs[0]));
+        assert!(logs[0].is_unsynced(), "still to be made durable");
+        // Written out already, the sync is what fails.
+        let (d, logs) = committed_logs(1);
+        logs[0].write_committed().unwrap();
+        std::fs::remove_dir_all(logs[0].dir()).unwrap();
+        let failed = sync_logs(logs.clone(), d.path());
+        assert!(failed.unwritten.is_empty());
+        assert_eq!(failed.unsynced.len(), 1);
         assert!(logs[0].is_unsynced(), "still to be made durable");
     }
 }

@@ -125,8 +125,9 @@ impl ConsumerState {
         loop {
             match self.log.commit(offset) {
                 Ok(()) => {
+                    // A full disk is declared over by the flush round that writes
+                    // everything out again (a commit alone may not have written).
                     self.shared.durability.queue().push(&self.log);
-                    self.shared.storage_full.store(false, Ordering::Relaxed);
                     return Ok(());
                 }
                 // A full disk may get space back: hold the transaction (and, through
