@@ -182,8 +182,13 @@ async fn a_shape_whose_log_is_unreadable_is_removed_and_its_clients_sync_again()
         .join("shapes")
         .join(&handle)
         .join("log.bin");
-    let mut bytes = std::fs::read(&log)?;
     let json_start = 21;
+    // Commits are read from memory until a flush round writes them out.
+    eventually("the insert is written out", || async {
+        Ok(std::fs::metadata(&log).is_ok_and(|m| m.len() > json_start as u64))
+    })
+    .await?;
+    let mut bytes = std::fs::read(&log)?;
     bytes[json_start] ^= 0x20;
     std::fs::write(&log, &bytes)?;
     // A later change, so that no read made before the damage answers for the log's

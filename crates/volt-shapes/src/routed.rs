@@ -142,9 +142,10 @@ impl Shape {
         let tail = match routed.find(self, kind) {
             Some(tail) => tail,
             None => {
+                let mut tail = Vec::with_capacity(256);
                 let tail = self
-                    .single_item(op, &plan)
-                    .map(|item| tail_of(&item, relation, xid, lsn));
+                    .write_single_tail(&mut tail, op, &plan, relation, xid, lsn)
+                    .then(|| Arc::from(tail));
                 routed.keep(self, kind, tail.clone());
                 tail
             }
@@ -180,7 +181,16 @@ mod tests {
     }
 
     fn shape(table: &Arc<TableSchema>, columns: Option<&str>, where_sql: Option<&str>) -> Shape {
-        let def = ShapeDef::from_params(Some("items"), where_sql, vec![], columns, None, None)
+        shape_with(table, columns, where_sql, None)
+    }
+
+    fn shape_with(
+        table: &Arc<TableSchema>,
+        columns: Option<&str>,
+        where_sql: Option<&str>,
+        replica: Option<&str>,
+    ) -> Shape {
+        let def = ShapeDef::from_params(Some("items"), where_sql, vec![], columns, replica, None)
             .expect("valid definition");
         Shape::new(def, table.clone()).expect("valid shape")
     }
@@ -248,6 +258,9 @@ mod tests {
             shape(&table, Some("id,title"), None),
             shape(&table, Some("id,title"), Some("title LIKE 'b%'")),
             shape(&table, None, Some("grp = 2")),
+            shape_with(&table, None, None, Some("full")),
+            shape_with(&table, Some("title,id"), Some("grp = 1"), Some("full")),
+            shape_with(&table, Some("id,title,id"), None, None),
         ];
         let kinds = [
             ChangeKind::Insert {
@@ -255,6 +268,10 @@ mod tests {
             },
             ChangeKind::Delete {
                 old: row([Some("1"), Some("1"), None]),
+            },
+            // A key with a slash and a quote, values that need escaping.
+            ChangeKind::Insert {
+                new: row([Some("a/\"b"), Some("1"), Some("tab\tline\nend")]),
             },
             // Moves into `grp = 2`, out of `grp = 1`; a title update for the others.
             ChangeKind::Update {
@@ -286,7 +303,7 @@ mod tests {
                 }
             }
             // One rendering per (columns, what the change is for the shape) at most.
-            assert!(routed.rendered.lock().unwrap().len() <= 5);
+            assert!(routed.rendered.lock().unwrap().len() <= 8);
         }
     }
 

@@ -273,6 +273,8 @@ pub struct Shape {
     /// Indexes into `table.columns` of the key columns, in key order.
     pub key_columns: Vec<usize>,
     key_prefix: String,
+    /// `selected` in the order of their names, each once: the order of a value's fields.
+    selected_by_name: Vec<usize>,
 }
 
 impl Shape {
@@ -327,6 +329,9 @@ impl Shape {
             escape_key_ident(&table.schema),
             escape_key_ident(&table.name)
         );
+        let mut selected_by_name = selected.clone();
+        selected_by_name.sort_by(|&a, &b| table.columns[a].name.cmp(&table.columns[b].name));
+        selected_by_name.dedup();
         Ok(Shape {
             def,
             table,
@@ -334,6 +339,7 @@ impl Shape {
             selected,
             key_columns,
             key_prefix,
+            selected_by_name,
         })
     }
 
@@ -544,6 +550,103 @@ impl Shape {
             Plan::Update { old, new } => self.update_item(op, old, new),
             Plan::Skip | Plan::KeyChange { .. } => None,
         }
+    }
+
+    /// Append the tail (see `LogItem::write_tail`) of the one item of an insert, a
+    /// delete or an update, written straight from the change's values: the bytes
+    /// `single_item` and `write_tail` make, without building the item and its maps.
+    /// False, with nothing written, where `single_item` makes no item.
+    pub(crate) fn write_single_tail(
+        &self,
+        out: &mut Vec<u8>,
+        op: u64,
+        plan: &Plan,
+        relation: (&str, &str),
+        xid: u32,
+        lsn: u64,
+    ) -> bool {
+        let (operation, row, old) = match plan {
+            Plan::Insert(new) => ("insert", new, None),
+            Plan::Delete(old) => ("delete", old, None),
+            Plan::Update { old, new } => ("update", new, Some(old)),
+            Plan::Skip | Plan::KeyChange { .. } => return false,
+        };
+        let changed = |i: usize| old.is_some_and(|old| old.get(i) != row.get(i));
+        if old.is_some() && !self.selected.iter().any(|&i| changed(i)) {
+            return false;
+        }
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            r#""lsn":"{lsn}","op_position":{op},"operation":"{operation}","relation":["#
+        );
+        json_string(out, relation.0);
+        out.push(b',');
+        json_string(out, relation.1);
+        let _ = write!(out, r#"],"txids":[{xid}]}},"key":""#);
+        json_escaped(out, &self.key_prefix);
+        for &i in &self.key_columns {
+            match row.get(i).copied().flatten() {
+                Some(v) if v.contains('/') => {
+                    out.extend_from_slice(br#"/\""#);
+                    json_escaped(out, &v.replace('/', "//"));
+                    out.extend_from_slice(br#"\""#);
+                }
+                Some(v) => {
+                    out.extend_from_slice(br#"/\""#);
+                    json_escaped(out, v);
+                    out.extend_from_slice(br#"\""#);
+                }
+                None => out.extend_from_slice(b"/_"),
+            }
+        }
+        out.push(b'"');
+        let full = self.def.replica == Replica::Full;
+        if let (Some(old), true) = (old, full) {
+            out.extend_from_slice(br#","old_value":"#);
+            self.write_fields(out, &self.selected_by_name, old, changed);
+        }
+        out.extend_from_slice(br#","value":"#);
+        match (operation, full) {
+            ("delete", false) => {
+                let mut keys = self.key_columns.clone();
+                keys.sort_by(|&a, &b| self.table.columns[a].name.cmp(&self.table.columns[b].name));
+                keys.dedup();
+                self.write_fields(out, &keys, row, |_| true);
+            }
+            ("update", false) => self.write_fields(out, &self.selected_by_name, row, |i| {
+                self.key_columns.contains(&i) || changed(i)
+            }),
+            _ => self.write_fields(out, &self.selected_by_name, row, |_| true),
+        }
+        out.push(b'}');
+        true
+    }
+
+    /// A JSON object of the columns `by_name` (in that order) that `include` takes.
+    fn write_fields(
+        &self,
+        out: &mut Vec<u8>,
+        by_name: &[usize],
+        row: &[Option<&str>],
+        include: impl Fn(usize) -> bool,
+    ) {
+        out.push(b'{');
+        let mut first = true;
+        for &i in by_name.iter().filter(|&&i| include(i)) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            json_string(out, &self.table.columns[i].name);
+            out.push(b':');
+            match row.get(i).copied().flatten() {
+                Some(v) => json_string(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
     }
 
     /// A primary-key change: a delete of the old key and an insert of the new, each

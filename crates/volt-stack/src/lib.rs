@@ -13,6 +13,7 @@ pub mod actors {
     pub mod status_monitor;
     pub mod supervisor;
 }
+pub mod delivery;
 pub mod durability;
 pub mod mailbox;
 pub mod shapes;

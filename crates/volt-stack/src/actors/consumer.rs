@@ -13,6 +13,7 @@ use volt_storage::{LogOffset, ShapeDbOp, ShapeLog, SnapshotState};
 
 use crate::actors::shape_log_collector::SlcMsg;
 use crate::actors::snapshotter::{SNAPSHOT_COMPLETE, Snapshotter, SnapshotterArgs};
+use crate::delivery::Ticket;
 use crate::shared::{ShapeEntry, Shared};
 
 pub struct Consumer;
@@ -31,7 +32,8 @@ pub struct TxPart {
 pub enum ConsumerMsg {
     SnapshotStarted(PgSnapshot),
     SnapshotFailed(String),
-    Changes(TxPart, RpcReplyPort<Result<(), String>>),
+    /// Answered through the ticket once stored (or dropped with it).
+    Changes(TxPart, Ticket),
     /// Forget the transaction in progress: a new stream will send it again.
     Rollback(RpcReplyPort<()>),
 }
@@ -300,16 +302,15 @@ impl Actor for Consumer {
                 let _ = reply.send(());
                 res?;
             }
-            ConsumerMsg::Changes(part, reply) => {
+            ConsumerMsg::Changes(part, ticket) => {
                 if state.snapshot.is_none() {
                     state.buffered.push(part);
-                    let _ = reply.send(Ok(()));
+                    ticket.answer(&Ok(()));
                     return Ok(());
                 }
                 let res = state.store(part).await;
-                let failed = res.clone().err();
-                let _ = reply.send(res);
-                if let Some(e) = failed {
+                ticket.answer(&res);
+                if let Err(e) = res {
                     return Err(format!("could not store changes: {e}").into());
                 }
             }

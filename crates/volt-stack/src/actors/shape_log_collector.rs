@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::future::join_all;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use volt_shapes::{Filter, RoutedChange, Shape, TxFragment};
 use volt_storage::{ShapeDbOp, ShapeLog};
 
 use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg, TxPart};
+use crate::delivery::{Delivery, Outcome};
 use crate::mailbox::{Mailbox, MailboxDepth};
 use crate::shapes;
 use crate::shared::clear_if_mine;
@@ -171,35 +172,33 @@ impl SlcState {
         // A shape that cannot store its part within the grace period is dropped rather
         // than allowed to hold the slot (and every other shape) back.
         let grace = self.shared.config.flush_stall_grace;
-        let calls = parts.into_iter().map(|(route, changes)| {
+        let (delivery, tickets) = Delivery::new(parts.len());
+        let mut handles = Vec::with_capacity(parts.len());
+        for ((route, changes), ticket) in parts.into_iter().zip(tickets) {
             let part = TxPart {
                 xid: frag.xid,
                 lsn: frag.lsn,
                 changes,
                 commit,
             };
-            async move {
-                let res = route
-                    .consumer
-                    .call(|reply| ConsumerMsg::Changes(part, reply), Some(grace))
-                    .await;
-                (route.handle, res)
-            }
-        });
-        for (handle, res) in join_all(calls).await {
-            match res {
-                Ok(CallResult::Success(Ok(()))) => {}
-                Ok(CallResult::Success(Err(e))) => {
+            // A Consumer that is gone drops the message, and with it the ticket.
+            let _ = route.consumer.cast(ConsumerMsg::Changes(part, ticket));
+            handles.push(route.handle);
+        }
+        for (handle, outcome) in handles.into_iter().zip(delivery.outcomes(grace).await) {
+            match outcome {
+                Outcome::Stored => {}
+                Outcome::Failed(e) => {
                     tracing::error!(%handle, error = %e, "consumer could not store changes; invalidating shape");
                     self.remove(&handle);
                     shapes::invalidate(&self.shared, &handle);
                 }
-                Ok(CallResult::Timeout) => {
+                Outcome::Stalled => {
                     tracing::error!(%handle, grace = ?grace, "shape stalled storing a transaction; invalidating it");
                     self.remove(&handle);
                     shapes::invalidate(&self.shared, &handle);
                 }
-                _ => {
+                Outcome::Dropped => {
                     // The consumer died: its shape is gone (clients will refetch).
                     self.remove(&handle);
                     shapes::invalidate(&self.shared, &handle);
