@@ -1,6 +1,8 @@
 //! Shapes survive restarts: recovered from ShapeDb and disk, never re-snapshotted, and
 //! clients resume with their handle and offset.
 
+use std::time::Duration;
+
 use anyhow::Context;
 
 use crate::support::{Follower, TestVolt, Tweaks, eventually, fetch, snapshot_queries};
@@ -430,7 +432,16 @@ async fn a_full_disk_holds_replication_and_reports_it_until_space_returns() -> a
 
 #[tokio::test]
 async fn a_clean_shutdown_acknowledges_everything_stored_before_it_exits() -> anyhow::Result<()> {
-    let mut volt = TestVolt::start("clean_shutdown_acks").await?;
+    // Flush rounds spaced further apart than the test lasts: the shutdown's own rounds
+    // do not wait for the interval.
+    let mut volt = TestVolt::start_tweaked(
+        "clean_shutdown_acks",
+        Tweaks {
+            flush_interval: Some(Duration::from_secs(3600)),
+            ..Tweaks::default()
+        },
+    )
+    .await?;
     volt.db.execute(ITEMS).await?;
     let mut f = Follower::new("table=items");
     f.catch_up(&volt).await?;

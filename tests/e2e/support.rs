@@ -46,6 +46,8 @@ pub struct Tweaks {
     pub max_shape_cache_mailbox: Option<usize>,
     /// `ELECTRIC_TWEAKS_COALESCE_SHAPE_CREATION` (default on).
     pub coalesce_creates: Option<bool>,
+    /// `VOLT_FLUSH_INTERVAL` (default 500 ms, volt's).
+    pub flush_interval: Option<Duration>,
 }
 
 impl TestVolt {
@@ -104,6 +106,7 @@ impl TestVolt {
             chunk_bytes: 10 * 1024 * 1024,
             reconcile_period: Duration::from_millis(500),
             flush_stall_grace: Duration::from_secs(60),
+            flush_interval: tweaks.flush_interval.unwrap_or(Duration::from_millis(500)),
             max_shapes: tweaks.max_shapes,
             max_shape_cache_mailbox: tweaks.max_shape_cache_mailbox.unwrap_or(100_000),
             coalesce_creates: tweaks.coalesce_creates.unwrap_or(true),

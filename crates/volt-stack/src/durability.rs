@@ -114,6 +114,8 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
     OwnedTask::spawn_catching(
         async move {
             let d = &shared.durability;
+            let mut shutdown = shared.replication_shutdown.subscribe();
+            let mut last_round: Option<tokio::time::Instant> = None;
             loop {
                 let epoch = d.epoch.load(Ordering::Acquire);
                 let target = d.written_lsn();
@@ -121,6 +123,15 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                     d.wake.notified().await;
                     continue;
                 }
+                // Rounds are spaced: what shapes commit meanwhile is written once per
+                // shape. A shutdown does not wait: its last rounds are what it acknowledges.
+                if let Some(last) = last_round {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(last + shared.config.flush_interval) => {}
+                        _ = shutdown.wait_for(|s| *s) => {}
+                    }
+                }
+                last_round = Some(tokio::time::Instant::now());
                 if let Some(gate) = shared.failpoints.hold_flush.load_full() {
                     let _ = gate.acquire().await.map(|p| p.forget());
                 }

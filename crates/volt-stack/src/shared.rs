@@ -39,6 +39,10 @@ pub struct StackConfig {
     /// `ELECTRIC_FLUSH_STALL_GRACE_PERIOD`: a shape that cannot store a transaction for
     /// this long is invalidated, so it cannot hold the slot back forever.
     pub flush_stall_grace: std::time::Duration,
+    /// `VOLT_FLUSH_INTERVAL`: flush rounds start at most this often. Each round writes
+    /// out every log changed since the last one, once: a longer interval writes a shape
+    /// hit by many transactions fewer times, and acknowledges to Postgres that much later.
+    pub flush_interval: std::time::Duration,
     /// `ELECTRIC_MAX_SHAPES`: past it, the least recently read shapes are evicted.
     pub max_shapes: Option<usize>,
     /// Creation requests are refused (503) while this many messages wait for ShapeCache.

@@ -102,6 +102,12 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_FLUSH_STALL_GRACE_PERIOD", default_value = "1m", value_parser = parse_duration)]
     pub flush_stall_grace_period: Duration,
 
+    /// Flush rounds (which write out and sync what shapes committed, then acknowledge it
+    /// to Postgres) start at most this often: a shape changed by many transactions
+    /// between two rounds is written once. 0: back to back.
+    #[arg(long, env = "VOLT_FLUSH_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
     /// How long one SSE (`live_sse`) response stays open before the client reconnects.
     #[arg(long, env = "ELECTRIC_SSE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub sse_timeout: Duration,

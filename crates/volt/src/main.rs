@@ -223,6 +223,7 @@ async fn serve(settings: Settings, signals: &Signals) -> anyhow::Result<()> {
         chunk_bytes: settings.chunk_bytes_threshold as u64,
         reconcile_period: settings.schema_reconciler_period,
         flush_stall_grace: settings.flush_stall_grace_period,
+        flush_interval: settings.flush_interval,
         max_shapes: settings.max_shapes,
         max_shape_cache_mailbox: settings.shape_cache_max_mailbox,
         coalesce_creates: settings.coalesce_shape_creation,
