@@ -475,6 +475,50 @@ async fn confirmed_flush(volt: &TestVolt) -> anyhow::Result<u64> {
 }
 
 #[tokio::test]
+async fn a_transaction_is_recorded_as_written_only_once_every_earlier_one_is() -> anyhow::Result<()>
+{
+    let volt = TestVolt::start("written_in_order").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut one = Follower::new("table=items&where=id%20%3D%201");
+    let mut two = Follower::new("table=items&where=id%20%3D%202");
+    one.catch_up(&volt).await?;
+    two.catch_up(&volt).await?;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let held = one.handle.clone().context("no handle")?;
+    volt.shared()
+        .failpoints
+        .hold_consumer
+        .store(Some(std::sync::Arc::new((held, gate.clone()))));
+    volt.db
+        .execute("UPDATE items SET v = 1 WHERE id = 1")
+        .await?;
+    volt.db
+        .execute("UPDATE items SET v = 2 WHERE id = 2")
+        .await?;
+    // The collector routes the second transaction while the first waits in shape one's
+    // Consumer, and shape two stores it; but it is not written until the first is.
+    two.until(&volt, "the second transaction", |f| f.changes.len() == 1)
+        .await?;
+    let second = two.change_lsn(0)?;
+    let written = volt.shared().durability.written_lsn();
+    assert!(written < second, "written {written} past {second}");
+
+    volt.shared().failpoints.hold_consumer.store(None);
+    gate.add_permits(1 << 20);
+    one.until(&volt, "the first transaction", |f| f.changes.len() == 1)
+        .await?;
+    let first = one.change_lsn(0)?;
+    assert!(written < first && first < second);
+    eventually("both are written", || async {
+        Ok(volt.shared().durability.written_lsn() > second)
+    })
+    .await?;
+    assert_eq!((one.refetches, two.refetches), (0, 0));
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_change_is_served_before_it_is_synced_and_acknowledged_only_after() -> anyhow::Result<()>
 {
     let volt = TestVolt::start("ack_after_sync").await?;

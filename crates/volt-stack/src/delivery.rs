@@ -22,19 +22,30 @@ pub enum Outcome {
     Stalled,
 }
 
+/// Called once the last recipient answered.
+type OnSettled = Box<dyn FnOnce() + Send>;
+
 pub struct Delivery {
     remaining: AtomicUsize,
     outcomes: Mutex<Vec<Option<Outcome>>>,
     all_answered: Notify,
+    on_settled: Mutex<Option<OnSettled>>,
 }
 
 impl Delivery {
     /// A delivery to `n` recipients, and their tickets in recipient order.
     pub fn new(n: usize) -> (Arc<Delivery>, Vec<Ticket>) {
+        Delivery::notifying(n, None)
+    }
+
+    /// `new`, calling `on_settled` (from the last recipient's task) once every recipient
+    /// answered; never for a delivery to nobody, which is settled from the start.
+    pub fn notifying(n: usize, on_settled: Option<OnSettled>) -> (Arc<Delivery>, Vec<Ticket>) {
         let delivery = Arc::new(Delivery {
             remaining: AtomicUsize::new(n),
             outcomes: Mutex::new(vec![None; n]),
             all_answered: Notify::new(),
+            on_settled: Mutex::new(on_settled),
         });
         let tickets = (0..n)
             .map(|index| Ticket {
@@ -49,13 +60,28 @@ impl Delivery {
     /// Wait until every recipient answered, for at most `within`; then each one's
     /// outcome, in recipient order (`Stalled` for those that had not answered).
     pub async fn outcomes(&self, within: Duration) -> Vec<Outcome> {
-        let _ = tokio::time::timeout(within, async {
-            while self.remaining.load(Ordering::Acquire) > 0 {
+        self.outcomes_by(tokio::time::Instant::now() + within).await
+    }
+
+    /// `outcomes`, waiting until `deadline` at most.
+    pub async fn outcomes_by(&self, deadline: tokio::time::Instant) -> Vec<Outcome> {
+        let _ = tokio::time::timeout_at(deadline, async {
+            while !self.is_settled() {
                 // The last ticket's `notify_one` leaves a permit if nobody waits yet.
                 self.all_answered.notified().await;
             }
         })
         .await;
+        self.outcomes_now()
+    }
+
+    /// Whether every recipient answered.
+    pub fn is_settled(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+
+    /// Each recipient's outcome so far (`Stalled` for those that have not answered).
+    pub fn outcomes_now(&self) -> Vec<Outcome> {
         self.outcomes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -68,6 +94,14 @@ impl Delivery {
         self.outcomes.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(outcome);
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.all_answered.notify_one();
+            let on_settled = self
+                .on_settled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(f) = on_settled {
+                f();
+            }
         }
     }
 }
@@ -101,7 +135,9 @@ impl Drop for Ticket {
 
 impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ticket").field("index", &self.index).finish()
+        f.debug_struct("Ticket")
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -155,6 +191,26 @@ mod tests {
         let outcomes = delivery.outcomes(Duration::from_secs(3600)).await;
         answering.await.unwrap();
         assert_eq!(outcomes, vec![Outcome::Stored; 3]);
+    }
+
+    #[tokio::test]
+    async fn the_last_answer_calls_back_once() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (delivery, tickets) = Delivery::notifying(
+            2,
+            Some(Box::new(move || {
+                let _ = tx.send(());
+            })),
+        );
+        let mut tickets = tickets.into_iter();
+        tickets.next().unwrap().answer(&Ok(()));
+        assert!(!delivery.is_settled());
+        assert!(rx.try_recv().is_err());
+        drop(tickets);
+        assert!(delivery.is_settled());
+        assert_eq!(delivery.outcomes_now(), [Outcome::Stored, Outcome::Dropped]);
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.recv().await.is_none(), "called once, then dropped");
     }
 
     #[tokio::test]

@@ -308,6 +308,11 @@ impl Actor for Consumer {
                     ticket.answer(&Ok(()));
                     return Ok(());
                 }
+                if let Some(hold) = state.shared.failpoints.hold_consumer.load_full()
+                    && hold.0 == state.handle
+                {
+                    let _ = hold.1.acquire().await.map(|p| p.forget());
+                }
                 let res = state.store(part).await;
                 ticket.answer(&res);
                 if let Err(e) = res {

@@ -1,6 +1,8 @@
 //! ShapeLogCollector: the single consumer of the replication stream. Routes each
-//! transaction fragment to the Consumers of the shapes it touches and replies only when
-//! every one of them has stored it, so the replication client applies backpressure and
+//! transaction fragment to the Consumers of the shapes it touches, up to `IN_FLIGHT`
+//! fragments ahead of them (each Consumer's mailbox keeps its parts in order), and
+//! records a transaction as written only once every one of them has stored it and every
+//! earlier fragment is settled, so the replication client applies backpressure and
 //! acknowledges nothing that is not durable.
 
 use std::collections::{HashMap, HashSet};
@@ -42,6 +44,26 @@ pub enum SlcMsg {
     TakeOver,
     /// The flusher failed: nothing written would be acknowledged any more.
     FlusherFailed(String),
+    /// Fragments in flight may have been stored by every Consumer, or be past their
+    /// deadline: settle those at the front, in order.
+    Settle,
+}
+
+/// Fragments routed and not yet settled, at most: the collector routes the next ones
+/// while Consumers store these (on 2 cores, routing and storing overlap instead of
+/// taking turns), and waits for the oldest beyond this.
+const IN_FLIGHT: usize = 8;
+
+/// A fragment handed to its Consumers and not settled yet.
+struct InFlight {
+    delivery: Arc<Delivery>,
+    /// The recipients' handles, in delivery order.
+    handles: Vec<String>,
+    deadline: tokio::time::Instant,
+    epoch: u64,
+    lsn: u64,
+    commit_end_lsn: Option<u64>,
+    changes: Vec<Arc<RoutedChange>>,
 }
 
 #[derive(Clone)]
@@ -89,6 +111,12 @@ pub struct SlcState {
     follower: Option<(OwnedTask, OwnedTask)>,
     /// Once writing: the flush rounds that make written transactions durable.
     flusher: Option<OwnedTask>,
+    /// Routed fragments, oldest first, settled in that order.
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// Sends `Settle` now and then, for fragments whose Consumers stalled.
+    _stall_check: OwnedTask,
+    /// This collector, its sends counted in `mailbox`.
+    me: Arc<Mailbox<SlcMsg>>,
 }
 
 impl SlcState {
@@ -117,6 +145,9 @@ impl SlcState {
         }
     }
 
+    /// Route a fragment to the Consumers of the shapes it touches. It is settled later
+    /// (`settle_ready`), in order, once they all stored it: only then is a transaction
+    /// recorded as written.
     async fn process(&mut self, frag: TxFragment) -> Result<(), String> {
         for rel in &frag.relations {
             let changed = self.routes.filter.shapes_on(rel.oid).into_iter().any(|id| {
@@ -171,8 +202,14 @@ impl SlcState {
         }
         // A shape that cannot store its part within the grace period is dropped rather
         // than allowed to hold the slot (and every other shape) back.
-        let grace = self.shared.config.flush_stall_grace;
-        let (delivery, tickets) = Delivery::new(parts.len());
+        let deadline = tokio::time::Instant::now() + self.shared.config.flush_stall_grace;
+        let me = self.me.clone();
+        let (delivery, tickets) = Delivery::notifying(
+            parts.len(),
+            Some(Box::new(move || {
+                let _ = me.cast(SlcMsg::Settle);
+            })),
+        );
         let mut handles = Vec::with_capacity(parts.len());
         for ((route, changes), ticket) in parts.into_iter().zip(tickets) {
             let part = TxPart {
@@ -181,42 +218,105 @@ impl SlcState {
                 changes,
                 commit,
             };
-            // A Consumer that is gone drops the message, and with it the ticket.
+            // A Consumer that is gone drops the message, and with it the ticket. Its
+            // mailbox keeps each shape's parts in order however many are in flight.
             let _ = route.consumer.cast(ConsumerMsg::Changes(part, ticket));
             handles.push(route.handle);
         }
-        for (handle, outcome) in handles.into_iter().zip(delivery.outcomes(grace).await) {
-            match outcome {
-                Outcome::Stored => {}
-                Outcome::Failed(e) => {
-                    tracing::error!(%handle, error = %e, "consumer could not store changes; invalidating shape");
-                    self.remove(&handle);
-                    shapes::invalidate(&self.shared, &handle);
-                }
-                Outcome::Stalled => {
-                    tracing::error!(%handle, grace = ?grace, "shape stalled storing a transaction; invalidating it");
-                    self.remove(&handle);
-                    shapes::invalidate(&self.shared, &handle);
-                }
-                Outcome::Dropped => {
-                    // The consumer died: its shape is gone (clients will refetch).
-                    self.remove(&handle);
-                    shapes::invalidate(&self.shared, &handle);
-                }
-            }
-        }
-        for change in &changes {
-            change.forget_renderings();
-        }
+        self.in_flight.push_back(InFlight {
+            delivery,
+            handles,
+            deadline,
+            epoch,
+            lsn: frag.lsn,
+            commit_end_lsn: frag.commit_end_lsn,
+            changes,
+        });
         metrics::counter!("volt_changes_total").increment(n_changes as u64);
-        if let Some(end) = frag.commit_end_lsn {
-            // Every shape has replied, so every log it wrote is queued for a flush.
-            self.shared.durability.written(epoch, end);
-            metrics::counter!("volt_transactions_total").increment(1);
-            self.shared.last_seen_lsn.store(frag.lsn, Ordering::Release);
+        self.settle_ready();
+        while self.in_flight.len() > IN_FLIGHT {
+            self.settle_oldest().await;
         }
         Ok(())
     }
+
+    /// Settle the fragments at the front that every Consumer answered or whose deadline
+    /// passed.
+    fn settle_ready(&mut self) {
+        let now = tokio::time::Instant::now();
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|f| f.delivery.is_settled() || f.deadline <= now)
+        {
+            if let Some(f) = self.in_flight.pop_front() {
+                let outcomes = f.delivery.outcomes_now();
+                self.settle(f, outcomes);
+            }
+        }
+    }
+
+    /// Wait for the oldest fragment's Consumers (until its deadline) and settle it.
+    async fn settle_oldest(&mut self) {
+        if let Some(f) = self.in_flight.pop_front() {
+            let outcomes = f.delivery.outcomes_by(f.deadline).await;
+            self.settle(f, outcomes);
+        }
+    }
+
+    /// Every fragment in flight, waited for.
+    async fn settle_all(&mut self) {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await;
+        }
+    }
+
+    fn settle(&mut self, f: InFlight, outcomes: Vec<Outcome>) {
+        let grace = self.shared.config.flush_stall_grace;
+        for (handle, outcome) in f.handles.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Stored => continue,
+                Outcome::Failed(e) => {
+                    tracing::error!(%handle, error = %e, "consumer could not store changes; invalidating shape");
+                }
+                Outcome::Stalled => {
+                    tracing::error!(%handle, grace = ?grace, "shape stalled storing a transaction; invalidating it");
+                }
+                // The consumer died: its shape is gone (clients will refetch).
+                Outcome::Dropped => {}
+            }
+            self.remove(&handle);
+            shapes::invalidate(&self.shared, &handle);
+        }
+        for change in &f.changes {
+            change.forget_renderings();
+        }
+        if let Some(end) = f.commit_end_lsn {
+            // Every shape has replied, so every log it wrote is queued for a flush.
+            self.shared.durability.written(f.epoch, end);
+            metrics::counter!("volt_transactions_total").increment(1);
+            self.shared.last_seen_lsn.store(f.lsn, Ordering::Release);
+        }
+    }
+}
+
+/// Sends the collector `Settle` a few times per grace period, so that a fragment whose
+/// Consumer stalled is settled (and the shape dropped) even when no Consumer answers.
+fn stall_check(slc: Arc<Mailbox<SlcMsg>>, grace: std::time::Duration) -> OwnedTask {
+    let every = (grace / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
+    OwnedTask::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if slc.cast(SlcMsg::Settle).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// Shape definitions from ShapeDb rows, with one TableSchema per table shared by its
@@ -489,9 +589,9 @@ impl Actor for ShapeLogCollector {
         let mailbox = shared
             .actors
             .track_mailbox(myself.get_id(), "ShapeLogCollector");
-        shared
-            .shape_log_collector
-            .store(Some(Arc::new(Mailbox::new(myself, mailbox.clone()))));
+        let shared_grace = shared.config.flush_stall_grace;
+        let me = Arc::new(Mailbox::new(myself, mailbox.clone()));
+        shared.shape_log_collector.store(Some(me.clone()));
         Ok(SlcState {
             shared,
             routes: Routes::default(),
@@ -499,6 +599,9 @@ impl Actor for ShapeLogCollector {
             mailbox,
             follower: None,
             flusher: None,
+            in_flight: std::collections::VecDeque::new(),
+            _stall_check: stall_check(me.clone(), shared_grace),
+            me,
         })
     }
 
@@ -544,7 +647,11 @@ impl Actor for ShapeLogCollector {
                 let res = state.process(frag).await;
                 let _ = reply.send(res);
             }
+            SlcMsg::Settle => state.settle_ready(),
             SlcMsg::StreamStarted(reply) => {
+                // What the old stream sent is settled before its cut-short transactions
+                // are rolled back.
+                state.settle_all().await;
                 let cut_short: Vec<Route> = state
                     .touched
                     .drain()
