@@ -56,8 +56,26 @@ struct Group<Id> {
 struct EqIndex<Id> {
     column: String,
     probe: Probe,
-    keys: HashMap<IndexKey, Vec<Id>>,
+    keys: HashMap<IndexKey, Vec<Member<Id>>>,
 }
+
+/// A shape in an equality index, with what routing a change to it needs to know, so that
+/// most changes are routed without reading the shape itself (with thousands of shapes,
+/// each one read is a cache miss).
+#[derive(Clone, Copy)]
+struct Member<Id> {
+    id: Id,
+    /// The table schema the shape was validated against (`Arc::as_ptr`).
+    schema: *const TableSchema,
+    /// The clause is its equality terms (`a = 1`, `a IN (1, 2)`, `a = 1 OR b = 2`): a
+    /// row whose value has the key matches it.
+    decided: bool,
+}
+
+// SAFETY: `schema` is only compared, never dereferenced; the `Arc` it comes from is
+// kept alive by the shape, in `Filter::shapes`, for as long as the member exists.
+unsafe impl<Id: Send> Send for Member<Id> {}
+unsafe impl<Id: Sync> Sync for Member<Id> {}
 
 /// Shapes that need `column`'s text (folded as `fold` says) to contain their needle.
 struct SubstringIndex<Id> {
@@ -191,6 +209,10 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
             .where_clause
             .as_ref()
             .and_then(|w| w.equality_branches());
+        let decided = shape
+            .where_clause
+            .as_ref()
+            .is_some_and(|w| w.decided_by_equality());
         let keys = terms.map(|terms| {
             let mut keys = Vec::with_capacity(terms.len());
             for term in terms {
@@ -209,8 +231,13 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
                     .entry(term.key.clone())
                     .or_default();
                 // `a = 1 OR a = 1` lists the shape once.
-                if !bucket.contains(&id) {
-                    bucket.push(id);
+                if !bucket.iter().any(|m| m.id == id) {
+                    bucket.push(Member {
+                        id,
+                        schema: Arc::as_ptr(&shape.table),
+                        decided,
+                    });
+                    bucket.shrink_to_fit();
                     keys.push((slot, term.key));
                 }
             }
@@ -261,7 +288,7 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
                 for (slot, key) in keys {
                     let index = &mut table.indexes[*slot];
                     if let Some(bucket) = index.keys.get_mut(key) {
-                        bucket.retain(|x| *x != id);
+                        bucket.retain(|m| m.id != id);
                         if bucket.is_empty() {
                             index.keys.remove(key);
                         }
@@ -350,23 +377,37 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
                 out.extend(g.members.iter().copied());
             }
         }
+        // Shapes to evaluate, and (first) the index members routed without it.
         let mut candidates: Vec<Id> = table.others.clone();
+        let mut members: Vec<Member<Id>> = Vec::new();
         for index in &table.indexes {
             let Some(col) = rel.column_index(&index.column) else {
-                candidates.extend(index.keys.values().flatten().copied());
+                candidates.extend(index.keys.values().flatten().map(|m| m.id));
                 continue;
             };
             for row in &rows {
                 if row.unknown.contains(&col) {
-                    candidates.extend(index.keys.values().flatten().copied());
+                    candidates.extend(index.keys.values().flatten().map(|m| m.id));
                     break;
                 }
-                if let Some(ids) = row.values[col]
+                if let Some(found) = row.values[col]
                     .and_then(|text| index.probe.key(text))
                     .and_then(|key| index.keys.get(&key))
                 {
-                    candidates.extend(ids.iter().copied());
+                    members.extend(found.iter().copied());
                 }
+            }
+        }
+        for m in members {
+            let ok = schema_ok
+                .iter()
+                .find(|(p, _)| *p == m.schema)
+                .map(|(_, ok)| *ok);
+            match ok {
+                // Another schema than the relation's: routed, as below.
+                Some(false) => out.push(m.id),
+                Some(true) if m.decided && rows.iter().all(|r| r.complete()) => out.push(m.id),
+                _ => candidates.push(m.id),
             }
         }
         for ix in &table.substrings {

@@ -13,6 +13,8 @@ use crate::shape::{LogItem, Plan, Replica, Shape, write_head};
 pub struct RoutedChange {
     pub change: Change,
     rendered: Mutex<Vec<Rendering>>,
+    /// Goes to one shape only: nothing to share, nothing kept.
+    alone: bool,
 }
 
 /// One rendering of the change, and who may reuse it.
@@ -40,6 +42,15 @@ impl RoutedChange {
         RoutedChange {
             change,
             rendered: Mutex::new(Vec::new()),
+            alone: false,
+        }
+    }
+
+    /// A change routed to one shape only: its rendering is not kept for others.
+    pub fn for_one_shape(change: Change) -> RoutedChange {
+        RoutedChange {
+            alone: true,
+            ..RoutedChange::new(change)
         }
     }
 
@@ -139,14 +150,21 @@ impl Shape {
             Plan::Delete(_) => Kind::Delete,
             Plan::Update { .. } => Kind::Update,
         };
-        let tail = match routed.find(self, kind) {
+        let found = if routed.alone {
+            None
+        } else {
+            routed.find(self, kind)
+        };
+        let tail = match found {
             Some(tail) => tail,
             None => {
                 let mut tail = Vec::with_capacity(256);
                 let tail = self
                     .write_single_tail(&mut tail, op, &plan, relation, xid, lsn)
                     .then(|| Arc::from(tail));
-                routed.keep(self, kind, tail.clone());
+                if !routed.alone {
+                    routed.keep(self, kind, tail.clone());
+                }
                 tail
             }
         };
@@ -305,6 +323,23 @@ mod tests {
             // One rendering per (columns, what the change is for the shape) at most.
             assert!(routed.rendered.lock().unwrap().len() <= 8);
         }
+    }
+
+    #[test]
+    fn a_change_for_one_shape_renders_the_same_and_keeps_nothing() {
+        let table = table();
+        let shape = shape(&table, None, Some("grp = 1"));
+        let kind = ChangeKind::Insert {
+            new: row([Some("1"), Some("1"), Some("t")]),
+        };
+        let shared = change(kind.clone());
+        let alone = RoutedChange::for_one_shape(change(kind).change);
+        assert_eq!(
+            rendered(&shape, &alone, true),
+            rendered(&shape, &shared, true)
+        );
+        assert!(alone.rendered.lock().unwrap().is_empty());
+        assert_eq!(shared.rendered.lock().unwrap().len(), 1);
     }
 
     #[test]

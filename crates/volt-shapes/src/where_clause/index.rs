@@ -129,6 +129,19 @@ pub(crate) fn contains_term(node: &Node) -> Option<ContainsTerm> {
     }
 }
 
+/// Whether `node` is true on exactly the rows on which one of its `branches` holds: an
+/// equality, an IN list, or an OR of them (a row whose value has one of the keys needs no
+/// evaluation).
+pub(crate) fn decided_by_branches(node: &Node) -> bool {
+    match &node.kind {
+        Kind::Compare { op: CmpOp::Eq, .. } | Kind::In { negated: false, .. } => {
+            branches(node).is_some()
+        }
+        Kind::Or(items) => items.iter().all(decided_by_branches),
+        _ => false,
+    }
+}
+
 /// Terms of which at least one holds for every row on which `node` is true, or None when
 /// the clause has no such set (it must then be evaluated for every change).
 ///

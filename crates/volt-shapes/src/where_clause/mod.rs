@@ -126,6 +126,12 @@ impl WhereClause {
         index::branches(&self.root)
     }
 
+    /// Whether the clause is true on exactly the rows on which one of its
+    /// `equality_branches` holds.
+    pub(crate) fn decided_by_equality(&self) -> bool {
+        index::decided_by_branches(&self.root)
+    }
+
     /// A substring every row the clause matches contains, for the filter's substring
     /// index; None when the clause implies none.
     pub(crate) fn contains_term(&self) -> Option<index::ContainsTerm> {

@@ -166,18 +166,20 @@ impl SlcState {
         let epoch = self.shared.durability.epoch();
         let n_changes = frag.changes.len();
         // Shared, not copied, by the shapes a change goes to.
-        let changes: Vec<Arc<RoutedChange>> = frag
-            .changes
-            .into_iter()
-            .map(|c| Arc::new(RoutedChange::new(c)))
-            .collect();
+        let mut changes: Vec<Arc<RoutedChange>> = Vec::with_capacity(n_changes);
         let mut per_shape: HashMap<u64, Vec<Arc<RoutedChange>>> = HashMap::new();
         let mut hits = Vec::new();
-        for change in &changes {
-            self.routes.filter.affected(&change.change, &mut hits);
+        for change in frag.changes {
+            self.routes.filter.affected(&change, &mut hits);
+            let change = Arc::new(if hits.len() == 1 {
+                RoutedChange::for_one_shape(change)
+            } else {
+                RoutedChange::new(change)
+            });
             for id in &hits {
                 per_shape.entry(*id).or_default().push(change.clone());
             }
+            changes.push(change);
         }
         let mut parts: Vec<(Route, Vec<Arc<RoutedChange>>)> = Vec::with_capacity(per_shape.len());
         let commit = frag.commit_end_lsn.is_some();
