@@ -1131,6 +1131,7 @@ impl ShapeLog {
         // Changes buffered during the snapshot and committed since are made durable
         // first: once the metadata is, a restore takes the log as it is.
         if self.is_unsynced() {
+            self.begin_sync();
             self.write_tail(&mut w)?;
             self.sync_files()?;
         }
@@ -1335,9 +1336,14 @@ impl ShapeLog {
         self.unsynced.store(false, Ordering::SeqCst);
     }
 
-    /// `begin_sync` for a sync of the whole filesystem, which covers directories too.
+    /// Committed bytes are still to be made durable (a round could not write them).
+    pub(crate) fn mark_unsynced(&self) {
+        self.unsynced.store(true, Ordering::SeqCst);
+    }
+
+    /// A sync of the whole filesystem starts (its logs' `begin_sync` came before they
+    /// were written out): it covers directories too.
     pub(crate) fn begin_filesystem_sync(&self) {
-        self.begin_sync();
         self.new_files.store(false, Ordering::SeqCst);
     }
 
@@ -1345,13 +1351,18 @@ impl ShapeLog {
     /// its index. A log that was closed (its shape removed, its directory gone) has
     /// nothing left to keep.
     pub fn sync(&self) -> Result<(), StorageError> {
-        self.write_committed()?;
+        // Cleared before the write: a commit landing after it sets it again, so its
+        // bytes, which this write may miss, are synced by a later round.
+        self.begin_sync();
+        if let Err(e) = self.write_committed() {
+            self.unsynced.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
         self.sync_files()
     }
 
-    /// `sync` of what is written out already.
+    /// `sync` of what is written out already; `begin_sync` came before it was written.
     pub(crate) fn sync_files(&self) -> Result<(), StorageError> {
-        self.begin_sync();
         // Never given a change: its change log and index do not exist yet.
         if self
             .visible
@@ -1757,7 +1768,7 @@ mod tests {
         log.close();
         assert!(!files.is_open(log.id));
         // A commit that was under way when the shape was removed does not keep it open
-        // (nor is it written: the shape's files are gone).
+        // (nor is it written out: the shape is gone).
         written(&log, 12);
         assert!(!files.is_open(log.id));
 

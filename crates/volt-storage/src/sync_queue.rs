@@ -67,13 +67,20 @@ impl RoundFailures {
 /// Blocking.
 pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> RoundFailures {
     let mut failures = RoundFailures::default();
+    // Each log's flag is cleared before it is written out, not after: a commit landing
+    // in between sets it again, so its bytes (which this round may not write) are
+    // synced by a later round rather than taken for synced.
     let logs: Vec<Arc<ShapeLog>> = logs
         .into_iter()
-        .filter(|log| match log.write_committed() {
-            Ok(()) => true,
-            Err(e) => {
-                failures.unwritten.push((log.clone(), e));
-                false
+        .filter(|log| {
+            log.begin_sync();
+            match log.write_committed() {
+                Ok(()) => true,
+                Err(e) => {
+                    log.mark_unsynced();
+                    failures.unwritten.push((log.clone(), e));
+                    false
+                }
             }
         })
         .collect();
@@ -148,8 +155,8 @@ fn syncfs(logs: &[Arc<ShapeLog>], fs: &Path) -> Result<(), StorageError> {
         ));
     }
     let dir = std::fs::File::open(fs).map_err(|e| StorageError::io(fs, e))?;
-    // Cleared first, as `ShapeLog::sync` does: a commit landing during the sync queues
-    // its log again.
+    // Directory entries are covered too (each log's unsynced flag was cleared before
+    // it was written out).
     for log in logs {
         log.begin_filesystem_sync();
     }
@@ -225,6 +232,24 @@ mod tests {
             assert!(failed.is_empty(), "{n} logs");
             assert!(logs.iter().all(|l| !l.is_unsynced()), "{n} logs");
         }
+    }
+
+    #[test]
+    fn a_commit_landing_between_a_rounds_write_and_its_sync_is_left_to_the_next_round() {
+        let (d, logs) = committed_logs(1);
+        let log = &logs[0];
+        // The steps of `sync_logs`, with a commit between the write and the sync.
+        log.begin_sync();
+        log.write_committed().unwrap();
+        log.append(LogOffset::new(6, 0), "{}", true).unwrap();
+        log.commit(LogOffset::new(6, 0)).unwrap();
+        log.sync_files().unwrap();
+        assert!(
+            log.is_unsynced(),
+            "its bytes were not in this round's write"
+        );
+        assert!(sync_logs(logs.clone(), d.path()).is_empty());
+        assert!(!log.is_unsynced());
     }
 
     #[test]
