@@ -500,6 +500,16 @@ async fn a_transaction_is_recorded_as_written_only_once_every_earlier_one_is() -
     two.until(&volt, "the second transaction", |f| f.changes.len() == 1)
         .await?;
     let second = two.change_lsn(0)?;
+    // Shape two's Consumer told the collector before the change could be read: once the
+    // collector's mailbox is empty, it has settled whatever it may.
+    eventually("the collector has handled its mailbox", || async {
+        Ok(volt
+            .shared()
+            .shape_log_collector
+            .load_full()
+            .is_some_and(|slc| slc.depth().depth() == 0))
+    })
+    .await?;
     let written = volt.shared().durability.written_lsn();
     assert!(written < second, "written {written} past {second}");
 

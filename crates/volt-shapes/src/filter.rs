@@ -237,7 +237,10 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
                         schema: Arc::as_ptr(&shape.table),
                         decided,
                     });
-                    bucket.shrink_to_fit();
+                    // Most keys have one shape: no room kept for more.
+                    if bucket.len() == 1 {
+                        bucket.shrink_to_fit();
+                    }
                     keys.push((slot, term.key));
                 }
             }

@@ -27,6 +27,30 @@ pub struct Durability {
     epoch: AtomicU64,
     /// A shape was removed since the last round began.
     removed: AtomicBool,
+    /// Commit LSNs of transactions a Consumer answered for before storing them (it
+    /// buffers them until its snapshot starts), with how many hold each: nothing from
+    /// the lowest on is declared durable while it is held.
+    holds: Arc<std::sync::Mutex<Holds>>,
+}
+
+type Holds = std::collections::BTreeMap<u64, usize>;
+
+/// Keeps transactions from `lsn` on from being declared durable until dropped.
+pub struct DurabilityHold {
+    holds: Arc<std::sync::Mutex<Holds>>,
+    lsn: u64,
+}
+
+impl Drop for DurabilityHold {
+    fn drop(&mut self) {
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = holds.get_mut(&self.lsn) {
+            *n -= 1;
+            if *n == 0 {
+                holds.remove(&self.lsn);
+            }
+        }
+    }
 }
 
 impl Default for Durability {
@@ -38,6 +62,7 @@ impl Default for Durability {
             wake: Notify::new(),
             epoch: AtomicU64::new(0),
             removed: AtomicBool::new(false),
+            holds: Default::default(),
         }
     }
 }
@@ -73,6 +98,35 @@ impl Durability {
         self.written.load(Ordering::Acquire)
     }
 
+    /// Hold back durability from the transaction committed at `lsn` on: taken by a
+    /// Consumer that answers for a transaction it has not stored yet, dropped once it has
+    /// stored it and queued its log (or once it is gone, and its shape with it).
+    pub fn hold(&self, lsn: u64) -> DurabilityHold {
+        *self
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(lsn)
+            .or_default() += 1;
+        DurabilityHold {
+            holds: self.holds.clone(),
+            lsn,
+        }
+    }
+
+    /// What a round may declare durable: the written LSN, short of the lowest hold.
+    fn declarable(&self) -> u64 {
+        let lowest = self
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .next()
+            .copied();
+        let written = self.written_lsn();
+        lowest.map_or(written, |h| written.min(h.saturating_sub(1)))
+    }
+
     pub fn durable_lsn(&self) -> u64 {
         *self.durable.borrow()
     }
@@ -99,7 +153,8 @@ impl Durability {
     }
 }
 
-/// Flush rounds, back to back while there is something to flush, until the task is
+/// Flush rounds, at most one per `flush_interval` while there is something to flush
+/// (holds permitting: see `Durability::hold`), until the task is
 /// dropped. Each round takes the written LSN and the queued logs together: every log a
 /// transaction up to that LSN wrote was queued before the collector recorded it (a
 /// consumer queues its log before replying), so it is in this round or was synced by an
@@ -117,9 +172,7 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
             let mut shutdown = shared.replication_shutdown.subscribe();
             let mut last_round: Option<tokio::time::Instant> = None;
             loop {
-                let epoch = d.epoch.load(Ordering::Acquire);
-                let target = d.written_lsn();
-                if target <= d.durable_lsn() && d.queue.is_empty() {
+                if d.written_lsn() <= d.durable_lsn() && d.queue.is_empty() {
                     d.wake.notified().await;
                     continue;
                 }
@@ -135,6 +188,12 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                 if let Some(gate) = shared.failpoints.hold_flush.load_full() {
                     let _ = gate.acquire().await.map(|p| p.forget());
                 }
+                // Taken after the wait, together with the queue: the round declares
+                // durable what it writes and syncs. Holds are read before the written
+                // LSN, and that before the queue: a Consumer queues its log before it
+                // drops its hold.
+                let epoch = d.epoch.load(Ordering::Acquire);
+                let target = d.declarable();
                 let logs = d.queue.take();
                 let removed = d.removed.swap(false, Ordering::AcqRel);
                 let started = std::time::Instant::now();
@@ -201,7 +260,9 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                if shared.storage_full.swap(false, Ordering::Relaxed) {
+                if shared.disk_full_retries.load(Ordering::Acquire) == 0
+                    && shared.storage_full.swap(false, Ordering::Relaxed)
+                {
                     tracing::info!("the storage disk has space again");
                 }
                 let took = started.elapsed();
@@ -225,6 +286,23 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hold_keeps_its_transaction_and_later_ones_from_being_declared_durable() {
+        let d = Durability::default();
+        d.written(d.epoch(), 500);
+        assert_eq!(d.declarable(), 500);
+        let first = d.hold(300);
+        let second = d.hold(300);
+        let later = d.hold(400);
+        assert_eq!(d.declarable(), 299);
+        drop(first);
+        assert_eq!(d.declarable(), 299, "still held once");
+        drop(second);
+        assert_eq!(d.declarable(), 399);
+        drop(later);
+        assert_eq!(d.declarable(), 500);
+    }
 
     #[test]
     fn a_transaction_routed_before_a_reset_is_not_recorded_after_it() {

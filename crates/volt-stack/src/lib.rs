@@ -87,6 +87,14 @@ impl Stack {
                 )
                 .await;
         }
+        if let Some(slc) = self.shared.shape_log_collector.load_full() {
+            let _ = slc
+                .call(
+                    actors::shape_log_collector::SlcMsg::Quiesce,
+                    Some(std::time::Duration::from_secs(10)),
+                )
+                .await;
+        }
         if let Some(writer) = self.shared.shape_db_writer.load_full() {
             let _ = writer
                 .call(

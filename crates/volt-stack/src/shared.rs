@@ -397,6 +397,9 @@ pub struct Shared {
     /// A shape could not write because the disk is full: health says so and new shapes
     /// are refused until a write succeeds again.
     pub storage_full: std::sync::atomic::AtomicBool,
+    /// Consumers retrying a commit the full disk refused: a flush round does not declare
+    /// the disk full no more while any is.
+    pub disk_full_retries: std::sync::atomic::AtomicUsize,
     /// Set on clean shutdown: the replication stream finishes its acknowledgements and
     /// ends.
     pub replication_shutdown: tokio::sync::watch::Sender<bool>,
@@ -436,6 +439,7 @@ impl Shared {
             registry_unwritten: AtomicU64::new(0),
             publication_manager: ArcSwapOption::empty(),
             storage_full: std::sync::atomic::AtomicBool::new(false),
+            disk_full_retries: std::sync::atomic::AtomicUsize::new(0),
             replication_shutdown: tokio::sync::watch::Sender::new(false),
             last_seen_lsn: AtomicU64::new(0),
             durability: Default::default(),

@@ -60,6 +60,9 @@ pub struct ConsumerState {
     filtering: bool,
     /// Parts received before the snapshot said which transactions it holds.
     buffered: Vec<TxPart>,
+    /// While parts are buffered (answered for, not stored): nothing from the first of
+    /// them on may be declared durable.
+    buffered_hold: Option<crate::durability::DurabilityHold>,
     /// The transaction being written: its last item is held back until the next one
     /// (or the commit) says whether it is the shape's last change of the transaction.
     held: Option<RenderedItem>,
@@ -128,6 +131,7 @@ impl ConsumerState {
             return Ok(());
         };
         let mut delay = std::time::Duration::from_millis(100);
+        let mut retrying: Option<DiskFullRetry> = None;
         loop {
             match self.log.commit(offset) {
                 Ok(()) => {
@@ -141,6 +145,7 @@ impl ConsumerState {
                 // the collector, the stream) and try again; the flush-stall grace bounds
                 // how long before the shape is given up.
                 Err(e) if e.is_disk_full() => {
+                    retrying.get_or_insert_with(|| DiskFullRetry::new(&self.shared));
                     if !self.shared.storage_full.swap(true, Ordering::Relaxed) {
                         tracing::error!(handle = %self.handle, error = %e, "the storage disk is full; holding replication until it has space");
                     }
@@ -150,6 +155,23 @@ impl ConsumerState {
                 Err(e) => return Err(e.to_string()),
             }
         }
+    }
+}
+
+/// Counts a Consumer among those retrying for a full disk while it lives (however the
+/// retry ends, the Consumer killed included).
+struct DiskFullRetry(Arc<Shared>);
+
+impl DiskFullRetry {
+    fn new(shared: &Arc<Shared>) -> DiskFullRetry {
+        shared.disk_full_retries.fetch_add(1, Ordering::AcqRel);
+        DiskFullRetry(shared.clone())
+    }
+}
+
+impl Drop for DiskFullRetry {
+    fn drop(&mut self) {
+        self.0.disk_full_retries.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -258,6 +280,7 @@ impl Actor for Consumer {
             snapshot,
             filtering: true,
             buffered: Vec::new(),
+            buffered_hold: None,
             held: None,
             skipping_tx: None,
             line: Vec::new(),
@@ -297,6 +320,8 @@ impl Actor for Consumer {
                 for part in std::mem::take(&mut state.buffered) {
                     state.store(part).await?;
                 }
+                // Stored and their log queued: a round may declare them durable.
+                state.buffered_hold = None;
             }
             ConsumerMsg::SnapshotFailed(reason) => {
                 state.log.mark_snapshot_failed(reason.clone());
@@ -305,12 +330,27 @@ impl Actor for Consumer {
             ConsumerMsg::Rollback(reply) => {
                 state.held = None;
                 state.skipping_tx = None;
+                // A buffered transaction cut short is sent again from its start.
+                if let Some(cut) = state.buffered.last().filter(|p| !p.commit).map(|p| p.xid) {
+                    while state
+                        .buffered
+                        .last()
+                        .is_some_and(|p| !p.commit && p.xid == cut)
+                    {
+                        state.buffered.pop();
+                    }
+                }
                 let res = state.log.rollback();
                 let _ = reply.send(());
                 res?;
             }
             ConsumerMsg::Changes(part, ticket) => {
                 if state.snapshot.is_none() {
+                    // Answered now, so the stream is not held up for the snapshot's
+                    // length; durability is, from this transaction on, until stored.
+                    if state.buffered_hold.is_none() {
+                        state.buffered_hold = Some(state.shared.durability.hold(part.lsn));
+                    }
                     state.buffered.push(part);
                     ticket.answer(&Ok(()));
                     return Ok(());

@@ -47,6 +47,11 @@ pub enum SlcMsg {
     /// Fragments in flight may have been stored by every Consumer, or be past their
     /// deadline: settle those at the front, in order.
     Settle,
+    /// The replication stream has ended for a shutdown: settle what is in flight, stop
+    /// the flush rounds and fence every log written (which writes out what it
+    /// committed), so that nothing is written once the slot's lock may pass to another
+    /// instance.
+    Quiesce(RpcReplyPort<()>),
 }
 
 /// Fragments routed and not yet settled, at most: the collector routes the next ones
@@ -284,6 +289,8 @@ impl SlcState {
                 Outcome::Stalled => {
                     tracing::error!(%handle, grace = ?grace, "shape stalled storing a transaction; invalidating it");
                 }
+                // Consumers stopped by a shutdown: their shapes stay.
+                Outcome::Dropped if *self.shared.replication_shutdown.borrow() => continue,
                 // The consumer died: its shape is gone (clients will refetch).
                 Outcome::Dropped => {}
             }
@@ -650,6 +657,18 @@ impl Actor for ShapeLogCollector {
                 let _ = reply.send(res);
             }
             SlcMsg::Settle => state.settle_ready(),
+            SlcMsg::Quiesce(reply) => {
+                state.settle_all().await;
+                state.flusher = None;
+                let logs = written_logs(&state.shared);
+                let _ = tokio::task::spawn_blocking(move || {
+                    for log in logs {
+                        log.fence();
+                    }
+                })
+                .await;
+                let _ = reply.send(());
+            }
             SlcMsg::StreamStarted(reply) => {
                 // What the old stream sent is settled before its cut-short transactions
                 // are rolled back.
