@@ -529,6 +529,76 @@ async fn a_transaction_is_recorded_as_written_only_once_every_earlier_one_is() -
 }
 
 #[tokio::test]
+async fn a_transaction_buffered_for_a_snapshot_is_not_declared_durable_until_stored()
+-> anyhow::Result<()> {
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+    let volt = TestVolt::start("buffered_hold").await?;
+    volt.db.execute(ITEMS).await?;
+    // A new shape whose snapshot waits: its Consumer is routed to meanwhile, and buffers.
+    let snapshot_gate = Arc::new(Semaphore::new(0));
+    volt.shared()
+        .failpoints
+        .hold_snapshot
+        .store(Some(snapshot_gate.clone()));
+    let url = format!(
+        "{}/v1/shape?table=items&offset=-1&where=id%20%3D%2042",
+        volt.base
+    );
+    let creating = tokio::spawn(async move { reqwest::get(url).await?.text().await });
+    // Routed to once registered; its table published before the snapshot (held) starts.
+    eventually(
+        "the new shape is routed to and its table published",
+        || async { Ok(volt.shared().shapes.len() == 1 && published(&volt, "items").await?) },
+    )
+    .await?;
+    let flush_gate = Arc::new(Semaphore::new(0));
+    volt.shared()
+        .failpoints
+        .hold_flush
+        .store(Some(flush_gate.clone()));
+    let before = volt.shared().durability.written_lsn();
+    volt.db
+        .execute("INSERT INTO items VALUES (42, 'buffered', 0)")
+        .await?;
+    eventually(
+        "the insert is answered for and recorded written",
+        || async { Ok(volt.shared().durability.written_lsn() > before) },
+    )
+    .await?;
+    let written = volt.shared().durability.written_lsn();
+    // Two rounds: the second starts only once the first has declared what it may (and
+    // only if something is left to declare).
+    flush_gate.add_permits(2);
+    eventually(
+        "two flush rounds, or the insert declared durable",
+        || async {
+            Ok(flush_gate.available_permits() == 0
+                || volt.shared().durability.durable_lsn() >= written)
+        },
+    )
+    .await?;
+    let durable = volt.shared().durability.durable_lsn();
+    assert!(
+        durable < written,
+        "durable {durable} with {written} only buffered"
+    );
+
+    volt.shared().failpoints.hold_flush.store(None);
+    flush_gate.add_permits(1 << 20);
+    volt.shared().failpoints.hold_snapshot.store(None);
+    snapshot_gate.add_permits(1 << 20);
+    let body = creating.await??;
+    assert!(body.contains("buffered"), "{body}");
+    eventually("durable once the Consumer has it", || async {
+        Ok(volt.shared().durability.durable_lsn() >= written)
+    })
+    .await?;
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_change_is_served_before_it_is_synced_and_acknowledged_only_after() -> anyhow::Result<()>
 {
     let volt = TestVolt::start("ack_after_sync").await?;

@@ -289,6 +289,8 @@ pub struct Failpoints {
     pub fail_create: ArcSwapOption<String>,
     /// When set, each flush round waits for a permit of this semaphore before it syncs.
     pub hold_flush: ArcSwapOption<Semaphore>,
+    /// When set, a Snapshotter waits for a permit before it takes its snapshot.
+    pub hold_snapshot: ArcSwapOption<Semaphore>,
     /// When set, the Consumer of this shape waits for a permit before it stores a part.
     pub hold_consumer: ArcSwapOption<(String, Arc<Semaphore>)>,
 }

@@ -72,6 +72,9 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
             _ => return Err("the publication manager did not answer".into()),
         }
     }
+    if let Some(gate) = shared.failpoints.hold_snapshot.load_full() {
+        let _ = gate.acquire().await.map(|p| p.forget());
+    }
     let started = std::time::Instant::now();
     // `log=changes_only`: the snapshot only fixes where the changes start.
     let copy_sql = (args.shape.def.log == LogMode::Full).then(|| args.shape.snapshot_sql());
