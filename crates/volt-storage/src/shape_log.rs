@@ -190,6 +190,17 @@ struct Writer {
     index: Index,
 }
 
+impl Writer {
+    /// Empty the buffer after it was written out or committed; idle shapes must not keep
+    /// a large transaction's buffer.
+    fn clear_buffer(&mut self) {
+        self.buffer.clear();
+        if self.buffer.capacity() > 16 * 1024 {
+            self.buffer = Vec::new();
+        }
+    }
+}
+
 /// Whether the chunk index exists yet (see the module's doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Index {
@@ -1188,15 +1199,8 @@ impl ShapeLog {
     /// far; `sync`: and make the file durable.
     fn write_out(&self, w: &mut Writer, sync: bool) -> Result<(), StorageError> {
         let f = self.write_tail(w)?;
-        let buffer = std::mem::take(&mut w.buffer);
-        let written = self.append_to_file(w, &f, &buffer);
-        w.buffer = buffer;
-        written?;
-        w.buffer.clear();
-        // Idle shapes must not keep a large transaction's buffer.
-        if w.buffer.capacity() > 16 * 1024 {
-            w.buffer = Vec::new();
-        }
+        self.append_to_file(&mut w.written_pos, &f, &w.buffer)?;
+        w.clear_buffer();
         if sync {
             let path = self.dir.join(LOG_FILE);
             f.sync_data().map_err(|e| StorageError::io(&path, e))?;
@@ -1224,7 +1228,7 @@ impl ShapeLog {
         // readers go on reading it from memory until it is dropped below.
         let written = {
             let v = self.visible.read().map_err(|_| StorageError::Poisoned)?;
-            self.append_to_file(w, &f, &v.tail)?;
+            self.append_to_file(&mut w.written_pos, &f, &v.tail)?;
             v.tail.len()
         };
         if written > 0 {
@@ -1236,18 +1240,23 @@ impl ShapeLog {
         Ok(f)
     }
 
-    /// Append `bytes` at the end of the file, `w.written_pos`.
-    fn append_to_file(&self, w: &mut Writer, f: &File, bytes: &[u8]) -> Result<(), StorageError> {
+    /// Append `bytes` at the end of the file, `written_pos`, and move it past them.
+    fn append_to_file(
+        &self,
+        written_pos: &mut u64,
+        f: &File,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
         if bytes.is_empty() {
             return Ok(());
         }
         if let Err(e) = (&*f).write_all(bytes) {
             // Leave the file as it was, so that writing the same bytes again (after the
             // disk got space back) does not duplicate what made it out.
-            let _ = f.set_len(w.written_pos);
+            let _ = f.set_len(*written_pos);
             return Err(StorageError::io(&self.dir.join(LOG_FILE), e));
         }
-        w.written_pos += bytes.len() as u64;
+        *written_pos += bytes.len() as u64;
         Ok(())
     }
 
@@ -1255,10 +1264,24 @@ impl ShapeLog {
     /// before it syncs). A fenced log or a follower has nothing of its own to write.
     pub fn write_committed(&self) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
+        self.write_own_tail(&mut w)
+    }
+
+    /// `write_tail`, unless the log is fenced, a follower's or closed: then nothing
+    /// committed is this instance's to write.
+    fn write_own_tail(&self, w: &mut Writer) -> Result<(), StorageError> {
         if w.fenced || self.is_follower() || self.is_closed() {
             return Ok(());
         }
-        self.write_tail(&mut w).map(|_| ())
+        self.write_tail(w).map(|_| ())
+    }
+
+    /// Clear `begin_sync`'s flag, then write out what was committed: a commit landing
+    /// after the clear sets it again, so its bytes, which this write may miss, are
+    /// synced by a later round. A failed write leaves the log still to be synced.
+    pub(crate) fn write_for_sync(&self) -> Result<(), StorageError> {
+        self.begin_sync();
+        self.write_committed().inspect_err(|_| self.mark_unsynced())
     }
 
     /// Let readers see everything appended, up to `offset`. It stays in memory, where
@@ -1309,13 +1332,8 @@ impl ShapeLog {
             self.new_files.store(true, Ordering::Release);
         }
         self.unsynced.store(true, Ordering::Release);
-        let buffer = std::mem::take(&mut w.buffer);
-        let tail = self.publish(new_chunks, end_pos, offset, (w.written_pos, &buffer));
-        w.buffer = buffer;
-        w.buffer.clear();
-        if w.buffer.capacity() > 16 * 1024 {
-            w.buffer = Vec::new();
-        }
+        let tail = self.publish(new_chunks, end_pos, offset, (w.written_pos, &w.buffer));
+        w.clear_buffer();
         // Bounded memory: a log with a large tail, or any log while the tails of all
         // together are over budget, writes out now rather than at the next round. A
         // retried commit (the disk was full) finds everything published already.
@@ -1351,13 +1369,7 @@ impl ShapeLog {
     /// its index. A log that was closed (its shape removed, its directory gone) has
     /// nothing left to keep.
     pub fn sync(&self) -> Result<(), StorageError> {
-        // Cleared before the write: a commit landing after it sets it again, so its
-        // bytes, which this write may miss, are synced by a later round.
-        self.begin_sync();
-        if let Err(e) = self.write_committed() {
-            self.unsynced.store(true, Ordering::SeqCst);
-            return Err(e);
-        }
+        self.write_for_sync()?;
         self.sync_files()
     }
 
@@ -1491,11 +1503,7 @@ impl ShapeLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // What it committed is kept, as a crash would have left it had the flush round
         // written it: the successor recovers it and Postgres need not send it again.
-        if !w.fenced
-            && !self.is_follower()
-            && !self.is_closed()
-            && let Err(e) = self.write_tail(&mut w)
-        {
+        if let Err(e) = self.write_own_tail(&mut w) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not write out a fenced log's committed changes; the stream sends them again");
         }
         w.fenced = true;

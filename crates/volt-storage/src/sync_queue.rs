@@ -67,20 +67,14 @@ impl RoundFailures {
 /// Blocking.
 pub fn sync_logs(logs: Vec<Arc<ShapeLog>>, fs: &Path) -> RoundFailures {
     let mut failures = RoundFailures::default();
-    // Each log's flag is cleared before it is written out, not after: a commit landing
-    // in between sets it again, so its bytes (which this round may not write) are
-    // synced by a later round rather than taken for synced.
+    // Each log's flag is cleared before it is written out, not after (`write_for_sync`).
     let logs: Vec<Arc<ShapeLog>> = logs
         .into_iter()
-        .filter(|log| {
-            log.begin_sync();
-            match log.write_committed() {
-                Ok(()) => true,
-                Err(e) => {
-                    log.mark_unsynced();
-                    failures.unwritten.push((log.clone(), e));
-                    false
-                }
+        .filter(|log| match log.write_for_sync() {
+            Ok(()) => true,
+            Err(e) => {
+                failures.unwritten.push((log.clone(), e));
+                false
             }
         })
         .collect();
