@@ -380,9 +380,10 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
                 out.extend(g.members.iter().copied());
             }
         }
-        // Shapes to evaluate, and (first) the index members routed without it.
+        // Shapes to evaluate; index members whose clause a key match decides go to `out`
+        // without it.
         let mut candidates: Vec<Id> = table.others.clone();
-        let mut members: Vec<Member<Id>> = Vec::new();
+        let complete = rows.iter().all(|r| r.complete());
         for index in &table.indexes {
             let Some(col) = rel.column_index(&index.column) else {
                 candidates.extend(index.keys.values().flatten().map(|m| m.id));
@@ -393,24 +394,21 @@ impl<Id: Copy + Eq + Hash + Ord> Filter<Id> {
                     candidates.extend(index.keys.values().flatten().map(|m| m.id));
                     break;
                 }
-                if let Some(found) = row.values[col]
+                let found = row.values[col]
                     .and_then(|text| index.probe.key(text))
-                    .and_then(|key| index.keys.get(&key))
-                {
-                    members.extend(found.iter().copied());
+                    .and_then(|key| index.keys.get(&key));
+                for m in found.into_iter().flatten() {
+                    let ok = schema_ok
+                        .iter()
+                        .find(|(p, _)| *p == m.schema)
+                        .map(|(_, ok)| *ok);
+                    match ok {
+                        // Another schema than the relation's: routed, as below.
+                        Some(false) => out.push(m.id),
+                        Some(true) if m.decided && complete => out.push(m.id),
+                        _ => candidates.push(m.id),
+                    }
                 }
-            }
-        }
-        for m in members {
-            let ok = schema_ok
-                .iter()
-                .find(|(p, _)| *p == m.schema)
-                .map(|(_, ok)| *ok);
-            match ok {
-                // Another schema than the relation's: routed, as below.
-                Some(false) => out.push(m.id),
-                Some(true) if m.decided && rows.iter().all(|r| r.complete()) => out.push(m.id),
-                _ => candidates.push(m.id),
             }
         }
         for ix in &table.substrings {

@@ -188,6 +188,51 @@ fn needs_escape(bytes: &[u8]) -> bool {
         .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
+/// One key column's part of a key, escaped for the inside of the key's JSON string:
+/// `/"value"` (slashes doubled) or `/_` for NULL.
+fn write_key_value(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        Some(v) => {
+            out.extend_from_slice(br#"/\""#);
+            if v.contains('/') {
+                json_escaped(out, &v.replace('/', "//"));
+            } else {
+                json_escaped(out, v);
+            }
+            out.extend_from_slice(br#"\""#);
+        }
+        None => out.extend_from_slice(b"/_"),
+    }
+}
+
+/// A column's value in an item's `value`: a JSON string, or `null`.
+fn json_text_or_null(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        Some(v) => json_string(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// An item's line after its head, up to the key: its headers (`lsn` to `txids`) and
+/// `"key":`, as serde_json prints them.
+fn write_item_headers(
+    out: &mut Vec<u8>,
+    (lsn, op, operation): (u64, u64, &str),
+    relation: (&str, &str),
+    xid: u32,
+) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        r#""lsn":"{lsn}","op_position":{op},"operation":"{operation}","relation":["#
+    );
+    json_string(out, relation.0);
+    out.push(b',');
+    json_string(out, relation.1);
+    let _ = write!(out, r#"],"txids":[{xid}]}},"key":"#);
+}
+
 impl SnapshotEncoder {
     fn new(shape: &Shape, mark: Option<u32>) -> SnapshotEncoder {
         let cols = shape.snapshot_columns();
@@ -233,18 +278,7 @@ impl SnapshotEncoder {
         // afterwards always took serde_json's slow path).
         out.extend_from_slice(&self.head);
         for &slot in &self.key_slots {
-            match value(slot) {
-                Some(v) => {
-                    out.extend_from_slice(br#"/\""#);
-                    if v.contains('/') {
-                        json_escaped(out, &v.replace('/', "//"));
-                    } else {
-                        json_escaped(out, v);
-                    }
-                    out.extend_from_slice(br#"\""#);
-                }
-                None => out.extend_from_slice(b"/_"),
-            }
+            write_key_value(out, value(slot));
         }
         out.push(b'"');
         out.extend_from_slice(br#","value":{"#);
@@ -253,10 +287,7 @@ impl SnapshotEncoder {
                 out.push(b',');
             }
             out.extend_from_slice(name);
-            match value(*slot) {
-                Some(v) => json_string(out, v),
-                None => out.extend_from_slice(b"null"),
-            }
+            json_text_or_null(out, value(*slot));
         }
         out.extend_from_slice(b"}}");
     }
@@ -575,31 +606,11 @@ impl Shape {
         if old.is_some() && !self.selected.iter().any(|&i| changed(i)) {
             return false;
         }
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            out,
-            r#""lsn":"{lsn}","op_position":{op},"operation":"{operation}","relation":["#
-        );
-        json_string(out, relation.0);
-        out.push(b',');
-        json_string(out, relation.1);
-        let _ = write!(out, r#"],"txids":[{xid}]}},"key":""#);
+        write_item_headers(out, (lsn, op, operation), relation, xid);
+        out.push(b'"');
         json_escaped(out, &self.key_prefix);
         for &i in &self.key_columns {
-            match row.get(i).copied().flatten() {
-                Some(v) if v.contains('/') => {
-                    out.extend_from_slice(br#"/\""#);
-                    json_escaped(out, &v.replace('/', "//"));
-                    out.extend_from_slice(br#"\""#);
-                }
-                Some(v) => {
-                    out.extend_from_slice(br#"/\""#);
-                    json_escaped(out, v);
-                    out.extend_from_slice(br#"\""#);
-                }
-                None => out.extend_from_slice(b"/_"),
-            }
+            write_key_value(out, row.get(i).copied().flatten());
         }
         out.push(b'"');
         let full = self.def.replica == Replica::Full;
@@ -641,10 +652,7 @@ impl Shape {
             first = false;
             json_string(out, &self.table.columns[i].name);
             out.push(b':');
-            match row.get(i).copied().flatten() {
-                Some(v) => json_string(out, v),
-                None => out.extend_from_slice(b"null"),
-            }
+            json_text_or_null(out, row.get(i).copied().flatten());
         }
         out.push(b'}');
     }
@@ -802,17 +810,7 @@ impl LogItem {
     /// The line after its head (see `write_head`): the same for every shape that renders
     /// the change alike, whether or not it is the shape's last of the transaction.
     pub(crate) fn write_tail(&self, out: &mut Vec<u8>, relation: (&str, &str), xid: u32, lsn: u64) {
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            out,
-            r#""lsn":"{lsn}","op_position":{},"operation":"{}","relation":["#,
-            self.op, self.operation
-        );
-        json_string(out, relation.0);
-        out.push(b',');
-        json_string(out, relation.1);
-        let _ = write!(out, r#"],"txids":[{xid}]}},"key":"#);
+        write_item_headers(out, (lsn, self.op, self.operation), relation, xid);
         json_string(out, &self.key);
         if let Some(old) = &self.old_value {
             out.extend_from_slice(br#","old_value":"#);
