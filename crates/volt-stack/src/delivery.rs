@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -33,19 +32,19 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A delivery to `n` recipients, and their tickets in recipient order.
-    pub fn new(n: usize) -> (Arc<Delivery>, Vec<Ticket>) {
-        Delivery::notifying(n, None)
-    }
-
-    /// `new`, calling `on_settled` (from the last recipient's task) once every recipient
-    /// answered; never for a delivery to nobody, which is settled from the start.
-    pub fn notifying(n: usize, on_settled: Option<OnSettled>) -> (Arc<Delivery>, Vec<Ticket>) {
+    /// A delivery to `n` recipients, and their tickets in recipient order. `on_settled`
+    /// is called (from the last recipient's task) once every recipient answered; never
+    /// for a delivery to nobody, which is settled from the start.
+    pub fn new(
+        n: usize,
+        on_settled: impl FnOnce() + Send + 'static,
+    ) -> (Arc<Delivery>, Vec<Ticket>) {
+        let on_settled: OnSettled = Box::new(on_settled);
         let delivery = Arc::new(Delivery {
             remaining: AtomicUsize::new(n),
             outcomes: Mutex::new(vec![None; n]),
             all_answered: Notify::new(),
-            on_settled: Mutex::new(on_settled),
+            on_settled: Mutex::new(Some(on_settled)),
         });
         let tickets = (0..n)
             .map(|index| Ticket {
@@ -57,13 +56,8 @@ impl Delivery {
         (delivery, tickets)
     }
 
-    /// Wait until every recipient answered, for at most `within`; then each one's
+    /// Wait until every recipient answered, until `deadline` at most; then each one's
     /// outcome, in recipient order (`Stalled` for those that had not answered).
-    pub async fn outcomes(&self, within: Duration) -> Vec<Outcome> {
-        self.outcomes_by(tokio::time::Instant::now() + within).await
-    }
-
-    /// `outcomes`, waiting until `deadline` at most.
     pub async fn outcomes_by(&self, deadline: tokio::time::Instant) -> Vec<Outcome> {
         let _ = tokio::time::timeout_at(deadline, async {
             while !self.is_settled() {
@@ -144,10 +138,12 @@ impl std::fmt::Debug for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::time::Instant;
 
     #[tokio::test]
     async fn every_recipient_is_heard_stored_failed_dropped_or_stalled() {
-        let (delivery, mut tickets) = Delivery::new(4);
+        let (delivery, mut tickets) = Delivery::new(4, || {});
         let stalled = tickets.pop().unwrap();
         let dropped = tickets.pop().unwrap();
         let failed = tickets.pop().unwrap();
@@ -157,7 +153,9 @@ mod tests {
             failed.answer(&Err("no space".into()));
             drop(dropped);
         });
-        let outcomes = delivery.outcomes(Duration::from_millis(200)).await;
+        let outcomes = delivery
+            .outcomes_by(Instant::now() + Duration::from_millis(200))
+            .await;
         answering.await.unwrap();
         assert_eq!(
             outcomes,
@@ -173,22 +171,26 @@ mod tests {
 
     #[tokio::test]
     async fn the_wait_ends_with_the_last_answer_even_one_given_before_it_began() {
-        let (delivery, tickets) = Delivery::new(2);
+        let (delivery, tickets) = Delivery::new(2, || {});
         for t in tickets {
             t.answer(&Ok(()));
         }
         // Already all answered: no wait at all, however long the deadline.
-        let outcomes = delivery.outcomes(Duration::from_secs(3600)).await;
+        let outcomes = delivery
+            .outcomes_by(Instant::now() + Duration::from_secs(3600))
+            .await;
         assert_eq!(outcomes, [Outcome::Stored, Outcome::Stored]);
 
-        let (delivery, tickets) = Delivery::new(3);
+        let (delivery, tickets) = Delivery::new(3, || {});
         let answering = tokio::spawn(async move {
             for t in tickets {
                 tokio::task::yield_now().await;
                 t.answer(&Ok(()));
             }
         });
-        let outcomes = delivery.outcomes(Duration::from_secs(3600)).await;
+        let outcomes = delivery
+            .outcomes_by(Instant::now() + Duration::from_secs(3600))
+            .await;
         answering.await.unwrap();
         assert_eq!(outcomes, vec![Outcome::Stored; 3]);
     }
@@ -196,12 +198,9 @@ mod tests {
     #[tokio::test]
     async fn the_last_answer_calls_back_once() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (delivery, tickets) = Delivery::notifying(
-            2,
-            Some(Box::new(move || {
-                let _ = tx.send(());
-            })),
-        );
+        let (delivery, tickets) = Delivery::new(2, move || {
+            let _ = tx.send(());
+        });
         let mut tickets = tickets.into_iter();
         tickets.next().unwrap().answer(&Ok(()));
         assert!(!delivery.is_settled());
@@ -215,11 +214,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_delivery_to_nobody_is_done_at_once() {
-        let (delivery, tickets) = Delivery::new(0);
+        let (delivery, tickets) = Delivery::new(0, || {});
         assert!(tickets.is_empty());
         assert!(
             delivery
-                .outcomes(Duration::from_secs(3600))
+                .outcomes_by(Instant::now() + Duration::from_secs(3600))
                 .await
                 .is_empty()
         );

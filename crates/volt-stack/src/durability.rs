@@ -222,11 +222,6 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                 }
                 let unwritten = !failed.unwritten.is_empty();
                 for (log, e) in failed.unwritten {
-                    let handle = log
-                        .dir()
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .map(str::to_owned);
                     if e.is_disk_full() {
                         // Still in memory, readable and intact: written by a later round
                         // once there is space, and acknowledged only then.
@@ -234,9 +229,9 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                             tracing::error!(error = %e, "the storage disk is full; holding acknowledgements until it has space");
                         }
                         d.queue.push(&log);
-                    } else if let Some(handle) = handle {
+                    } else if let Some(handle) = handle_of(&log) {
                         tracing::error!(%handle, error = %e, "a shape log could not be written out; invalidating the shape");
-                        shapes::invalidate(&shared, &handle);
+                        shapes::invalidate(&shared, handle);
                     }
                 }
                 if !failed.unsynced.is_empty() {
@@ -247,7 +242,7 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
                         // After a failed fsync the kernel may have dropped the pages it
                         // could not write, so a retry could succeed with the data lost:
                         // the shape goes (its clients refetch), whatever the error.
-                        if let Some(handle) = log.dir().file_name().and_then(|n| n.to_str()) {
+                        if let Some(handle) = handle_of(&log) {
                             tracing::error!(%handle, error = %e, "a shape log could not be synced; invalidating the shape");
                             shapes::invalidate(&shared, handle);
                         }
@@ -281,6 +276,11 @@ pub fn flusher(shared: Arc<Shared>, on_panic: impl FnOnce(String) + Send + 'stat
         },
         on_panic,
     )
+}
+
+/// The handle of the shape a log belongs to: its directory's name.
+fn handle_of(log: &volt_storage::ShapeLog) -> Option<&str> {
+    log.dir().file_name().and_then(|n| n.to_str())
 }
 
 #[cfg(test)]

@@ -211,12 +211,9 @@ impl SlcState {
         // than allowed to hold the slot (and every other shape) back.
         let deadline = tokio::time::Instant::now() + self.shared.config.flush_stall_grace;
         let me = self.me.clone();
-        let (delivery, tickets) = Delivery::notifying(
-            parts.len(),
-            Some(Box::new(move || {
-                let _ = me.cast(SlcMsg::Settle);
-            })),
-        );
+        let (delivery, tickets) = Delivery::new(parts.len(), move || {
+            let _ = me.cast(SlcMsg::Settle);
+        });
         let mut handles = Vec::with_capacity(parts.len());
         for ((route, changes), ticket) in parts.into_iter().zip(tickets) {
             let part = TxPart {
@@ -251,15 +248,12 @@ impl SlcState {
     /// passed.
     fn settle_ready(&mut self) {
         let now = tokio::time::Instant::now();
-        while self
+        while let Some(f) = self
             .in_flight
-            .front()
-            .is_some_and(|f| f.delivery.is_settled() || f.deadline <= now)
+            .pop_front_if(|f| f.delivery.is_settled() || f.deadline <= now)
         {
-            if let Some(f) = self.in_flight.pop_front() {
-                let outcomes = f.delivery.outcomes_now();
-                self.settle(f, outcomes);
-            }
+            let outcomes = f.delivery.outcomes_now();
+            self.settle(f, outcomes);
         }
     }
 
