@@ -1,15 +1,20 @@
-//! Consumer: one per shape. Owns the shape's log writer, filters what the snapshot
-//! already holds, and appends the shape's changes transaction by transaction.
+//! Consumer: one per shape. Owns the shape's writing state (`ShapeWriter`): filters what
+//! the snapshot already holds, and appends the shape's changes transaction by
+//! transaction. The collector stores a part itself, under the writer's lock, when the
+//! shape is in its steady state (snapshot known, nothing waiting in the Consumer's
+//! hands); everything else (buffering before the snapshot, a full disk, parts behind
+//! ones still queued) goes through the Consumer's mailbox, in order.
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ractor::{
     Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, rpc::CallResult,
 };
 use volt_pg::snapshot::PgSnapshot;
 use volt_shapes::{RenderedItem, RoutedChange, Shape};
-use volt_storage::{LogOffset, ShapeDbOp, ShapeLog, SnapshotState};
+use volt_storage::{LogOffset, ShapeDbOp, ShapeLog, SnapshotState, StorageError};
 
 use crate::actors::shape_log_collector::SlcMsg;
 use crate::actors::snapshotter::{SNAPSHOT_COMPLETE, Snapshotter, SnapshotterArgs};
@@ -29,57 +34,122 @@ pub struct TxPart {
     pub commit: bool,
 }
 
+/// What the collector hands a Consumer to store.
+pub enum Work {
+    Part(TxPart),
+    /// A transaction the collector wrote but could not commit for a full disk: the
+    /// Consumer retries the commit until there is space (or the shape is given up).
+    Commit(LogOffset),
+}
+
 pub enum ConsumerMsg {
     SnapshotStarted(PgSnapshot),
     SnapshotFailed(String),
     /// Answered through the ticket once stored (or dropped with it).
-    Changes(TxPart, Ticket),
+    Store(Work, Ticket),
     /// Forget the transaction in progress: a new stream will send it again.
     Rollback(RpcReplyPort<()>),
 }
 
-pub struct ConsumerArgs {
-    pub shared: Arc<Shared>,
-    pub handle: String,
-    pub shape: Arc<Shape>,
-    pub log: Arc<ShapeLog>,
-    /// The shape comes from storage: its snapshot is done and its log may already hold
-    /// transactions that the stream sends again. A new shape registers itself (route,
-    /// registry, ShapeDb) and takes its snapshot.
-    pub restored: bool,
-}
-
-pub struct ConsumerState {
-    shared: Arc<Shared>,
-    handle: String,
+/// A shape's writing state, shared by its Consumer and the collector. Locked only in
+/// synchronous code, never across an await, so neither waits on the other for long.
+pub struct ShapeWriter {
     shape: Arc<Shape>,
     log: Arc<ShapeLog>,
     snapshot: Option<PgSnapshot>,
     /// Skip transactions the snapshot already contains, until the first one that
     /// started after it.
     filtering: bool,
-    /// Parts received before the snapshot said which transactions it holds.
-    buffered: Vec<TxPart>,
-    /// While parts are buffered (answered for, not stored): nothing from the first of
-    /// them on may be declared durable.
-    buffered_hold: Option<crate::durability::DurabilityHold>,
     /// The transaction being written: its last item is held back until the next one
     /// (or the commit) says whether it is the shape's last change of the transaction.
     held: Option<RenderedItem>,
     skipping_tx: Option<u32>,
     /// The line being written, reused from item to item.
     line: Vec<u8>,
-    /// The log's latest committed transaction: this Consumer is its only writer, so it
-    /// keeps its own copy rather than read the log's (a cache miss per part with
-    /// thousands of shapes).
+    /// The log's latest committed transaction: the shape's only writer keeps its own
+    /// copy rather than read the log's (a cache miss per part with thousands of shapes).
     latest_tx: u64,
-    _listed: Listed,
+    /// Work handed to the Consumer and not yet stored (in its mailbox, or buffered
+    /// until the snapshot starts): while there is any, later parts follow it there, so
+    /// that the shape's parts are stored in order.
+    queued: usize,
+    /// The Consumer is gone: parts go to its mailbox, which drops them (and the
+    /// collector drops the shape).
+    closed: bool,
 }
 
-impl ConsumerState {
+pub type SharedWriter = Arc<Mutex<ShapeWriter>>;
+
+/// The writer, locked. A panic while it was locked left the shape's state unknown; the
+/// shape is being dropped then (its Consumer died or the collector failed it), and
+/// `closed` sends everything to the Consumer's mailbox, so the state is never used.
+pub fn lock(writer: &SharedWriter) -> MutexGuard<'_, ShapeWriter> {
+    writer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What became of a part the collector offered to store itself.
+pub enum Offer {
+    Stored,
+    Failed(String),
+    /// For the Consumer (counted in `queued`).
+    Deliver(Work),
+}
+
+impl ShapeWriter {
+    pub fn shared(shape: &Arc<Shape>, log: &Arc<ShapeLog>) -> SharedWriter {
+        Arc::new(Mutex::new(ShapeWriter {
+            shape: shape.clone(),
+            log: log.clone(),
+            snapshot: None,
+            filtering: true,
+            held: None,
+            skipping_tx: None,
+            line: Vec::new(),
+            latest_tx: log.latest_offset().tx,
+            queued: 0,
+            closed: false,
+        }))
+    }
+
+    /// Store `part` now, on the caller's (the collector's) task, if the shape is in its
+    /// steady state; otherwise hand it to the Consumer. A panic while storing fails the
+    /// shape, not the collector.
+    pub fn offer(&mut self, part: TxPart, shared: &Shared) -> Offer {
+        if self.closed
+            || self.queued > 0
+            || self.snapshot.is_none()
+            || shared.storage_full.load(Ordering::Relaxed)
+        {
+            return self.deliver(Work::Part(part));
+        }
+        let applied = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&part)));
+        let offset = match applied {
+            Ok(Ok(None)) => return Offer::Stored,
+            Ok(Ok(Some(offset))) => offset,
+            Ok(Err(e)) => return self.fail(e),
+            Err(_) => return self.fail("storing changes panicked".into()),
+        };
+        match self.commit(offset, shared) {
+            Ok(()) => Offer::Stored,
+            Err(e) if e.is_disk_full() => self.deliver(Work::Commit(offset)),
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    /// Hand `work` to the Consumer, behind whatever it already has.
+    pub fn deliver(&mut self, work: Work) -> Offer {
+        self.queued += 1;
+        Offer::Deliver(work)
+    }
+
+    fn fail(&mut self, why: String) -> Offer {
+        self.closed = true;
+        Offer::Failed(why)
+    }
+
     /// Write the shape's part of a transaction; returns the offset to commit when the
     /// part ends a transaction that gave the shape changes.
-    fn apply(&mut self, part: TxPart) -> Result<Option<LogOffset>, String> {
+    fn apply(&mut self, part: &TxPart) -> Result<Option<LogOffset>, String> {
         // Already in the log (a replay after a reconnect or a restart): skip it whole.
         if part.lsn <= self.latest_tx {
             return Ok(None);
@@ -123,27 +193,104 @@ impl ConsumerState {
             .map_err(|e| e.to_string())
     }
 
-    /// Apply a part and commit a finished transaction: written out and visible, its log
-    /// queued for the next flush round (which makes it durable for every shape at once)
-    /// before the collector hears it is stored.
-    async fn store(&mut self, part: TxPart) -> Result<(), String> {
-        let Some(offset) = self.apply(part)? else {
-            return Ok(());
+    /// Commit a written transaction: visible to readers, and its log queued for the
+    /// next flush round (which makes it durable for every shape at once) before the
+    /// collector hears it is stored.
+    fn commit(&mut self, offset: LogOffset, shared: &Shared) -> Result<(), StorageError> {
+        self.log.commit(offset)?;
+        self.latest_tx = offset.tx;
+        shared.durability.queue().push(&self.log);
+        Ok(())
+    }
+}
+
+/// The Consumer's hold on its writer: when the Consumer goes, however it ends, the
+/// collector stops storing for it.
+struct OwnedWriter(SharedWriter);
+
+impl Drop for OwnedWriter {
+    fn drop(&mut self) {
+        lock(&self.0).closed = true;
+    }
+}
+
+pub struct ConsumerArgs {
+    pub shared: Arc<Shared>,
+    pub handle: String,
+    pub shape: Arc<Shape>,
+    pub log: Arc<ShapeLog>,
+    /// Shared with the collector, which routes to it.
+    pub writer: SharedWriter,
+    /// The shape comes from storage: its snapshot is done and its log may already hold
+    /// transactions that the stream sends again. A new shape registers itself (route,
+    /// registry, ShapeDb) and takes its snapshot.
+    pub restored: bool,
+}
+
+impl ConsumerArgs {
+    pub fn new(
+        shared: &Arc<Shared>,
+        handle: String,
+        shape: Arc<Shape>,
+        log: Arc<ShapeLog>,
+        restored: bool,
+    ) -> ConsumerArgs {
+        ConsumerArgs {
+            shared: shared.clone(),
+            handle,
+            writer: ShapeWriter::shared(&shape, &log),
+            shape,
+            log,
+            restored,
+        }
+    }
+}
+
+pub struct ConsumerState {
+    shared: Arc<Shared>,
+    handle: String,
+    shape: Arc<Shape>,
+    log: Arc<ShapeLog>,
+    writer: OwnedWriter,
+    /// Parts received before the snapshot said which transactions it holds.
+    buffered: Vec<TxPart>,
+    /// While parts are buffered (answered for, not stored): nothing from the first of
+    /// them on may be declared durable.
+    buffered_hold: Option<crate::durability::DurabilityHold>,
+    _listed: Listed,
+}
+
+impl ConsumerState {
+    fn writer(&self) -> MutexGuard<'_, ShapeWriter> {
+        lock(&self.writer.0)
+    }
+
+    /// Store work handed over by the collector, then count it off `queued`.
+    async fn store(&mut self, work: Work) -> Result<(), String> {
+        let offset = match work {
+            Work::Part(part) => self.writer().apply(&part)?,
+            Work::Commit(offset) => Some(offset),
         };
+        if let Some(offset) = offset {
+            self.commit(offset).await?;
+        }
+        self.writer().queued -= 1;
+        Ok(())
+    }
+
+    /// Commit, waiting out a full disk.
+    async fn commit(&mut self, offset: LogOffset) -> Result<(), String> {
         let mut delay = std::time::Duration::from_millis(100);
         let mut retrying: Option<DiskFullRetry> = None;
         loop {
-            match self.log.commit(offset) {
-                Ok(()) => {
-                    self.latest_tx = offset.tx;
-                    // A full disk is declared over by the flush round that writes
-                    // everything out again (a commit alone may not have written).
-                    self.shared.durability.queue().push(&self.log);
-                    return Ok(());
-                }
+            let res = self.writer().commit(offset, &self.shared);
+            match res {
+                Ok(()) => return Ok(()),
                 // A full disk may get space back: hold the transaction (and, through
                 // the collector, the stream) and try again; the flush-stall grace bounds
-                // how long before the shape is given up.
+                // how long before the shape is given up. A full disk is declared over by
+                // the flush round that writes everything out again (a commit alone may
+                // not have written).
                 Err(e) if e.is_disk_full() => {
                     retrying.get_or_insert_with(|| DiskFullRetry::new(&self.shared));
                     if !self.shared.storage_full.swap(true, Ordering::Relaxed) {
@@ -220,6 +367,7 @@ async fn register(
                 handle: args.handle.clone(),
                 shape: args.shape.clone(),
                 consumer: myself.clone(),
+                writer: args.writer.clone(),
                 reply,
             },
             Some(std::time::Duration::from_secs(30)),
@@ -258,33 +406,26 @@ impl Actor for Consumer {
             "Consumer",
             format!("Consumer:{}", args.handle),
         );
-        let snapshot = if args.restored {
+        if args.restored {
             let recorded = args
                 .log
                 .pg_snapshot()
                 .ok_or("a restored shape has no recorded snapshot")?;
-            Some(
-                serde_json::from_value::<PgSnapshot>(recorded)
-                    .map_err(|e| format!("a restored shape's snapshot is unreadable: {e}"))?,
-            )
+            let snapshot = serde_json::from_value::<PgSnapshot>(recorded)
+                .map_err(|e| format!("a restored shape's snapshot is unreadable: {e}"))?;
+            // Before the collector routes to it (it does once this returns).
+            lock(&args.writer).snapshot = Some(snapshot);
         } else {
             register(&myself, &args).await?;
-            None
-        };
-        let latest_tx = args.log.latest_offset().tx;
+        }
         Ok(ConsumerState {
             shared: args.shared,
             handle: args.handle,
             shape: args.shape,
             log: args.log,
-            snapshot,
-            filtering: true,
+            writer: OwnedWriter(args.writer),
             buffered: Vec::new(),
             buffered_hold: None,
-            held: None,
-            skipping_tx: None,
-            line: Vec::new(),
-            latest_tx,
             _listed: listed,
         })
     }
@@ -294,7 +435,7 @@ impl Actor for Consumer {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if state.snapshot.is_none() {
+        if state.writer().snapshot.is_none() {
             let args = SnapshotterArgs {
                 shared: state.shared.clone(),
                 handle: state.handle.clone(),
@@ -315,10 +456,12 @@ impl Actor for Consumer {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMsg::SnapshotStarted(snapshot) => {
-                // The Snapshotter recorded it in the log before telling us.
-                state.snapshot = Some(snapshot);
+                // The Snapshotter recorded it in the log before telling us. The
+                // buffered parts are still counted in `queued`, so the collector hands
+                // later ones here until they are stored.
+                state.writer().snapshot = Some(snapshot);
                 for part in std::mem::take(&mut state.buffered) {
-                    state.store(part).await?;
+                    state.store(Work::Part(part)).await?;
                 }
                 // Stored and their log queued: a round may declare them durable.
                 state.buffered_hold = None;
@@ -328,8 +471,9 @@ impl Actor for Consumer {
                 return Err(format!("snapshot failed: {reason}").into());
             }
             ConsumerMsg::Rollback(reply) => {
-                state.held = None;
-                state.skipping_tx = None;
+                let mut w = lock(&state.writer.0);
+                w.held = None;
+                w.skipping_tx = None;
                 // A buffered transaction cut short is sent again from its start.
                 if let Some(cut) = state.buffered.last().filter(|p| !p.commit).map(|p| p.xid) {
                     while state
@@ -338,29 +482,35 @@ impl Actor for Consumer {
                         .is_some_and(|p| !p.commit && p.xid == cut)
                     {
                         state.buffered.pop();
+                        w.queued -= 1;
                     }
                 }
                 let res = state.log.rollback();
+                drop(w);
                 let _ = reply.send(());
                 res?;
             }
-            ConsumerMsg::Changes(part, ticket) => {
-                if state.snapshot.is_none() {
+            ConsumerMsg::Store(work, ticket) => {
+                let buffering = state.writer().snapshot.is_none();
+                let work = match work {
                     // Answered now, so the stream is not held up for the snapshot's
                     // length; durability is, from this transaction on, until stored.
-                    if state.buffered_hold.is_none() {
-                        state.buffered_hold = Some(state.shared.durability.hold(part.lsn));
+                    Work::Part(part) if buffering => {
+                        if state.buffered_hold.is_none() {
+                            state.buffered_hold = Some(state.shared.durability.hold(part.lsn));
+                        }
+                        state.buffered.push(part);
+                        ticket.answer(&Ok(()));
+                        return Ok(());
                     }
-                    state.buffered.push(part);
-                    ticket.answer(&Ok(()));
-                    return Ok(());
-                }
+                    work => work,
+                };
                 if let Some(hold) = state.shared.failpoints.hold_consumer.load_full()
                     && hold.0 == state.handle
                 {
                     let _ = hold.1.acquire().await.map(|p| p.forget());
                 }
-                let res = state.store(part).await;
+                let res = state.store(work).await;
                 ticket.answer(&res);
                 if let Err(e) = res {
                     return Err(format!("could not store changes: {e}").into());

@@ -78,13 +78,7 @@ async fn create(shared: &Arc<Shared>, shape: Arc<Shape>) -> Result<Arc<ShapeEntr
     Actor::spawn_linked(
         None,
         Consumer,
-        ConsumerArgs {
-            shared: shared.clone(),
-            handle: handle.clone(),
-            shape: shape.clone(),
-            log: log.clone(),
-            restored: false,
-        },
+        ConsumerArgs::new(shared, handle.clone(), shape.clone(), log.clone(), false),
         (*sup).clone(),
     )
     .await

@@ -14,7 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use volt_shapes::{Filter, RoutedChange, Shape, TxFragment};
 use volt_storage::{ShapeDbOp, ShapeLog};
 
-use crate::actors::consumer::{Consumer, ConsumerArgs, ConsumerMsg, TxPart};
+use crate::actors::consumer::{
+    Consumer, ConsumerArgs, ConsumerMsg, Offer, SharedWriter, TxPart, Work, lock,
+};
 use crate::delivery::{Delivery, Outcome};
 use crate::mailbox::{Mailbox, MailboxDepth};
 use crate::shapes;
@@ -36,6 +38,7 @@ pub enum SlcMsg {
         handle: String,
         shape: Arc<Shape>,
         consumer: ActorRef<ConsumerMsg>,
+        writer: SharedWriter,
         reply: RpcReplyPort<()>,
     },
     RemoveShape(String),
@@ -75,6 +78,7 @@ struct InFlight {
 struct Route {
     handle: String,
     consumer: ActorRef<ConsumerMsg>,
+    writer: SharedWriter,
 }
 
 /// The shapes being routed to: the filter index picks the shapes a change affects, by a
@@ -88,13 +92,26 @@ struct Routes {
 }
 
 impl Routes {
-    fn add(&mut self, handle: String, shape: Arc<Shape>, consumer: ActorRef<ConsumerMsg>) {
+    fn add(
+        &mut self,
+        handle: String,
+        shape: Arc<Shape>,
+        consumer: ActorRef<ConsumerMsg>,
+        writer: SharedWriter,
+    ) {
         self.remove(&handle);
         let id = self.next_id;
         self.next_id += 1;
         self.filter.add(id, shape);
         self.ids.insert(handle.clone(), id);
-        self.by_id.insert(id, Route { handle, consumer });
+        self.by_id.insert(
+            id,
+            Route {
+                handle,
+                consumer,
+                writer,
+            },
+        );
     }
 
     fn remove(&mut self, handle: &str) {
@@ -207,24 +224,49 @@ impl SlcState {
                 parts.push((route.clone(), changes));
             }
         }
-        // A shape that cannot store its part within the grace period is dropped rather
-        // than allowed to hold the slot (and every other shape) back.
-        let deadline = tokio::time::Instant::now() + self.shared.config.flush_stall_grace;
-        let me = self.me.clone();
-        let (delivery, tickets) = Delivery::new(parts.len(), move || {
-            let _ = me.cast(SlcMsg::Settle);
-        });
-        let mut handles = Vec::with_capacity(parts.len());
-        for ((route, changes), ticket) in parts.into_iter().zip(tickets) {
+        // Stored here when the shape is in its steady state (no message, no wake of
+        // its Consumer: with thousands of shapes, most of the cost of a change);
+        // otherwise handed to its Consumer.
+        let held = self.shared.failpoints.hold_consumer.load_full();
+        let mut deliveries = Vec::new();
+        let mut failed = Vec::new();
+        for (route, changes) in parts {
             let part = TxPart {
                 xid: frag.xid,
                 lsn: frag.lsn,
                 changes,
                 commit,
             };
+            let mut writer = lock(&route.writer);
+            let offer = if held.as_ref().is_some_and(|h| h.0 == route.handle) {
+                writer.deliver(Work::Part(part))
+            } else {
+                writer.offer(part, &self.shared)
+            };
+            drop(writer);
+            match offer {
+                Offer::Stored => {}
+                Offer::Failed(e) => failed.push((route.handle, e)),
+                Offer::Deliver(work) => deliveries.push((route, work)),
+            }
+        }
+        for (handle, e) in failed {
+            tracing::error!(%handle, error = %e, "could not store changes; invalidating shape");
+            self.remove(&handle);
+            shapes::invalidate(&self.shared, &handle);
+        }
+        // A shape that cannot store its part within the grace period is dropped rather
+        // than allowed to hold the slot (and every other shape) back.
+        let deadline = tokio::time::Instant::now() + self.shared.config.flush_stall_grace;
+        let me = self.me.clone();
+        let (delivery, tickets) = Delivery::new(deliveries.len(), move || {
+            let _ = me.cast(SlcMsg::Settle);
+        });
+        let mut handles = Vec::with_capacity(deliveries.len());
+        for ((route, work), ticket) in deliveries.into_iter().zip(tickets) {
             // A Consumer that is gone drops the message, and with it the ticket. Its
             // mailbox keeps each shape's parts in order however many are in flight.
-            let _ = route.consumer.cast(ConsumerMsg::Changes(part, ticket));
+            let _ = route.consumer.cast(ConsumerMsg::Store(work, ticket));
             handles.push(route.handle);
         }
         self.in_flight.push_back(InFlight {
@@ -496,19 +538,9 @@ async fn restore(
                 continue;
             }
         };
-        let spawned = Actor::spawn_linked(
-            None,
-            Consumer,
-            ConsumerArgs {
-                shared: shared.clone(),
-                handle: handle.clone(),
-                shape: shape.clone(),
-                log: log.clone(),
-                restored: true,
-            },
-            (*sup).clone(),
-        )
-        .await;
+        let args = ConsumerArgs::new(shared, handle.clone(), shape.clone(), log.clone(), true);
+        let writer = args.writer.clone();
+        let spawned = Actor::spawn_linked(None, Consumer, args, (*sup).clone()).await;
         // One unrestorable shape must not keep the whole subsystem from starting.
         let consumer = match spawned {
             Ok((consumer, _)) => consumer,
@@ -524,7 +556,7 @@ async fn restore(
         // replayed transaction the log already holds is skipped, not written again,
         // so the first round syncs every restored log before anything is acknowledged.
         shared.durability.queue().push(&log);
-        routes.add(handle.clone(), shape.clone(), consumer.clone());
+        routes.add(handle.clone(), shape.clone(), consumer.clone(), writer);
         shared.shapes.insert(Arc::new(ShapeEntry::new(
             handle.clone(),
             shape,
@@ -687,9 +719,10 @@ impl Actor for ShapeLogCollector {
                 handle,
                 shape,
                 consumer,
+                writer,
                 reply,
             } => {
-                state.routes.add(handle, shape, consumer);
+                state.routes.add(handle, shape, consumer, writer);
                 let _ = reply.send(());
             }
             SlcMsg::RemoveShape(handle) => state.remove(&handle),
