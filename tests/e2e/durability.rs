@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use volt_stack::shared::ConsumerHold;
 
 use crate::support::{Follower, TestVolt, Tweaks, eventually, fetch, snapshot_queries};
 
@@ -386,12 +387,28 @@ impl Drop for TinyDisk {
 
 #[tokio::test]
 async fn a_full_disk_holds_replication_and_reports_it_until_space_returns() -> anyhow::Result<()> {
+    // Small enough to stay in memory at its commit: the flush round finds the disk full.
+    full_disk_holds_replication("disk_full", 2_000).await
+}
+
+#[tokio::test]
+async fn a_transaction_larger_than_the_write_buffer_is_held_on_a_full_disk_until_space_returns()
+-> anyhow::Result<()> {
+    // Larger than the write buffer: its appends keep what they cannot write out in
+    // memory, and its commit, which must write it out, finds the disk full and hands
+    // itself to the shape's Consumer to retry.
+    full_disk_holds_replication("disk_full_commit", 8_000).await
+}
+
+/// Fill the disk, update 10 rows with `title_bytes` each, and check that the update is
+/// held (health reporting the full disk) and delivered once space is back.
+async fn full_disk_holds_replication(name: &str, title_bytes: usize) -> anyhow::Result<()> {
     let Some(disk) = TinyDisk::mount("4m") else {
         eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
         return Ok(());
     };
     let volt = TestVolt::start_tweaked(
-        "disk_full",
+        name,
         Tweaks {
             storage: Some(disk.dir.path().join("volt")),
             ..Tweaks::default()
@@ -403,7 +420,9 @@ async fn a_full_disk_holds_replication_and_reports_it_until_space_returns() -> a
     f.catch_up(&volt).await?;
     let filler = disk.fill()?;
     volt.db
-        .execute("UPDATE items SET title = repeat('x', 2000) WHERE id <= 10")
+        .execute(&format!(
+            "UPDATE items SET title = repeat('x', {title_bytes}) WHERE id <= 10"
+        ))
         .await?;
     eventually("health reports the full disk", || async {
         Ok(volt.get("/v1/health").await?.status() == 503)
@@ -488,7 +507,10 @@ async fn a_transaction_is_recorded_as_written_only_once_every_earlier_one_is() -
     volt.shared()
         .failpoints
         .hold_consumer
-        .store(Some(std::sync::Arc::new((held, gate.clone()))));
+        .store(Some(std::sync::Arc::new(ConsumerHold::new(
+            held,
+            gate.clone(),
+        ))));
     volt.db
         .execute("UPDATE items SET v = 1 WHERE id = 1")
         .await?;
@@ -523,6 +545,70 @@ async fn a_transaction_is_recorded_as_written_only_once_every_earlier_one_is() -
         Ok(volt.shared().durability.written_lsn() > second)
     })
     .await?;
+    assert_eq!((one.refetches, two.refetches), (0, 0));
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_part_behind_one_its_consumer_still_holds_is_stored_after_it_by_the_consumer()
+-> anyhow::Result<()> {
+    let volt = TestVolt::start("queued_behind").await?;
+    volt.db.execute(ITEMS).await?;
+    let mut one = Follower::new("table=items&where=id%20%3D%201");
+    let mut two = Follower::new("table=items&where=id%20%3D%202");
+    one.catch_up(&volt).await?;
+    two.catch_up(&volt).await?;
+    let handle = one.handle.clone().context("no handle")?;
+    let log = volt
+        .shared()
+        .shapes
+        .get(&handle)
+        .context("shape one")?
+        .log
+        .clone();
+    let before = log.latest_offset();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let hold = std::sync::Arc::new(ConsumerHold::new(handle.clone(), gate.clone()));
+    volt.shared()
+        .failpoints
+        .hold_consumer
+        .store(Some(hold.clone()));
+    volt.db
+        .execute("UPDATE items SET v = 1 WHERE id = 1")
+        .await?;
+    eventually("shape one's Consumer holds the first update", || async {
+        Ok(hold.waiting.load(std::sync::atomic::Ordering::Acquire) == 1)
+    })
+    .await?;
+    // From here the collector would store shape one's parts itself, but for the one its
+    // Consumer still holds.
+    volt.shared().failpoints.hold_consumer.store(None);
+    volt.db
+        .execute("UPDATE items SET v = 2 WHERE id = 1")
+        .await?;
+    volt.db
+        .execute("UPDATE items SET v = 3 WHERE id = 2")
+        .await?;
+    // Routed after the second update: that one has been routed too.
+    two.until(&volt, "the third update", |f| f.changes.len() == 1)
+        .await?;
+    assert_eq!(
+        log.latest_offset(),
+        before,
+        "shape one stored a transaction past the one its Consumer holds"
+    );
+
+    gate.add_permits(1 << 20);
+    one.until(&volt, "both updates", |f| f.changes.len() == 2)
+        .await?;
+    let values: Vec<&str> = one
+        .changes
+        .iter()
+        .map(|c| c["value"]["v"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(values, ["1", "2"]);
+    assert!(one.change_lsn(0)? < one.change_lsn(1)?);
     assert_eq!((one.refetches, two.refetches), (0, 0));
     volt.stop().await;
     Ok(())

@@ -291,8 +291,26 @@ pub struct Failpoints {
     pub hold_flush: ArcSwapOption<Semaphore>,
     /// When set, a Snapshotter waits for a permit before it takes its snapshot.
     pub hold_snapshot: ArcSwapOption<Semaphore>,
-    /// When set, the Consumer of this shape waits for a permit before it stores a part.
-    pub hold_consumer: ArcSwapOption<(String, Arc<Semaphore>)>,
+    /// When set, the collector hands this shape's parts to its Consumer, which waits
+    /// for a permit before it stores each.
+    pub hold_consumer: ArcSwapOption<ConsumerHold>,
+}
+
+pub struct ConsumerHold {
+    pub handle: String,
+    pub gate: Arc<Semaphore>,
+    /// Parts the Consumer has started waiting for a permit for.
+    pub waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl ConsumerHold {
+    pub fn new(handle: String, gate: Arc<Semaphore>) -> ConsumerHold {
+        ConsumerHold {
+            handle,
+            gate,
+            waiting: Default::default(),
+        }
+    }
 }
 
 /// Kind and display name of every live actor, for the tree dump; restart counts by

@@ -1190,7 +1190,13 @@ impl ShapeLog {
         w.end_pos += record_len;
         w.chunk_len += record_len;
         if w.buffer.len() >= WRITE_BUFFER {
-            self.write_out(&mut w, false)?;
+            match self.write_out(&mut w, false) {
+                // Kept in memory: the commit writes it out or reports the full disk,
+                // and is retried until there is space (the transaction is not lost
+                // half-way).
+                Err(e) if e.is_disk_full() => {}
+                res => res?,
+            }
         }
         Ok(())
     }

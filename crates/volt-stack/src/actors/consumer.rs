@@ -506,9 +506,10 @@ impl Actor for Consumer {
                     work => work,
                 };
                 if let Some(hold) = state.shared.failpoints.hold_consumer.load_full()
-                    && hold.0 == state.handle
+                    && hold.handle == state.handle
                 {
-                    let _ = hold.1.acquire().await.map(|p| p.forget());
+                    hold.waiting.fetch_add(1, Ordering::AcqRel);
+                    let _ = hold.gate.acquire().await.map(|p| p.forget());
                 }
                 let res = state.store(work).await;
                 ticket.answer(&res);

@@ -238,7 +238,7 @@ impl SlcState {
                 commit,
             };
             let mut writer = lock(&route.writer);
-            let offer = if held.as_ref().is_some_and(|h| h.0 == route.handle) {
+            let offer = if held.as_ref().is_some_and(|h| h.handle == route.handle) {
                 writer.deliver(Work::Part(part))
             } else {
                 writer.offer(part, &self.shared)
