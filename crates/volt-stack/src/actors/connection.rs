@@ -2,10 +2,11 @@
 //! and its child ReplicationClient (the stream). Either failing takes the whole
 //! subsystem down; its supervisor restarts it with backoff while shapes keep serving.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent, rpc::CallResult};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use volt_pg::PgConn;
 use volt_pg::admin;
 use volt_pg::replication::{ReplicationStream, StreamItem};
@@ -291,11 +292,33 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
     let _ = me.cast(RcMsg::Streaming);
     let mut shutdown = shared.replication_shutdown.subscribe();
     let mut durable = shared.durability.subscribe();
-    // Commit end of the last transaction this stream handed to the collector.
+    // Commit end of the last transaction this stream handed to the collector and the
+    // collector took.
     let mut sent = 0u64;
+    // Fragments handed to the collector and not answered yet, oldest first, with their
+    // commit end: the next one is decoded while the collector routes these.
+    let mut pending: VecDeque<(Option<u64>, Reply)> = VecDeque::new();
     loop {
         let item = tokio::select! {
-            item = stream.next() => item.map_err(|e| format!("replication stream failed: {e}"))?,
+            answer = async {
+                match pending.front_mut() {
+                    Some((_, reply)) => reply.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                taken(answer)?;
+                let Some((end, _)) = pending.pop_front() else {
+                    continue;
+                };
+                // Acknowledged once the flusher declares it durable (the `durable` arm).
+                if let Some(end) = end {
+                    sent = sent.max(end);
+                }
+                continue;
+            }
+            item = stream.next(), if pending.len() < PIPELINE => {
+                item.map_err(|e| format!("replication stream failed: {e}"))?
+            }
             changed = durable.changed() => {
                 if changed.is_err() {
                     return Err("the durability tracker is gone".into());
@@ -309,6 +332,14 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
             } => {
                 // What was written before the shutdown is made durable by the flusher's
                 // last rounds: acknowledge it, so a restart resends as little as possible.
+                for (end, reply) in pending.drain(..) {
+                    if taken(reply.await).is_err() {
+                        break;
+                    }
+                    if let Some(end) = end {
+                        sent = sent.max(end);
+                    }
+                }
                 if shared.durability.wait_durable(sent, Duration::from_secs(3)).await {
                     acknowledge(&stream, sent);
                 }
@@ -325,20 +356,20 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
                     .shape_log_collector
                     .load_full()
                     .ok_or("the shape log collector is down")?;
-                match slc.call(|r| SlcMsg::Fragment(frag, r), None).await {
-                    Ok(CallResult::Success(Ok(()))) => {}
-                    Ok(CallResult::Success(Err(e))) => return Err(e),
-                    _ => return Err("the shape log collector stopped mid-transaction".into()),
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if slc.cast(SlcMsg::Fragment(frag, reply.into())).is_err() {
+                    return Err(STOPPED.into());
                 }
-                // Acknowledged once the flusher declares it durable (the `durable` arm).
-                if let Some(end) = end {
-                    sent = sent.max(end);
-                }
+                pending.push_back((end, answer));
             }
             Some(StreamItem::KeepAlive { wal_end }) => {
-                // Outside a transaction and with everything sent durable, nothing
-                // received is left to store: let the unrelated WAL go.
-                if !stream.in_transaction() && shared.durability.durable_lsn() >= sent {
+                // Outside a transaction, with nothing waiting for the collector and
+                // everything sent durable, nothing received is left to store: let the
+                // unrelated WAL go.
+                if !stream.in_transaction()
+                    && pending.is_empty()
+                    && shared.durability.durable_lsn() >= sent
+                {
                     stream.acknowledge(wal_end);
                     // Caught up: nothing committed is waiting to be processed.
                     metrics::gauge!("volt_replication_lag_bytes").set(0.0);
@@ -348,6 +379,26 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
         }
     }
 }
+
+/// Fragments handed to the collector ahead of its answers, at most: enough for decoding
+/// the next fragment to overlap routing this one, few enough that the collector's
+/// backpressure (it takes a fragment only once it has room for it) reaches the stream.
+const PIPELINE: usize = 4;
+
+type Reply = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+/// The collector's answer for a fragment: taken, or why the stream must stop.
+fn taken(
+    answer: Result<Result<(), String>, tokio::sync::oneshot::error::RecvError>,
+) -> Result<(), String> {
+    match answer {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(STOPPED.into()),
+    }
+}
+
+const STOPPED: &str = "the shape log collector stopped mid-transaction";
 
 /// Tell Postgres that everything up to `lsn` is durable, and how far behind that is.
 fn acknowledge(stream: &ReplicationStream, lsn: u64) {
