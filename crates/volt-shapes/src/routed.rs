@@ -104,7 +104,26 @@ impl Rendering {
 pub struct RenderedItem {
     pub op: u64,
     extra: Option<(String, String)>,
-    tail: Arc<[u8]>,
+    tail: Tail,
+}
+
+/// The bytes after an item's head: its own, or shared with the shapes that render the
+/// change alike.
+#[derive(Debug, Clone)]
+enum Tail {
+    Own(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl std::ops::Deref for Tail {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Tail::Own(bytes) => bytes,
+            Tail::Shared(bytes) => bytes,
+        }
+    }
 }
 
 impl RenderedItem {
@@ -123,58 +142,71 @@ impl RenderedItem {
     }
 }
 
-fn tail_of(item: &LogItem, relation: (&str, &str), xid: u32, lsn: u64) -> Arc<[u8]> {
+fn tail_of(item: &LogItem, relation: (&str, &str), xid: u32, lsn: u64) -> Tail {
     let mut tail = Vec::with_capacity(256);
     item.write_tail(&mut tail, relation, xid, lsn);
-    tail.into()
+    Tail::Own(tail)
 }
 
 impl Shape {
     /// `convert`, as lines of the transaction `xid` committed at `lsn`, reusing what a
     /// shape that renders alike already rendered from the same change.
     pub fn render(&self, routed: &RoutedChange, xid: u32, lsn: u64) -> Vec<RenderedItem> {
+        let mut items = Vec::new();
+        self.render_into(routed, xid, lsn, &mut items);
+        items
+    }
+
+    /// `render`, onto the end of `out` (a Vec the caller reuses from change to change).
+    pub fn render_into(
+        &self,
+        routed: &RoutedChange,
+        xid: u32,
+        lsn: u64,
+        out: &mut Vec<RenderedItem>,
+    ) {
         let relation = (self.table.schema.as_str(), self.table.name.as_str());
         let op = routed.change.op;
         let plan = self.plan(&routed.change);
         let kind = match &plan {
-            Plan::Skip => return vec![],
+            Plan::Skip => return,
             // Rare, and its headers name the other key: not shared.
             Plan::KeyChange { old, new } => {
-                return self
-                    .key_change_items(op, old, new)
-                    .iter()
-                    .map(|i| RenderedItem::of(i, relation, xid, lsn))
-                    .collect();
+                out.extend(
+                    self.key_change_items(op, old, new)
+                        .iter()
+                        .map(|i| RenderedItem::of(i, relation, xid, lsn)),
+                );
+                return;
             }
             Plan::Insert(_) => Kind::Insert,
             Plan::Delete(_) => Kind::Delete,
             Plan::Update { .. } => Kind::Update,
         };
-        let found = if routed.alone {
-            None
+        let tail = if routed.alone {
+            // Nobody to share it with: kept as written, not copied into an Arc.
+            let mut tail = Vec::with_capacity(256);
+            self.write_single_tail(&mut tail, op, &plan, relation, xid, lsn)
+                .then_some(Tail::Own(tail))
         } else {
-            routed.find(self, kind)
-        };
-        let tail = match found {
-            Some(tail) => tail,
-            None => {
-                let mut tail = Vec::with_capacity(256);
-                let tail = self
-                    .write_single_tail(&mut tail, op, &plan, relation, xid, lsn)
-                    .then(|| Arc::from(tail));
-                if !routed.alone {
+            let tail = match routed.find(self, kind) {
+                Some(tail) => tail,
+                None => {
+                    let mut tail = Vec::with_capacity(256);
+                    let tail = self
+                        .write_single_tail(&mut tail, op, &plan, relation, xid, lsn)
+                        .then(|| Arc::from(tail));
                     routed.keep(self, kind, tail.clone());
+                    tail
                 }
-                tail
-            }
+            };
+            tail.map(Tail::Shared)
         };
-        tail.map(|tail| RenderedItem {
+        out.extend(tail.map(|tail| RenderedItem {
             op,
             extra: None,
             tail,
-        })
-        .into_iter()
-        .collect()
+        }));
     }
 }
 

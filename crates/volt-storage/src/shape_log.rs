@@ -47,6 +47,10 @@ const INDEX_ENTRY: usize = 24;
 const FLAG_TXN_END: u8 = 1;
 /// Recent commits remembered per log (see `Visible::commits`).
 const COMMIT_POINTS: usize = 256;
+
+/// Room a log's tail starts with: most logs see a few small commits between two flush
+/// rounds, which then fit without growing it.
+const TAIL_START: usize = 1024;
 /// Buffered change bytes are written out (not yet fsynced) past this size, so a large
 /// transaction never sits in memory.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -1217,14 +1221,14 @@ impl ShapeLog {
     /// Write the committed tail to the file (readers find it there from now on), and
     /// return the file, kept open.
     fn write_tail(&self, w: &mut Writer) -> Result<Arc<File>, StorageError> {
-        let path = self.dir.join(LOG_FILE);
-        self.writable(w, &path)?;
+        // The path is only joined when needed: this runs for every log in every round.
+        self.writable(w, &self.dir)?;
         // Kept open while the log is among those written most recently: a shape not
         // written for a while loses its descriptor to those that are.
         let files = open_files::change_logs();
         let f = files
-            .get_or_open(self.id, || open_append_io(&path))
-            .map_err(|e| StorageError::io(&path, e))?;
+            .get_or_open(self.id, || open_append_io(&self.dir.join(LOG_FILE)))
+            .map_err(|e| StorageError::io(&self.dir.join(LOG_FILE), e))?;
         if self.is_closed() {
             // `close` (which does not take the writer's lock) may have forgotten the file
             // just before this open kept it again: a removed shape keeps no descriptor.
@@ -1299,7 +1303,7 @@ impl ShapeLog {
     /// for it to catch up).
     pub fn commit(&self, offset: LogOffset) -> Result<(), StorageError> {
         let mut w = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
-        self.writable(&w, &self.dir.join(LOG_FILE))?;
+        self.writable(&w, &self.dir)?;
         let mut created_index = false;
         let entries: Vec<Chunk> = match (w.index, w.new_chunks.as_slice()) {
             (_, []) => Vec::new(),
@@ -1438,6 +1442,8 @@ impl ShapeLog {
             let mut v = self.visible.write().map_err(|_| StorageError::Poisoned)?;
             if v.tail.is_empty() {
                 v.tail_start = written_pos;
+                // A few commits land between two rounds: room for them at once.
+                v.tail.reserve(tail.len().max(TAIL_START));
             }
             v.tail.extend_from_slice(tail);
             TAIL_BYTES.fetch_add(tail.len() as u64, Ordering::Relaxed);

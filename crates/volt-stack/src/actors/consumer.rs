@@ -66,6 +66,8 @@ pub struct ShapeWriter {
     skipping_tx: Option<u32>,
     /// The line being written, reused from item to item.
     line: Vec<u8>,
+    /// A change's items as rendered, reused from change to change.
+    items: Vec<RenderedItem>,
     /// The log's latest committed transaction: the shape's only writer keeps its own
     /// copy rather than read the log's (a cache miss per part with thousands of shapes).
     latest_tx: u64,
@@ -105,6 +107,7 @@ impl ShapeWriter {
             held: None,
             skipping_tx: None,
             line: Vec::new(),
+            items: Vec::new(),
             latest_tx: log.latest_offset().tx,
             queued: 0,
             closed: false,
@@ -169,13 +172,17 @@ impl ShapeWriter {
             }
             return Ok(None);
         }
+        let mut items = std::mem::take(&mut self.items);
         for change in &part.changes {
-            for item in self.shape.render(change, part.xid, part.lsn) {
+            self.shape
+                .render_into(change, part.xid, part.lsn, &mut items);
+            for item in items.drain(..) {
                 if let Some(prev) = self.held.replace(item) {
                     self.write(&prev, part.lsn, false)?;
                 }
             }
         }
+        self.items = items;
         if part.commit
             && let Some(last) = self.held.take()
         {

@@ -86,7 +86,8 @@ struct Route {
 #[derive(Default)]
 struct Routes {
     filter: Filter<u64>,
-    by_id: HashMap<u64, Route>,
+    /// Shared, so that routing a change takes a reference, not a copy of the handle.
+    by_id: HashMap<u64, Arc<Route>>,
     ids: HashMap<String, u64>,
     next_id: u64,
 }
@@ -106,11 +107,11 @@ impl Routes {
         self.ids.insert(handle.clone(), id);
         self.by_id.insert(
             id,
-            Route {
+            Arc::new(Route {
                 handle,
                 consumer,
                 writer,
-            },
+            }),
         );
     }
 
@@ -203,7 +204,8 @@ impl SlcState {
             }
             changes.push(change);
         }
-        let mut parts: Vec<(Route, Vec<Arc<RoutedChange>>)> = Vec::with_capacity(per_shape.len());
+        let mut parts: Vec<(Arc<Route>, Vec<Arc<RoutedChange>>)> =
+            Vec::with_capacity(per_shape.len());
         let commit = frag.commit_end_lsn.is_some();
         if commit {
             // The commit goes to every shape the transaction touched, even those with
@@ -246,7 +248,7 @@ impl SlcState {
             drop(writer);
             match offer {
                 Offer::Stored => {}
-                Offer::Failed(e) => failed.push((route.handle, e)),
+                Offer::Failed(e) => failed.push((route.handle.clone(), e)),
                 Offer::Deliver(work) => deliveries.push((route, work)),
             }
         }
@@ -267,7 +269,7 @@ impl SlcState {
             // A Consumer that is gone drops the message, and with it the ticket. Its
             // mailbox keeps each shape's parts in order however many are in flight.
             let _ = route.consumer.cast(ConsumerMsg::Store(work, ticket));
-            handles.push(route.handle);
+            handles.push(route.handle.clone());
         }
         self.in_flight.push_back(InFlight {
             delivery,
@@ -699,7 +701,7 @@ impl Actor for ShapeLogCollector {
                 // What the old stream sent is settled before its cut-short transactions
                 // are rolled back.
                 state.settle_all().await;
-                let cut_short: Vec<Route> = state
+                let cut_short: Vec<Arc<Route>> = state
                     .touched
                     .drain()
                     .collect::<Vec<_>>()
