@@ -16,6 +16,7 @@ pub mod actors {
 pub mod delivery;
 pub mod durability;
 pub mod mailbox;
+mod prefetch;
 pub mod shapes;
 pub mod shared;
 pub mod snapshot_sessions;

@@ -139,6 +139,10 @@ impl ShapeWriter {
         }
     }
 
+    pub fn log(&self) -> &Arc<ShapeLog> {
+        &self.log
+    }
+
     /// Hand `work` to the Consumer, behind whatever it already has.
     pub fn deliver(&mut self, work: Work) -> Offer {
         self.queued += 1;

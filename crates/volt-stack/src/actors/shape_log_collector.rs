@@ -19,6 +19,7 @@ use crate::actors::consumer::{
 };
 use crate::delivery::{Delivery, Outcome};
 use crate::mailbox::{Mailbox, MailboxDepth};
+use crate::prefetch::prefetch;
 use crate::shapes;
 use crate::shared::clear_if_mine;
 use crate::shared::{ShapeEntry, Shared};
@@ -74,12 +75,27 @@ struct InFlight {
     changes: Vec<Arc<RoutedChange>>,
 }
 
-#[derive(Clone)]
 struct Route {
     handle: String,
     consumer: ActorRef<ConsumerMsg>,
     writer: SharedWriter,
+    /// The writer's shape and log, reachable without its lock: to prefetch.
+    shape: Arc<Shape>,
+    log: Arc<ShapeLog>,
 }
+
+impl Route {
+    /// Start loading what storing a part for this shape reads first.
+    fn prefetch_state(&self) {
+        prefetch(&*self.writer, 4);
+        prefetch(&*self.shape, 8);
+        prefetch(&*self.log, 8);
+    }
+}
+
+/// How many parts ahead of the one being stored the next ones' state is prefetched (and
+/// twice that, their route): far enough for a miss to complete meanwhile.
+const PREFETCH_AHEAD: usize = 4;
 
 /// The shapes being routed to: the filter index picks the shapes a change affects, by a
 /// small id that maps to the shape's handle and consumer.
@@ -103,14 +119,17 @@ impl Routes {
         self.remove(&handle);
         let id = self.next_id;
         self.next_id += 1;
-        self.filter.add(id, shape);
+        self.filter.add(id, shape.clone());
         self.ids.insert(handle.clone(), id);
+        let log = lock(&writer).log().clone();
         self.by_id.insert(
             id,
             Arc::new(Route {
                 handle,
                 consumer,
                 writer,
+                shape,
+                log,
             }),
         );
     }
@@ -204,8 +223,9 @@ impl SlcState {
             }
             changes.push(change);
         }
-        let mut parts: Vec<(Arc<Route>, Vec<Arc<RoutedChange>>)> =
-            Vec::with_capacity(per_shape.len());
+        // Borrowed, not cloned: a clone's count increment on each route's (cold) line
+        // would stall on every one in turn.
+        let mut parts: Vec<(&Route, Vec<Arc<RoutedChange>>)> = Vec::with_capacity(per_shape.len());
         let commit = frag.commit_end_lsn.is_some();
         if commit {
             // The commit goes to every shape the transaction touched, even those with
@@ -214,7 +234,7 @@ impl SlcState {
                 if !per_shape.contains_key(&id)
                     && let Some(route) = self.routes.by_id.get(&id)
                 {
-                    parts.push((route.clone(), Vec::new()));
+                    parts.push((route, Vec::new()));
                 }
             }
         }
@@ -223,7 +243,7 @@ impl SlcState {
                 if !commit {
                     self.touched.insert(id);
                 }
-                parts.push((route.clone(), changes));
+                parts.push((route, changes));
             }
         }
         // Stored here when the shape is in its steady state (no message, no wake of
@@ -232,11 +252,18 @@ impl SlcState {
         let held = self.shared.failpoints.hold_consumer.load_full();
         let mut deliveries = Vec::new();
         let mut failed = Vec::new();
-        for (route, changes) in parts {
+        for i in 0..parts.len() {
+            if let Some((ahead, _)) = parts.get(i + 2 * PREFETCH_AHEAD) {
+                prefetch(*ahead, 2);
+            }
+            if let Some((ahead, _)) = parts.get(i + PREFETCH_AHEAD) {
+                ahead.prefetch_state();
+            }
+            let route = parts[i].0;
             let part = TxPart {
                 xid: frag.xid,
                 lsn: frag.lsn,
-                changes,
+                changes: std::mem::take(&mut parts[i].1),
                 commit,
             };
             let mut writer = lock(&route.writer);
@@ -252,11 +279,6 @@ impl SlcState {
                 Offer::Deliver(work) => deliveries.push((route, work)),
             }
         }
-        for (handle, e) in failed {
-            tracing::error!(%handle, error = %e, "could not store changes; invalidating shape");
-            self.remove(&handle);
-            shapes::invalidate(&self.shared, &handle);
-        }
         // A shape that cannot store its part within the grace period is dropped rather
         // than allowed to hold the slot (and every other shape) back.
         let deadline = tokio::time::Instant::now() + self.shared.config.flush_stall_grace;
@@ -270,6 +292,11 @@ impl SlcState {
             // mailbox keeps each shape's parts in order however many are in flight.
             let _ = route.consumer.cast(ConsumerMsg::Store(work, ticket));
             handles.push(route.handle.clone());
+        }
+        for (handle, e) in failed {
+            tracing::error!(%handle, error = %e, "could not store changes; invalidating shape");
+            self.remove(&handle);
+            shapes::invalidate(&self.shared, &handle);
         }
         self.in_flight.push_back(InFlight {
             delivery,
