@@ -192,6 +192,10 @@ struct Writer {
     /// snapshot's metadata): a first commit does not need a directory sync.
     change_files_durable: bool,
     index: Index,
+    /// After an append could not write out for a full disk: the buffer size at which
+    /// the next append tries again (doubling, so a large transaction is not rewritten
+    /// in full at every append); 0 when nothing failed.
+    retry_write_at: usize,
 }
 
 impl Writer {
@@ -199,6 +203,7 @@ impl Writer {
     /// a large transaction's buffer.
     fn clear_buffer(&mut self) {
         self.buffer.clear();
+        self.retry_write_at = 0;
         if self.buffer.capacity() > 16 * 1024 {
             self.buffer = Vec::new();
         }
@@ -748,6 +753,7 @@ impl ShapeLog {
                 fenced: false,
                 change_files_durable: false,
                 index: Index::Missing(None),
+                retry_write_at: 0,
             }),
             committed: watch::Sender::new(LogOffset::SNAPSHOT_END),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -865,6 +871,7 @@ impl ShapeLog {
                 // Logs from before volt created them with the snapshot may have none.
                 change_files_durable: log_path.exists(),
                 index,
+                retry_write_at: 0,
             }),
             committed: watch::Sender::new(scanned.latest.unwrap_or(LogOffset::SNAPSHOT_END)),
             snapshot: watch::Sender::new(SnapshotProgress {
@@ -1193,12 +1200,14 @@ impl ShapeLog {
         encode(&mut w.buffer, offset, txn_end, json);
         w.end_pos += record_len;
         w.chunk_len += record_len;
-        if w.buffer.len() >= WRITE_BUFFER {
+        if w.buffer.len() >= WRITE_BUFFER.max(w.retry_write_at) {
             match self.write_out(&mut w, false) {
-                // Kept in memory: the commit writes it out or reports the full disk,
-                // and is retried until there is space (the transaction is not lost
-                // half-way).
-                Err(e) if e.is_disk_full() => {}
+                // Kept in memory, up to the budget for all tails: the commit writes it
+                // out or reports the full disk, and is retried until there is space
+                // (the transaction is not lost half-way).
+                Err(e) if e.is_disk_full() && w.buffer.len() < TAIL_BUDGET as usize => {
+                    w.retry_write_at = w.buffer.len() * 2;
+                }
                 res => res?,
             }
         }

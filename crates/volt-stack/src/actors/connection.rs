@@ -281,7 +281,10 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
     )
     .await
     .map_err(|e| format!("could not start replication: {e}"))?;
-    // Transactions the previous stream cut short are sent again from their start.
+    // Transactions the previous stream cut short are sent again from their start. The
+    // stream hands every fragment to this collector and no other: fragments a collector
+    // took down with it must not be followed by later ones stored by its successor
+    // (which would skip the lost ones as already stored when the stream resends them).
     let slc = shared
         .shape_log_collector
         .load_full()
@@ -352,10 +355,10 @@ async fn stream(shared: Arc<Shared>, start_lsn: u64, me: ActorRef<RcMsg>) -> Res
             None => return Err("Postgres ended the replication stream".into()),
             Some(StreamItem::Fragment(frag)) => {
                 let end = frag.commit_end_lsn;
-                let slc = shared
-                    .shape_log_collector
-                    .load_full()
-                    .ok_or("the shape log collector is down")?;
+                let current = shared.shape_log_collector.load();
+                if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &slc)) {
+                    return Err(STOPPED.into());
+                }
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 if slc.cast(SlcMsg::Fragment(frag, reply.into())).is_err() {
                     return Err(STOPPED.into());

@@ -57,6 +57,9 @@ pub struct ShapeWriter {
     shape: Arc<Shape>,
     log: Arc<ShapeLog>,
     snapshot: Option<PgSnapshot>,
+    /// The snapshot is written and synced: until then its Snapshotter holds the log's
+    /// lock for whole batches and syncs, which the collector must not wait on.
+    snapshot_done: bool,
     /// Skip transactions the snapshot already contains, until the first one that
     /// started after it.
     filtering: bool,
@@ -93,8 +96,37 @@ pub fn lock(writer: &SharedWriter) -> MutexGuard<'_, ShapeWriter> {
 pub enum Offer {
     Stored,
     Failed(String),
+    /// The log is fenced or only followed: another writer has taken over, and this
+    /// collector is on its way out; not the shape's failure.
+    Superseded,
     /// For the Consumer (counted in `queued`).
     Deliver(Work),
+}
+
+/// Why a part was not stored.
+#[derive(Debug)]
+enum Failure {
+    Superseded(String),
+    Failed(String),
+}
+
+impl From<StorageError> for Failure {
+    fn from(e: StorageError) -> Failure {
+        match e {
+            StorageError::Fenced { .. } | StorageError::ReadOnly { .. } => {
+                Failure::Superseded(e.to_string())
+            }
+            e => Failure::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<Failure> for String {
+    fn from(f: Failure) -> String {
+        match f {
+            Failure::Superseded(why) | Failure::Failed(why) => why,
+        }
+    }
 }
 
 impl ShapeWriter {
@@ -103,6 +135,7 @@ impl ShapeWriter {
             shape: shape.clone(),
             log: log.clone(),
             snapshot: None,
+            snapshot_done: false,
             filtering: true,
             held: None,
             skipping_tx: None,
@@ -120,27 +153,37 @@ impl ShapeWriter {
     pub fn offer(&mut self, part: TxPart, shared: &Shared) -> Offer {
         if self.closed
             || self.queued > 0
-            || self.snapshot.is_none()
+            || !self.snapshot_done
             || shared.storage_full.load(Ordering::Relaxed)
         {
             return self.deliver(Work::Part(part));
         }
-        let applied = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&part)));
-        let offset = match applied {
-            Ok(Ok(None)) => return Offer::Stored,
-            Ok(Ok(Some(offset))) => offset,
-            Ok(Err(e)) => return self.fail(e),
-            Err(_) => return self.fail("storing changes panicked".into()),
-        };
-        match self.commit(offset, shared) {
-            Ok(()) => Offer::Stored,
-            Err(e) if e.is_disk_full() => self.deliver(Work::Commit(offset)),
-            Err(e) => self.fail(e.to_string()),
+        let stored = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let Some(offset) = self.apply(&part)? else {
+                return Ok(None);
+            };
+            match self.commit(offset, shared) {
+                Ok(()) => Ok(None),
+                Err(e) if e.is_disk_full() => Ok(Some(offset)),
+                Err(e) => Err(Failure::from(e)),
+            }
+        }));
+        match stored {
+            Ok(Ok(None)) => Offer::Stored,
+            Ok(Ok(Some(offset))) => self.deliver(Work::Commit(offset)),
+            Ok(Err(Failure::Superseded(_))) => Offer::Superseded,
+            Ok(Err(Failure::Failed(e))) => self.fail(e),
+            Err(_) => self.fail("storing changes panicked".into()),
         }
     }
 
     pub fn log(&self) -> &Arc<ShapeLog> {
         &self.log
+    }
+
+    /// A rollback is sent to the Consumer: later parts queue behind it.
+    pub fn rollback_sent(&mut self) {
+        self.queued += 1;
     }
 
     /// Hand `work` to the Consumer, behind whatever it already has.
@@ -156,12 +199,15 @@ impl ShapeWriter {
 
     /// Write the shape's part of a transaction; returns the offset to commit when the
     /// part ends a transaction that gave the shape changes.
-    fn apply(&mut self, part: &TxPart) -> Result<Option<LogOffset>, String> {
+    fn apply(&mut self, part: &TxPart) -> Result<Option<LogOffset>, Failure> {
         // Already in the log (a replay after a reconnect or a restart): skip it whole.
         if part.lsn <= self.latest_tx {
             return Ok(None);
         }
-        let snapshot = self.snapshot.as_ref().ok_or("snapshot not started")?;
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| Failure::Failed("snapshot not started".into()))?;
         if self.filtering {
             if snapshot.is_after(part.xid) {
                 self.filtering = false;
@@ -196,12 +242,12 @@ impl ShapeWriter {
         Ok(None)
     }
 
-    fn write(&mut self, item: &RenderedItem, lsn: u64, last: bool) -> Result<(), String> {
+    fn write(&mut self, item: &RenderedItem, lsn: u64, last: bool) -> Result<(), Failure> {
         self.line.clear();
         item.write_line(&mut self.line, last);
         self.log
-            .append_bytes(LogOffset::new(lsn, item.op), &self.line, last)
-            .map_err(|e| e.to_string())
+            .append_bytes(LogOffset::new(lsn, item.op), &self.line, last)?;
+        Ok(())
     }
 
     /// Commit a written transaction: visible to readers, and its log queued for the
@@ -425,7 +471,9 @@ impl Actor for Consumer {
             let snapshot = serde_json::from_value::<PgSnapshot>(recorded)
                 .map_err(|e| format!("a restored shape's snapshot is unreadable: {e}"))?;
             // Before the collector routes to it (it does once this returns).
-            lock(&args.writer).snapshot = Some(snapshot);
+            let mut writer = lock(&args.writer);
+            writer.snapshot = Some(snapshot);
+            writer.snapshot_done = true;
         } else {
             register(&myself, &args).await?;
         }
@@ -483,6 +531,9 @@ impl Actor for Consumer {
             }
             ConsumerMsg::Rollback(reply) => {
                 let mut w = lock(&state.writer.0);
+                // Counted by the collector when it sent it: the new stream's parts
+                // came here, after it.
+                w.queued -= 1;
                 w.held = None;
                 w.skipping_tx = None;
                 // A buffered transaction cut short is sent again from its start.
@@ -538,6 +589,11 @@ impl Actor for Consumer {
         evt: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorTerminated(_, _, reason) = &evt
+            && reason.as_deref() == Some(SNAPSHOT_COMPLETE)
+        {
+            state.writer().snapshot_done = true;
+        }
         let failure = match evt {
             SupervisionEvent::ActorFailed(_, err) => Some(err.to_string()),
             // Any other end than a finished snapshot leaves the shape without one.

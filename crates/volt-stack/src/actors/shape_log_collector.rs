@@ -274,7 +274,7 @@ impl SlcState {
             };
             drop(writer);
             match offer {
-                Offer::Stored => {}
+                Offer::Stored | Offer::Superseded => {}
                 Offer::Failed(e) => failed.push((route.handle.clone(), e)),
                 Offer::Deliver(work) => deliveries.push((route, work)),
             }
@@ -736,6 +736,9 @@ impl Actor for ShapeLogCollector {
                     .filter_map(|id| state.routes.by_id.get(id).cloned())
                     .collect();
                 let rollbacks = cut_short.iter().map(|r| {
+                    // Counted like a part: until the Consumer has rolled back, the new
+                    // stream's parts for the shape queue behind the rollback.
+                    lock(&r.writer).rollback_sent();
                     r.consumer.call(
                         ConsumerMsg::Rollback,
                         Some(std::time::Duration::from_secs(30)),
