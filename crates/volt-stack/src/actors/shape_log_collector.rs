@@ -1,9 +1,10 @@
 //! ShapeLogCollector: the single consumer of the replication stream. Routes each
-//! transaction fragment to the Consumers of the shapes it touches, up to `IN_FLIGHT`
-//! fragments ahead of them (each Consumer's mailbox keeps its parts in order), and
-//! records a transaction as written only once every one of them has stored it and every
-//! earlier fragment is settled, so the replication client applies backpressure and
-//! acknowledges nothing that is not durable.
+//! transaction fragment to the shapes it touches: it stores a shape's part itself when
+//! the shape is in its steady state (`ShapeWriter::offer`), and otherwise hands it to the
+//! shape's Consumer, up to `IN_FLIGHT` fragments ahead of them (each Consumer's mailbox
+//! keeps its parts in order). It records a transaction as written only once every part
+//! is stored and every earlier fragment is settled, so the replication client applies
+//! backpressure and acknowledges nothing that is not durable.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,7 +30,8 @@ use crate::task::OwnedTask;
 pub struct ShapeLogCollector;
 
 pub enum SlcMsg {
-    /// A fragment of a committed transaction; replied to once stored by every shape.
+    /// A fragment of a committed transaction; replied to once routed (stored, or handed
+    /// to the Consumers) once at most `IN_FLIGHT` fragments are left unsettled.
     Fragment(TxFragment, RpcReplyPort<Result<(), String>>),
     /// A new replication stream starts: transactions cut short by the old one will be
     /// sent again from their start.
