@@ -497,6 +497,12 @@ impl Shape {
     /// What one replicated change means for this shape, its rows borrowed from the
     /// change. Where-clause moves become inserts and deletes.
     pub(crate) fn plan<'c>(&self, change: &'c Change) -> Plan<'c> {
+        self.plan_known(change, false)
+    }
+
+    /// `plan`; `matched`: the change's row (an insert's or a delete's) is known to match
+    /// the clause, which is then not evaluated again.
+    pub(crate) fn plan_known<'c>(&self, change: &'c Change, matched: bool) -> Plan<'c> {
         let rel = &change.relation;
         let map = |row: &'c Row, fallback: Option<&'c Row>| -> Vec<Option<&'c str>> {
             self.table
@@ -525,7 +531,7 @@ impl Shape {
         match &change.kind {
             ChangeKind::Insert { new } => {
                 let new = map(new, None);
-                if self.matches(&new) {
+                if matched || self.matches(&new) {
                     Plan::Insert(new)
                 } else {
                     Plan::Skip
@@ -533,7 +539,7 @@ impl Shape {
             }
             ChangeKind::Delete { old } => {
                 let old = map(old, None);
-                if self.matches(&old) {
+                if matched || self.matches(&old) {
                     Plan::Delete(old)
                 } else {
                     Plan::Skip

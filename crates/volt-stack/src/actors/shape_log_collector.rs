@@ -214,12 +214,13 @@ impl SlcState {
         let mut per_shape: HashMap<u64, Vec<Arc<RoutedChange>>> = HashMap::new();
         let mut hits = Vec::new();
         for change in frag.changes {
-            self.routes.filter.affected(&change, &mut hits);
-            let change = Arc::new(if hits.len() == 1 {
+            let known = self.routes.filter.affected(&change, &mut hits);
+            let change = if hits.len() == 1 {
                 RoutedChange::for_one_shape(change)
             } else {
                 RoutedChange::new(change)
-            });
+            };
+            let change = Arc::new(change.with_known_match(known));
             for id in &hits {
                 per_shape.entry(*id).or_default().push(change.clone());
             }
