@@ -252,6 +252,30 @@ struct SnapshotWriter {
 /// Snapshot chunks are written in large blocks: a snapshot is hundreds of megabytes.
 const SNAPSHOT_WRITE_BUFFER: usize = 256 * 1024;
 
+/// Ask the kernel to back `buf`'s spare capacity with huge pages where it can. A chunk
+/// body is megabytes of fresh memory filled at once: with 4 KiB pages, the page faults
+/// of filling it were a seventh of a snapshot's CPU. Only a hint (ignored where
+/// transparent huge pages are off).
+fn huge_pages(buf: &mut Vec<u8>) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let spare = buf.spare_capacity_mut();
+        let start = spare.as_mut_ptr() as usize;
+        let end = start + spare.len();
+        let (start, end) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+        if end > start {
+            // SAFETY: the range lies within `buf`'s allocation, page-aligned; the advice
+            // changes how the kernel backs it, never its contents (none written yet).
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 impl SnapshotWriter {
     fn new(path: &Path, recent: &'static RecentChunks) -> Result<SnapshotWriter, StorageError> {
         let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
@@ -287,6 +311,9 @@ impl SnapshotWriter {
                 if self.recent.reserve_building(grow_to - self.counted) {
                     self.body.reserve_exact(grow_to - self.body.len());
                     self.counted = grow_to;
+                    if grow_to > SNAPSHOT_WRITE_BUFFER {
+                        huge_pages(&mut self.body);
+                    }
                 } else {
                     self.stop_keeping();
                 }
@@ -1760,6 +1787,21 @@ mod tests {
 
     fn reopen(dir: &tempfile::TempDir, chunk: u64) -> ShapeLog {
         ShapeLog::open(dir.path().join("shape"), chunk).unwrap()
+    }
+
+    #[test]
+    fn huge_page_advice_leaves_a_buffer_as_it_was_and_usable() {
+        let mut buf = b"[head".to_vec();
+        buf.reserve_exact(8 << 20);
+        huge_pages(&mut buf);
+        assert_eq!(buf, b"[head");
+        buf.extend(std::iter::repeat_n(7u8, 8 << 20));
+        assert_eq!(&buf[..5], b"[head");
+        assert!(buf[5..].iter().all(|&b| b == 7));
+        // No spare capacity, or less than a page of it: nothing to advise.
+        let mut full = vec![1u8; 10];
+        huge_pages(&mut full);
+        assert_eq!(full, vec![1u8; 10]);
     }
 
     #[test]
