@@ -77,6 +77,7 @@ struct InFlight {
     changes: Vec<Arc<RoutedChange>>,
 }
 
+#[derive(Clone)]
 struct Route {
     handle: String,
     consumer: ActorRef<ConsumerMsg>,
@@ -104,8 +105,7 @@ const PREFETCH_AHEAD: usize = 4;
 #[derive(Default)]
 struct Routes {
     filter: Filter<u64>,
-    /// Shared, so that routing a change takes a reference, not a copy of the handle.
-    by_id: HashMap<u64, Arc<Route>>,
+    by_id: HashMap<u64, Route>,
     ids: HashMap<String, u64>,
     next_id: u64,
 }
@@ -126,13 +126,13 @@ impl Routes {
         let log = lock(&writer).log().clone();
         self.by_id.insert(
             id,
-            Arc::new(Route {
+            Route {
                 handle,
                 consumer,
                 writer,
                 shape,
                 log,
-            }),
+            },
         );
     }
 
@@ -226,8 +226,8 @@ impl SlcState {
             }
             changes.push(change);
         }
-        // Borrowed, not cloned: a clone's count increment on each route's (cold) line
-        // would stall on every one in turn.
+        // Borrowed, not cloned: a clone copies the handle and increments reference
+        // counts on cold lines, each stalling in turn.
         let mut parts: Vec<(&Route, Vec<Arc<RoutedChange>>)> = Vec::with_capacity(per_shape.len());
         let commit = frag.commit_end_lsn.is_some();
         if commit {
@@ -731,7 +731,7 @@ impl Actor for ShapeLogCollector {
                 // What the old stream sent is settled before its cut-short transactions
                 // are rolled back.
                 state.settle_all().await;
-                let cut_short: Vec<Arc<Route>> = state
+                let cut_short: Vec<Route> = state
                     .touched
                     .drain()
                     .collect::<Vec<_>>()
