@@ -12,6 +12,8 @@ pub struct BenchEnv {
     pub cluster: LocalCluster,
     pub volt_bin: PathBuf,
     pub quick: bool,
+    /// While a `Pinned` lives: volt processes start on `VOLT_CPU`.
+    pinned: std::sync::atomic::AtomicBool,
     /// The cluster's files and every volt storage directory: removed when the bench
     /// ends, not as each run ends (see `storage`).
     _dir: tempfile::TempDir,
@@ -47,6 +49,7 @@ impl BenchEnv {
             cluster,
             volt_bin,
             quick,
+            pinned: std::sync::atomic::AtomicBool::new(false),
             _dir: dir,
             storages: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -73,15 +76,8 @@ impl BenchEnv {
         let Some(postmaster) = volt_pg::cluster::postmaster_pid(self.cluster.data_dir()) else {
             return 0.0;
         };
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0.0;
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| {
-                proc_stat(pid).get(1).and_then(|p| p.parse::<u32>().ok()) == Some(postmaster)
-            })
+        children_of(postmaster)
+            .into_iter()
             .map(proc_cpu_secs)
             .sum::<f64>()
             + proc_cpu_with_reaped_secs(postmaster)
@@ -153,7 +149,14 @@ impl Volt {
             .and_then(|s| s.split('?').next())
             .unwrap_or("default")
             .to_ascii_lowercase();
-        let child = tokio::process::Command::new(&env.volt_bin)
+        let mut command = tokio::process::Command::new(&env.volt_bin);
+        if env.pinned.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: between fork and exec only an async-signal-safe system call runs.
+            unsafe {
+                command.pre_exec(|| set_affinity(0, &[VOLT_CPU]));
+            }
+        }
+        let child = command
             .env("ELECTRIC_REPLICATION_STREAM_ID", &stream_id)
             .env("DATABASE_URL", db_url)
             .env("ELECTRIC_PORT", port.to_string())
@@ -240,6 +243,113 @@ impl Volt {
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name (the state is field 0).
+/// While pinned (`BenchEnv::pin`), volt runs on this CPU and Postgres and the load
+/// generators share the other: the issue's "Postgres and load on one core, volt on the
+/// other", for scenarios where sharing both cores makes the figures move.
+pub const VOLT_CPU: usize = 1;
+pub const LOAD_CPU: usize = 0;
+
+/// Keeps Postgres and this process's threads on `LOAD_CPU`, and volt processes started
+/// meanwhile on `VOLT_CPU`, until dropped.
+pub struct Pinned<'a> {
+    env: &'a BenchEnv,
+}
+
+impl BenchEnv {
+    /// Pin Postgres (the postmaster, so its future backends too, and its processes
+    /// alive now) and every thread of this process (threads they start inherit it).
+    /// Needs two CPUs; a volt already running stays where it is.
+    pub fn pin(&self) -> anyhow::Result<Pinned<'_>> {
+        anyhow::ensure!(
+            std::thread::available_parallelism()?.get() > VOLT_CPU,
+            "pinning needs {} CPUs",
+            VOLT_CPU + 1
+        );
+        self.place_load(&[LOAD_CPU])?;
+        self.pinned
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(Pinned { env: self })
+    }
+
+    fn place_load(&self, cpus: &[usize]) -> std::io::Result<()> {
+        let mut pids: Vec<u32> = self.postgres_pids();
+        pids.extend(threads_of("self"));
+        for pid in pids {
+            set_affinity(pid, cpus)?;
+        }
+        Ok(())
+    }
+
+    fn postgres_pids(&self) -> Vec<u32> {
+        let Some(postmaster) = volt_pg::cluster::postmaster_pid(self.cluster.data_dir()) else {
+            return Vec::new();
+        };
+        let mut pids = children_of(postmaster);
+        pids.push(postmaster);
+        pids
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.env
+            .pinned
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let all: Vec<usize> =
+            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        if let Err(e) = self.env.place_load(&all) {
+            eprintln!("could not unpin Postgres and the load: {e}");
+        }
+    }
+}
+
+/// The thread ids of process `pid` ("self" for this one).
+fn threads_of(pid: &str) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| proc_stat(pid).get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent))
+        .collect()
+}
+
+/// Keep thread `tid` (0: the calling one) on `cpus`. A thread it starts inherits that.
+fn set_affinity(tid: u32, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(
+            tid as libc::pid_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ) != 0
+        {
+            let e = std::io::Error::last_os_error();
+            // A thread or process that ended since it was listed.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn proc_stat(pid: u32) -> Vec<String> {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

@@ -233,42 +233,42 @@ async fn volt_run(
     })
 }
 
-pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
-    let (shapes, rows) = if env.quick { (60, 20) } else { (2_000, 500) };
-    let db = "new_shapes";
-    let db_url = env.database(db).await?;
-    let client = env.client(db).await?;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text NOT NULL);
-             INSERT INTO items SELECT g, g % {shapes}, 'item number ' || g
-               FROM generate_series(0, {} - 1) g;
-             CREATE INDEX ON items (grp);",
-            shapes * rows
-        ))
-        .await?;
-    client.batch_execute("VACUUM ANALYZE items").await?;
-
+/// The two baselines and the two volt runs with the CPUs as they are now (see
+/// `BenchEnv::pin`), printed as rows of the scenario's table.
+async fn placement_runs(
+    env: &BenchEnv,
+    db_url: &str,
+    db: &str,
+    shapes: usize,
+    rows: usize,
+    placement: &str,
+    probes: &mut Vec<f64>,
+) -> anyhow::Result<()> {
     let floor = pool_baseline(env, db, shapes).await?;
-    let snapshots = snapshot_baseline(env, &db_url, shapes).await?;
+    let snapshots = snapshot_baseline(env, db_url, shapes).await?;
 
     let pool = POOL.to_string();
-    let fs_before_shed = env.file_creation_micros()?;
+    // A slot and publication per run, apart from earlier runs' (killed with theirs).
+    let stream = |run: &str| format!("new_shapes_{placement}_{run}");
+    probes.push(env.file_creation_micros()?);
     let shed = volt_run(
         env,
-        &db_url,
+        db_url,
         db,
         shapes,
         rows,
-        &[("ELECTRIC_DB_POOL_SIZE", &pool)],
+        &[
+            ("ELECTRIC_DB_POOL_SIZE", &pool),
+            ("ELECTRIC_REPLICATION_STREAM_ID", &stream("shed")),
+        ],
     )
     .await?;
     // The same with admission raised so nothing is shed: volt's creation pipeline alone,
     // without the clients' 503 back-off.
-    let fs_before_unshed = env.file_creation_micros()?;
+    probes.push(env.file_creation_micros()?);
     let unshed = volt_run(
         env,
-        &db_url,
+        db_url,
         db,
         shapes,
         rows,
@@ -279,24 +279,12 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
                 r#"{"initial":100000,"existing":100000}"#,
             ),
             ("ELECTRIC_TWEAKS_SHAPE_CACHE_MAX_MAILBOX", "100000"),
-            // A slot and publication of its own, apart from the first run's.
-            ("ELECTRIC_REPLICATION_STREAM_ID", "new_shapes_unshed"),
+            ("ELECTRIC_REPLICATION_STREAM_ID", &stream("unshed")),
         ],
     )
     .await?;
 
     let p99_floor = percentile(&floor.sorted, 0.99);
-    println!(
-        "\n## S2: {shapes} concurrent requests for {shapes} distinct {rows}-row shapes{}\n",
-        if env.quick { " (quick)" } else { "" }
-    );
-    println!(
-        "volt: ELECTRIC_DB_POOL_SIZE={POOL}; clients retry 503 as @electric-sql/client does (max(Retry-After, random backoff from 1 s doubling)).\n"
-    );
-    println!(
-        "| | shapes/s | p50 to up-to-date ms | p99 ms | p99 ratio (target <= 2x) | 503s retried | errors | Postgres connections (max seen) | CPU ms per shape: volt / Postgres / clients | peak RSS MiB |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
     let per_shape = |secs: f64| secs * 1000.0 / shapes as f64;
     for (name, r) in [
         ("volt, default admission (initial 300)", &shed),
@@ -304,7 +292,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
     ] {
         let p99 = percentile(&r.out.sorted, 0.99);
         println!(
-            "| {name} | {:.0} | {} | {} | {:.2}x | {} | {} | {} `volt` (pool {POOL} + 1 admin{}) + {} replication, {} samples | {:.2} / {:.2} / {:.2} | {:.1} |",
+            "| {placement} | {name} | {:.0} | {} | {} | {:.2}x | {} | {} | {} `volt` (pool {POOL} + 1 admin{}) + {} replication, {} samples | {:.2} / {:.2} / {:.2} | {:.1} |",
             r.out.rate(),
             ms(percentile(&r.out.sorted, 0.5)),
             ms(p99),
@@ -329,7 +317,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         }
     }
     println!(
-        "| {POOL}-connection pool | {:.0} | {} | {} | 1x | - | 0 | {POOL} | - / {:.2} / {:.2} | - |",
+        "| {placement} | {POOL}-connection pool | {:.0} | {} | {} | 1x | - | 0 | {POOL} | - / {:.2} / {:.2} | - |",
         floor.rate(),
         ms(percentile(&floor.sorted, 0.5)),
         ms(p99_floor),
@@ -337,7 +325,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         per_shape(floor.cpu.clients),
     );
     println!(
-        "| Postgres alone, volt's snapshot queries through {POOL} sessions | {:.0} | {} | {} | {:.2}x | - | 0 | {POOL} | - / {:.2} / {:.2} | - |",
+        "| {placement} | Postgres alone, volt's snapshot queries through {POOL} sessions | {:.0} | {} | {} | {:.2}x | - | 0 | {POOL} | - / {:.2} / {:.2} | - |",
         snapshots.rate(),
         ms(percentile(&snapshots.sorted, 0.5)),
         ms(percentile(&snapshots.sorted, 0.99)),
@@ -345,8 +333,59 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         per_shape(snapshots.cpu.postgres),
         per_shape(snapshots.cpu.clients),
     );
+    Ok(())
+}
+
+pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
+    let (shapes, rows) = if env.quick { (60, 20) } else { (2_000, 500) };
+    let db = "new_shapes";
+    let db_url = env.database(db).await?;
+    let client = env.client(db).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text NOT NULL);
+             INSERT INTO items SELECT g, g % {shapes}, 'item number ' || g
+               FROM generate_series(0, {} - 1) g;
+             CREATE INDEX ON items (grp);",
+            shapes * rows
+        ))
+        .await?;
+    client.batch_execute("VACUUM ANALYZE items").await?;
+
     println!(
-        "\nCreating an empty file where volt's storage goes took {fs_before_shed:.0} us before the first volt run and {fs_before_unshed:.0} us before the second (a shape makes four; ext4 without a journal skips every inode deleted in the last minutes)."
+        "\n## S2: {shapes} concurrent requests for {shapes} distinct {rows}-row shapes{}\n",
+        if env.quick { " (quick)" } else { "" }
+    );
+    println!(
+        "volt: ELECTRIC_DB_POOL_SIZE={POOL}; clients retry 503 as @electric-sql/client does (max(Retry-After, random backoff from 1 s doubling)). Pinned: Postgres and the load generators on CPU {}, volt on CPU {}, baselines included; shared: all on both CPUs.\n",
+        crate::harness::LOAD_CPU,
+        crate::harness::VOLT_CPU,
+    );
+    println!(
+        "| placement | | shapes/s | p50 to up-to-date ms | p99 ms | p99 ratio (target <= 2x) | 503s retried | errors | Postgres connections (max seen) | CPU ms per shape: volt / Postgres / clients | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut probes = Vec::new();
+    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    // Pinned first: the issue's setting for the target. The quick run checks that it works.
+    let placements: &[bool] = match (env.quick, two_cpus) {
+        (_, false) => &[false],
+        (true, true) => &[true],
+        (false, true) => &[true, false],
+    };
+    for &pinned in placements {
+        let pin = if pinned { Some(env.pin()?) } else { None };
+        let placement = if pinned { "pinned" } else { "shared" };
+        placement_runs(env, &db_url, db, shapes, rows, placement, &mut probes).await?;
+        drop(pin);
+    }
+    println!(
+        "\nCreating an empty file where volt's storage goes took {} us before each volt run, in order (a shape makes four; ext4 without a journal skips every inode deleted in the last minutes, one lookup each).",
+        probes
+            .iter()
+            .map(|us| format!("{us:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
     Ok(())
 }
