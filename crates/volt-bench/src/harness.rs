@@ -12,7 +12,9 @@ pub struct BenchEnv {
     pub cluster: LocalCluster,
     pub volt_bin: PathBuf,
     pub quick: bool,
-    /// While a `Pinned` lives: volt processes start on `VOLT_CPU`.
+    /// The CPUs this process may run on, as it started (see `pin`).
+    cpus: Vec<usize>,
+    /// While a `Pinned` lives: volt processes start on the second of `cpus`.
     pinned: std::sync::atomic::AtomicBool,
     /// The cluster's files and every volt storage directory: removed when the bench
     /// ends, not as each run ends (see `storage`).
@@ -49,6 +51,7 @@ impl BenchEnv {
             cluster,
             volt_bin,
             quick,
+            cpus: allowed_cpus()?,
             pinned: std::sync::atomic::AtomicBool::new(false),
             _dir: dir,
             storages: std::sync::atomic::AtomicUsize::new(0),
@@ -151,9 +154,10 @@ impl Volt {
             .to_ascii_lowercase();
         let mut command = tokio::process::Command::new(&env.volt_bin);
         if env.pinned.load(std::sync::atomic::Ordering::Relaxed) {
+            let cpu = [env.cpus[1]];
             // SAFETY: between fork and exec only an async-signal-safe system call runs.
             unsafe {
-                command.pre_exec(|| set_affinity(0, &[VOLT_CPU]));
+                command.pre_exec(move || set_affinity(0, &cpu));
             }
         }
         let child = command
@@ -243,29 +247,27 @@ impl Volt {
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name (the state is field 0).
-/// While pinned (`BenchEnv::pin`), volt runs on this CPU and Postgres and the load
-/// generators share the other: the issue's "Postgres and load on one core, volt on the
-/// other", for scenarios where sharing both cores makes the figures move.
-pub const VOLT_CPU: usize = 1;
-pub const LOAD_CPU: usize = 0;
-
-/// Keeps Postgres and this process's threads on `LOAD_CPU`, and volt processes started
-/// meanwhile on `VOLT_CPU`, until dropped.
+/// While it lives, Postgres and this process's threads (the load generators) share
+/// one CPU and volt processes started meanwhile run on another: the issue's "Postgres
+/// and load on one core, volt on the other", for scenarios where sharing both cores
+/// makes the figures move.
 pub struct Pinned<'a> {
     env: &'a BenchEnv,
 }
 
 impl BenchEnv {
+    /// Whether there are two CPUs to pin to.
+    pub fn can_pin(&self) -> bool {
+        self.cpus.len() >= 2
+    }
+
     /// Pin Postgres (the postmaster, so its future backends too, and its processes
-    /// alive now) and every thread of this process (threads they start inherit it).
-    /// Needs two CPUs; a volt already running stays where it is.
+    /// alive now) and every thread of this process (threads they start inherit it) to
+    /// the first CPU this process may use; volt goes to the second. A volt already
+    /// running stays where it is.
     pub fn pin(&self) -> anyhow::Result<Pinned<'_>> {
-        anyhow::ensure!(
-            std::thread::available_parallelism()?.get() > VOLT_CPU,
-            "pinning needs {} CPUs",
-            VOLT_CPU + 1
-        );
-        self.place_load(&[LOAD_CPU])?;
+        anyhow::ensure!(self.can_pin(), "pinning needs two CPUs");
+        self.place_load(&self.cpus[..1])?;
         self.pinned
             .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Pinned { env: self })
@@ -295,9 +297,7 @@ impl Drop for Pinned<'_> {
         self.env
             .pinned
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        let all: Vec<usize> =
-            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
-        if let Err(e) = self.env.place_load(&all) {
+        if let Err(e) = self.env.place_load(&self.env.cpus) {
             eprintln!("could not unpin Postgres and the load: {e}");
         }
     }
@@ -324,6 +324,21 @@ fn children_of(parent: u32) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| proc_stat(pid).get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent))
         .collect()
+}
+
+/// The CPUs the calling thread may run on (a container may allow any few of the
+/// machine's).
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect())
+    }
 }
 
 /// Keep thread `tid` (0: the calling one) on `cpus`. A thread it starts inherits that.

@@ -357,16 +357,14 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         if env.quick { " (quick)" } else { "" }
     );
     println!(
-        "volt: ELECTRIC_DB_POOL_SIZE={POOL}; clients retry 503 as @electric-sql/client does (max(Retry-After, random backoff from 1 s doubling)). Pinned: Postgres and the load generators on CPU {}, volt on CPU {}, baselines included; shared: all on both CPUs.\n",
-        crate::harness::LOAD_CPU,
-        crate::harness::VOLT_CPU,
+        "volt: ELECTRIC_DB_POOL_SIZE={POOL}; clients retry 503 as @electric-sql/client does (max(Retry-After, random backoff from 1 s doubling)). Pinned: Postgres and the load generators on one CPU, volt on another, baselines included; shared: all on every CPU the bench may use.\n"
     );
     println!(
         "| placement | | shapes/s | p50 to up-to-date ms | p99 ms | p99 ratio (target <= 2x) | 503s retried | errors | Postgres connections (max seen) | CPU ms per shape: volt / Postgres / clients | peak RSS MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut probes = Vec::new();
-    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let two_cpus = env.can_pin();
     // Pinned first: the setting for the target. The quick run checks that it works.
     let placements: &[bool] = match (env.quick, two_cpus) {
         (_, false) => &[false],
