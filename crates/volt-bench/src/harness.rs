@@ -51,7 +51,8 @@ impl BenchEnv {
             cluster,
             volt_bin,
             quick,
-            cpus: allowed_cpus()?,
+            // None known: S2 runs only with the CPUs shared.
+            cpus: allowed_cpus().unwrap_or_default(),
             pinned: std::sync::atomic::AtomicBool::new(false),
             _dir: dir,
             storages: std::sync::atomic::AtomicUsize::new(0),
@@ -155,7 +156,9 @@ impl Volt {
         let mut command = tokio::process::Command::new(&env.volt_bin);
         if env.pinned.load(std::sync::atomic::Ordering::Relaxed) {
             let cpu = [env.cpus[1]];
-            // SAFETY: between fork and exec only an async-signal-safe system call runs.
+            // SAFETY: between fork and exec this only fills a set on the stack (the CPU
+            // is below CPU_SETSIZE, it came from one) and makes one system call: no
+            // allocation, no lock.
             unsafe {
                 command.pre_exec(move || set_affinity(0, &cpu));
             }
@@ -246,7 +249,6 @@ impl Volt {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` after the command name (the state is field 0).
 /// While it lives, Postgres and this process's threads (the load generators) share
 /// one CPU and volt processes started meanwhile run on another: the issue's "Postgres
 /// and load on one core, volt on the other", for scenarios where sharing both cores
@@ -267,28 +269,37 @@ impl BenchEnv {
     /// running stays where it is.
     pub fn pin(&self) -> anyhow::Result<Pinned<'_>> {
         anyhow::ensure!(self.can_pin(), "pinning needs two CPUs");
-        self.place_load(&self.cpus[..1])?;
+        // Made first: whatever gets pinned is unpinned however this ends.
+        let pinned = Pinned { env: self };
+        self.place_load(&self.cpus[..1])
+            .context("pinning Postgres and the load generators")?;
         self.pinned
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(Pinned { env: self })
+        Ok(pinned)
     }
 
+    /// Postgres's processes and this process's threads onto `cpus`. The postmaster goes
+    /// first, so the backends it forks from then on inherit `cpus`; processes and
+    /// threads that appear while this runs are caught by listing again until no new
+    /// ones show up.
     fn place_load(&self, cpus: &[usize]) -> std::io::Result<()> {
-        let mut pids: Vec<u32> = self.postgres_pids();
-        pids.extend(threads_of("self"));
-        for pid in pids {
+        let postmaster = volt_pg::cluster::postmaster_pid(self.cluster.data_dir());
+        if let Some(pid) = postmaster {
             set_affinity(pid, cpus)?;
         }
-        Ok(())
-    }
-
-    fn postgres_pids(&self) -> Vec<u32> {
-        let Some(postmaster) = volt_pg::cluster::postmaster_pid(self.cluster.data_dir()) else {
-            return Vec::new();
-        };
-        let mut pids = children_of(postmaster);
-        pids.push(postmaster);
-        pids
+        let mut placed = std::collections::HashSet::new();
+        loop {
+            let mut pids: Vec<u32> = postmaster.map(children_of).unwrap_or_default();
+            pids.extend(threads_of("self"));
+            pids.retain(|pid| !placed.contains(pid));
+            if pids.is_empty() {
+                return Ok(());
+            }
+            for pid in pids {
+                set_affinity(pid, cpus)?;
+                placed.insert(pid);
+            }
+        }
     }
 }
 
@@ -297,7 +308,10 @@ impl Drop for Pinned<'_> {
         self.env
             .pinned
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = self.env.place_load(&self.env.cpus) {
+        // EPERM: pinning failed the same way at its first process, nothing was moved.
+        if let Err(e) = self.env.place_load(&self.env.cpus)
+            && e.raw_os_error() != Some(libc::EPERM)
+        {
             eprintln!("could not unpin Postgres and the load: {e}");
         }
     }
@@ -365,6 +379,7 @@ fn set_affinity(tid: u32, cpus: &[usize]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (the state is field 0).
 fn proc_stat(pid: u32) -> Vec<String> {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
