@@ -511,9 +511,9 @@ async fn a_snapshot_postgres_refuses_costs_one_idle_session_not_all_of_them() ->
     let sql = Some("SELECT id FROM t");
     // Three sessions at once, each left idle by its snapshot's end.
     let (a, b, c) = futures::try_join!(
-        sessions.begin(&config, sql, None),
-        sessions.begin(&config, sql, None),
-        sessions.begin(&config, sql, None)
+        sessions.begin(&config, sql),
+        sessions.begin(&config, sql),
+        sessions.begin(&config, sql)
     )?;
     for s in [a, b, c] {
         s.copy_rows_then_end(|_| Ok::<(), PgError>(())).await?;
@@ -521,7 +521,7 @@ async fn a_snapshot_postgres_refuses_costs_one_idle_session_not_all_of_them() ->
     assert_eq!(sessions.idle_count(), 3);
     // Refused as it is prepared, with the BEGIN.
     let refused = sessions
-        .begin(&config, Some("SELECT id FROM t WHERE"), None)
+        .begin(&config, Some("SELECT id FROM t WHERE"))
         .await;
     assert!(
         matches!(refused, Err(SessionError::Pg(PgError::Query { .. }))),
@@ -535,149 +535,11 @@ async fn a_snapshot_postgres_refuses_costs_one_idle_session_not_all_of_them() ->
     );
     // Refused as it runs (COPY's query is analysed only then): that session goes too.
     let missing = sessions
-        .begin(&config, Some("SELECT id FROM no_such_table"), None)
+        .begin(&config, Some("SELECT id FROM no_such_table"))
         .await?;
     let failed = missing.copy_rows_then_end(|_| Ok::<(), PgError>(())).await;
     assert!(matches!(failed, Err(PgError::Query { .. })), "{failed:?}");
     assert_eq!(sessions.idle_count(), 1);
-    sessions.close_idle().await;
-    db.cleanup().await;
-    Ok(())
-}
-
-/// The ids a snapshot session's COPY returns, ending (or sharing) its transaction.
-async fn copied_ids(
-    session: volt_stack::snapshot_sessions::Session<'_>,
-) -> anyhow::Result<Vec<i32>> {
-    let mut lines = volt_pg::snapshot::CopyLines::default();
-    let mut ids = Vec::new();
-    session
-        .copy_rows_then_end(|part| {
-            lines.feed(part, |row| {
-                ids.push(row.get(0).unwrap().parse::<i32>().unwrap());
-                Ok::<(), volt_pg::PgError>(())
-            })
-        })
-        .await?;
-    anyhow::ensure!(lines.is_complete(), "the COPY ended mid-row");
-    Ok(ids)
-}
-
-/// Snapshots queued for the one session of a herd: the third was routed before the
-/// second's transaction began, so it reads in that transaction, at its snapshot (row 4,
-/// committed after that snapshot, is not in it, and need not be: it reaches the shape
-/// through the stream). The first's transaction, begun before the second was routed,
-/// is not shared with it: the second sees row 3, committed after the first began. Once
-/// none waits, no session is left in a transaction.
-#[tokio::test]
-async fn a_waiting_snapshot_reads_in_a_transaction_begun_after_its_shape_was_routed()
--> anyhow::Result<()> {
-    use std::time::Instant;
-    use volt_stack::snapshot_sessions::SnapshotSessions;
-    let db = volt_test_support::TestDb::new("shared_snapshot").await?;
-    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);")
-        .await?;
-    let config = Arc::new(volt_pg::PgConfig::parse(&db.url())?);
-    let sessions = Arc::new(SnapshotSessions::new(1));
-    let sql = Some("SELECT id FROM t");
-    let first = sessions.begin(&config, sql, Some(Instant::now())).await?;
-    let first_snapshot = first.snapshot.clone();
-    db.execute("INSERT INTO t VALUES (3)").await?;
-    // Each waiter reports its snapshot, then reads when told to.
-    let waiter = |go: tokio::sync::oneshot::Receiver<()>| {
-        let (sessions, config) = (sessions.clone(), config.clone());
-        let (began_tx, began) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let session = sessions.begin(&config, sql, Some(Instant::now())).await?;
-            let _ = began_tx.send(session.snapshot.clone());
-            go.await?;
-            copied_ids(session).await
-        });
-        (began, task)
-    };
-    let waiting = |n: usize| {
-        let sessions = sessions.clone();
-        async move {
-            eventually(&format!("{n} snapshots waiting"), || {
-                let sessions = sessions.clone();
-                async move { Ok(sessions.waiting() == n) }
-            })
-            .await
-        }
-    };
-    let (go_second, second_go) = tokio::sync::oneshot::channel();
-    let (second_began, second) = waiter(second_go);
-    waiting(1).await?;
-    let (go_third, third_go) = tokio::sync::oneshot::channel();
-    let (third_began, third) = waiter(third_go);
-    waiting(2).await?;
-    assert_eq!(copied_ids(first).await?, [1, 2]);
-    let second_snapshot = second_began.await?;
-    assert_ne!(
-        second_snapshot, first_snapshot,
-        "a transaction begun before the second was routed is not shared with it"
-    );
-    db.execute("INSERT INTO t VALUES (4)").await?;
-    go_second.send(()).unwrap();
-    assert_eq!(second.await??, [1, 2, 3]);
-    assert_eq!(third_began.await?, second_snapshot, "the third shares it");
-    go_third.send(()).unwrap();
-    assert_eq!(third.await??, [1, 2, 3], "as of the shared snapshot");
-    // None waits: the last one ended its transaction.
-    let client = db.client().await?;
-    let in_transaction: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND state LIKE 'idle in transaction%'",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert_eq!(in_transaction, 0);
-    assert_eq!(sessions.idle_count(), 1);
-    sessions.close_idle().await;
-    db.cleanup().await;
-    Ok(())
-}
-
-/// A snapshot whose shape was routed after the open transaction began, or one that
-/// needs its own (a subset), never reads in it: it sees what was committed since.
-#[tokio::test]
-async fn a_snapshot_routed_after_a_transaction_began_takes_one_of_its_own() -> anyhow::Result<()> {
-    use std::time::Instant;
-    use volt_stack::snapshot_sessions::SnapshotSessions;
-    let db = volt_test_support::TestDb::new("unshared_snapshot").await?;
-    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
-        .await?;
-    let config = Arc::new(volt_pg::PgConfig::parse(&db.url())?);
-    let sessions = Arc::new(SnapshotSessions::new(1));
-    let sql = Some("SELECT id FROM t");
-    for routed in [Some(()), None] {
-        let first = sessions.begin(&config, sql, Some(Instant::now())).await?;
-        let late = {
-            let (sessions, config) = (sessions.clone(), config.clone());
-            // Routed now, after the first transaction began; or a subset.
-            let routed = routed.map(|()| Instant::now());
-            tokio::spawn(
-                async move { copied_ids(sessions.begin(&config, sql, routed).await?).await },
-            )
-        };
-        eventually("the second snapshot waiting", || {
-            let sessions = sessions.clone();
-            async move { Ok(sessions.waiting() == 1) }
-        })
-        .await?;
-        let next: i32 = db
-            .client()
-            .await?
-            .query_one("INSERT INTO t SELECT max(id) + 1 FROM t RETURNING id", &[])
-            .await?
-            .get(0);
-        // Left open for the waiting one, which must not use it.
-        let before = copied_ids(first).await?;
-        assert!(!before.contains(&next));
-        assert!(late.await??.contains(&next), "routed {routed:?}");
-    }
     sessions.close_idle().await;
     db.cleanup().await;
     Ok(())

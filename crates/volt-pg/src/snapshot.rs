@@ -73,17 +73,9 @@ pub struct SnapshotTx {
 const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
                               SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text";
 
-const IDLE_IN_TRANSACTION: &str = "SET idle_in_transaction_session_timeout = '60s'";
-
 impl SnapshotTx {
-    /// Begin on a new session. The session ends itself if it is ever left in a
-    /// transaction for `IDLE_IN_TRANSACTION` (a transaction kept open for snapshots that
-    /// then never came, see `volt-stack`'s snapshot sessions): an open snapshot holds
-    /// back vacuum.
     pub async fn begin(config: &PgConfig, copy_sql: Option<&str>) -> Result<SnapshotTx, PgError> {
-        let conn = config.connect().await?;
-        conn.batch_execute(IDLE_IN_TRANSACTION).await?;
-        SnapshotTx::begin_on(conn, copy_sql).await
+        SnapshotTx::begin_on(config.connect().await?, copy_sql).await
     }
 
     /// Begin on a session already open (one an earlier snapshot ended with `end`). With
@@ -137,38 +129,6 @@ impl SnapshotTx {
                 Err(e) => Some(Err(PgError::from(e))),
             }
         }))
-    }
-}
-
-impl SnapshotTx {
-    /// Prepare `COPY (sql) TO STDOUT` in this transaction, for a further shape read at
-    /// the same snapshot (replacing any COPY prepared but not run).
-    pub async fn prepare_copy(&mut self, sql: &str) -> Result<(), PgError> {
-        self.copy = None;
-        self.copy = Some(
-            self.conn
-                .prepare(&format!("COPY ({sql}) TO STDOUT"))
-                .await?,
-        );
-        Ok(())
-    }
-
-    /// Run the prepared COPY as `copy_rows_then_end` does, but leave the transaction
-    /// open for another (`prepare_copy`).
-    pub async fn copy_rows<E: From<PgError>>(
-        &mut self,
-        mut part: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let copy = self
-            .copy
-            .take()
-            .ok_or_else(|| PgError::Protocol("no COPY is prepared".into()))?;
-        let data = self.conn.copy_out(&copy).await.map_err(PgError::from)?;
-        futures::pin_mut!(data);
-        while let Some(bytes) = data.next().await {
-            part(&bytes.map_err(PgError::from)?)?;
-        }
-        Ok(())
     }
 }
 

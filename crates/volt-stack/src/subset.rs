@@ -50,8 +50,7 @@ pub async fn query_subset(
 ) -> Result<SubsetRows, SubsetQueryError> {
     let tx = shared
         .snapshot_sessions
-        // A snapshot of its own: a subset is read as of the request.
-        .begin(&shared.config.pg, None, None)
+        .begin(&shared.config.pg, None)
         .await
         .map_err(|e| match e {
             SessionError::Closed => SubsetQueryError::Unavailable(e.to_string()),

@@ -78,12 +78,9 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     let started = std::time::Instant::now();
     // `log=changes_only`: the snapshot only fixes where the changes start.
     let copy_sql = (args.shape.def.log == LogMode::Full).then(|| args.shape.snapshot_sql());
-    // The shape is routed (the Consumer registered it before starting us) and its
-    // table published: any snapshot taken from now on is valid for it.
-    let routed = std::time::Instant::now();
     let tx = shared
         .snapshot_sessions
-        .begin(&shared.config.pg, copy_sql.as_deref(), Some(routed))
+        .begin(&shared.config.pg, copy_sql.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let snapshot = tx.snapshot.clone();
