@@ -302,6 +302,81 @@ async fn shape_created_under_write_load_converges_to_the_table() -> anyhow::Resu
     Ok(())
 }
 
+/// Twenty-four distinct shapes asked for at once, under writes, queue for the test
+/// stack's four snapshot sessions: each converges to its rows in the table, without a
+/// refetch.
+#[tokio::test]
+async fn shapes_created_at_once_under_write_load_each_converge_to_the_table() -> anyhow::Result<()>
+{
+    let volt = TestVolt::start("converge_at_once").await?;
+    volt.db
+        .execute(
+            "CREATE TABLE counters (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO counters SELECT g, 0 FROM generate_series(0, 49) g;",
+        )
+        .await?;
+    let writer = volt.db.client().await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_w = stop.clone();
+    let load = tokio::spawn(async move {
+        let mut i = 0i32;
+        while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
+            writer
+                .batch_execute(&format!(
+                    "UPDATE counters SET v = v + 1 WHERE id = {}; \
+                     INSERT INTO counters VALUES ({}, {i}) ON CONFLICT (id) DO NOTHING; \
+                     DELETE FROM counters WHERE id = {}",
+                    i % 50,
+                    50 + i,
+                    50 + i / 2,
+                ))
+                .await?;
+            i += 1;
+        }
+        anyhow::Ok(i)
+    });
+    let bounds: Vec<i32> = (0..24).map(|k| k * 4).collect();
+    let mut followers: Vec<Follower> = bounds
+        .iter()
+        .map(|k| Follower::new(&format!("table=counters&where=id%20%3E%3D%20{k}")))
+        .collect();
+    futures::future::try_join_all(followers.iter_mut().map(|f| f.catch_up(&volt))).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.await?? > 0);
+    let client = volt.db.client().await?;
+    for (k, f) in bounds.iter().zip(followers.iter_mut()) {
+        let rows = client
+            .query("SELECT id, v FROM counters WHERE id >= $1", &[k])
+            .await?;
+        let mut expected: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, i32>(0).to_string(),
+                    r.get::<_, i32>(1).to_string(),
+                )
+            })
+            .collect();
+        expected.sort();
+        f.until(&volt, "convergence", |f| {
+            let mut got: Vec<(String, String)> = f
+                .rows
+                .values()
+                .map(|r| {
+                    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    (s("id"), s("v"))
+                })
+                .collect();
+            got.sort();
+            got == expected
+        })
+        .await?;
+        assert_eq!(f.refetches, 0);
+    }
+    volt.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn postgres_is_told_a_change_is_stored_only_once_it_is() -> anyhow::Result<()> {
     let volt = TestVolt::start("acknowledgement").await?;
