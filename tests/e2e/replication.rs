@@ -221,6 +221,41 @@ async fn large_transaction_passes_through_in_order() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `counters` rows (id, v) as text, sorted: what `sql` returns from the table.
+async fn counters(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut rows: Vec<(String, String)> = client
+        .query(sql, params)
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i32>(0).to_string(),
+                r.get::<_, i32>(1).to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+/// The same, from what a follower of a `counters` shape holds.
+fn followed_counters(f: &Follower) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = f
+        .rows
+        .values()
+        .map(|r| {
+            let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            (s("id"), s("v"))
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 #[tokio::test]
 async fn shape_created_under_write_load_converges_to_the_table() -> anyhow::Result<()> {
     let volt = TestVolt::start("converges_under_load").await?;
@@ -262,40 +297,12 @@ async fn shape_created_under_write_load_converges_to_the_table() -> anyhow::Resu
     let writes = load.await??;
     assert!(writes > 0);
     let client = volt.db.client().await?;
-    let truth = |sql: &'static str| {
-        let c = &client;
-        async move {
-            let rows = c.query(sql, &[]).await?;
-            let mut v: Vec<(String, String)> = rows
-                .iter()
-                .map(|r| {
-                    (
-                        r.get::<_, i32>(0).to_string(),
-                        r.get::<_, i32>(1).to_string(),
-                    )
-                })
-                .collect();
-            v.sort();
-            anyhow::Ok(v)
-        }
-    };
-    let all = truth("SELECT id, v FROM counters").await?;
-    let big = truth("SELECT id, v FROM counters WHERE v > 3").await?;
+    let all = counters(&client, "SELECT id, v FROM counters", &[]).await?;
+    let big = counters(&client, "SELECT id, v FROM counters WHERE v > 3", &[]).await?;
     for (i, f) in followers.iter_mut().enumerate() {
         let expected = if i % 2 == 0 { &all } else { &big };
-        f.until(&volt, "convergence", |f| {
-            let mut got: Vec<(String, String)> = f
-                .rows
-                .values()
-                .map(|r| {
-                    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                    (s("id"), s("v"))
-                })
-                .collect();
-            got.sort();
-            &got == expected
-        })
-        .await?;
+        f.until(&volt, "convergence", |f| &followed_counters(f) == expected)
+            .await?;
         assert_eq!(f.refetches, 0);
     }
     volt.stop().await;
@@ -345,32 +352,9 @@ async fn shapes_created_at_once_under_write_load_each_converge_to_the_table() ->
     assert!(load.await?? > 0);
     let client = volt.db.client().await?;
     for (k, f) in bounds.iter().zip(followers.iter_mut()) {
-        let rows = client
-            .query("SELECT id, v FROM counters WHERE id >= $1", &[k])
+        let expected = counters(&client, "SELECT id, v FROM counters WHERE id >= $1", &[k]).await?;
+        f.until(&volt, "convergence", |f| followed_counters(f) == expected)
             .await?;
-        let mut expected: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, i32>(0).to_string(),
-                    r.get::<_, i32>(1).to_string(),
-                )
-            })
-            .collect();
-        expected.sort();
-        f.until(&volt, "convergence", |f| {
-            let mut got: Vec<(String, String)> = f
-                .rows
-                .values()
-                .map(|r| {
-                    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                    (s("id"), s("v"))
-                })
-                .collect();
-            got.sort();
-            got == expected
-        })
-        .await?;
         assert_eq!(f.refetches, 0);
     }
     volt.stop().await;
