@@ -221,6 +221,39 @@ async fn large_transaction_passes_through_in_order() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the statements `batch(i)` gives for i = 0, 1, ... one after another until
+/// stopped, so that snapshots race with the stream.
+struct WriteLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<i32>>,
+}
+
+impl WriteLoad {
+    async fn start(
+        volt: &TestVolt,
+        batch: impl Fn(i32) -> String + Send + 'static,
+    ) -> anyhow::Result<WriteLoad> {
+        let writer = volt.db.client().await?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut i = 0i32;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                writer.batch_execute(&batch(i)).await?;
+                i += 1;
+            }
+            anyhow::Ok(i)
+        });
+        Ok(WriteLoad { stop, task })
+    }
+
+    /// Stop, and how many batches were written.
+    async fn stop(self) -> anyhow::Result<i32> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await?
+    }
+}
+
 /// `counters` rows (id, v) as text, sorted: what `sql` returns from the table.
 async fn counters(
     client: &tokio_postgres::Client,
@@ -262,27 +295,17 @@ async fn shape_created_under_write_load_converges_to_the_table() -> anyhow::Resu
     volt.db
         .execute("CREATE TABLE counters (id int PRIMARY KEY, v int NOT NULL)")
         .await?;
-    let writer = volt.db.client().await?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_w = stop.clone();
-    let load = tokio::spawn(async move {
-        let mut i = 0i32;
-        while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
-            let id = i % 50;
-            writer
-                .batch_execute(&format!(
-                    "INSERT INTO counters VALUES ({id}, 1) ON CONFLICT (id) DO UPDATE SET v = counters.v + 1"
-                ))
-                .await?;
-            if i % 7 == 0 {
-                writer
-                    .batch_execute(&format!("DELETE FROM counters WHERE id = {}", (i * 3) % 50))
-                    .await?;
-            }
-            i += 1;
+    let load = WriteLoad::start(&volt, |i| {
+        let upsert = format!(
+            "INSERT INTO counters VALUES ({}, 1) ON CONFLICT (id) DO UPDATE SET v = counters.v + 1;",
+            i % 50
+        );
+        match i % 7 {
+            0 => format!("{upsert} DELETE FROM counters WHERE id = {}", (i * 3) % 50),
+            _ => upsert,
         }
-        anyhow::Ok(i)
-    });
+    })
+    .await?;
     // Create shapes while the load runs, so snapshots race with the stream.
     let mut followers = Vec::new();
     for _ in 0..3 {
@@ -293,9 +316,7 @@ async fn shape_created_under_write_load_converges_to_the_table() -> anyhow::Resu
         g.catch_up(&volt).await?;
         followers.push(g);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let writes = load.await??;
-    assert!(writes > 0);
+    assert!(load.stop().await? > 0);
     let client = volt.db.client().await?;
     let all = counters(&client, "SELECT id, v FROM counters", &[]).await?;
     let big = counters(&client, "SELECT id, v FROM counters WHERE v > 3", &[]).await?;
@@ -322,34 +343,24 @@ async fn shapes_created_at_once_under_write_load_each_converge_to_the_table() ->
              INSERT INTO counters SELECT g, 0 FROM generate_series(0, 49) g;",
         )
         .await?;
-    let writer = volt.db.client().await?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_w = stop.clone();
-    let load = tokio::spawn(async move {
-        let mut i = 0i32;
-        while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
-            writer
-                .batch_execute(&format!(
-                    "UPDATE counters SET v = v + 1 WHERE id = {}; \
-                     INSERT INTO counters VALUES ({}, {i}) ON CONFLICT (id) DO NOTHING; \
-                     DELETE FROM counters WHERE id = {}",
-                    i % 50,
-                    50 + i,
-                    50 + i / 2,
-                ))
-                .await?;
-            i += 1;
-        }
-        anyhow::Ok(i)
-    });
+    let load = WriteLoad::start(&volt, |i| {
+        format!(
+            "UPDATE counters SET v = v + 1 WHERE id = {}; \
+             INSERT INTO counters VALUES ({}, {i}) ON CONFLICT (id) DO NOTHING; \
+             DELETE FROM counters WHERE id = {}",
+            i % 50,
+            50 + i,
+            50 + i / 2,
+        )
+    })
+    .await?;
     let bounds: Vec<i32> = (0..24).map(|k| k * 4).collect();
     let mut followers: Vec<Follower> = bounds
         .iter()
         .map(|k| Follower::new(&format!("table=counters&where=id%20%3E%3D%20{k}")))
         .collect();
     futures::future::try_join_all(followers.iter_mut().map(|f| f.catch_up(&volt))).await?;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(load.await?? > 0);
+    assert!(load.stop().await? > 0);
     let client = volt.db.client().await?;
     for (k, f) in bounds.iter().zip(followers.iter_mut()) {
         let expected = counters(&client, "SELECT id, v FROM counters WHERE id >= $1", &[k]).await?;
