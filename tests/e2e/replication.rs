@@ -221,8 +221,9 @@ async fn large_transaction_passes_through_in_order() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the statements `batch(i)` gives for i = 0, 1, ... one after another until
-/// stopped, so that snapshots race with the stream.
+/// Writes the transactions `batches(i)` gives for i = 0, 1, ... (each batch of
+/// statements its own transaction) one after another until stopped, so that snapshots
+/// race with the stream.
 struct WriteLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<anyhow::Result<i32>>,
@@ -231,7 +232,7 @@ struct WriteLoad {
 impl WriteLoad {
     async fn start(
         volt: &TestVolt,
-        batch: impl Fn(i32) -> String + Send + 'static,
+        batches: impl Fn(i32) -> Vec<String> + Send + 'static,
     ) -> anyhow::Result<WriteLoad> {
         let writer = volt.db.client().await?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -239,7 +240,9 @@ impl WriteLoad {
         let task = tokio::spawn(async move {
             let mut i = 0i32;
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                writer.batch_execute(&batch(i)).await?;
+                for batch in batches(i) {
+                    writer.batch_execute(&batch).await?;
+                }
                 i += 1;
             }
             anyhow::Ok(i)
@@ -247,7 +250,7 @@ impl WriteLoad {
         Ok(WriteLoad { stop, task })
     }
 
-    /// Stop, and how many batches were written.
+    /// Stop, and how many rounds of batches were written.
     async fn stop(self) -> anyhow::Result<i32> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await?
@@ -296,14 +299,14 @@ async fn shape_created_under_write_load_converges_to_the_table() -> anyhow::Resu
         .execute("CREATE TABLE counters (id int PRIMARY KEY, v int NOT NULL)")
         .await?;
     let load = WriteLoad::start(&volt, |i| {
-        let upsert = format!(
-            "INSERT INTO counters VALUES ({}, 1) ON CONFLICT (id) DO UPDATE SET v = counters.v + 1;",
+        let mut batches = vec![format!(
+            "INSERT INTO counters VALUES ({}, 1) ON CONFLICT (id) DO UPDATE SET v = counters.v + 1",
             i % 50
-        );
-        match i % 7 {
-            0 => format!("{upsert} DELETE FROM counters WHERE id = {}", (i * 3) % 50),
-            _ => upsert,
+        )];
+        if i % 7 == 0 {
+            batches.push(format!("DELETE FROM counters WHERE id = {}", (i * 3) % 50));
         }
+        batches
     })
     .await?;
     // Create shapes while the load runs, so snapshots race with the stream.
@@ -344,14 +347,14 @@ async fn shapes_created_at_once_under_write_load_each_converge_to_the_table() ->
         )
         .await?;
     let load = WriteLoad::start(&volt, |i| {
-        format!(
+        vec![format!(
             "UPDATE counters SET v = v + 1 WHERE id = {}; \
              INSERT INTO counters VALUES ({}, {i}) ON CONFLICT (id) DO NOTHING; \
              DELETE FROM counters WHERE id = {}",
             i % 50,
             50 + i,
             50 + i / 2,
-        )
+        )]
     })
     .await?;
     let bounds: Vec<i32> = (0..24).map(|k| k * 4).collect();
