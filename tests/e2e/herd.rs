@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use volt_http::admission::Limits;
+use volt_http::admission::{Limits, Queue};
 
 use crate::support::{Server, TestVolt, Tweaks, eventually, snapshot_queries};
 
@@ -191,9 +191,21 @@ async fn a_failed_creation_fails_every_waiter_fast_with_the_same_error_and_is_sw
 }
 
 #[tokio::test]
-async fn with_default_caps_the_overflow_gets_only_503s_with_retry_after_and_permits_return_to_zero()
+async fn with_default_caps_the_overflow_waits_in_the_room_and_past_it_gets_only_503s()
 -> anyhow::Result<()> {
-    let volt = herd_volt("herd_default_caps", None).await?;
+    // Electric's default buckets; a room of 50 that outwaits the test.
+    let volt = TestVolt::start_tweaked(
+        "herd_default_caps",
+        Tweaks {
+            initial_queue: Some(Queue {
+                size: 50,
+                wait: Duration::from_secs(600),
+            }),
+            ..Tweaks::default()
+        },
+    )
+    .await?;
+    volt.db.execute(ITEMS).await?;
     let gate = Arc::new(Semaphore::new(0));
     volt.shared()
         .failpoints
@@ -206,17 +218,17 @@ async fn with_default_caps_the_overflow_gets_only_503s_with_retry_after_and_perm
     )
     .await;
     eventually(
-        "the initial bucket is full and the rest rejected",
+        "the initial bucket and the room are full and the rest rejected",
         || async {
             let s = volt.admission.stats();
-            Ok(s.initial_in_use == 300 && s.initial_rejects == 100)
+            Ok(s.initial_in_use == 300 && s.initial_waiting == 50 && s.initial_rejects == 50)
         },
     )
     .await?;
     gate.add_permits(1);
     let all = answers(tasks).await?;
     let (ok, shed): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.status == 200);
-    assert_eq!(ok.len(), 300);
+    assert_eq!(ok.len(), 350, "the bucket's and the room's");
     for a in &shed {
         assert_eq!(a.status, 503, "{}", a.body);
         assert!(a.retry_after);
@@ -228,6 +240,55 @@ async fn with_default_caps_the_overflow_gets_only_503s_with_retry_after_and_perm
     }
     let s = volt.admission.stats();
     assert_eq!((s.initial_in_use, s.existing_in_use), (0, 0));
+    assert_eq!((s.initial_waiting, s.initial_waited), (0, 50));
+    volt.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_that_outwaits_the_room_gets_a_503_with_retry_after() -> anyhow::Result<()> {
+    let volt = TestVolt::start_tweaked(
+        "herd_room_wait",
+        Tweaks {
+            max_concurrent: Some(Limits {
+                initial: 1,
+                existing: 100,
+            }),
+            initial_queue: Some(Queue {
+                size: 10,
+                wait: Duration::from_millis(200),
+            }),
+            ..Tweaks::default()
+        },
+    )
+    .await?;
+    volt.db.execute(ITEMS).await?;
+    let gate = Arc::new(Semaphore::new(0));
+    volt.shared()
+        .failpoints
+        .hold_create
+        .store(Some(gate.clone()));
+    let held = herd(
+        &volt,
+        1,
+        "/v1/shape?table=items&offset=-1&where=id%20%3C%205",
+    )
+    .await;
+    eventually("the one permit is taken", || async {
+        Ok(volt.admission.stats().initial_in_use == 1)
+    })
+    .await?;
+    let waited = answers(herd(&volt, 3, "/v1/shape?table=items&offset=-1").await).await?;
+    for a in &waited {
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(a.retry_after);
+        assert!(a.body.contains("concurrent_request_limit_exceeded"));
+    }
+    assert_eq!(volt.admission.stats().initial_wait_timeouts, 3);
+    gate.add_permits(1);
+    assert_eq!(answers(held).await?[0].status, 200);
+    let s = volt.admission.stats();
+    assert_eq!((s.initial_in_use, s.initial_waiting), (0, 0));
     volt.stop().await;
     Ok(())
 }

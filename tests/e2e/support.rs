@@ -40,6 +40,8 @@ pub struct Tweaks {
     pub storage: Option<std::path::PathBuf>,
     /// Admission buckets (default: Electric's 300 / 10,000).
     pub max_concurrent: Option<volt_http::admission::Limits>,
+    /// The waiting room in front of `initial` (default volt's: 1,000 for 3 s).
+    pub initial_queue: Option<volt_http::admission::Queue>,
     /// Long-poll timeout (default 1.5 s).
     pub long_poll: Option<Duration>,
     /// `ELECTRIC_TWEAKS_SHAPE_CACHE_MAX_MAILBOX` (default: high enough never to shed).
@@ -114,6 +116,7 @@ impl TestVolt {
         .await?;
         let admission = Arc::new(volt_http::admission::Admission::new(
             tweaks.max_concurrent.unwrap_or_default(),
+            tweaks.initial_queue.unwrap_or_default(),
         ));
         let app = volt_http::router_with_admission(
             Arc::clone(&stack.shared),

@@ -150,6 +150,10 @@ struct VoltRun {
     retried: u32,
     errors: usize,
     first_error: Option<anyhow::Error>,
+    /// Requests that waited in admission's room for a permit, and those whose wait ran
+    /// out (503).
+    waited: u64,
+    outwaited: u64,
     max_volt: i64,
     max_repl: i64,
     samples: usize,
@@ -216,6 +220,8 @@ async fn volt_run(
     let peak = volt.peak_rss_kib();
     let samples = conns.stop().await;
     sorted.sort();
+    let admission = crate::load::admin_stats(&volt).await?["admission"].clone();
+    let counter = |name: &str| admission[name].as_u64().unwrap_or(0);
     volt.kill_9().await?;
     Ok(VoltRun {
         out: Outcome {
@@ -226,6 +232,8 @@ async fn volt_run(
         retried,
         errors,
         first_error,
+        waited: counter("initial_waited"),
+        outwaited: counter("initial_wait_timeouts"),
         max_volt: samples.iter().map(|(_, (v, _))| *v).max().unwrap_or(0),
         max_repl: samples.iter().map(|(_, (_, r))| *r).max().unwrap_or(0),
         samples: samples.len(),
@@ -289,17 +297,22 @@ async fn placement_runs(
     let p99_floor = percentile(&floor.sorted, 0.99);
     let per_shape = |secs: f64| secs * 1000.0 / shapes as f64;
     for (name, r) in [
-        ("volt, default admission (initial 300)", &shed),
+        (
+            "volt, default admission (initial 300; 1,000 more wait up to 3 s)",
+            &shed,
+        ),
         ("volt, admission raised (nothing shed)", &unshed),
     ] {
         let p99 = percentile(&r.out.sorted, 0.99);
         println!(
-            "| {placement} | {name} | {:.0} | {} | {} | {:.2}x | {} | {} | {} `volt` (pool {POOL} + 1 admin{}) + {} replication, {} samples | {:.2} / {:.2} / {:.2} | {:.1} |",
+            "| {placement} | {name} | {:.0} | {} | {} | {:.2}x | {} ({} waited for a permit, {} of them too long) | {} | {} `volt` (pool {POOL} + 1 admin{}) + {} replication, {} samples | {:.2} / {:.2} / {:.2} | {:.1} |",
             r.out.rate(),
             ms(percentile(&r.out.sorted, 0.5)),
             ms(p99),
             p99.as_secs_f64() / p99_floor.as_secs_f64().max(1e-6),
             r.retried,
+            r.waited,
+            r.outwaited,
             r.errors,
             r.max_volt,
             if r.max_volt <= POOL as i64 + 1 {

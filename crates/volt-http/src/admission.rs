@@ -4,11 +4,20 @@
 //! database work or actor message. `initial` therefore bounds how many requests are
 //! validating and creating shapes at once, and through that the snapshot queries; a
 //! request moves to `existing` once its shape's snapshot has started.
+//!
+//! volt adds one thing to Electric's gate: a bounded waiting room in front of `initial`
+//! ([`Queue`]). A request that finds the bucket full waits there, first come first
+//! served, for a permit to turn over; only when the room is full, or its wait runs out,
+//! is it answered 503. Under a herd Electric's clients come back in waves a second or
+//! more apart, and the bucket drains and sits empty between them (BENCHMARKS.md, S2);
+//! a waiter takes the next free permit instead. A waiter holds no permit and has done no
+//! work beyond its connection, so the room bounds memory and its wait bounds latency.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -16,6 +25,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::response::error;
 
@@ -35,6 +45,27 @@ impl Default for Limits {
     }
 }
 
+/// The waiting room in front of the `initial` bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queue {
+    /// Requests that may wait at once; 0 rejects at a full bucket, as Electric does.
+    pub size: usize,
+    /// How long one request waits before it is answered 503 + `Retry-After`.
+    pub wait: Duration,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        // A second herd's worth of the default bucket would still be absorbed, and a
+        // waiter costs only its connection. Three seconds is the longest `Retry-After`
+        // volt gives: a waiter turned away at the end has lost no more than one retry.
+        Queue {
+            size: 1_000,
+            wait: Duration::from_secs(u64::from(RETRY_AFTER_MAX)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Initial,
@@ -50,18 +81,22 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Default)]
-struct Bucket {
-    in_use: AtomicUsize,
-    rejects: AtomicU64,
-}
-
 /// The two buckets and their counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Admission {
     limits: Limits,
-    initial: Bucket,
-    existing: Bucket,
+    queue: Queue,
+    /// `initial` permits: a fair semaphore, so a released permit goes to the longest
+    /// waiter and a newcomer never takes it first.
+    initial: Arc<Semaphore>,
+    initial_rejects: AtomicU64,
+    /// Requests in the waiting room now, and those that left it with a permit or
+    /// with a 503 because their wait ran out.
+    waiting: AtomicUsize,
+    waited: AtomicU64,
+    wait_timeouts: AtomicU64,
+    existing_in_use: AtomicUsize,
+    existing_rejects: AtomicU64,
     failed_swaps: AtomicU64,
 }
 
@@ -70,52 +105,132 @@ pub struct Admission {
 pub struct AdmissionStats {
     pub initial_in_use: usize,
     pub existing_in_use: usize,
+    /// Every 503 of the `initial` bucket: a full room, or a wait that ran out.
     pub initial_rejects: u64,
     pub existing_rejects: u64,
     pub failed_swaps: u64,
+    pub initial_waiting: usize,
+    pub initial_waited: u64,
+    pub initial_wait_timeouts: u64,
 }
 
 impl Admission {
-    pub fn new(limits: Limits) -> Admission {
+    pub fn new(limits: Limits, queue: Queue) -> Admission {
         Admission {
             limits,
-            ..Admission::default()
+            queue,
+            initial: Arc::new(Semaphore::new(limits.initial.min(Semaphore::MAX_PERMITS))),
+            initial_rejects: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            waited: AtomicU64::new(0),
+            wait_timeouts: AtomicU64::new(0),
+            existing_in_use: AtomicUsize::new(0),
+            existing_rejects: AtomicU64::new(0),
+            failed_swaps: AtomicU64::new(0),
         }
     }
 
-    fn bucket(&self, kind: Kind) -> (&Bucket, usize) {
-        match kind {
-            Kind::Initial => (&self.initial, self.limits.initial),
-            Kind::Existing => (&self.existing, self.limits.existing),
+    /// A permit of `kind`: at once, or for `initial` after a wait in the room; else the
+    /// 503 for a full bucket.
+    pub async fn acquire(self: &Arc<Self>, kind: Kind) -> Result<Permit, Response> {
+        let full = match self.try_take(kind) {
+            Ok(permit) => return Ok(permit),
+            Err(full) => full,
+        };
+        if kind == Kind::Existing || !self.enter_room() {
+            return Err(self.reject(full));
+        }
+        let _left = LeaveRoom(&self.waiting);
+        match tokio::time::timeout(self.queue.wait, self.initial.clone().acquire_owned()).await {
+            Ok(Ok(held)) => {
+                self.waited.fetch_add(1, Ordering::Relaxed);
+                Ok(self.initial_permit(held))
+            }
+            // The semaphore is never closed; a wait that runs out is the same 503.
+            Ok(Err(_)) | Err(_) => {
+                self.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("volt_admission_wait_timeouts_total").increment(1);
+                Err(self.reject(full))
+            }
         }
     }
 
-    /// A permit of `kind`, or the 503 for a full bucket.
+    /// A permit of `kind` if one is free now, or the 503 for a full bucket.
     #[allow(clippy::result_large_err)] // the rejection is the response itself
     pub fn try_acquire(self: &Arc<Self>, kind: Kind) -> Result<Permit, Response> {
-        let (bucket, cap) = self.bucket(kind);
-        // Increment first, then check: concurrent acquirers never both see room for one.
-        if bucket.in_use.fetch_add(1, Ordering::AcqRel) >= cap {
-            bucket.in_use.fetch_sub(1, Ordering::AcqRel);
-            bucket.rejects.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("volt_admission_rejects_total", "kind" => kind.as_str()).increment(1);
-            return Err(overloaded(kind, cap));
+        self.try_take(kind).map_err(|full| self.reject(full))
+    }
+
+    fn try_take(self: &Arc<Self>, kind: Kind) -> Result<Permit, Kind> {
+        match kind {
+            Kind::Initial => match self.initial.clone().try_acquire_owned() {
+                Ok(held) => Ok(self.initial_permit(held)),
+                Err(_) => Err(kind),
+            },
+            Kind::Existing => {
+                // Increment first, then check: concurrent acquirers never both see
+                // room for one.
+                if self.existing_in_use.fetch_add(1, Ordering::AcqRel) >= self.limits.existing {
+                    self.existing_in_use.fetch_sub(1, Ordering::AcqRel);
+                    return Err(kind);
+                }
+                in_use_gauge(kind).increment(1.0);
+                Ok(Permit {
+                    admission: self.clone(),
+                    initial: None,
+                })
+            }
         }
-        in_use_gauge(kind).increment(1.0);
-        Ok(Permit {
+    }
+
+    fn initial_permit(self: &Arc<Self>, held: OwnedSemaphorePermit) -> Permit {
+        in_use_gauge(Kind::Initial).increment(1.0);
+        Permit {
             admission: self.clone(),
-            kind,
-        })
+            initial: Some(held),
+        }
+    }
+
+    /// A place in the waiting room, if there is one.
+    fn enter_room(&self) -> bool {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue.size {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn reject(&self, kind: Kind) -> Response {
+        let (rejects, cap) = match kind {
+            Kind::Initial => (&self.initial_rejects, self.limits.initial),
+            Kind::Existing => (&self.existing_rejects, self.limits.existing),
+        };
+        rejects.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("volt_admission_rejects_total", "kind" => kind.as_str()).increment(1);
+        overloaded(kind, cap)
     }
 
     pub fn stats(&self) -> AdmissionStats {
         AdmissionStats {
-            initial_in_use: self.initial.in_use.load(Ordering::Acquire),
-            existing_in_use: self.existing.in_use.load(Ordering::Acquire),
-            initial_rejects: self.initial.rejects.load(Ordering::Relaxed),
-            existing_rejects: self.existing.rejects.load(Ordering::Relaxed),
+            initial_in_use: self.limits.initial - self.initial.available_permits(),
+            existing_in_use: self.existing_in_use.load(Ordering::Acquire),
+            initial_rejects: self.initial_rejects.load(Ordering::Relaxed),
+            existing_rejects: self.existing_rejects.load(Ordering::Relaxed),
             failed_swaps: self.failed_swaps.load(Ordering::Relaxed),
+            initial_waiting: self.waiting.load(Ordering::Acquire),
+            initial_waited: self.waited.load(Ordering::Relaxed),
+            initial_wait_timeouts: self.wait_timeouts.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Leaves the waiting room however the wait ends, including a client that goes away
+/// while waiting (its request future is dropped).
+struct LeaveRoom<'a>(&'a AtomicUsize);
+
+impl Drop for LeaveRoom<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -124,12 +239,17 @@ impl Admission {
 #[derive(Debug)]
 pub struct Permit {
     admission: Arc<Admission>,
-    kind: Kind,
+    /// The `initial` permit, or none for an `existing` one.
+    initial: Option<OwnedSemaphorePermit>,
 }
 
 impl Permit {
     pub fn kind(&self) -> Kind {
-        self.kind
+        if self.initial.is_some() {
+            Kind::Initial
+        } else {
+            Kind::Existing
+        }
     }
 
     /// Move an `initial` permit to `existing` (the request's shape has its snapshot
@@ -138,29 +258,33 @@ impl Permit {
     /// and a rejected swap removes exactly its own increment; the request then keeps
     /// its `initial` permit.
     pub fn try_swap_to_existing(&mut self) -> bool {
-        if self.kind == Kind::Existing {
+        if self.initial.is_none() {
             return true;
         }
         let a = &self.admission;
-        if a.existing.in_use.fetch_add(1, Ordering::AcqRel) >= a.limits.existing {
-            a.existing.in_use.fetch_sub(1, Ordering::AcqRel);
+        if a.existing_in_use.fetch_add(1, Ordering::AcqRel) >= a.limits.existing {
+            a.existing_in_use.fetch_sub(1, Ordering::AcqRel);
             a.failed_swaps.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("volt_admission_failed_swaps_total").increment(1);
             return false;
         }
-        a.initial.in_use.fetch_sub(1, Ordering::AcqRel);
+        // Released to the longest waiter, if any.
+        self.initial = None;
         in_use_gauge(Kind::Initial).decrement(1.0);
         in_use_gauge(Kind::Existing).increment(1.0);
-        self.kind = Kind::Existing;
         true
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let (bucket, _) = self.admission.bucket(self.kind);
-        bucket.in_use.fetch_sub(1, Ordering::AcqRel);
-        in_use_gauge(self.kind).decrement(1.0);
+        let kind = self.kind();
+        if kind == Kind::Existing {
+            self.admission
+                .existing_in_use
+                .fetch_sub(1, Ordering::AcqRel);
+        }
+        in_use_gauge(kind).decrement(1.0);
     }
 }
 
@@ -235,7 +359,123 @@ mod tests {
     use super::*;
 
     fn admission(initial: usize, existing: usize) -> Arc<Admission> {
-        Arc::new(Admission::new(Limits { initial, existing }))
+        queued(initial, existing, Queue::default())
+    }
+
+    fn queued(initial: usize, existing: usize, queue: Queue) -> Arc<Admission> {
+        Arc::new(Admission::new(Limits { initial, existing }, queue))
+    }
+
+    async fn until_waiting(a: &Admission, n: usize) {
+        while a.stats().initial_waiting != n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_released_permit_goes_to_the_longest_waiter_not_to_a_newcomer() {
+        let a = admission(1, 10);
+        let held = a.try_acquire(Kind::Initial).unwrap();
+        let first = tokio::spawn({
+            let a = a.clone();
+            async move { a.acquire(Kind::Initial).await.map(|p| p.kind()) }
+        });
+        until_waiting(&a, 1).await;
+        let second = tokio::spawn({
+            let a = a.clone();
+            async move { a.acquire(Kind::Initial).await.map(|p| p.kind()) }
+        });
+        until_waiting(&a, 2).await;
+        drop(held);
+        assert!(
+            a.try_acquire(Kind::Initial).is_err(),
+            "the freed permit is the first waiter's"
+        );
+        assert_eq!(first.await.unwrap().unwrap(), Kind::Initial);
+        assert_eq!(second.await.unwrap().unwrap(), Kind::Initial);
+        let s = a.stats();
+        assert_eq!((s.initial_waiting, s.initial_waited), (0, 2));
+        assert_eq!((s.initial_in_use, s.initial_rejects), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn past_a_full_room_a_request_gets_its_503_at_once() {
+        let a = queued(
+            1,
+            10,
+            Queue {
+                size: 1,
+                wait: Duration::from_secs(600),
+            },
+        );
+        let _held = a.try_acquire(Kind::Initial).unwrap();
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move { a.acquire(Kind::Initial).await.is_ok() }
+        });
+        until_waiting(&a, 1).await;
+        let res = a.acquire(Kind::Initial).await.expect_err("room full");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().contains_key(header::RETRY_AFTER));
+        assert_eq!(a.stats().initial_rejects, 1);
+        waiter.abort();
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_runs_out_is_a_503_with_retry_after() {
+        let a = queued(
+            1,
+            10,
+            Queue {
+                size: 10,
+                wait: Duration::from_millis(20),
+            },
+        );
+        let _held = a.try_acquire(Kind::Initial).unwrap();
+        let res = a.acquire(Kind::Initial).await.expect_err("never freed");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().contains_key(header::RETRY_AFTER));
+        let s = a.stats();
+        assert_eq!((s.initial_wait_timeouts, s.initial_rejects), (1, 1));
+        assert_eq!((s.initial_waiting, s.initial_in_use), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_leaves_the_room_and_takes_no_permit() {
+        let a = admission(1, 10);
+        let held = a.try_acquire(Kind::Initial).unwrap();
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move { a.acquire(Kind::Initial).await.is_ok() }
+        });
+        until_waiting(&a, 1).await;
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(a.stats().initial_waiting, 0);
+        drop(held);
+        assert!(a.try_acquire(Kind::Initial).is_ok());
+    }
+
+    #[tokio::test]
+    async fn with_no_room_a_full_bucket_rejects_at_once_as_electric_does() {
+        let a = queued(
+            1,
+            1,
+            Queue {
+                size: 0,
+                wait: Duration::from_secs(600),
+            },
+        );
+        let _held = a.try_acquire(Kind::Initial).unwrap();
+        let _live = a.try_acquire(Kind::Existing).unwrap();
+        assert!(a.acquire(Kind::Initial).await.is_err());
+        assert!(
+            a.acquire(Kind::Existing).await.is_err(),
+            "existing never waits"
+        );
+        let s = a.stats();
+        assert_eq!((s.initial_rejects, s.existing_rejects), (1, 1));
+        assert_eq!(s.initial_waited, 0);
     }
 
     #[test]

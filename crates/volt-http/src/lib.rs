@@ -48,6 +48,9 @@ pub struct HttpConfig {
     pub sse_keepalive: Duration,
     /// `ELECTRIC_MAX_CONCURRENT_REQUESTS`: the admission buckets.
     pub max_concurrent: admission::Limits,
+    /// `VOLT_INITIAL_QUEUE` and `VOLT_INITIAL_QUEUE_WAIT`: the waiting room in front of
+    /// the `initial` bucket.
+    pub initial_queue: admission::Queue,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +65,7 @@ impl Default for HttpConfig {
             sse_duration: Duration::from_secs(60),
             sse_keepalive: Duration::from_secs(21),
             max_concurrent: admission::Limits::default(),
+            initial_queue: admission::Queue::default(),
         }
     }
 }
@@ -76,7 +80,10 @@ pub struct AppState {
 }
 
 pub fn router(shared: Arc<Shared>, config: HttpConfig) -> Router {
-    let admission = Arc::new(admission::Admission::new(config.max_concurrent));
+    let admission = Arc::new(admission::Admission::new(
+        config.max_concurrent,
+        config.initial_queue,
+    ));
     router_with_admission(shared, config, admission)
 }
 

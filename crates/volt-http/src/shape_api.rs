@@ -132,7 +132,7 @@ pub async fn get_shape(State(app): State<AppState>, req: axum::extract::Request)
     // The request's own header map, moved rather than copied by an extractor.
     let (parts, _) = req.into_parts();
     let p = Params::parse(parts.uri.query().unwrap_or(""));
-    let permit = match admit(&app, &p) {
+    let permit = match admit(&app, &p).await {
         Ok(permit) => permit,
         Err(res) => return res,
     };
@@ -141,8 +141,7 @@ pub async fn get_shape(State(app): State<AppState>, req: axum::extract::Request)
 
 /// Admission before any work beyond parsing the query: one registry lookup of the
 /// request's handle decides the bucket.
-#[allow(clippy::result_large_err)] // the rejection is the response itself
-fn admit(app: &AppState, p: &Params) -> Result<Permit, Response> {
+async fn admit(app: &AppState, p: &Params) -> Result<Permit, Response> {
     let known = p
         .handle
         .as_deref()
@@ -152,7 +151,7 @@ fn admit(app: &AppState, p: &Params) -> Result<Permit, Response> {
     } else {
         admission::Kind::Initial
     };
-    app.admission.try_acquire(kind)
+    app.admission.acquire(kind).await
 }
 
 /// Largest POST body read: subset where clauses and parameters, not data.
@@ -167,7 +166,7 @@ pub async fn post_shape(
     body: axum::body::Body,
 ) -> Response {
     let mut p = Params::parse(query.as_deref().unwrap_or(""));
-    let permit = match admit(&app, &p) {
+    let permit = match admit(&app, &p).await {
         Ok(permit) => permit,
         Err(res) => return res,
     };

@@ -126,6 +126,16 @@ pub struct Settings {
     #[arg(long, env = "ELECTRIC_MAX_CONCURRENT_REQUESTS", default_value = r#"{"initial":300,"existing":10000}"#, value_parser = parse_limits)]
     pub max_concurrent_requests: volt_http::admission::Limits,
 
+    /// Requests for new shapes that wait, first come first served, for an `initial`
+    /// permit when that bucket is full; beyond them, 503 at once (0: always at once, as
+    /// Electric does).
+    #[arg(long, env = "VOLT_INITIAL_QUEUE", default_value_t = 1000)]
+    pub initial_queue: usize,
+
+    /// How long a waiting request waits for its permit before a 503 + `Retry-After`.
+    #[arg(long, env = "VOLT_INITIAL_QUEUE_WAIT", default_value = "3s", value_parser = parse_duration)]
+    pub initial_queue_wait: Duration,
+
     /// Shape creation requests are refused (503) while this many wait for ShapeCache.
     #[arg(
         long,
@@ -226,6 +236,7 @@ impl Settings {
                 "ELECTRIC_SSE_KEEPALIVE_INTERVAL",
                 self.sse_keepalive_interval,
             ),
+            ("VOLT_INITIAL_QUEUE_WAIT", self.initial_queue_wait),
         ] {
             if value.is_zero() {
                 return Err(ConfigError(format!("{name} must be positive")));

@@ -247,6 +247,10 @@ async fn serve(settings: Settings, signals: &Signals) -> anyhow::Result<()> {
             sse_duration: settings.sse_timeout,
             sse_keepalive: settings.sse_keepalive_interval,
             max_concurrent: settings.max_concurrent_requests,
+            initial_queue: volt_http::admission::Queue {
+                size: settings.initial_queue,
+                wait: settings.initial_queue_wait,
+            },
             ..HttpConfig::default()
         },
     );
