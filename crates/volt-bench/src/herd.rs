@@ -244,7 +244,9 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<()> {
         .filter(|h| h.status >= 500 && h.status != 503)
         .count();
     let herd_ok = latencies(&herd, 200);
-    println!("\n(b) {n} distinct new shapes at once, default caps (initial 300)\n");
+    println!(
+        "\n(b) {n} distinct new shapes at once, default caps (initial 300, and a waiting room of up to 1,000 for 3 s)\n"
+    );
     println!(
         "| created | creations/s | p50 ms | p99 ms | 503 (with Retry-After) | other 5xx / errors |"
     );

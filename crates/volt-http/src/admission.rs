@@ -12,12 +12,16 @@
 //! more apart, and the bucket drains and sits empty between them (BENCHMARKS.md, S2);
 //! a waiter takes the next free permit instead. A waiter holds no permit and has done no
 //! work beyond its connection, so the room bounds memory and its wait bounds latency.
+//! The room takes only as many as the bucket has turned over in the last wait (see
+//! [`RoomSizer`]): a waiter it cannot expect to serve in time is better told at once.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -48,7 +52,8 @@ impl Default for Limits {
 /// The waiting room in front of the `initial` bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Queue {
-    /// Requests that may wait at once; 0 rejects at a full bucket, as Electric does.
+    /// Requests that may wait at once, at most; 0 rejects at a full bucket, as Electric
+    /// does.
     pub size: usize,
     /// How long one request waits before it is answered 503 + `Retry-After`.
     pub wait: Duration,
@@ -85,6 +90,8 @@ impl Kind {
 #[derive(Debug)]
 pub struct Admission {
     limits: Limits,
+    /// `limits.initial` as the semaphore holds it (it caps permits).
+    initial_limit: usize,
     queue: Queue,
     /// `initial` permits: a fair semaphore, so a released permit goes to the longest
     /// waiter and a newcomer never takes it first.
@@ -95,6 +102,10 @@ pub struct Admission {
     waiting: AtomicUsize,
     waited: AtomicU64,
     wait_timeouts: AtomicU64,
+    /// `initial` permits given back (moved to `existing` or released), and what the
+    /// room makes of that.
+    turned_over: AtomicU64,
+    sizer: Mutex<RoomSizer>,
     existing_in_use: AtomicUsize,
     existing_rejects: AtomicU64,
     failed_swaps: AtomicU64,
@@ -116,14 +127,18 @@ pub struct AdmissionStats {
 
 impl Admission {
     pub fn new(limits: Limits, queue: Queue) -> Admission {
+        let initial_limit = limits.initial.min(Semaphore::MAX_PERMITS);
         Admission {
             limits,
+            initial_limit,
             queue,
-            initial: Arc::new(Semaphore::new(limits.initial.min(Semaphore::MAX_PERMITS))),
+            initial: Arc::new(Semaphore::new(initial_limit)),
             initial_rejects: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             waited: AtomicU64::new(0),
             wait_timeouts: AtomicU64::new(0),
+            turned_over: AtomicU64::new(0),
+            sizer: Mutex::new(RoomSizer::default()),
             existing_in_use: AtomicUsize::new(0),
             existing_rejects: AtomicU64::new(0),
             failed_swaps: AtomicU64::new(0),
@@ -131,8 +146,14 @@ impl Admission {
     }
 
     /// A permit of `kind`: at once, or for `initial` after a wait in the room; else the
-    /// 503 for a full bucket.
-    pub async fn acquire(self: &Arc<Self>, kind: Kind) -> Result<Permit, Response> {
+    /// 503 for a full bucket. A wait ends early, with the same 503, when `stop` does
+    /// (the server shutting down: a waiter admitted then would start a snapshot as the
+    /// stack goes away).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        kind: Kind,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Permit, Response> {
         let full = match self.try_take(kind) {
             Ok(permit) => return Ok(permit),
             Err(full) => full,
@@ -141,18 +162,24 @@ impl Admission {
             return Err(self.reject(full));
         }
         let _left = LeaveRoom(&self.waiting);
-        match tokio::time::timeout(self.queue.wait, self.initial.clone().acquire_owned()).await {
-            Ok(Ok(held)) => {
-                self.waited.fetch_add(1, Ordering::Relaxed);
-                Ok(self.initial_permit(held))
-            }
-            // The semaphore is never closed; a wait that runs out is the same 503.
-            Ok(Err(_)) | Err(_) => {
-                self.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("volt_admission_wait_timeouts_total").increment(1);
-                Err(self.reject(full))
-            }
+        let wait = tokio::time::timeout(self.queue.wait, self.initial.clone().acquire_owned());
+        tokio::select! {
+            biased;
+            got = wait => match got {
+                Ok(Ok(held)) => {
+                    self.waited.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("volt_admission_waited_total").increment(1);
+                    return Ok(self.initial_permit(held));
+                }
+                // The semaphore is never closed; a wait that runs out is the same 503.
+                Ok(Err(_)) | Err(_) => {
+                    self.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("volt_admission_wait_timeouts_total").increment(1);
+                }
+            },
+            () = stop => {}
         }
+        Err(self.reject(full))
     }
 
     /// A permit of `kind` if one is free now, or the 503 for a full bucket.
@@ -193,10 +220,16 @@ impl Admission {
 
     /// A place in the waiting room, if there is one.
     fn enter_room(&self) -> bool {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue.size {
+        let room = self.sizer.lock().unwrap_or_else(|p| p.into_inner()).room(
+            Instant::now(),
+            self.turned_over.load(Ordering::Acquire),
+            self.queue,
+        );
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= room {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
+        waiting_gauge().increment(1.0);
         true
     }
 
@@ -212,7 +245,7 @@ impl Admission {
 
     pub fn stats(&self) -> AdmissionStats {
         AdmissionStats {
-            initial_in_use: self.limits.initial - self.initial.available_permits(),
+            initial_in_use: self.initial_limit - self.initial.available_permits(),
             existing_in_use: self.existing_in_use.load(Ordering::Acquire),
             initial_rejects: self.initial_rejects.load(Ordering::Relaxed),
             existing_rejects: self.existing_rejects.load(Ordering::Relaxed),
@@ -231,6 +264,49 @@ struct LeaveRoom<'a>(&'a AtomicUsize);
 impl Drop for LeaveRoom<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        waiting_gauge().decrement(1.0);
+    }
+}
+
+/// How many the room takes: as many `initial` permits as turned over in the last wait,
+/// at most `Queue::size`. The count is sampled only while requests find the bucket
+/// full, every [`SAMPLE_EVERY`]; until a herd has gone on for [`MEASURED_AFTER`] nothing
+/// is known of its turnover, and the room takes `Queue::size`. With no turnover (no
+/// snapshot can start: Postgres is down) it takes no one, rather than holding requests
+/// only to turn them away when their wait runs out.
+#[derive(Debug, Default)]
+struct RoomSizer {
+    /// (when, permits turned over by then), oldest first, none older than one wait.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+const MEASURED_AFTER: Duration = Duration::from_millis(250);
+
+impl RoomSizer {
+    fn room(&mut self, now: Instant, turned_over: u64, queue: Queue) -> usize {
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(at, _)| now.saturating_duration_since(at) > queue.wait)
+        {
+            self.samples.pop_front();
+        }
+        if self
+            .samples
+            .back()
+            .is_none_or(|&(at, _)| now.saturating_duration_since(at) >= SAMPLE_EVERY)
+        {
+            self.samples.push_back((now, turned_over));
+        }
+        let (since, then) = self.samples[0];
+        let span = now.saturating_duration_since(since);
+        if span < MEASURED_AFTER {
+            return queue.size;
+        }
+        let per_wait =
+            turned_over.saturating_sub(then) as f64 * queue.wait.as_secs_f64() / span.as_secs_f64();
+        (per_wait as usize).min(queue.size)
     }
 }
 
@@ -270,6 +346,7 @@ impl Permit {
         }
         // Released to the longest waiter, if any.
         self.initial = None;
+        a.turned_over.fetch_add(1, Ordering::AcqRel);
         in_use_gauge(Kind::Initial).decrement(1.0);
         in_use_gauge(Kind::Existing).increment(1.0);
         true
@@ -279,13 +356,20 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let kind = self.kind();
-        if kind == Kind::Existing {
-            self.admission
+        match kind {
+            // The semaphore's permit is released with the field, right after this.
+            Kind::Initial => self.admission.turned_over.fetch_add(1, Ordering::AcqRel),
+            Kind::Existing => self
+                .admission
                 .existing_in_use
-                .fetch_sub(1, Ordering::AcqRel);
-        }
+                .fetch_sub(1, Ordering::AcqRel) as u64,
+        };
         in_use_gauge(kind).decrement(1.0);
     }
+}
+
+fn waiting_gauge() -> metrics::Gauge {
+    metrics::gauge!("volt_admission_waiting")
 }
 
 fn in_use_gauge(kind: Kind) -> metrics::Gauge {
@@ -357,6 +441,7 @@ impl http_body::Body for PermitBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::pending;
 
     fn admission(initial: usize, existing: usize) -> Arc<Admission> {
         queued(initial, existing, Queue::default())
@@ -366,36 +451,116 @@ mod tests {
         Arc::new(Admission::new(Limits { initial, existing }, queue))
     }
 
+    /// Waits, with a deadline, until `n` requests are in the room.
     async fn until_waiting(a: &Admission, n: usize) {
-        while a.stats().initial_waiting != n {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while a.stats().initial_waiting != n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} waiting, never; {:?}", a.stats()));
     }
 
     #[tokio::test]
     async fn a_released_permit_goes_to_the_longest_waiter_not_to_a_newcomer() {
         let a = admission(1, 10);
         let held = a.try_acquire(Kind::Initial).unwrap();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         let first = tokio::spawn({
             let a = a.clone();
-            async move { a.acquire(Kind::Initial).await.map(|p| p.kind()) }
+            async move {
+                let permit = a.acquire(Kind::Initial, pending()).await;
+                // Keep the permit until the test has seen who holds it.
+                let _ = first_tx.send(permit.is_ok());
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                drop(permit);
+            }
         });
         until_waiting(&a, 1).await;
         let second = tokio::spawn({
             let a = a.clone();
-            async move { a.acquire(Kind::Initial).await.map(|p| p.kind()) }
+            async move { a.acquire(Kind::Initial, pending()).await.is_ok() }
         });
         until_waiting(&a, 2).await;
         drop(held);
+        assert!(first_rx.await.unwrap(), "the first waiter is served first");
+        assert_eq!(a.stats().initial_waiting, 1, "the second still waits");
         assert!(
             a.try_acquire(Kind::Initial).is_err(),
-            "the freed permit is the first waiter's"
+            "a newcomer does not take the permit"
         );
-        assert_eq!(first.await.unwrap().unwrap(), Kind::Initial);
-        assert_eq!(second.await.unwrap().unwrap(), Kind::Initial);
+        first.abort();
+        assert!(second.await.unwrap(), "then the second is served");
         let s = a.stats();
         assert_eq!((s.initial_waiting, s.initial_waited), (0, 2));
-        assert_eq!((s.initial_in_use, s.initial_rejects), (0, 1));
+        assert_eq!(s.initial_in_use, 0);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_ends_a_wait_with_a_503() {
+        let a = admission(1, 10);
+        let _held = a.try_acquire(Kind::Initial).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move {
+                a.acquire(Kind::Initial, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .map(|_| ())
+            }
+        });
+        until_waiting(&a, 1).await;
+        stop_tx.send(()).unwrap();
+        let res = waiter.await.unwrap().expect_err("shut down");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().contains_key(header::RETRY_AFTER));
+        assert_eq!(a.stats().initial_waiting, 0);
+    }
+
+    fn at(start: Instant, ms: u64) -> Instant {
+        start + Duration::from_millis(ms)
+    }
+
+    const ROOM: Queue = Queue {
+        size: 1_000,
+        wait: Duration::from_secs(3),
+    };
+
+    #[test]
+    fn until_a_herd_is_measured_the_room_takes_its_full_size() {
+        let (mut sizer, t) = (RoomSizer::default(), Instant::now());
+        assert_eq!(sizer.room(t, 0, ROOM), 1_000);
+        assert_eq!(sizer.room(at(t, 200), 0, ROOM), 1_000);
+    }
+
+    #[test]
+    fn the_room_takes_what_the_bucket_turns_over_in_one_wait() {
+        let (mut sizer, t) = (RoomSizer::default(), Instant::now());
+        sizer.room(t, 50, ROOM);
+        // 100 permits a second for the last half second: 300 in three seconds.
+        assert_eq!(sizer.room(at(t, 500), 100, ROOM), 300);
+        // Faster than the room can hold: its size.
+        assert_eq!(sizer.room(at(t, 1_000), 2_000, ROOM), 1_000);
+    }
+
+    #[test]
+    fn with_nothing_turning_over_the_room_takes_no_one() {
+        let (mut sizer, t) = (RoomSizer::default(), Instant::now());
+        sizer.room(t, 7, ROOM);
+        assert_eq!(sizer.room(at(t, 300), 7, ROOM), 0);
+    }
+
+    #[test]
+    fn turnover_older_than_one_wait_is_forgotten() {
+        let (mut sizer, t) = (RoomSizer::default(), Instant::now());
+        sizer.room(t, 0, ROOM);
+        sizer.room(at(t, 1_000), 3_000, ROOM);
+        // Long after: only the sample of a moment ago counts, so nothing is measured.
+        assert_eq!(sizer.room(at(t, 10_000), 3_000, ROOM), 1_000);
+        assert_eq!(sizer.room(at(t, 10_500), 3_000, ROOM), 0);
     }
 
     #[tokio::test]
@@ -411,10 +576,13 @@ mod tests {
         let _held = a.try_acquire(Kind::Initial).unwrap();
         let waiter = tokio::spawn({
             let a = a.clone();
-            async move { a.acquire(Kind::Initial).await.is_ok() }
+            async move { a.acquire(Kind::Initial, pending()).await.is_ok() }
         });
         until_waiting(&a, 1).await;
-        let res = a.acquire(Kind::Initial).await.expect_err("room full");
+        let res = a
+            .acquire(Kind::Initial, pending())
+            .await
+            .expect_err("room full");
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(res.headers().contains_key(header::RETRY_AFTER));
         assert_eq!(a.stats().initial_rejects, 1);
@@ -432,7 +600,10 @@ mod tests {
             },
         );
         let _held = a.try_acquire(Kind::Initial).unwrap();
-        let res = a.acquire(Kind::Initial).await.expect_err("never freed");
+        let res = a
+            .acquire(Kind::Initial, pending())
+            .await
+            .expect_err("never freed");
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(res.headers().contains_key(header::RETRY_AFTER));
         let s = a.stats();
@@ -446,7 +617,7 @@ mod tests {
         let held = a.try_acquire(Kind::Initial).unwrap();
         let waiter = tokio::spawn({
             let a = a.clone();
-            async move { a.acquire(Kind::Initial).await.is_ok() }
+            async move { a.acquire(Kind::Initial, pending()).await.is_ok() }
         });
         until_waiting(&a, 1).await;
         waiter.abort();
@@ -468,9 +639,9 @@ mod tests {
         );
         let _held = a.try_acquire(Kind::Initial).unwrap();
         let _live = a.try_acquire(Kind::Existing).unwrap();
-        assert!(a.acquire(Kind::Initial).await.is_err());
+        assert!(a.acquire(Kind::Initial, pending()).await.is_err());
         assert!(
-            a.acquire(Kind::Existing).await.is_err(),
+            a.acquire(Kind::Existing, pending()).await.is_err(),
             "existing never waits"
         );
         let s = a.stats();

@@ -151,7 +151,24 @@ async fn admit(app: &AppState, p: &Params) -> Result<Permit, Response> {
     } else {
         admission::Kind::Initial
     };
-    app.admission.acquire(kind).await
+    app.admission
+        .acquire(kind, shutting_down(&app.config.shutdown))
+        .await
+}
+
+/// Resolves once the server starts shutting down (never without a shutdown signal).
+pub(crate) fn shutting_down(
+    shutdown: &Option<tokio::sync::watch::Receiver<bool>>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let mut shutdown = shutdown.clone();
+    async move {
+        match shutdown.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Largest POST body read: subset where clauses and parameters, not data.
@@ -727,22 +744,13 @@ async fn serve_log(
             set_etag(&mut res, entry, offset_raw, response_offset, false);
             return not_modified_or(res, headers);
         }
-        let mut shutdown = app.config.shutdown.clone();
-        let shutting_down = async move {
-            match shutdown.as_mut() {
-                Some(rx) => {
-                    let _ = rx.wait_for(|s| *s).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         let woke = tokio::select! {
             r = tokio::time::timeout_at(deadline, changes.changed()) => match r {
                 Ok(Ok(())) => Woke::Changed,
                 Ok(Err(_)) => Woke::Closed,
                 Err(_) => Woke::TimedOut,
             },
-            () = shutting_down => Woke::ShuttingDown,
+            () = shutting_down(&app.config.shutdown) => Woke::ShuttingDown,
         };
         match woke {
             Woke::Changed => continue,

@@ -69,15 +69,7 @@ impl Stream {
                 return true;
             }
             self.first_read = false;
-            let mut shutdown = self.shutdown.clone();
-            let shutting_down = async move {
-                match shutdown.as_mut() {
-                    Some(rx) => {
-                        let _ = rx.wait_for(|s| *s).await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let shutting_down = crate::shape_api::shutting_down(&self.shutdown);
             tokio::select! {
                 changed = self.changes.changed() => {
                     if changed.is_err() {
