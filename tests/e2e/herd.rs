@@ -518,13 +518,15 @@ async fn creation_requests_are_shed_with_503_while_shape_cache_has_a_backlog() -
     Ok(())
 }
 
-/// Backends of volt's snapshot sessions left idle (their last statement ends a snapshot).
+/// Backends of volt's snapshot sessions left idle (their last statement ends a snapshot:
+/// a ROLLBACK alone, or at the end of a snapshot's one query).
 async fn idle_snapshot_backends(volt: &TestVolt) -> anyhow::Result<i64> {
     let client = volt.db.client().await?;
     let row = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name = 'volt' AND state = 'idle' AND query = 'ROLLBACK'",
+             AND application_name = 'volt' AND state = 'idle' \
+             AND (query = 'ROLLBACK' OR query LIKE '%; ROLLBACK')",
             &[],
         )
         .await?;
@@ -560,13 +562,14 @@ async fn snapshots_reuse_idle_sessions_and_never_open_more_than_the_limit() -> a
     Ok(())
 }
 
-/// `SnapshotTx` on its own: the COPY prepared with the BEGIN and the ROLLBACK sent
-/// behind the rows still give every row, and a session that is free of its transaction.
+/// `SnapshotTx` on its own, either way it reads rows: the COPY prepared with the BEGIN
+/// and the ROLLBACK sent behind the rows, or all of it as one query, still give every row
+/// and a session that is free of its transaction.
 #[tokio::test]
 async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_transaction()
 -> anyhow::Result<()> {
     use volt_pg::PgConfig;
-    use volt_pg::snapshot::{CopyLines, SnapshotTx};
+    use volt_pg::snapshot::{RowsBy, SnapshotTx};
     let db = volt_test_support::TestDb::new("pipelined_snapshot").await?;
     db.execute(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
@@ -574,50 +577,121 @@ async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_
     )
     .await?;
     let config = PgConfig::parse(&db.url())?;
-    let copy_all = |tx: SnapshotTx| async move {
-        let mut lines = CopyLines::default();
+    let read_all = |tx: SnapshotTx| async move {
         let mut ids = Vec::new();
         let conn = tx
-            .copy_rows_then_end(|part| {
-                lines.feed(part, |row| {
-                    ids.push(row.get(0).unwrap().parse::<i32>().unwrap());
-                    Ok::<(), volt_pg::PgError>(())
-                })
+            .rows_then_end(|row| {
+                ids.push(row.value(0).unwrap().parse::<i32>().unwrap());
+                assert_eq!(row.value(1), Some(format!("v{}", ids.len()).as_str()));
+                Ok::<(), volt_pg::PgError>(())
             })
             .await?;
-        assert!(lines.is_complete());
         anyhow::Ok((ids, conn.expect("the session is kept")))
     };
-    let sql = Some("SELECT id, v FROM t");
-    let (ids, conn) = copy_all(SnapshotTx::begin(&config, sql).await?).await?;
-    assert_eq!(ids, (1..=5000).collect::<Vec<_>>());
-    // Out of the snapshot's transaction: a statement of its own starts a new one.
-    let rows = conn
-        .simple_query(
-            "SELECT current_setting('transaction_isolation'), now() = statement_timestamp()",
-        )
+    let sql = Some("SELECT id, v FROM t ORDER BY id");
+    let mut written = 5000;
+    for by in [RowsBy::Copy, RowsBy::OneQuery] {
+        let (ids, conn) = read_all(SnapshotTx::begin(&config, sql, by).await?).await?;
+        assert_eq!(ids, (1..=written).collect::<Vec<_>>(), "{by:?}");
+        // Out of the snapshot's transaction: a statement of its own starts a new one.
+        let rows = conn
+            .simple_query(
+                "SELECT current_setting('transaction_isolation'), now() = statement_timestamp()",
+            )
+            .await?;
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            (row.get(0), row.get(1)),
+            (Some("read committed"), Some("t")),
+            "{by:?}"
+        );
+        // The kept session takes a new snapshot: it sees what was written since.
+        written += 1;
+        db.execute(&format!("INSERT INTO t VALUES ({written}, 'v{written}')"))
+            .await?;
+        let (ids, _conn) = read_all(SnapshotTx::begin_on(conn, sql, by).await?).await?;
+        assert_eq!(ids.len() as i32, written, "{by:?}");
+        // A failing reader ends the read with its own error, and the session is not kept.
+        let tx = SnapshotTx::begin(&config, sql, by).await?;
+        let failed = tx
+            .rows_then_end(|_| Err::<(), _>(volt_pg::PgError::Protocol("stop".into())))
+            .await;
+        assert!(
+            matches!(failed, Err(volt_pg::PgError::Protocol(m)) if m == "stop"),
+            "{by:?}"
+        );
+    }
+    db.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_snapshot_with_others_queued_behind_it_reads_its_rows_by_one_query() -> anyhow::Result<()>
+{
+    use volt_pg::PgConfig;
+    use volt_pg::snapshot::RowsBy;
+    use volt_stack::snapshot_sessions::SnapshotSessions;
+    let db = volt_test_support::TestDb::new("rows_by").await?;
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
         .await?;
-    let row = rows
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(
-        (row.get(0), row.get(1)),
-        (Some("read committed"), Some("t"))
-    );
-    // The kept session takes a new snapshot: it sees what was written since.
-    db.execute("INSERT INTO t VALUES (5001, 'new')").await?;
-    let (ids, _conn) = copy_all(SnapshotTx::begin_on(conn, sql).await?).await?;
-    assert_eq!(ids.len(), 5001);
-    // A failing reader ends the COPY with its own error, and the session is not kept.
-    let tx = SnapshotTx::begin(&config, sql).await?;
-    let failed = tx
-        .copy_rows_then_end(|_| Err::<(), _>(volt_pg::PgError::Protocol("stop".into())))
-        .await;
-    assert!(matches!(failed, Err(volt_pg::PgError::Protocol(m)) if m == "stop"));
+    let config = PgConfig::parse(&db.url())?;
+    let sessions = SnapshotSessions::new(1);
+    let sql = Some("SELECT id FROM t");
+    let alone = sessions.begin(&config, sql).await?;
+    assert_eq!(alone.rows_by(), Some(RowsBy::Copy), "nothing queued");
+    let (second_by_tx, second_by) = tokio::sync::oneshot::channel();
+    let (release_tx, release) = tokio::sync::oneshot::channel::<()>();
+    let (sessions, config) = (&sessions, &config);
+    let second = async move {
+        let s = sessions.begin(config, sql).await?;
+        let _ = second_by_tx.send(s.rows_by());
+        let _ = release.await;
+        s.rows_then_end(|_| Ok::<(), volt_pg::PgError>(())).await?;
+        anyhow::Ok(())
+    };
+    let third = async move {
+        let queued = || async move {
+            while sessions.queued() < 1 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), queued()).await?;
+        // Queued behind the second, which is queued behind the first.
+        let waits = sessions.begin(config, sql);
+        let ended = async {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while sessions.queued() < 2 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await?;
+            alone
+                .rows_then_end(|_| Ok::<(), volt_pg::PgError>(()))
+                .await?;
+            assert_eq!(
+                second_by.await?,
+                Some(RowsBy::OneQuery),
+                "one queued behind"
+            );
+            let _ = release_tx.send(());
+            anyhow::Ok(())
+        };
+        let (s, ended) = tokio::join!(waits, ended);
+        ended?;
+        let s = s?;
+        assert_eq!(s.rows_by(), Some(RowsBy::Copy), "the last one again alone");
+        s.rows_then_end(|_| Ok::<(), volt_pg::PgError>(())).await?;
+        anyhow::Ok(())
+    };
+    let (a, b) = tokio::join!(second, third);
+    a?;
+    b?;
     db.cleanup().await;
     Ok(())
 }
@@ -640,7 +714,7 @@ async fn a_snapshot_postgres_refuses_costs_one_idle_session_not_all_of_them() ->
         sessions.begin(&config, sql)
     )?;
     for s in [a, b, c] {
-        s.copy_rows_then_end(|_| Ok::<(), PgError>(())).await?;
+        s.rows_then_end(|_| Ok::<(), PgError>(())).await?;
     }
     assert_eq!(sessions.idle_count(), 3);
     // Refused as it is prepared, with the BEGIN.
@@ -661,7 +735,7 @@ async fn a_snapshot_postgres_refuses_costs_one_idle_session_not_all_of_them() ->
     let missing = sessions
         .begin(&config, Some("SELECT id FROM no_such_table"))
         .await?;
-    let failed = missing.copy_rows_then_end(|_| Ok::<(), PgError>(())).await;
+    let failed = missing.rows_then_end(|_| Ok::<(), PgError>(())).await;
     assert!(matches!(failed, Err(PgError::Query { .. })), "{failed:?}");
     assert_eq!(sessions.idle_count(), 1);
     sessions.close_idle().await;

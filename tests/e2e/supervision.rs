@@ -674,7 +674,8 @@ async fn a_snapshot_cut_off_by_the_database_is_a_503_to_retry_not_a_409() -> any
             .execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE datname = $1 AND application_name LIKE 'volt%' \
-                   AND wait_event_type = 'Lock' AND (query LIKE 'SELECT%' OR query LIKE 'COPY%')",
+                   AND wait_event_type = 'Lock' \
+                   AND (query LIKE 'SELECT%' OR query LIKE 'COPY%' OR query LIKE 'BEGIN%')",
                 &[&db],
             )
             .await?;

@@ -434,7 +434,8 @@ pub async fn snapshot_queries_in(db: &TestDb, table: &str) -> anyhow::Result<i64
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await?;
-    // Initial snapshots run as COPY (SELECT ...), subset snapshots as SELECT.
+    // Initial snapshots run as COPY (SELECT ...) or, under a herd, as a SELECT inside one
+    // query; subset snapshots as SELECT.
     let pattern = format!("SELECT %FROM \"public\".\"{table}\"%");
     let copy = format!("COPY (SELECT %FROM \"public\".\"{table}\"%");
     let row = client

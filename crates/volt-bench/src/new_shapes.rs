@@ -115,9 +115,10 @@ async fn pool_baseline(env: &BenchEnv, db: &str, shapes: usize) -> anyhow::Resul
 }
 
 /// Postgres's part of volt's snapshots: the same sessions (`POOL`), queries and protocol
-/// as volt's snapshotter (`BEGIN REPEATABLE READ` with `pg_current_snapshot()`, the rows
-/// by `COPY ... TO STDOUT`, `ROLLBACK`), each row split out of the COPY data and nothing
-/// else done with it. What is left of volt's time once this is taken away is volt's own.
+/// as volt's snapshotter under a herd (`BEGIN REPEATABLE READ`, `pg_current_snapshot()`,
+/// the rows' SELECT and `ROLLBACK` in one simple query: `RowsBy::OneQuery`), each row
+/// counted and nothing else done with it. What is left of volt's time once this is
+/// taken away is volt's own.
 async fn snapshot_baseline(env: &BenchEnv, db_url: &str, shapes: usize) -> anyhow::Result<Outcome> {
     let config = volt_pg::PgConfig::parse(db_url)?;
     let mut sessions = Vec::new();
@@ -128,15 +129,17 @@ async fn snapshot_baseline(env: &BenchEnv, db_url: &str, shapes: usize) -> anyho
         let sql = format!(
             r#"SELECT "id", "grp", "title" FROM "public"."items" WHERE ("grp" = '{g}'::int4)"#
         );
-        let tx = volt_pg::snapshot::SnapshotTx::begin_on(session, Some(&sql)).await?;
-        let mut lines = volt_pg::snapshot::CopyLines::default();
+        let tx = volt_pg::snapshot::SnapshotTx::begin_on(
+            session,
+            Some(&sql),
+            volt_pg::snapshot::RowsBy::OneQuery,
+        )
+        .await?;
         let mut rows = 0usize;
         let ended = tx
-            .copy_rows_then_end(|part| {
-                lines.feed(part, |_| {
-                    rows += 1;
-                    Ok::<(), volt_pg::PgError>(())
-                })
+            .rows_then_end(|_| {
+                rows += 1;
+                Ok::<(), volt_pg::PgError>(())
             })
             .await?;
         anyhow::ensure!(rows > 0, "group {g}: no rows");

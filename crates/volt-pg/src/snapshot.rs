@@ -1,8 +1,11 @@
 //! Consistent snapshots: a `REPEATABLE READ` transaction whose `pg_current_snapshot()`
 //! tells which replicated transactions the snapshot already contains.
 
+use std::pin::Pin;
+
 use futures::{Stream, StreamExt};
-use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow, Statement};
+use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow, SimpleQueryStream, Statement};
+use volt_shapes::RowValues;
 
 use crate::conn::{PgConfig, PgConn, parse_lsn};
 use crate::error::PgError;
@@ -62,57 +65,110 @@ impl PgSnapshot {
     }
 }
 
+/// How a snapshot reads its rows (see `SnapshotTx::begin_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowsBy {
+    /// `COPY (query) TO STDOUT`, prepared with the BEGIN: the least CPU per row for
+    /// volt, so the way for a large snapshot.
+    Copy,
+    /// The BEGIN, the position, the query and the ROLLBACK as one simple query: the
+    /// least CPU per snapshot for Postgres, so the way under a herd of small ones.
+    OneQuery,
+}
+
 /// An open snapshot transaction on its own connection.
 pub struct SnapshotTx {
     conn: PgConn,
     pub snapshot: PgSnapshot,
-    /// The `COPY` of the rows, prepared with the transaction's start (`begin_on`).
-    copy: Option<Statement>,
+    rows: Option<Rows>,
+}
+
+/// The rows `begin_on` asked for.
+enum Rows {
+    /// The COPY, prepared.
+    Copy(Statement),
+    /// The rest of the one query's answer: its rows, then the ROLLBACK's completion.
+    OneQuery(Pin<Box<SimpleQueryStream>>),
 }
 
 const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
                               SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text";
 
 impl SnapshotTx {
-    pub async fn begin(config: &PgConfig, copy_sql: Option<&str>) -> Result<SnapshotTx, PgError> {
-        SnapshotTx::begin_on(config.connect().await?, copy_sql).await
+    pub async fn begin(
+        config: &PgConfig,
+        select_sql: Option<&str>,
+        by: RowsBy,
+    ) -> Result<SnapshotTx, PgError> {
+        SnapshotTx::begin_on(config.connect().await?, select_sql, by).await
     }
 
-    /// Begin on a session already open (one an earlier snapshot ended with `end`). With
-    /// `copy_sql`, `COPY (copy_sql) TO STDOUT` is prepared in the same round trip: the
-    /// two requests are sent together and Postgres answers them in order, so the COPY
-    /// is parsed inside the transaction. Herds create thousands of snapshots on few
-    /// sessions, and every round trip waits its turn on a busy machine.
-    pub async fn begin_on(conn: PgConn, copy_sql: Option<&str>) -> Result<SnapshotTx, PgError> {
-        let begin = conn.simple_query(BEGIN_SNAPSHOT);
-        let (messages, copy) = match copy_sql {
-            Some(sql) => {
+    /// Begin on a session already open (one an earlier snapshot ended with `end`), and
+    /// with `select_sql` set up the reading of its rows (`rows_then_end`) in the same
+    /// round trip. Either way the values are the text output form, as pgoutput sends
+    /// them on the replication stream.
+    /// - `RowsBy::Copy`: `COPY (select_sql) TO STDOUT` is prepared with the BEGIN; the
+    ///   two requests are sent together and Postgres answers them in order, so the COPY
+    ///   is parsed inside the transaction. volt splits COPY's lines with less CPU per
+    ///   row than tokio-postgres takes for a row (S1: about 1.1 against 1.25 us).
+    /// - `RowsBy::OneQuery`: one simple query, whose answer is read up to the position
+    ///   here and whose rows follow. One message and one answer cost Postgres 10-20%
+    ///   less CPU per 500-row snapshot than the prepared COPY with its own statements
+    ///   (BENCHMARKS.md, S2). A query Postgres cannot parse fails here.
+    ///
+    /// A query that fails as it runs fails `rows_then_end`.
+    pub async fn begin_on(
+        conn: PgConn,
+        select_sql: Option<&str>,
+        by: RowsBy,
+    ) -> Result<SnapshotTx, PgError> {
+        let (snapshot, rows) = match (select_sql, by) {
+            (None, _) => (
+                snapshot_of(&conn.simple_query(BEGIN_SNAPSHOT).await?)?,
+                None,
+            ),
+            (Some(sql), RowsBy::Copy) => {
                 let copy = format!("COPY ({sql}) TO STDOUT");
                 // `join` polls the BEGIN first: it is sent first.
-                let (messages, copy) = futures::join!(begin, conn.prepare(&copy));
-                (messages?, Some(copy?))
+                let (messages, copy) =
+                    futures::join!(conn.simple_query(BEGIN_SNAPSHOT), conn.prepare(&copy));
+                (snapshot_of(&messages?)?, Some(Rows::Copy(copy?)))
             }
-            None => (begin.await?, None),
+            (Some(sql), RowsBy::OneQuery) => {
+                let mut rows = Box::pin(
+                    conn.simple_query_raw(&format!("{BEGIN_SNAPSHOT}; {sql}; ROLLBACK"))
+                        .await?,
+                );
+                // The BEGIN's completion, then the position's row and its completion.
+                let mut row = Vec::new();
+                loop {
+                    match rows.next().await.transpose()? {
+                        Some(m @ SimpleQueryMessage::Row(_)) => row.push(m),
+                        Some(SimpleQueryMessage::CommandComplete(_)) if !row.is_empty() => break,
+                        Some(_) => {}
+                        None => {
+                            return Err(PgError::Protocol(
+                                "the snapshot query ended before its position".into(),
+                            ));
+                        }
+                    }
+                }
+                (snapshot_of(&row)?, Some(Rows::OneQuery(rows)))
+            }
         };
-        let row = messages
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some(row),
-                _ => None,
-            })
-            .ok_or_else(|| PgError::Protocol("pg_current_snapshot() returned no row".into()))?;
-        let (Some(text), Some(lsn)) = (row.get(0), row.get(1)) else {
-            return Err(PgError::Protocol(
-                "pg_current_snapshot() returned NULL".into(),
-            ));
-        };
-        let snapshot = PgSnapshot::parse(text, parse_lsn(lsn).unwrap_or(0))
-            .ok_or_else(|| PgError::Protocol(format!("unexpected pg_current_snapshot {text}")))?;
         Ok(SnapshotTx {
             conn,
             snapshot,
-            copy,
+            rows,
         })
+    }
+
+    /// How `rows_then_end` reads the rows (None: `begin_on` was given no query).
+    pub fn rows_by(&self) -> Option<RowsBy> {
+        match self.rows.as_ref()? {
+            Rows::Copy(_) => Some(RowsBy::Copy),
+            Rows::OneQuery(_) => Some(RowsBy::OneQuery),
+        }
     }
 
     /// Stream the rows of `sql`. The simple-query protocol returns every value in its
@@ -132,6 +188,24 @@ impl SnapshotTx {
     }
 }
 
+/// The position in `BEGIN_SNAPSHOT`'s answer.
+fn snapshot_of(messages: &[SimpleQueryMessage]) -> Result<PgSnapshot, PgError> {
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .ok_or_else(|| PgError::Protocol("pg_current_snapshot() returned no row".into()))?;
+    let (Some(text), Some(lsn)) = (row.get(0), row.get(1)) else {
+        return Err(PgError::Protocol(
+            "pg_current_snapshot() returned NULL".into(),
+        ));
+    };
+    PgSnapshot::parse(text, parse_lsn(lsn).unwrap_or(0))
+        .ok_or_else(|| PgError::Protocol(format!("unexpected pg_current_snapshot {text}")))
+}
+
 impl SnapshotTx {
     /// End the transaction's session and wait until Postgres has it (see
     /// `PgConn::close`).
@@ -142,9 +216,17 @@ impl SnapshotTx {
     /// End the transaction and keep the session for another snapshot; None (the session
     /// closed) when it cannot be reused.
     pub async fn end(self) -> Option<PgConn> {
-        let SnapshotTx { conn, copy, .. } = self;
-        // A prepared statement is closed when dropped: before the session is reused.
-        drop(copy);
+        let SnapshotTx { conn, rows, .. } = self;
+        match rows {
+            // A prepared statement is closed when dropped: before the session is reused.
+            Some(Rows::Copy(copy)) => drop(copy),
+            // Rows left unread: the rest of that answer would come before the next.
+            Some(Rows::OneQuery(_)) => {
+                conn.close(std::time::Duration::from_secs(5)).await;
+                return None;
+            }
+            None => {}
+        }
         let ended = conn.batch_execute("ROLLBACK").await;
         SnapshotTx::reusable(conn, ended).await
     }
@@ -159,38 +241,56 @@ impl SnapshotTx {
         }
     }
 
-    /// Run the COPY prepared by `begin_on` (text format: tab-separated,
-    /// backslash-escaped, `\N` for NULL: each value the text the simple-query protocol
-    /// returns, at the cost of Postgres's fastest way out), handing `part` each message
-    /// of its data (decode them with `CopyLines`), then end the transaction as `end`
-    /// does. The ROLLBACK is sent as soon as the COPY has started: it waits behind the
-    /// rows in the session, so ending costs no round trip of its own. On an error the
-    /// session is closed.
-    pub async fn copy_rows_then_end<E: From<PgError>>(
+    /// Hand `row` each row `begin_on` asked for, then end the transaction as `end`
+    /// does, without a round trip of its own: the COPY's ROLLBACK is sent as soon as the
+    /// COPY has started and waits behind the rows, and the one query carries its own.
+    /// On an error, Postgres's or `row`'s, the session is closed.
+    pub async fn rows_then_end<E: From<PgError>>(
         self,
-        mut part: impl FnMut(&[u8]) -> Result<(), E>,
+        mut row: impl FnMut(&dyn RowValues) -> Result<(), E>,
     ) -> Result<Option<PgConn>, E> {
-        let SnapshotTx { conn, copy, .. } = self;
-        let copy = copy
-            .ok_or_else(|| PgError::Protocol("the snapshot began without a COPY to run".into()))?;
-        let ended = {
-            let data = conn.copy_out(&copy).await.map_err(PgError::from)?;
-            futures::pin_mut!(data);
-            let mut rollback = std::pin::pin!(conn.batch_execute("ROLLBACK"));
-            // Polled once, the ROLLBACK is on its way; its answer is read after the rows.
-            let early = match futures::poll!(rollback.as_mut()) {
-                std::task::Poll::Ready(ended) => Some(ended),
-                std::task::Poll::Pending => None,
-            };
-            while let Some(bytes) = data.next().await {
-                part(&bytes.map_err(PgError::from)?)?;
+        let SnapshotTx { conn, rows, .. } = self;
+        let ended = match rows {
+            None => {
+                return Err(
+                    PgError::Protocol("the snapshot began without a query to run".into()).into(),
+                );
             }
-            match early {
-                Some(ended) => ended,
-                None => rollback.await,
+            Some(Rows::OneQuery(mut rows)) => {
+                while let Some(message) = rows.next().await {
+                    if let SimpleQueryMessage::Row(r) = message.map_err(PgError::from)? {
+                        row(&SnapshotRow(r))?;
+                    }
+                }
+                Ok(())
+            }
+            Some(Rows::Copy(copy)) => {
+                let mut lines = CopyLines::default();
+                let ended = {
+                    let data = conn.copy_out(&copy).await.map_err(PgError::from)?;
+                    futures::pin_mut!(data);
+                    let mut rollback = std::pin::pin!(conn.batch_execute("ROLLBACK"));
+                    // Polled once, the ROLLBACK is on its way; its answer is read after
+                    // the rows.
+                    let early = match futures::poll!(rollback.as_mut()) {
+                        std::task::Poll::Ready(ended) => Some(ended),
+                        std::task::Poll::Pending => None,
+                    };
+                    while let Some(bytes) = data.next().await {
+                        lines.feed(&bytes.map_err(PgError::from)?, |r| row(r))?;
+                    }
+                    match early {
+                        Some(ended) => ended,
+                        None => rollback.await,
+                    }
+                };
+                if !lines.is_complete() {
+                    return Err(PgError::Protocol("the COPY's output ended mid-row".into()).into());
+                }
+                drop(copy);
+                ended
             }
         };
-        drop(copy);
         Ok(SnapshotTx::reusable(conn, ended).await)
     }
 }
@@ -244,7 +344,7 @@ impl CopyRow<'_> {
     }
 }
 
-impl volt_shapes::RowValues for CopyRow<'_> {
+impl RowValues for CopyRow<'_> {
     fn value(&self, i: usize) -> Option<&str> {
         self.get(i)
     }
@@ -388,7 +488,18 @@ fn unescape_copy(field: &[u8], out: &mut Vec<u8>) {
 /// One row of a snapshot query, its values still in the buffer they arrived in.
 pub struct SnapshotRow(SimpleQueryRow);
 
+impl RowValues for SnapshotRow {
+    fn value(&self, i: usize) -> Option<&str> {
+        self.get(i)
+    }
+}
+
 impl SnapshotRow {
+    /// Value `i`, NULL (or past the end) as None.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.0.try_get(i).ok().flatten()
+    }
+
     /// The values in column order, borrowed (NULL as `None`).
     pub fn values(&self) -> Vec<Option<&str>> {
         (0..self.0.len())

@@ -4,18 +4,22 @@
 //! settings) on every shape a herd creates.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use volt_pg::PgConfig;
 use volt_pg::conn::PgConn;
 use volt_pg::error::PgError;
-use volt_pg::snapshot::SnapshotTx;
+use volt_pg::snapshot::{RowsBy, SnapshotTx};
+use volt_shapes::RowValues;
 
 pub struct SnapshotSessions {
     permits: Semaphore,
     /// Open sessions no snapshot uses. With the ones in use, never more than permits:
     /// a session is only opened under a permit, and only kept by giving it back here.
     idle: Mutex<Vec<PgConn>>,
+    /// Snapshots waiting for a permit.
+    queued: AtomicUsize,
 }
 
 /// A snapshot transaction holding one of the sessions' permits until `end`.
@@ -39,28 +43,40 @@ impl SnapshotSessions {
         SnapshotSessions {
             permits: Semaphore::new(size.max(1)),
             idle: Mutex::new(Vec::new()),
+            queued: AtomicUsize::new(0),
         }
     }
 
     /// Begin a snapshot transaction, waiting for a permit, on an idle session if one is
-    /// still open, else on a new one; with `copy_sql`, prepare its COPY (see
-    /// `SnapshotTx::begin_on`).
+    /// still open, else on a new one; with `select_sql`, set up the reading of its rows
+    /// (see `SnapshotTx::begin_on`). A snapshot with others queued behind it is one of a
+    /// herd, where Postgres's CPU per snapshot bounds how fast the herd is served: its
+    /// rows come by `RowsBy::OneQuery`. Otherwise by `RowsBy::Copy`, cheapest for a
+    /// large snapshot.
     pub async fn begin(
         &self,
         config: &PgConfig,
-        copy_sql: Option<&str>,
+        select_sql: Option<&str>,
     ) -> Result<Session<'_>, SessionError> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| SessionError::Closed)?;
+        let permit = {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            let _left = Dequeue(&self.queued);
+            self.permits
+                .acquire()
+                .await
+                .map_err(|_| SessionError::Closed)?
+        };
+        let by = if self.queued.load(Ordering::Acquire) > 0 {
+            RowsBy::OneQuery
+        } else {
+            RowsBy::Copy
+        };
         while let Some(conn) = self.take_idle() {
             // An idle session may have died with its server: try the next one, or connect.
             if conn.is_closed() {
                 continue;
             }
-            match SnapshotTx::begin_on(conn, copy_sql).await {
+            match SnapshotTx::begin_on(conn, select_sql, by).await {
                 Ok(tx) => return Ok(self.session(tx, permit)),
                 // Postgres refused the statement (a table dropped since, say): every
                 // other session would refuse it too, and be closed for it.
@@ -68,7 +84,7 @@ impl SnapshotSessions {
                 Err(_) => {}
             }
         }
-        let tx = SnapshotTx::begin(config, copy_sql).await?;
+        let tx = SnapshotTx::begin(config, select_sql, by).await?;
         Ok(self.session(tx, permit))
     }
 
@@ -94,6 +110,11 @@ impl SnapshotSessions {
         }
     }
 
+    /// Snapshots waiting for a session.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// Sessions open and unused.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -107,6 +128,15 @@ impl SnapshotSessions {
     }
 }
 
+/// Leaves the queue however the wait ends (a snapshot stopped meanwhile drops it).
+struct Dequeue<'a>(&'a AtomicUsize);
+
+impl Drop for Dequeue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Session<'_> {
     /// End the transaction; the session goes back to the idle ones before the permit is
     /// released, so no snapshot ever opens a session beyond the limit.
@@ -115,13 +145,13 @@ impl Session<'_> {
         self.owner.give_back(conn);
     }
 
-    /// Run the COPY prepared at `begin` and end the transaction (see
-    /// `SnapshotTx::copy_rows_then_end`); the session goes back as `end` gives it.
-    pub async fn copy_rows_then_end<E: From<PgError>>(
+    /// Read the rows of the query sent at `begin` and end the transaction (see
+    /// `SnapshotTx::rows_then_end`); the session goes back as `end` gives it.
+    pub async fn rows_then_end<E: From<PgError>>(
         self,
-        part: impl FnMut(&[u8]) -> Result<(), E>,
+        row: impl FnMut(&dyn RowValues) -> Result<(), E>,
     ) -> Result<(), E> {
-        let conn = self.tx.copy_rows_then_end(part).await?;
+        let conn = self.tx.rows_then_end(row).await?;
         self.owner.give_back(conn);
         Ok(())
     }

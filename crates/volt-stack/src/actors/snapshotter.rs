@@ -7,7 +7,6 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, rpc::CallResult};
 use serde_json::json;
 use volt_pg::PgError;
-use volt_pg::snapshot::CopyLines;
 use volt_shapes::{LogMode, Shape};
 use volt_storage::ShapeLog;
 
@@ -77,10 +76,10 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
     }
     let started = std::time::Instant::now();
     // `log=changes_only`: the snapshot only fixes where the changes start.
-    let copy_sql = (args.shape.def.log == LogMode::Full).then(|| args.shape.snapshot_sql());
+    let select_sql = (args.shape.def.log == LogMode::Full).then(|| args.shape.snapshot_sql());
     let tx = shared
         .snapshot_sessions
-        .begin(&shared.config.pg, copy_sql.as_deref())
+        .begin(&shared.config.pg, select_sql.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let snapshot = tx.snapshot.clone();
@@ -94,39 +93,33 @@ async fn take_snapshot(args: &SnapshotterArgs) -> Result<(), String> {
         .cast(ConsumerMsg::SnapshotStarted(snapshot.clone()))
         .map_err(|_| "consumer is gone".to_string())?;
     let mut rows = 0u64;
-    if copy_sql.is_some() {
-        let mut lines = CopyLines::default();
+    if select_sql.is_some() {
         let encoder = args.shape.snapshot_encoder(None);
         // Rows are appended in batches of this many bytes.
         const BATCH: usize = 64 * 1024;
         let mut batch = Vec::with_capacity(BATCH + 4096);
         // Every row is read once this returns: the session goes to the next snapshot
         // while this one's files are made durable.
-        tx.copy_rows_then_end(|part| {
+        tx.rows_then_end(|values| {
             if args.log.is_closed() {
                 return Err(Failure("the shape was removed during its snapshot".into()));
             }
-            lines.feed(part, |values| {
-                rows += 1;
-                encoder.encode(&mut batch, values);
-                batch.push(b'\n');
-                if batch.len() >= BATCH {
-                    args.log
-                        .append_snapshot_lines(&batch)
-                        .map_err(|e| Failure(e.to_string()))?;
-                    batch.clear();
-                }
-                Ok(())
-            })
+            rows += 1;
+            encoder.encode(&mut batch, values);
+            batch.push(b'\n');
+            if batch.len() >= BATCH {
+                args.log
+                    .append_snapshot_lines(&batch)
+                    .map_err(|e| Failure(e.to_string()))?;
+                batch.clear();
+            }
+            Ok(())
         })
         .await
         .map_err(|Failure(e)| e)?;
         args.log
             .append_snapshot_lines(&batch)
             .map_err(|e| e.to_string())?;
-        if !lines.is_complete() {
-            return Err("the snapshot query's output ended mid-row".into());
-        }
     } else {
         tx.end().await;
     }
