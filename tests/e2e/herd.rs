@@ -632,6 +632,34 @@ async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_
 }
 
 #[tokio::test]
+async fn a_one_query_snapshot_whose_rollback_did_not_run_is_an_error_not_a_kept_session()
+-> anyhow::Result<()> {
+    use volt_pg::snapshot::{RowsBy, SnapshotTx};
+    use volt_pg::{PgConfig, PgError};
+    let db = volt_test_support::TestDb::new("swallowed_rollback").await?;
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await?;
+    let config = PgConfig::parse(&db.url())?;
+    // A trailing comment hides the ROLLBACK sent behind the query.
+    let tx = SnapshotTx::begin(&config, Some("SELECT id FROM t --"), RowsBy::OneQuery).await?;
+    let mut rows = 0;
+    let read = tx
+        .rows_then_end(|_| {
+            rows += 1;
+            Ok::<(), PgError>(())
+        })
+        .await;
+    assert_eq!(rows, 1);
+    assert!(
+        matches!(&read, Err(PgError::Protocol(m)) if m.contains("completed 1 statements")),
+        "{:?}",
+        read.map(|kept| kept.is_some())
+    );
+    db.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_snapshot_with_others_queued_behind_it_reads_its_rows_by_one_query() -> anyhow::Result<()>
 {
     use volt_pg::PgConfig;

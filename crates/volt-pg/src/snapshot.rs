@@ -177,6 +177,12 @@ impl SnapshotTx {
         &self,
         sql: &str,
     ) -> Result<impl Stream<Item = Result<SnapshotRow, PgError>> + '_, PgError> {
+        if matches!(self.rows, Some(Rows::OneQuery(_))) {
+            // That query ends the transaction itself: `sql` would run outside it.
+            return Err(PgError::Protocol(
+                "a snapshot begun with its rows' query cannot run another".into(),
+            ));
+        }
         let stream = self.conn.simple_query_raw(sql).await?;
         Ok(stream.filter_map(|msg| async move {
             match msg {
@@ -220,7 +226,8 @@ impl SnapshotTx {
         match rows {
             // A prepared statement is closed when dropped: before the session is reused.
             Some(Rows::Copy(copy)) => drop(copy),
-            // Rows left unread: the rest of that answer would come before the next.
+            // Rows left unread: the query's own ROLLBACK is still behind them, and a
+            // session is kept only once it is known to have run.
             Some(Rows::OneQuery(_)) => {
                 conn.close(std::time::Duration::from_secs(5)).await;
                 return None;
@@ -257,10 +264,21 @@ impl SnapshotTx {
                 );
             }
             Some(Rows::OneQuery(mut rows)) => {
+                let mut completed = 0;
                 while let Some(message) = rows.next().await {
-                    if let SimpleQueryMessage::Row(r) = message.map_err(PgError::from)? {
-                        row(&SnapshotRow(r))?;
+                    match message.map_err(PgError::from)? {
+                        SimpleQueryMessage::Row(r) => row(&SnapshotRow(r))?,
+                        SimpleQueryMessage::CommandComplete(_) => completed += 1,
+                        _ => {}
                     }
+                }
+                // The SELECT's and the ROLLBACK's: a session is never kept inside the
+                // snapshot's transaction, whatever the query held.
+                if completed != 2 {
+                    return Err(PgError::Protocol(format!(
+                        "the snapshot query completed {completed} statements after its position, not 2"
+                    ))
+                    .into());
                 }
                 Ok(())
             }

@@ -78,8 +78,9 @@ impl SnapshotSessions {
             }
             match SnapshotTx::begin_on(conn, select_sql, by).await {
                 Ok(tx) => return Ok(self.session(tx, permit)),
-                // Postgres refused the statement (a table dropped since, say): every
-                // other session would refuse it too, and be closed for it.
+                // Postgres refused the statement (it cannot parse it; a missing table
+                // shows only as the rows are read): every other session would refuse it
+                // too, and be closed for it.
                 Err(e) if !e.is_retryable() => return Err(e.into()),
                 Err(_) => {}
             }
