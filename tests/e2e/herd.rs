@@ -250,20 +250,24 @@ async fn with_default_caps_the_overflow_waits_in_the_room_and_past_it_gets_only_
     Ok(())
 }
 
-#[tokio::test]
-async fn a_request_whose_wait_for_a_permit_runs_out_gets_a_503_with_retry_after()
--> anyhow::Result<()> {
+/// A volt with one `initial` permit and a room of 10 that wait up to `wait`, its one
+/// permit taken by a request whose creation is held until the gate opens.
+async fn one_permit_held(
+    name: &str,
+    wait: Duration,
+) -> anyhow::Result<(
+    TestVolt,
+    Arc<Semaphore>,
+    Vec<tokio::task::JoinHandle<Answer>>,
+)> {
     let volt = TestVolt::start_tweaked(
-        "herd_room_wait",
+        name,
         Tweaks {
             max_concurrent: Some(Limits {
                 initial: 1,
                 existing: 100,
             }),
-            initial_queue: Some(Queue {
-                size: 10,
-                wait: Duration::from_millis(200),
-            }),
+            initial_queue: Some(Queue { size: 10, wait }),
             ..Tweaks::default()
         },
     )
@@ -284,6 +288,13 @@ async fn a_request_whose_wait_for_a_permit_runs_out_gets_a_503_with_retry_after(
         Ok(volt.admission.stats().initial_in_use == 1)
     })
     .await?;
+    Ok((volt, gate, held))
+}
+
+#[tokio::test]
+async fn a_request_whose_wait_for_a_permit_runs_out_gets_a_503_with_retry_after()
+-> anyhow::Result<()> {
+    let (volt, gate, held) = one_permit_held("herd_room_wait", Duration::from_millis(200)).await?;
     // One: the room takes it before any turnover is measured.
     let waited = answers(herd(&volt, 1, "/v1/shape?table=items&offset=-1").await).await?;
     assert_eq!(waited[0].status, 503, "{}", waited[0].body);
@@ -301,37 +312,7 @@ async fn a_request_whose_wait_for_a_permit_runs_out_gets_a_503_with_retry_after(
 #[tokio::test]
 async fn a_client_that_goes_away_while_waiting_for_a_permit_leaves_the_room() -> anyhow::Result<()>
 {
-    let volt = TestVolt::start_tweaked(
-        "herd_room_leave",
-        Tweaks {
-            max_concurrent: Some(Limits {
-                initial: 1,
-                existing: 100,
-            }),
-            initial_queue: Some(Queue {
-                size: 10,
-                wait: Duration::from_secs(600),
-            }),
-            ..Tweaks::default()
-        },
-    )
-    .await?;
-    volt.db.execute(ITEMS).await?;
-    let gate = Arc::new(Semaphore::new(0));
-    volt.shared()
-        .failpoints
-        .hold_create
-        .store(Some(gate.clone()));
-    let held = herd(
-        &volt,
-        1,
-        "/v1/shape?table=items&offset=-1&where=id%20%3C%205",
-    )
-    .await;
-    eventually("the one permit is taken", || async {
-        Ok(volt.admission.stats().initial_in_use == 1)
-    })
-    .await?;
+    let (volt, gate, held) = one_permit_held("herd_room_leave", Duration::from_secs(600)).await?;
     let addr = volt.base().trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     tokio::io::AsyncWriteExt::write_all(
