@@ -154,12 +154,11 @@ impl Admission {
         kind: Kind,
         stop: impl Future<Output = ()>,
     ) -> Result<Permit, Response> {
-        let full = match self.try_take(kind) {
-            Ok(permit) => return Ok(permit),
-            Err(full) => full,
-        };
+        if let Some(permit) = self.try_take(kind) {
+            return Ok(permit);
+        }
         if kind == Kind::Existing || !self.enter_room() {
-            return Err(self.reject(full));
+            return Err(self.reject(kind));
         }
         let _left = LeaveRoom(&self.waiting);
         let wait = tokio::time::timeout(self.queue.wait, self.initial.clone().acquire_owned());
@@ -179,30 +178,31 @@ impl Admission {
             },
             () = stop => {}
         }
-        Err(self.reject(full))
+        Err(self.reject(kind))
     }
 
     /// A permit of `kind` if one is free now, or the 503 for a full bucket.
     #[allow(clippy::result_large_err)] // the rejection is the response itself
     pub fn try_acquire(self: &Arc<Self>, kind: Kind) -> Result<Permit, Response> {
-        self.try_take(kind).map_err(|full| self.reject(full))
+        self.try_take(kind).ok_or_else(|| self.reject(kind))
     }
 
-    fn try_take(self: &Arc<Self>, kind: Kind) -> Result<Permit, Kind> {
+    /// A permit of `kind` if one is free now.
+    fn try_take(self: &Arc<Self>, kind: Kind) -> Option<Permit> {
         match kind {
-            Kind::Initial => match self.initial.clone().try_acquire_owned() {
-                Ok(held) => Ok(self.initial_permit(held)),
-                Err(_) => Err(kind),
-            },
+            Kind::Initial => {
+                let held = self.initial.clone().try_acquire_owned().ok()?;
+                Some(self.initial_permit(held))
+            }
             Kind::Existing => {
                 // Increment first, then check: concurrent acquirers never both see
                 // room for one.
                 if self.existing_in_use.fetch_add(1, Ordering::AcqRel) >= self.limits.existing {
                     self.existing_in_use.fetch_sub(1, Ordering::AcqRel);
-                    return Err(kind);
+                    return None;
                 }
                 in_use_gauge(kind).increment(1.0);
-                Ok(Permit {
+                Some(Permit {
                     admission: self.clone(),
                     initial: None,
                 })
@@ -359,12 +359,15 @@ impl Drop for Permit {
         let kind = self.kind();
         match kind {
             // The semaphore's permit is released with the field, right after this.
-            Kind::Initial => self.admission.turned_over.fetch_add(1, Ordering::AcqRel),
-            Kind::Existing => self
-                .admission
-                .existing_in_use
-                .fetch_sub(1, Ordering::AcqRel) as u64,
-        };
+            Kind::Initial => {
+                self.admission.turned_over.fetch_add(1, Ordering::AcqRel);
+            }
+            Kind::Existing => {
+                self.admission
+                    .existing_in_use
+                    .fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         in_use_gauge(kind).decrement(1.0);
     }
 }
@@ -468,13 +471,14 @@ mod tests {
         let a = admission(1, 10);
         let held = a.try_acquire(Kind::Initial).unwrap();
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let first = tokio::spawn({
             let a = a.clone();
             async move {
                 let permit = a.acquire(Kind::Initial, pending()).await;
                 // Keep the permit until the test has seen who holds it.
                 let _ = first_tx.send(permit.is_ok());
-                tokio::time::sleep(Duration::from_secs(600)).await;
+                let _ = done_rx.await;
                 drop(permit);
             }
         });
@@ -491,7 +495,8 @@ mod tests {
             a.try_acquire(Kind::Initial).is_err(),
             "a newcomer does not take the permit"
         );
-        first.abort();
+        done_tx.send(()).unwrap();
+        first.await.unwrap();
         assert!(second.await.unwrap(), "then the second is served");
         let s = a.stats();
         assert_eq!((s.initial_waiting, s.initial_waited), (0, 2));

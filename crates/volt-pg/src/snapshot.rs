@@ -517,13 +517,6 @@ impl SnapshotRow {
     pub fn get(&self, i: usize) -> Option<&str> {
         self.0.try_get(i).ok().flatten()
     }
-
-    /// The values in column order, borrowed (NULL as `None`).
-    pub fn values(&self) -> Vec<Option<&str>> {
-        (0..self.0.len())
-            .map(|i| self.0.try_get(i).ok().flatten())
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub async fn query_subset(
         let encoder = shape.snapshot_encoder(Some(mark));
         while let Some(row) = rows.next().await {
             let mut item = Vec::new();
-            encoder.encode(&mut item, &row?.values()[..]);
+            encoder.encode(&mut item, &row?);
             // The encoder writes JSON, from the UTF-8 text Postgres sent.
             items.push(String::from_utf8_lossy(&item).into_owned());
         }
