@@ -612,15 +612,21 @@ async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_
     Ok(())
 }
 
+/// A database whose table `t (id)` holds one row, and its connection settings.
+async fn one_row_db(name: &str) -> anyhow::Result<(volt_test_support::TestDb, volt_pg::PgConfig)> {
+    let db = volt_test_support::TestDb::new(name).await?;
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await?;
+    let config = volt_pg::PgConfig::parse(&db.url())?;
+    Ok((db, config))
+}
+
 #[tokio::test]
 async fn a_one_query_snapshot_whose_rollback_did_not_run_is_an_error_not_a_kept_session()
 -> anyhow::Result<()> {
+    use volt_pg::PgError;
     use volt_pg::snapshot::{RowsBy, SnapshotTx};
-    use volt_pg::{PgConfig, PgError};
-    let db = volt_test_support::TestDb::new("swallowed_rollback").await?;
-    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
-        .await?;
-    let config = PgConfig::parse(&db.url())?;
+    let (db, config) = one_row_db("swallowed_rollback").await?;
     // A trailing comment hides the ROLLBACK sent behind the query.
     let tx = SnapshotTx::begin(&config, Some("SELECT id FROM t --"), RowsBy::OneQuery).await?;
     let mut rows = 0;
@@ -643,13 +649,9 @@ async fn a_one_query_snapshot_whose_rollback_did_not_run_is_an_error_not_a_kept_
 #[tokio::test]
 async fn a_snapshot_with_others_queued_behind_it_reads_its_rows_by_one_query() -> anyhow::Result<()>
 {
-    use volt_pg::PgConfig;
     use volt_pg::snapshot::RowsBy;
     use volt_stack::snapshot_sessions::SnapshotSessions;
-    let db = volt_test_support::TestDb::new("rows_by").await?;
-    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
-        .await?;
-    let config = PgConfig::parse(&db.url())?;
+    let (db, config) = one_row_db("rows_by").await?;
     let sessions = SnapshotSessions::new(1);
     let sql = Some("SELECT id FROM t");
     let alone = sessions.begin(&config, sql).await?;
@@ -665,19 +667,15 @@ async fn a_snapshot_with_others_queued_behind_it_reads_its_rows_by_one_query() -
         anyhow::Ok(())
     };
     let third = async move {
-        let queued = || async move {
-            while sessions.queued() < 1 {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), queued()).await?;
+        eventually("the second is queued", || async {
+            Ok(sessions.queued() >= 1)
+        })
+        .await?;
         // Queued behind the second, which is queued behind the first.
         let waits = sessions.begin(config, sql);
         let ended = async {
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while sessions.queued() < 2 {
-                    tokio::task::yield_now().await;
-                }
+            eventually("the third is queued", || async {
+                Ok(sessions.queued() >= 2)
             })
             .await?;
             alone
@@ -708,12 +706,9 @@ async fn a_snapshot_with_others_queued_behind_it_reads_its_rows_by_one_query() -
 #[tokio::test]
 async fn a_snapshot_postgres_refuses_costs_one_idle_session_not_all_of_them() -> anyhow::Result<()>
 {
-    use volt_pg::{PgConfig, PgError};
+    use volt_pg::PgError;
     use volt_stack::snapshot_sessions::{SessionError, SnapshotSessions};
-    let db = volt_test_support::TestDb::new("refused_snapshot").await?;
-    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
-        .await?;
-    let config = PgConfig::parse(&db.url())?;
+    let (db, config) = one_row_db("refused_snapshot").await?;
     let sessions = SnapshotSessions::new(4);
     let sql = Some("SELECT id FROM t");
     // Three sessions at once, each left idle by its snapshot's end.
