@@ -24,6 +24,13 @@ async fn herd_volt(name: &str, limits: Option<Limits>) -> anyhow::Result<TestVol
     Ok(volt)
 }
 
+/// Holds every shape creation until the returned gate gets a permit.
+fn hold_creations(shared: &volt_stack::Shared) -> Arc<Semaphore> {
+    let gate = Arc::new(Semaphore::new(0));
+    shared.failpoints.hold_create.store(Some(gate.clone()));
+    gate
+}
+
 fn raised() -> Option<Limits> {
     Some(Limits {
         initial: 5_000,
@@ -114,11 +121,7 @@ async fn a_thousand_concurrent_requests_for_one_new_shape_make_one_snapshot_and_
 async fn followers_of_a_held_creation_send_shape_cache_nothing_and_get_the_leaders_handle()
 -> anyhow::Result<()> {
     let volt = herd_volt("herd_held_leader", raised()).await?;
-    let gate = Arc::new(Semaphore::new(0));
-    volt.shared()
-        .failpoints
-        .hold_create
-        .store(Some(gate.clone()));
+    let gate = hold_creations(volt.shared());
     let path = "/v1/shape?table=items&offset=-1&where=id%20%3C%2020";
     let leader = herd(&volt, 1, path).await;
     eventually("the leader is inside the creation", || async {
@@ -153,8 +156,7 @@ async fn a_failed_creation_fails_every_waiter_fast_with_the_same_error_and_is_sw
 -> anyhow::Result<()> {
     let volt = herd_volt("herd_failed_create", raised()).await?;
     let shared = volt.shared().clone();
-    let gate = Arc::new(Semaphore::new(0));
-    shared.failpoints.hold_create.store(Some(gate.clone()));
+    let gate = hold_creations(&shared);
     shared
         .failpoints
         .fail_create
@@ -206,11 +208,7 @@ async fn with_default_caps_the_overflow_waits_in_the_room_and_past_it_gets_only_
     )
     .await?;
     volt.db.execute(ITEMS).await?;
-    let gate = Arc::new(Semaphore::new(0));
-    volt.shared()
-        .failpoints
-        .hold_create
-        .store(Some(gate.clone()));
+    let gate = hold_creations(volt.shared());
     let tasks = herd(
         &volt,
         400,
@@ -273,11 +271,7 @@ async fn one_permit_held(
     )
     .await?;
     volt.db.execute(ITEMS).await?;
-    let gate = Arc::new(Semaphore::new(0));
-    volt.shared()
-        .failpoints
-        .hold_create
-        .store(Some(gate.clone()));
+    let gate = hold_creations(volt.shared());
     let held = herd(
         &volt,
         1,
@@ -381,8 +375,7 @@ async fn a_restarted_shape_cache_starts_with_an_empty_lock_table_and_waiters_car
 -> anyhow::Result<()> {
     let volt = herd_volt("herd_cache_restart", raised()).await?;
     let shared = volt.shared().clone();
-    let gate = Arc::new(Semaphore::new(0));
-    shared.failpoints.hold_create.store(Some(gate.clone()));
+    let gate = hold_creations(&shared);
     let path = "/v1/shape?table=items&offset=-1&where=id%20%3C%2015";
     let leader = herd(&volt, 1, path).await;
     eventually("the leader is inside the creation", || async {
@@ -447,8 +440,7 @@ async fn creation_requests_are_shed_with_503_while_shape_cache_has_a_backlog() -
     .await?;
     volt.db.execute(ITEMS).await?;
     let shared = volt.shared().clone();
-    let gate = Arc::new(Semaphore::new(0));
-    shared.failpoints.hold_create.store(Some(gate.clone()));
+    let gate = hold_creations(&shared);
     let leader = herd(
         &volt,
         1,
