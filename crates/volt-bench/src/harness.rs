@@ -434,3 +434,53 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// The machine's CPU time so far, in ticks (`/proc/stat`): all of it, and the part the
+/// hypervisor gave to other guests (steal). Their shares over a run say how much of the
+/// machine a figure had.
+#[derive(Clone, Copy, Default)]
+pub struct MachineTicks {
+    pub total: u64,
+    pub steal: u64,
+}
+
+impl MachineTicks {
+    pub fn now() -> MachineTicks {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // `cpu  user nice system idle iowait irq softirq steal guest guest_nice`
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        MachineTicks {
+            total: ticks.iter().sum(),
+            steal: ticks.get(7).copied().unwrap_or(0),
+        }
+    }
+
+    /// Percent of the machine's time stolen since `self`.
+    pub fn steal_percent_since(self) -> f64 {
+        let now = MachineTicks::now();
+        let total = now.total.saturating_sub(self.total);
+        100.0 * now.steal.saturating_sub(self.steal) as f64 / total.max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineTicks;
+
+    #[test]
+    fn the_stolen_share_of_the_machine_is_a_percentage() {
+        let start = MachineTicks::now();
+        assert!(start.total > 0, "/proc/stat has the machine's ticks");
+        assert!(start.steal <= start.total);
+        let stolen = start.steal_percent_since();
+        assert!((0.0..=100.0).contains(&stolen), "{stolen}");
+    }
+}
