@@ -546,7 +546,7 @@ async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_
     let db = volt_test_support::TestDb::new("pipelined_snapshot").await?;
     db.execute(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
-         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 5000) g;",
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 30000) g;",
     )
     .await?;
     let config = PgConfig::parse(&db.url())?;
@@ -562,7 +562,8 @@ async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_
         anyhow::Ok((ids, conn.expect("the session is kept")))
     };
     let sql = Some("SELECT id, v FROM t ORDER BY id");
-    let mut written = 5000;
+    // Several of the COPY's read-ahead blocks (64 KiB).
+    let mut written = 30000;
     for by in [RowsBy::Copy, RowsBy::OneQuery] {
         let (ids, conn) = read_all(SnapshotTx::begin(&config, sql, by).await?).await?;
         assert_eq!(ids, (1..=written).collect::<Vec<_>>(), "{by:?}");
@@ -600,6 +601,42 @@ async fn a_pipelined_snapshot_reads_every_row_and_leaves_its_session_out_of_the_
             "{by:?}"
         );
     }
+    db.cleanup().await;
+    Ok(())
+}
+
+/// A COPY that Postgres ends with an error, blocks into its rows: every row sent before
+/// the error reaches the reader, then the error, and the session is not kept.
+#[tokio::test]
+async fn a_copy_that_fails_after_blocks_of_rows_gives_those_rows_then_its_error()
+-> anyhow::Result<()> {
+    use volt_pg::snapshot::{RowsBy, SnapshotTx};
+    use volt_pg::{PgConfig, PgError};
+    let db = volt_test_support::TestDb::new("failing_copy").await?;
+    db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, repeat('v', 40) FROM generate_series(1, 50000) g;",
+    )
+    .await?;
+    let config = PgConfig::parse(&db.url())?;
+    // Division by zero at id 40,000, after about 2 MB of rows.
+    let sql = Some("SELECT id, v, 1 / (id - 40000) FROM t ORDER BY id");
+    let tx = SnapshotTx::begin(&config, sql, RowsBy::Copy).await?;
+    let mut last = 0;
+    let read = tx
+        .rows_then_end(|row| {
+            let id: i32 = row.value(0).unwrap().parse().unwrap();
+            assert_eq!(id, last + 1, "in order, none missing");
+            last = id;
+            Ok::<(), PgError>(())
+        })
+        .await;
+    assert!(
+        matches!(&read, Err(PgError::Query { .. })),
+        "{:?}",
+        read.map(|kept| kept.is_some())
+    );
+    assert_eq!(last, 39_999);
     db.cleanup().await;
     Ok(())
 }

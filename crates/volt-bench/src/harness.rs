@@ -163,16 +163,27 @@ impl Volt {
                 command.pre_exec(move || set_affinity(0, &cpu));
             }
         }
+        // `VOLT_BENCH_LOG_LEVEL=info` prints volt's log, each snapshot's read and
+        // durable times among it.
+        let log_level = std::env::var("VOLT_BENCH_LOG_LEVEL").ok();
         let child = command
             .env("ELECTRIC_REPLICATION_STREAM_ID", &stream_id)
             .env("DATABASE_URL", db_url)
             .env("ELECTRIC_PORT", port.to_string())
             .env("ELECTRIC_STORAGE_DIR", storage)
             .env("ELECTRIC_INSECURE", "true")
-            .env("ELECTRIC_LOG_LEVEL", "warning")
+            .env(
+                "ELECTRIC_LOG_LEVEL",
+                log_level.as_deref().unwrap_or("warning"),
+            )
             .env("ELECTRIC_DB_POOL_SIZE", "16")
             .envs(settings.iter().copied())
-            .stdout(Stdio::null())
+            // volt logs to stdout.
+            .stdout(if log_level.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()

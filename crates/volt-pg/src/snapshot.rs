@@ -283,10 +283,8 @@ impl SnapshotTx {
                 Ok(())
             }
             Some(Rows::Copy(copy)) => {
-                let mut lines = CopyLines::default();
                 let ended = {
                     let data = conn.copy_out(&copy).await.map_err(PgError::from)?;
-                    futures::pin_mut!(data);
                     let mut rollback = std::pin::pin!(conn.batch_execute("ROLLBACK"));
                     // Polled once, the ROLLBACK is on its way; its answer is read after
                     // the rows.
@@ -294,17 +292,28 @@ impl SnapshotTx {
                         std::task::Poll::Ready(ended) => Some(ended),
                         std::task::Poll::Pending => None,
                     };
-                    while let Some(bytes) = data.next().await {
-                        lines.feed(&bytes.map_err(PgError::from)?, |r| row(r))?;
+                    // COPY's messages (one per row) are taken apart, joined into
+                    // blocks and checked as UTF-8 by a task of their own while this
+                    // one decodes the rows and hands them on: for S1's million rows
+                    // each of the two is a share of the work no longer waiting for
+                    // the other.
+                    let (blocks, mut received) = tokio::sync::mpsc::channel(READ_AHEAD_BLOCKS);
+                    let reader = ReadAhead(tokio::spawn(read_ahead(data, blocks)));
+                    let mut lines = CopyLines::default();
+                    while let Some(block) = received.recv().await {
+                        lines.feed(&block?, |r| row(r))?;
+                    }
+                    drop(reader);
+                    if !lines.is_complete() {
+                        return Err(
+                            PgError::Protocol("the COPY's output ended mid-row".into()).into()
+                        );
                     }
                     match early {
                         Some(ended) => ended,
                         None => rollback.await,
                     }
                 };
-                if !lines.is_complete() {
-                    return Err(PgError::Protocol("the COPY's output ended mid-row".into()).into());
-                }
                 drop(copy);
                 ended
             }
@@ -313,13 +322,112 @@ impl SnapshotTx {
     }
 }
 
+/// Bytes of COPY output per block handed from the read-ahead task to the rows' decoder.
+const READ_AHEAD_BLOCK: usize = 64 * 1024;
+/// Blocks read ahead of the decoder: what a snapshot holds beyond its rows' batch.
+const READ_AHEAD_BLOCKS: usize = 4;
+
+/// The task reading a snapshot's COPY ahead of its decoder; stopped when the snapshot
+/// stops reading, on an error or when it is dropped.
+struct ReadAhead(tokio::task::JoinHandle<()>);
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Read `data` into blocks of text and send them on, then end; an error (Postgres's, or
+/// output that is not UTF-8) is the last thing sent. Stops when the receiver is gone.
+async fn read_ahead(
+    data: tokio_postgres::CopyOutStream,
+    blocks: tokio::sync::mpsc::Sender<Result<String, PgError>>,
+) {
+    futures::pin_mut!(data);
+    let mut text = Utf8Blocks::default();
+    loop {
+        let ended = match data.next().await {
+            Some(Ok(bytes)) => {
+                text.push(&bytes);
+                false
+            }
+            Some(Err(e)) => {
+                // The rows Postgres sent before its error reach the decoder first.
+                if !text.is_empty() {
+                    let _ = blocks.send(text.take()).await;
+                }
+                let _ = blocks.send(Err(e.into())).await;
+                return;
+            }
+            None => true,
+        };
+        if ended || text.len() >= READ_AHEAD_BLOCK {
+            let block = text.take();
+            let failed = block.is_err();
+            if blocks.send(block).await.is_err() || failed {
+                return;
+            }
+        }
+        if ended {
+            if !text.is_empty() {
+                let _ = blocks
+                    .send(Err(PgError::Protocol(
+                        "the COPY's output ended mid-character".into(),
+                    )))
+                    .await;
+            }
+            return;
+        }
+    }
+}
+
+/// Bytes taken as text a block at a time: one UTF-8 check for many rows, not one per
+/// row. A character cut off at a block's end waits for the rest of it.
+#[derive(Default)]
+pub struct Utf8Blocks {
+    pending: Vec<u8>,
+}
+
+impl Utf8Blocks {
+    pub fn push(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The bytes pushed so far as text, but for a character whose end has not come.
+    pub fn take(&mut self) -> Result<String, PgError> {
+        // The next block about as large as this one, without growing to it.
+        let capacity = self.pending.capacity();
+        match String::from_utf8(std::mem::replace(
+            &mut self.pending,
+            Vec::with_capacity(capacity),
+        )) {
+            Ok(text) => Ok(text),
+            Err(e) if e.utf8_error().error_len().is_none() => {
+                let valid = e.utf8_error().valid_up_to();
+                let mut bytes = e.into_bytes();
+                self.pending = bytes.split_off(valid);
+                String::from_utf8(bytes).map_err(|e| not_utf8(e.utf8_error()))
+            }
+            Err(e) => Err(not_utf8(e.utf8_error())),
+        }
+    }
+}
+
 /// Splits the data of `COPY ... TO STDOUT` (text format) into rows, whatever the
-/// boundaries of the messages it came in. Its buffers are reused from row to row:
+/// boundaries of the blocks it comes in. Its buffers are reused from row to row:
 /// Postgres sends a message per row, and S1's snapshot is a million of them.
 #[derive(Default)]
 pub struct CopyLines {
-    /// The start of a row whose end is in a later message.
-    partial: Vec<u8>,
+    /// The start of a row whose end is in a later block.
+    partial: String,
     fields: Vec<Field>,
     /// The values that held escapes, unescaped.
     unescaped: Vec<u8>,
@@ -369,20 +477,21 @@ impl RowValues for CopyRow<'_> {
 }
 
 impl CopyLines {
-    /// Call `row` with each complete row of `data`.
+    /// Call `row` with each complete row of `data` (COPY's output as text: see
+    /// `Utf8Blocks`).
     pub fn feed<E: From<PgError>>(
         &mut self,
-        data: &[u8],
+        data: &str,
         mut row: impl FnMut(&CopyRow<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut rest = data;
         if !self.partial.is_empty() {
-            let Some(end) = memchr::memchr(b'\n', rest) else {
-                self.partial.extend_from_slice(rest);
+            let Some(end) = memchr::memchr(b'\n', rest.as_bytes()) else {
+                self.partial.push_str(rest);
                 return Ok(());
             };
             let mut line = std::mem::take(&mut self.partial);
-            line.extend_from_slice(&rest[..end]);
+            line.push_str(&rest[..end]);
             rest = &rest[end + 1..];
             row(&decode_copy_line(
                 &line,
@@ -392,7 +501,7 @@ impl CopyLines {
             line.clear();
             self.partial = line;
         }
-        while let Some(end) = memchr::memchr(b'\n', rest) {
+        while let Some(end) = memchr::memchr(b'\n', rest.as_bytes()) {
             row(&decode_copy_line(
                 &rest[..end],
                 &mut self.fields,
@@ -400,7 +509,7 @@ impl CopyLines {
             )?)?;
             rest = &rest[end + 1..];
         }
-        self.partial.extend_from_slice(rest);
+        self.partial.push_str(rest);
         Ok(())
     }
 
@@ -414,15 +523,15 @@ fn not_utf8(e: std::str::Utf8Error) -> PgError {
     PgError::Protocol(format!("COPY value is not UTF-8: {e}"))
 }
 
-/// One COPY text-format line (without its newline) into its values. The line is
-/// checked as UTF-8 once, not value by value: its separators and escapes are ASCII, so
-/// every value of a valid line is valid.
+/// One COPY text-format line (without its newline) into its values. Its separators
+/// and escapes are ASCII, so every value of the line is text as it is; only an escaped
+/// value is checked again, once unescaped.
 fn decode_copy_line<'a>(
-    line: &'a [u8],
+    text: &'a str,
     fields: &'a mut Vec<Field>,
     unescaped: &'a mut Vec<u8>,
 ) -> Result<CopyRow<'a>, PgError> {
-    let text = std::str::from_utf8(line).map_err(not_utf8)?;
+    let line = text.as_bytes();
     fields.clear();
     unescaped.clear();
     let mut start = 0;
@@ -523,24 +632,34 @@ impl SnapshotRow {
 mod tests {
     use super::*;
 
+    type Rows = Vec<Vec<Option<String>>>;
+
+    /// The rows of COPY output that came in `parts`, read as `rows_then_end` reads
+    /// them: checked as text block by block, then split into rows.
+    fn rows_of(parts: &[&[u8]]) -> Result<Rows, PgError> {
+        let (mut text, mut lines, mut rows) = (Utf8Blocks::default(), CopyLines::default(), vec![]);
+        for part in parts {
+            text.push(part);
+            lines.feed(&text.take()?, |r| {
+                rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+                Ok::<(), PgError>(())
+            })?;
+        }
+        if !text.is_empty() || !lines.is_complete() {
+            return Err(PgError::Protocol("ended mid-row".into()));
+        }
+        Ok(rows)
+    }
+
     #[test]
     fn copy_lines_unescape_to_the_values_and_nulls_postgres_sent() {
-        let data = b"1\t\\N\ta\\tb\\nc\\\\d\\x41\\101\\r\\b\\f\\v\n2\t\t\\\\x00ff\n";
-        // Split anywhere: rows may span messages.
+        let data =
+            "1\t\\N\ta\\tb\\nc\\\\d\\x41\\101\\r\\b\\f\\v\n2\t\t\\\\x00ff caf\u{e9} \u{1f600}\n"
+                .as_bytes();
+        // Split anywhere, within a character too: rows and characters may span blocks.
         for cut in 0..data.len() {
-            let mut lines = CopyLines::default();
-            let mut rows: Vec<Vec<Option<String>>> = Vec::new();
-            for part in [&data[..cut], &data[cut..]] {
-                lines
-                    .feed(part, |r| {
-                        rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
-                        Ok::<(), PgError>(())
-                    })
-                    .unwrap();
-            }
-            assert!(lines.is_complete());
             assert_eq!(
-                rows,
+                rows_of(&[&data[..cut], &data[cut..]]).unwrap(),
                 vec![
                     vec![
                         Some("1".to_string()),
@@ -550,7 +669,7 @@ mod tests {
                     vec![
                         Some("2".to_string()),
                         Some(String::new()),
-                        Some("\\x00ff".to_string())
+                        Some("\\x00ff caf\u{e9} \u{1f600}".to_string())
                     ],
                 ],
                 "cut at {cut}"
@@ -560,17 +679,8 @@ mod tests {
 
     #[test]
     fn copy_values_must_be_utf8_whether_sent_raw_or_escaped() {
-        let rows = |data: &[u8]| {
-            let mut out = Vec::new();
-            CopyLines::default()
-                .feed(data, |r| {
-                    out.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
-                    Ok::<(), PgError>(())
-                })
-                .map(|()| out)
-        };
         // An escaped multi-byte character, and the rows around it untouched.
-        let ok: Vec<Vec<Option<String>>> = rows(b"a\t\\303\\251\tb\nc\t\\N\tca\xc3\xa9\n").unwrap();
+        let ok = rows_of(&[b"a\t\\303\\251\tb\nc\t\\N\tca\xc3\xa9\n"]).unwrap();
         assert_eq!(
             ok,
             vec![
@@ -578,9 +688,19 @@ mod tests {
                 vec![Some("c".into()), None, Some("ca\u{e9}".into())],
             ]
         );
-        assert!(rows(b"a\t\xff\n").is_err(), "a raw invalid byte");
-        assert!(rows(b"a\t\\303\n").is_err(), "an escaped half character");
-        assert!(rows(b"\\303\t\\251\n").is_err(), "halves in two values");
+        assert!(rows_of(&[b"a\t\xff\n"]).is_err(), "a raw invalid byte");
+        assert!(
+            rows_of(&[b"a\t\xc3", b"\n"]).is_err(),
+            "a raw half character"
+        );
+        assert!(
+            rows_of(&[b"a\t\\303\n"]).is_err(),
+            "an escaped half character"
+        );
+        assert!(
+            rows_of(&[b"\\303\t\\251\n"]).is_err(),
+            "halves in two values"
+        );
     }
 
     #[test]
