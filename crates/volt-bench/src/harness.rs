@@ -178,9 +178,9 @@ impl Volt {
             )
             .env("ELECTRIC_DB_POOL_SIZE", "16")
             .envs(settings.iter().copied())
-            // volt logs to stdout.
+            // volt logs to stdout: to the bench's stderr, apart from its tables.
             .stdout(if log_level.is_some() {
-                Stdio::inherit()
+                Stdio::from(std::io::stderr())
             } else {
                 Stdio::null()
             })

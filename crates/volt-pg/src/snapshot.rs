@@ -292,18 +292,19 @@ impl SnapshotTx {
                         std::task::Poll::Ready(ended) => Some(ended),
                         std::task::Poll::Pending => None,
                     };
-                    // COPY's messages (one per row) are taken apart, joined into
-                    // blocks and checked as UTF-8 by a task of their own while this
-                    // one decodes the rows and hands them on: for S1's million rows
-                    // each of the two is a share of the work no longer waiting for
-                    // the other.
+                    // COPY's messages (one per row) are read, joined into blocks and
+                    // checked as UTF-8 by a task of their own while this one decodes
+                    // the rows and hands them on: for S1's million rows each of the
+                    // two is a share of the work no longer waiting for the other.
                     let (blocks, mut received) = tokio::sync::mpsc::channel(READ_AHEAD_BLOCKS);
                     let reader = ReadAhead(tokio::spawn(read_ahead(data, blocks)));
                     let mut lines = CopyLines::default();
                     while let Some(block) = received.recv().await {
                         lines.feed(&block?, |r| row(r))?;
                     }
-                    drop(reader);
+                    // The blocks stop when the reader ends, however it ends: only
+                    // its own end means every row came.
+                    reader.finished().await?;
                     if !lines.is_complete() {
                         return Err(
                             PgError::Protocol("the COPY's output ended mid-row".into()).into()
@@ -331,6 +332,21 @@ const READ_AHEAD_BLOCKS: usize = 4;
 /// stops reading, on an error or when it is dropped.
 struct ReadAhead(tokio::task::JoinHandle<()>);
 
+impl ReadAhead {
+    /// Wait for the reader's end. Its panic is the caller's, as it was when the caller
+    /// read the rows itself: a Snapshotter that panics fails its Consumer
+    /// (supervision.md), never completes a snapshot short of rows.
+    async fn finished(mut self) -> Result<(), PgError> {
+        match (&mut self.0).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(PgError::Protocol(
+                "the COPY's reader stopped before its end".into(),
+            )),
+        }
+    }
+}
+
 impl Drop for ReadAhead {
     fn drop(&mut self) {
         self.0.abort();
@@ -339,22 +355,28 @@ impl Drop for ReadAhead {
 
 /// Read `data` into blocks of text and send them on, then end; an error (Postgres's, or
 /// output that is not UTF-8) is the last thing sent. Stops when the receiver is gone.
-async fn read_ahead(
-    data: tokio_postgres::CopyOutStream,
+async fn read_ahead<B: AsRef<[u8]>, E>(
+    data: impl Stream<Item = Result<B, E>>,
     blocks: tokio::sync::mpsc::Sender<Result<String, PgError>>,
-) {
+) where
+    PgError: From<E>,
+{
     futures::pin_mut!(data);
-    let mut text = Utf8Blocks::default();
+    let mut text = Utf8Blocks::with_block(READ_AHEAD_BLOCK);
     loop {
         let ended = match data.next().await {
             Some(Ok(bytes)) => {
-                text.push(&bytes);
+                text.push(bytes.as_ref());
                 false
             }
             Some(Err(e)) => {
-                // The rows Postgres sent before its error reach the decoder first.
-                if !text.is_empty() {
-                    let _ = blocks.send(text.take()).await;
+                // The rows Postgres sent before its error reach the decoder first;
+                // its error is the one to tell (it says whether to retry), not that
+                // of a character it cut off.
+                if let Ok(rows) = text.take()
+                    && !rows.is_empty()
+                {
+                    let _ = blocks.send(Ok(rows)).await;
                 }
                 let _ = blocks.send(Err(e.into())).await;
                 return;
@@ -384,36 +406,43 @@ async fn read_ahead(
 /// Bytes taken as text a block at a time: one UTF-8 check for many rows, not one per
 /// row. A character cut off at a block's end waits for the rest of it.
 #[derive(Default)]
-pub struct Utf8Blocks {
+struct Utf8Blocks {
     pending: Vec<u8>,
+    /// The bytes a block is taken at, about: each new block has room for this and a
+    /// row more, so it is not grown (copied) on the way.
+    block: usize,
 }
 
 impl Utf8Blocks {
-    pub fn push(&mut self, data: &[u8]) {
+    fn with_block(block: usize) -> Utf8Blocks {
+        Utf8Blocks {
+            pending: Vec::with_capacity(block + block / 4),
+            block,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
         self.pending.extend_from_slice(data);
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.pending.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 
     /// The bytes pushed so far as text, but for a character whose end has not come.
-    pub fn take(&mut self) -> Result<String, PgError> {
-        // The next block about as large as this one, without growing to it.
-        let capacity = self.pending.capacity();
-        match String::from_utf8(std::mem::replace(
-            &mut self.pending,
-            Vec::with_capacity(capacity),
-        )) {
+    fn take(&mut self) -> Result<String, PgError> {
+        let next = Vec::with_capacity(self.block + self.block / 4);
+        match String::from_utf8(std::mem::replace(&mut self.pending, next)) {
             Ok(text) => Ok(text),
             Err(e) if e.utf8_error().error_len().is_none() => {
                 let valid = e.utf8_error().valid_up_to();
                 let mut bytes = e.into_bytes();
-                self.pending = bytes.split_off(valid);
+                self.pending.extend_from_slice(&bytes[valid..]);
+                bytes.truncate(valid);
                 String::from_utf8(bytes).map_err(|e| not_utf8(e.utf8_error()))
             }
             Err(e) => Err(not_utf8(e.utf8_error())),
@@ -422,8 +451,8 @@ impl Utf8Blocks {
 }
 
 /// Splits the data of `COPY ... TO STDOUT` (text format) into rows, whatever the
-/// boundaries of the blocks it comes in. Its buffers are reused from row to row:
-/// Postgres sends a message per row, and S1's snapshot is a million of them.
+/// boundaries of the blocks it comes in. Its buffers are reused from row to row: S1's
+/// snapshot is a million rows.
 #[derive(Default)]
 pub struct CopyLines {
     /// The start of a row whose end is in a later block.
@@ -701,6 +730,77 @@ mod tests {
             rows_of(&[b"\\303\t\\251\n"]).is_err(),
             "halves in two values"
         );
+    }
+
+    /// What `read_ahead` sends for `messages`, as the decoder receives it.
+    async fn read_ahead_of(
+        messages: Vec<Result<Vec<u8>, PgError>>,
+    ) -> Vec<Result<String, PgError>> {
+        let (blocks, mut received) = tokio::sync::mpsc::channel(READ_AHEAD_BLOCKS);
+        let reader = ReadAhead(tokio::spawn(read_ahead(
+            futures::stream::iter(messages),
+            blocks,
+        )));
+        let mut out = Vec::new();
+        while let Some(block) = received.recv().await {
+            out.push(block);
+        }
+        reader.finished().await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_read_ahead_sends_every_row_in_order_in_blocks_of_about_64_kib() {
+        let rows: Vec<String> = (0..20_000)
+            .map(|i| format!("{i}\tcaf\u{e9} {i}\n"))
+            .collect();
+        let blocks = read_ahead_of(rows.iter().map(|r| Ok(r.clone().into_bytes())).collect()).await;
+        let blocks: Vec<String> = blocks.into_iter().map(Result::unwrap).collect();
+        assert!(
+            blocks.len() > 4,
+            "more blocks than the channel holds: {}",
+            blocks.len()
+        );
+        let longest_row = rows.iter().map(String::len).max().unwrap();
+        for block in &blocks[..blocks.len() - 1] {
+            assert!((READ_AHEAD_BLOCK..READ_AHEAD_BLOCK + longest_row).contains(&block.len()));
+        }
+        assert_eq!(blocks.concat(), rows.concat());
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_ends_mid_character_or_with_bytes_that_are_not_utf8_ends_in_an_error() {
+        let protocol_error = |sent: &[Result<String, PgError>], what: &str| matches!(sent.last(), Some(Err(PgError::Protocol(m))) if m.contains(what));
+        let mid = read_ahead_of(vec![Ok(b"a\n".to_vec()), Ok(b"b\t\xc3".to_vec())]).await;
+        assert!(protocol_error(&mid, "mid-character"), "{mid:?}");
+        assert_eq!(mid[0].as_deref().ok(), Some("a\nb\t"));
+        let invalid = read_ahead_of(vec![Ok(b"a\n\xff\n".to_vec()), Ok(b"b\n".to_vec())]).await;
+        assert!(protocol_error(&invalid, "not UTF-8"), "{invalid:?}");
+        assert_eq!(invalid.len(), 1, "nothing after the error: {invalid:?}");
+    }
+
+    #[tokio::test]
+    async fn rows_postgres_sent_before_its_error_come_before_the_error_and_it_is_the_one_told() {
+        let failed = || PgError::Query {
+            message: "division by zero".into(),
+            code: Some("22012".into()),
+        };
+        let sent = read_ahead_of(vec![
+            Ok(b"1\n".to_vec()),
+            Ok(b"2\n\xc3".to_vec()),
+            Err(failed()),
+        ])
+        .await;
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0].as_deref().ok(), Some("1\n2\n"));
+        assert!(matches!(&sent[1], Err(PgError::Query { code: Some(c), .. }) if c == "22012"));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_panics_fails_its_snapshot_rather_than_ending_it_short() {
+        let reader = ReadAhead(tokio::spawn(async { panic!("reader failed") }));
+        let finished = tokio::spawn(reader.finished()).await;
+        assert!(finished.is_err_and(|e| e.is_panic()));
     }
 
     #[test]
