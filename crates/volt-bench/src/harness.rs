@@ -474,11 +474,10 @@ impl MachineTicks {
         }
     }
 
-    /// Percent of the machine's time stolen since `self`.
-    pub fn steal_percent_since(self) -> f64 {
-        let now = MachineTicks::now();
-        let total = now.total.saturating_sub(self.total);
-        100.0 * now.steal.saturating_sub(self.steal) as f64 / total.max(1) as f64
+    /// Percent of the machine's time stolen from `self` to `later`.
+    pub fn steal_percent(self, later: MachineTicks) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        100.0 * later.steal.saturating_sub(self.steal) as f64 / total.max(1) as f64
     }
 }
 
@@ -491,7 +490,7 @@ mod tests {
         let start = MachineTicks::now();
         assert!(start.total > 0, "/proc/stat has the machine's ticks");
         assert!(start.steal <= start.total);
-        let stolen = start.steal_percent_since();
+        let stolen = start.steal_percent(MachineTicks::now());
         assert!((0.0..=100.0).contains(&stolen), "{stolen}");
     }
 }

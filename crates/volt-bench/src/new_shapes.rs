@@ -50,7 +50,7 @@ impl Cpu {
         Cpu {
             postgres: now.postgres - self.postgres,
             clients: now.clients - self.clients,
-            steal: self.machine.steal_percent_since(),
+            steal: self.machine.steal_percent(now.machine),
             machine: now.machine,
         }
     }
